@@ -1,0 +1,281 @@
+//! The signed change: one automerge change plus the signatures that authorise it,
+//! and its compact, versioned binary encoding.
+//!
+//! A signature covers a domain-separated message: a context string, the document
+//! id, the trust-root version it was made under, and the automerge change hash.
+//! The hash commits to the change's bytes, its actor, its dependencies and its
+//! operations, so no part of the change can be altered without breaking every
+//! signature.
+
+use std::fmt;
+
+use automerge::{Change, ChangeHash};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeySignature, NodeId, SecretKey};
+use crate::root::SignedTrustRoot;
+
+/// Domain separation for change signatures.
+const CHANGE_CONTEXT: &[u8] = b"dcloud/change/v1\0";
+
+/// Version byte of the signed-change encoding.
+pub const CHANGE_FORMAT_VERSION: u8 = 1;
+/// Magic of a bundle file.
+pub const BUNDLE_MAGIC: &[u8; 8] = b"DCBUNDLE";
+/// Version byte of the bundle encoding.
+pub const BUNDLE_FORMAT_VERSION: u8 = 1;
+
+/// Which document a change belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DocId {
+    /// The fleet policy: written only by the authority.
+    Policy,
+    /// One node's status document in one epoch: written only by that node.
+    Status {
+        /// The node that owns the document.
+        node: NodeId,
+        /// The epoch: a fresh document is started past a history bound.
+        epoch: u32,
+    },
+}
+
+impl DocId {
+    /// The canonical bytes that signatures cover.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            DocId::Policy => vec![0],
+            DocId::Status { node, epoch } => {
+                let mut v = Vec::with_capacity(37);
+                v.push(1);
+                v.extend_from_slice(&node.0);
+                v.extend_from_slice(&epoch.to_be_bytes());
+                v
+            }
+        }
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocId::Policy => f.write_str("policy"),
+            DocId::Status { node, epoch } => write!(f, "status/{}/{}", node.short(), epoch),
+        }
+    }
+}
+
+impl fmt::Debug for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Size and count bounds on what a replica accepts.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest policy change, raw automerge bytes.
+    pub policy_change_size_max_bytes: usize,
+    /// Largest status change, raw automerge bytes.
+    pub status_change_size_max_bytes: usize,
+    /// Most signatures on one change.
+    pub signatures_max: usize,
+    /// Most changes in one status epoch; the owner starts a new epoch well before.
+    pub status_epoch_changes_max: usize,
+    /// Most changes waiting for their dependencies.
+    pub pending_changes_max: usize,
+    /// Most bytes of changes waiting for their dependencies.
+    pub pending_bytes_max: usize,
+    /// Largest value in a status field, bytes.
+    pub status_value_size_max_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            policy_change_size_max_bytes: 4 << 20,
+            status_change_size_max_bytes: 16 << 10,
+            signatures_max: 16,
+            status_epoch_changes_max: 64,
+            pending_changes_max: 4096,
+            pending_bytes_max: 32 << 20,
+            status_value_size_max_bytes: 4 << 10,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest encoded signed change (any document).
+    pub fn encoded_change_size_max_bytes(&self) -> usize {
+        self.policy_change_size_max_bytes + self.signatures_max * 100 + 64
+    }
+}
+
+/// Errors decoding a signed change or a bundle.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty input")]
+    Empty,
+    /// The format version is not one this build reads.
+    #[error("unknown format version {0}")]
+    UnknownVersion(u8),
+    /// The bytes are not a bundle file.
+    #[error("not a dcloud bundle (bad magic)")]
+    BadMagic,
+    /// Larger than the bound.
+    #[error("{what} is {size} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The bytes do not decode.
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+/// A change with the signatures that authorise it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedChange {
+    /// The document it belongs to.
+    pub doc: DocId,
+    /// The trust-root version the signatures were made under (policy changes; 0 for status).
+    pub root_version: u64,
+    /// The raw automerge change bytes.
+    pub change: Vec<u8>,
+    /// The signatures.
+    pub sigs: Vec<KeySignature>,
+}
+
+impl fmt::Debug for SignedChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SignedChange({}, {} bytes, {} sigs)",
+            self.doc,
+            self.change.len(),
+            self.sigs.len()
+        )
+    }
+}
+
+/// The message a signature on a change covers.
+pub fn signing_message(doc: &DocId, root_version: u64, hash: &ChangeHash) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHANGE_CONTEXT.len() + 37 + 8 + 32);
+    m.extend_from_slice(CHANGE_CONTEXT);
+    m.extend_from_slice(&doc.to_bytes());
+    m.extend_from_slice(&root_version.to_be_bytes());
+    m.extend_from_slice(&hash.0);
+    m
+}
+
+impl SignedChange {
+    /// Sign an automerge change for `doc` with `key`.
+    pub fn sign(doc: DocId, root_version: u64, change: &Change, key: &SecretKey) -> Self {
+        let msg = signing_message(&doc, root_version, &change.hash());
+        SignedChange {
+            doc,
+            root_version,
+            change: change.raw_bytes().to_vec(),
+            sigs: vec![key.sign(&msg)],
+        }
+    }
+
+    /// Add a signature (a cosigner). Returns false if `key` had already signed.
+    pub fn cosign(&mut self, key: &SecretKey) -> Result<bool, automerge::LoadChangeError> {
+        let change = Change::from_bytes(self.change.clone())?;
+        if self.sigs.iter().any(|s| s.key == key.public()) {
+            return Ok(false);
+        }
+        let msg = signing_message(&self.doc, self.root_version, &change.hash());
+        self.sigs.push(key.sign(&msg));
+        Ok(true)
+    }
+
+    /// The automerge change hash, parsing the change.
+    pub fn hash(&self) -> Result<ChangeHash, automerge::LoadChangeError> {
+        Ok(Change::from_bytes(self.change.clone())?.hash())
+    }
+
+    /// Encode: one version byte, then the fields (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CHANGE_FORMAT_VERSION];
+        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Decode, refusing input over `max_bytes`.
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Self, DecodeError> {
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if bytes.len() > max_bytes {
+            return Err(DecodeError::TooLarge {
+                what: "signed change",
+                size: bytes.len(),
+                max: max_bytes,
+            });
+        }
+        if version != CHANGE_FORMAT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let (change, rest): (SignedChange, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
+        }
+        Ok(change)
+    }
+}
+
+/// A file of signed changes, with the trust-root chain they were signed under.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// Trust roots (so that a node can learn a rotation from the bundle itself).
+    pub roots: Vec<SignedTrustRoot>,
+    /// The changes.
+    pub changes: Vec<SignedChange>,
+}
+
+impl Bundle {
+    /// Encode: magic, version byte, then the fields (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = BUNDLE_MAGIC.to_vec();
+        out.push(BUNDLE_FORMAT_VERSION);
+        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Decode, refusing input over `max_bytes`.
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Self, DecodeError> {
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        if bytes.len() > max_bytes {
+            return Err(DecodeError::TooLarge {
+                what: "bundle",
+                size: bytes.len(),
+                max: max_bytes,
+            });
+        }
+        if bytes.len() < 9 || &bytes[..8] != BUNDLE_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if bytes[8] != BUNDLE_FORMAT_VERSION {
+            return Err(DecodeError::UnknownVersion(bytes[8]));
+        }
+        let (bundle, rest): (Bundle, &[u8]) = postcard::take_from_bytes(&bytes[9..])
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
+        }
+        Ok(bundle)
+    }
+}

@@ -1,0 +1,943 @@
+//! The replica: every document a node holds, and the one door bytes from a
+//! stranger come in by, [`Replica::ingest`].
+//!
+//! A batch of signed changes goes through five steps, and a change that fails
+//! one changes nothing:
+//!
+//! 1. **Parse and bound**: size, signature count, automerge decoding, duplicates
+//!    (skipped before any signature is checked), stale epochs.
+//! 2. **Verify** every signature of the batch at once (batch verification, with a
+//!    strict one-by-one fallback that names the bad signature).
+//! 3. **Authorise**: a policy change needs a threshold of distinct authority keys
+//!    of the trust root it names, and its automerge actor must be one of them; a
+//!    status change must be signed by its owner, who must be enrolled and not
+//!    revoked, and its actor must be the owner. The operations must fit the
+//!    document's schema.
+//! 4. **Apply**, batched per document: policy changes go to automerge in one
+//!    call; status changes update last-writer-wins registers.
+//! 5. **Buffer** changes whose dependencies have not arrived (bounded); they are
+//!    applied as soon as the dependencies are.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::{Automerge, Change, ChangeHash};
+
+use crate::change::{DocId, Limits, SignedChange, signing_message};
+use crate::keys::NodeId;
+use crate::policy::Policy;
+use crate::root::{RootError, SignedTrustRoot, TrustChain};
+use crate::status::{NodeStatus, STATUS_FIELDS};
+use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
+
+/// Why a change was rejected. Each variant names what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The change bytes are not an automerge change.
+    #[error("malformed change: {0}")]
+    Malformed(String),
+    /// Larger than the bound for its document.
+    #[error("change is {size} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// No signatures, or more than the bound (or more than one on a status change).
+    #[error("change has {count} signatures; {allowed}")]
+    SignatureCount {
+        /// How many.
+        count: usize,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// A signature failed verification.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The automerge actor is not the author's key.
+    #[error("actor {actor} of the change is not {expected}")]
+    ActorNotAuthor {
+        /// The actor (hex).
+        actor: String,
+        /// Who it had to be.
+        expected: String,
+    },
+    /// Too few distinct authority signatures.
+    #[error("signed by {got} distinct keys of trust root v{version}, needs {needed}")]
+    Threshold {
+        /// Root version named by the change.
+        version: u64,
+        /// Distinct valid authority signatures.
+        got: usize,
+        /// The threshold.
+        needed: usize,
+    },
+    /// The change names a trust-root version this replica does not hold.
+    #[error("signed under trust root v{version}, but this node holds v{first} to v{current}")]
+    UnknownRoot {
+        /// Named version.
+        version: u64,
+        /// Oldest held.
+        first: u64,
+        /// In force.
+        current: u64,
+    },
+    /// A status change signed by a key other than the owner's.
+    #[error("status of {owner} signed by {signer}, not by its owner")]
+    NotOwner {
+        /// The document's owner.
+        owner: String,
+        /// Who signed.
+        signer: String,
+    },
+    /// The owner is not enrolled.
+    #[error("node {0} is not enrolled")]
+    Unenrolled(String),
+    /// The owner is revoked.
+    #[error("node {0} is revoked")]
+    Revoked(String),
+    /// The operations do not fit the document's schema.
+    #[error("schema violation: {0}")]
+    Schema(String),
+    /// The status epoch already holds the most changes allowed.
+    #[error("status epoch {epoch} of {node} is full ({max} changes)")]
+    EpochFull {
+        /// Owner.
+        node: String,
+        /// Epoch.
+        epoch: u32,
+        /// Bound.
+        max: usize,
+    },
+}
+
+impl Rejection {
+    /// Whether the sender is at fault: it sent something no honest node would
+    /// relay (bad signature, malformed, oversized). Unenrolled, revoked and
+    /// unknown-root rejections can be honest races and are not.
+    pub fn is_misbehaviour(&self) -> bool {
+        !matches!(
+            self,
+            Rejection::Unenrolled(_) | Rejection::Revoked(_) | Rejection::UnknownRoot { .. }
+        )
+    }
+}
+
+/// What became of one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// New, and applied.
+    Applied,
+    /// Already held.
+    Duplicate,
+    /// Verified and authorised; waiting for its dependencies.
+    Pending,
+    /// For a status epoch older than the one held; ignored.
+    Stale,
+    /// Refused.
+    Rejected(Rejection),
+}
+
+/// The verdict on one change of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The change's document.
+    pub doc: DocId,
+    /// Its automerge hash, when it parsed.
+    pub hash: Option<ChangeHash>,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// A status document as a replica holds it.
+#[derive(Clone, Debug)]
+struct StatusDoc {
+    epoch: u32,
+    changes: Vec<SignedChange>,
+    index: HashMap<ChangeHash, usize>,
+    deps: Vec<Vec<ChangeHash>>,
+    heads: Vec<ChangeHash>,
+    /// field -> (op counter, change hash, JSON text; None when deleted)
+    fields: BTreeMap<String, (u64, ChangeHash, Option<String>)>,
+    status: NodeStatus,
+}
+
+impl StatusDoc {
+    fn new(epoch: u32) -> Self {
+        StatusDoc {
+            epoch,
+            changes: Vec::new(),
+            index: HashMap::new(),
+            deps: Vec::new(),
+            heads: Vec::new(),
+            fields: BTreeMap::new(),
+            status: NodeStatus::default(),
+        }
+    }
+}
+
+/// A parsed change waiting for verification, authorisation or dependencies.
+struct Candidate {
+    idx: usize,
+    sc: SignedChange,
+    change: Change,
+    hash: ChangeHash,
+}
+
+struct PendingEntry {
+    sc: SignedChange,
+    change: Change,
+}
+
+/// Changes waiting for dependencies, bounded in count and bytes; the oldest is
+/// dropped first (anti-entropy brings it back later).
+#[derive(Default)]
+struct PendingBuffer {
+    by_doc: BTreeMap<DocId, HashMap<ChangeHash, PendingEntry>>,
+    order: VecDeque<(DocId, ChangeHash)>,
+    count: usize,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl PendingBuffer {
+    fn contains(&self, doc: &DocId, h: &ChangeHash) -> bool {
+        self.by_doc.get(doc).is_some_and(|m| m.contains_key(h))
+    }
+
+    fn insert(&mut self, sc: SignedChange, change: Change, limits: &Limits) {
+        let (doc, h) = (sc.doc, change.hash());
+        if self.contains(&doc, &h) {
+            return;
+        }
+        self.bytes += sc.change.len();
+        self.count += 1;
+        self.order.push_back((doc, h));
+        self.by_doc
+            .entry(doc)
+            .or_default()
+            .insert(h, PendingEntry { sc, change });
+        while self.count > limits.pending_changes_max || self.bytes > limits.pending_bytes_max {
+            let Some((d, h)) = self.order.pop_front() else {
+                break;
+            };
+            if self.remove(&d, &h).is_some() {
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, doc: &DocId, h: &ChangeHash) -> Option<PendingEntry> {
+        let m = self.by_doc.get_mut(doc)?;
+        let e = m.remove(h)?;
+        if m.is_empty() {
+            self.by_doc.remove(doc);
+        }
+        self.count -= 1;
+        self.bytes -= e.sc.change.len();
+        Some(e)
+    }
+
+    fn take_doc(&mut self, doc: &DocId) -> Vec<PendingEntry> {
+        let Some(m) = self.by_doc.remove(doc) else {
+            return Vec::new();
+        };
+        let out: Vec<PendingEntry> = m.into_values().collect();
+        self.count -= out.len();
+        self.bytes -= out.iter().map(|e| e.sc.change.len()).sum::<usize>();
+        out
+    }
+
+    fn docs_of_node(&self, node: &NodeId) -> Vec<DocId> {
+        self.by_doc
+            .keys()
+            .filter(|d| matches!(d, DocId::Status { node: n, .. } if n == node))
+            .copied()
+            .collect()
+    }
+}
+
+/// Counters a daemon exports as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Status documents held.
+    pub status_docs: usize,
+    /// Changes held (policy and status).
+    pub changes: usize,
+    /// Bytes of change data held.
+    pub change_bytes: usize,
+    /// Changes waiting for dependencies.
+    pub pending: usize,
+    /// Pending changes dropped at the bound, ever.
+    pub pending_dropped: u64,
+}
+
+/// All documents a node holds.
+pub struct Replica {
+    limits: Limits,
+    chain: TrustChain,
+    policy_doc: Automerge,
+    policy_changes: HashMap<ChangeHash, SignedChange>,
+    policy_order: Vec<ChangeHash>,
+    policy: Policy,
+    statuses: BTreeMap<NodeId, StatusDoc>,
+    pending: PendingBuffer,
+}
+
+impl Replica {
+    /// An empty replica trusting `chain`.
+    pub fn new(chain: TrustChain, limits: Limits) -> Self {
+        Replica {
+            limits,
+            chain,
+            policy_doc: Automerge::new(),
+            policy_changes: HashMap::new(),
+            policy_order: Vec::new(),
+            policy: Policy::default(),
+            statuses: BTreeMap::new(),
+            pending: PendingBuffer::default(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The trust chain.
+    pub fn trust(&self) -> &TrustChain {
+        &self.chain
+    }
+
+    /// Offer a trust root. Returns `Ok(true)` if it advanced the chain, `Ok(false)`
+    /// if this replica already holds that version (same content), and an error for
+    /// anything else.
+    pub fn ingest_root(&mut self, root: SignedTrustRoot) -> Result<bool, RootError> {
+        if let Some(held) = self.chain.get(root.root.version) {
+            if *held == root.root {
+                return Ok(false);
+            }
+        }
+        self.chain.advance(root)?;
+        Ok(true)
+    }
+
+    /// Verify, authorise and apply a batch of signed changes. The report at index
+    /// `i` is the verdict on `batch[i]`.
+    pub fn ingest(&mut self, batch: Vec<SignedChange>) -> Vec<Report> {
+        let mut reports: Vec<Report> = batch
+            .iter()
+            .map(|sc| Report {
+                doc: sc.doc,
+                hash: None,
+                outcome: Outcome::Pending,
+            })
+            .collect();
+        // 1. Parse and bound.
+        let mut seen: HashSet<(DocId, ChangeHash)> = HashSet::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for (idx, sc) in batch.into_iter().enumerate() {
+            match self.parse(&sc) {
+                Err(outcome) => reports[idx].outcome = outcome,
+                Ok(change) => {
+                    let hash = change.hash();
+                    reports[idx].hash = Some(hash);
+                    if !seen.insert((sc.doc, hash)) || self.has(&sc.doc, &hash) {
+                        reports[idx].outcome = Outcome::Duplicate;
+                    } else if self.is_stale(&sc.doc) {
+                        reports[idx].outcome = Outcome::Stale;
+                    } else if let Err(r) = self.check_static(&sc, &change) {
+                        reports[idx].outcome = Outcome::Rejected(r);
+                    } else {
+                        candidates.push(Candidate {
+                            idx,
+                            sc,
+                            change,
+                            hash,
+                        });
+                    }
+                }
+            }
+        }
+        // 2. Verify every signature at once.
+        let msgs: Vec<Vec<u8>> = candidates
+            .iter()
+            .map(|c| signing_message(&c.sc.doc, c.sc.root_version, &c.hash))
+            .collect();
+        let mut items: Vec<(usize, SigItem<'_>)> = Vec::new();
+        for (ci, c) in candidates.iter().enumerate() {
+            for sig in &c.sc.sigs {
+                items.push((
+                    ci,
+                    SigItem {
+                        msg: &msgs[ci],
+                        sig,
+                    },
+                ));
+            }
+        }
+        let just_items: Vec<SigItem<'_>> = items.iter().map(|(_, it)| it.clone()).collect();
+        let verdicts = verify_many(&just_items);
+        let mut bad: HashMap<usize, SignatureError> = HashMap::new();
+        for ((ci, _), v) in items.iter().zip(verdicts) {
+            if let Err(e) = v {
+                bad.entry(*ci).or_insert(e);
+            }
+        }
+        drop(just_items);
+        drop(items);
+        let mut policy_batch = Vec::new();
+        let mut status_batch = Vec::new();
+        for (ci, c) in candidates.into_iter().enumerate() {
+            if let Some(e) = bad.remove(&ci) {
+                reports[c.idx].outcome = Outcome::Rejected(Rejection::Signature(e));
+            } else if c.sc.doc == DocId::Policy {
+                policy_batch.push(c);
+            } else {
+                status_batch.push(c);
+            }
+        }
+        // 3-5. Authorise and apply, policy first: it decides who may write status.
+        self.apply_policy(policy_batch, &mut reports);
+        self.apply_status(status_batch, &mut reports);
+        reports
+    }
+
+    fn parse(&self, sc: &SignedChange) -> Result<Change, Outcome> {
+        let max = match sc.doc {
+            DocId::Policy => self.limits.policy_change_size_max_bytes,
+            DocId::Status { .. } => self.limits.status_change_size_max_bytes,
+        };
+        let reject = |r| Err(Outcome::Rejected(r));
+        if sc.change.len() > max {
+            return reject(Rejection::TooLarge {
+                size: sc.change.len(),
+                max,
+            });
+        }
+        let allowed_sigs = match sc.doc {
+            DocId::Policy => self.limits.signatures_max,
+            DocId::Status { .. } => 1,
+        };
+        if sc.sigs.is_empty() || sc.sigs.len() > allowed_sigs {
+            return reject(Rejection::SignatureCount {
+                count: sc.sigs.len(),
+                allowed: format!("1 to {allowed_sigs} allowed"),
+            });
+        }
+        Change::from_bytes(sc.change.clone())
+            .map_err(|e| Outcome::Rejected(Rejection::Malformed(e.to_string())))
+    }
+
+    /// Checks that need no signature verification: actor, signer set, root
+    /// version, threshold (counting keys, not yet signatures), schema.
+    fn check_static(&self, sc: &SignedChange, change: &Change) -> Result<(), Rejection> {
+        let actor = change.actor_id().to_bytes();
+        match sc.doc {
+            DocId::Policy => {
+                let chain_first = self.chain.roots()[0].root.version;
+                let root = self
+                    .chain
+                    .get(sc.root_version)
+                    .ok_or(Rejection::UnknownRoot {
+                        version: sc.root_version,
+                        first: chain_first,
+                        current: self.chain.current().version,
+                    })?;
+                if !sc.sigs.iter().any(|s| s.key.0.as_slice() == actor) {
+                    return Err(Rejection::ActorNotAuthor {
+                        actor: hex::encode(actor),
+                        expected: "one of the signers".into(),
+                    });
+                }
+                let got = distinct_signers(sc.sigs.iter().map(|s| &s.key), &root.keys);
+                if got < root.threshold as usize {
+                    return Err(Rejection::Threshold {
+                        version: root.version,
+                        got,
+                        needed: root.threshold as usize,
+                    });
+                }
+                check_policy_schema(change)
+            }
+            DocId::Status { node, .. } => {
+                let signer = sc.sigs[0].key;
+                if signer != node {
+                    return Err(Rejection::NotOwner {
+                        owner: node.short(),
+                        signer: signer.short(),
+                    });
+                }
+                if actor != node.0.as_slice() {
+                    return Err(Rejection::ActorNotAuthor {
+                        actor: hex::encode(actor),
+                        expected: format!("owner {}", node.short()),
+                    });
+                }
+                check_status_schema(change, self.limits.status_value_size_max_bytes)
+            }
+        }
+    }
+
+    fn has(&self, doc: &DocId, h: &ChangeHash) -> bool {
+        if self.pending.contains(doc, h) {
+            return true;
+        }
+        match doc {
+            DocId::Policy => self.policy_changes.contains_key(h),
+            DocId::Status { node, epoch } => self
+                .statuses
+                .get(node)
+                .is_some_and(|s| s.epoch == *epoch && s.index.contains_key(h)),
+        }
+    }
+
+    fn is_stale(&self, doc: &DocId) -> bool {
+        match doc {
+            DocId::Policy => false,
+            DocId::Status { node, epoch } => {
+                self.statuses.get(node).is_some_and(|s| s.epoch > *epoch)
+            }
+        }
+    }
+
+    fn apply_policy(&mut self, batch: Vec<Candidate>, reports: &mut [Report]) {
+        let mut waiting: Vec<(Option<usize>, SignedChange, Change)> = batch
+            .into_iter()
+            .map(|c| (Some(c.idx), c.sc, c.change))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        for e in self.pending.take_doc(&DocId::Policy) {
+            waiting.push((None, e.sc, e.change));
+        }
+        // Order so that every change follows its dependencies; what cannot be
+        // ordered waits for dependencies that have not arrived.
+        let mut known: HashSet<ChangeHash> = self.policy_changes.keys().copied().collect();
+        let mut ready: Vec<(Option<usize>, SignedChange, Change)> = Vec::new();
+        loop {
+            let before = waiting.len();
+            let mut rest = Vec::new();
+            for w in waiting {
+                if w.2.deps().iter().all(|d| known.contains(d)) {
+                    known.insert(w.2.hash());
+                    ready.push(w);
+                } else {
+                    rest.push(w);
+                }
+            }
+            waiting = rest;
+            if waiting.len() == before || waiting.is_empty() {
+                break;
+            }
+        }
+        for (idx, sc, change) in waiting {
+            if let Some(i) = idx {
+                reports[i].outcome = Outcome::Pending;
+            }
+            self.pending.insert(sc, change, &self.limits);
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let changes: Vec<Change> = ready.iter().map(|r| r.2.clone()).collect();
+        if let Err(e) = self.policy_doc.apply_changes(changes) {
+            // Verified and authority-signed, yet automerge refuses it: record the
+            // reason on every member of the batch; nothing is kept.
+            tracing::error!(error = %e, "automerge refused a batch of authorised policy changes");
+            for (idx, _, _) in ready {
+                if let Some(i) = idx {
+                    reports[i].outcome = Outcome::Rejected(Rejection::Malformed(e.to_string()));
+                }
+            }
+            return;
+        }
+        for (idx, sc, change) in ready {
+            let h = change.hash();
+            self.policy_order.push(h);
+            self.policy_changes.insert(h, sc);
+            if let Some(i) = idx {
+                reports[i].outcome = Outcome::Applied;
+            }
+        }
+        self.policy = Policy::from_doc(&self.policy_doc);
+        // Revocation cuts a node off: its status is dropped everywhere.
+        let revoked: Vec<NodeId> = self.policy.revoked.keys().copied().collect();
+        for n in revoked {
+            self.statuses.remove(&n);
+            for d in self.pending.docs_of_node(&n) {
+                self.pending.take_doc(&d);
+            }
+        }
+    }
+
+    fn authorise_status(&self, node: &NodeId) -> Result<(), Rejection> {
+        if self.policy.revoked.contains_key(node) {
+            return Err(Rejection::Revoked(node.short()));
+        }
+        if !self.policy.members.contains_key(node) {
+            return Err(Rejection::Unenrolled(node.short()));
+        }
+        Ok(())
+    }
+
+    fn apply_status(&mut self, batch: Vec<Candidate>, reports: &mut [Report]) {
+        let mut by_doc: BTreeMap<DocId, Vec<(Option<usize>, SignedChange, Change)>> =
+            BTreeMap::new();
+        for c in batch {
+            let DocId::Status { node, .. } = c.sc.doc else {
+                unreachable!("status batch holds status changes")
+            };
+            if let Err(r) = self.authorise_status(&node) {
+                reports[c.idx].outcome = Outcome::Rejected(r);
+                continue;
+            }
+            by_doc
+                .entry(c.sc.doc)
+                .or_default()
+                .push((Some(c.idx), c.sc, c.change));
+        }
+        for (doc, mut list) in by_doc {
+            for e in self.pending.take_doc(&doc) {
+                list.push((None, e.sc, e.change));
+            }
+            self.apply_status_doc(doc, list, reports);
+        }
+    }
+
+    fn apply_status_doc(
+        &mut self,
+        doc: DocId,
+        mut waiting: Vec<(Option<usize>, SignedChange, Change)>,
+        reports: &mut [Report],
+    ) {
+        let DocId::Status { node, epoch } = doc else {
+            unreachable!("status document")
+        };
+        if self.statuses.get(&node).is_some_and(|s| s.epoch > epoch) {
+            for (idx, _, _) in waiting {
+                if let Some(i) = idx {
+                    reports[i].outcome = Outcome::Stale;
+                }
+            }
+            return;
+        }
+        // A newer epoch starts with a change that has no dependencies.
+        let newer = self.statuses.get(&node).is_none_or(|s| s.epoch < epoch);
+        let mut next_doc = if newer {
+            None
+        } else {
+            self.statuses.remove(&node)
+        };
+        loop {
+            let mut progressed = false;
+            let mut rest = Vec::new();
+            for (idx, sc, change) in waiting {
+                let deps_ok = match &next_doc {
+                    None => change.deps().is_empty(),
+                    Some(d) => change.deps().iter().all(|h| d.index.contains_key(h)),
+                };
+                if !deps_ok {
+                    rest.push((idx, sc, change));
+                    continue;
+                }
+                let d = next_doc.get_or_insert_with(|| StatusDoc::new(epoch));
+                if d.changes.len() >= self.limits.status_epoch_changes_max {
+                    if let Some(i) = idx {
+                        reports[i].outcome = Outcome::Rejected(Rejection::EpochFull {
+                            node: node.short(),
+                            epoch,
+                            max: self.limits.status_epoch_changes_max,
+                        });
+                    }
+                    continue;
+                }
+                apply_status_change(d, sc, &change);
+                if let Some(i) = idx {
+                    reports[i].outcome = Outcome::Applied;
+                }
+                progressed = true;
+            }
+            waiting = rest;
+            if !progressed || waiting.is_empty() {
+                break;
+            }
+        }
+        if let Some(mut d) = next_doc {
+            let (status, _bad) = NodeStatus::from_fields(
+                d.fields
+                    .iter()
+                    .filter_map(|(k, (_, _, v))| v.as_deref().map(|v| (k.as_str(), v))),
+            );
+            d.status = status;
+            self.statuses.insert(node, d);
+        }
+        for (idx, sc, change) in waiting {
+            if let Some(i) = idx {
+                reports[i].outcome = Outcome::Pending;
+            }
+            self.pending.insert(sc, change, &self.limits);
+        }
+    }
+
+    /// The materialised policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The policy heads.
+    pub fn policy_heads(&self) -> Vec<ChangeHash> {
+        self.policy_doc.get_heads()
+    }
+
+    /// The live policy document (read-only).
+    pub fn policy_doc(&self) -> &Automerge {
+        &self.policy_doc
+    }
+
+    /// The effective config of a node, if it is an active member.
+    pub fn effective_config(&self, node: &NodeId) -> Option<serde_json::Value> {
+        self.policy.effective_config(node)
+    }
+
+    /// A node's status and the epoch it was read from.
+    pub fn status(&self, node: &NodeId) -> Option<(&NodeStatus, u32)> {
+        self.statuses.get(node).map(|s| (&s.status, s.epoch))
+    }
+
+    /// Every status held.
+    pub fn statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus, u32)> {
+        self.statuses.iter().map(|(n, s)| (n, &s.status, s.epoch))
+    }
+
+    /// Every document held, with its heads (sorted).
+    pub fn docs(&self) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let mut out = Vec::with_capacity(self.statuses.len() + 1);
+        if !self.policy_changes.is_empty() {
+            let mut h = self.policy_heads();
+            h.sort();
+            out.push((DocId::Policy, h));
+        }
+        for (n, s) in &self.statuses {
+            let mut h = s.heads.clone();
+            h.sort();
+            out.push((
+                DocId::Status {
+                    node: *n,
+                    epoch: s.epoch,
+                },
+                h,
+            ));
+        }
+        out
+    }
+
+    /// The heads of one document (empty if not held).
+    pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
+        match doc {
+            DocId::Policy => self.policy_heads(),
+            DocId::Status { node, epoch } => self
+                .statuses
+                .get(node)
+                .filter(|s| s.epoch == *epoch)
+                .map(|s| s.heads.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// One held change.
+    pub fn get(&self, doc: &DocId, h: &ChangeHash) -> Option<&SignedChange> {
+        match doc {
+            DocId::Policy => self.policy_changes.get(h),
+            DocId::Status { node, epoch } => self
+                .statuses
+                .get(node)
+                .filter(|s| s.epoch == *epoch)
+                .and_then(|s| s.index.get(h).map(|i| &s.changes[*i])),
+        }
+    }
+
+    /// Whether a change is held (applied or pending).
+    pub fn contains(&self, doc: &DocId, h: &ChangeHash) -> bool {
+        self.has(doc, h)
+    }
+
+    /// The changes of `doc` that a peer whose heads are `their_heads` lacks, in an
+    /// order that applies (dependencies first). Heads this replica does not know
+    /// are ignored (the peer has something we lack).
+    pub fn missing_for(&self, doc: &DocId, their_heads: &[ChangeHash]) -> Vec<&SignedChange> {
+        match doc {
+            DocId::Policy => {
+                let known: Vec<ChangeHash> = their_heads
+                    .iter()
+                    .filter(|h| self.policy_changes.contains_key(h))
+                    .copied()
+                    .collect();
+                let have = ancestors(&known, |h| {
+                    self.policy_doc
+                        .get_change_meta_by_hash(h)
+                        .map(|m| m.deps.to_vec())
+                });
+                self.policy_order
+                    .iter()
+                    .filter(|h| !have.contains(h))
+                    .filter_map(|h| self.policy_changes.get(h))
+                    .collect()
+            }
+            DocId::Status { node, epoch } => {
+                let Some(s) = self.statuses.get(node).filter(|s| s.epoch == *epoch) else {
+                    return Vec::new();
+                };
+                let have = ancestors(their_heads, |h| s.index.get(h).map(|i| s.deps[*i].clone()));
+                s.changes
+                    .iter()
+                    .zip(s.changes.iter().map(|c| c.hash().ok()))
+                    .filter(|(_, h)| h.is_none_or(|h| !have.contains(&h)))
+                    .map(|(c, _)| c)
+                    .collect()
+            }
+        }
+    }
+
+    /// Every held change of every document (policy first, in applicable order):
+    /// what a store persists and what a base snapshot exports.
+    pub fn all_changes(&self) -> impl Iterator<Item = &SignedChange> {
+        self.policy_order
+            .iter()
+            .filter_map(|h| self.policy_changes.get(h))
+            .chain(self.statuses.values().flat_map(|s| s.changes.iter()))
+    }
+
+    /// The policy changes, in applicable order.
+    pub fn policy_changes(&self) -> Vec<SignedChange> {
+        self.policy_order
+            .iter()
+            .filter_map(|h| self.policy_changes.get(h).cloned())
+            .collect()
+    }
+
+    /// Sizes, for metrics.
+    pub fn stats(&self) -> ReplicaStats {
+        let status_changes: usize = self.statuses.values().map(|s| s.changes.len()).sum();
+        let bytes: usize = self
+            .all_changes()
+            .map(|c| c.change.len() + c.sigs.len() * 96)
+            .sum();
+        ReplicaStats {
+            status_docs: self.statuses.len(),
+            changes: self.policy_changes.len() + status_changes,
+            change_bytes: bytes,
+            pending: self.pending.count,
+            pending_dropped: self.pending.dropped,
+        }
+    }
+}
+
+/// Every hash reachable from `start` through `deps_of` (which answers `None` for
+/// unknown hashes), `start` included where known.
+fn ancestors(
+    start: &[ChangeHash],
+    deps_of: impl Fn(&ChangeHash) -> Option<Vec<ChangeHash>>,
+) -> HashSet<ChangeHash> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<ChangeHash> = start.to_vec();
+    while let Some(h) = stack.pop() {
+        if seen.contains(&h) {
+            continue;
+        }
+        if let Some(deps) = deps_of(&h) {
+            seen.insert(h);
+            stack.extend(deps);
+        }
+    }
+    seen
+}
+
+fn apply_status_change(d: &mut StatusDoc, sc: SignedChange, change: &Change) {
+    let h = change.hash();
+    let expanded = change.decode();
+    let mut counter = change.start_op().get();
+    for op in &expanded.operations {
+        if let Key::Map(k) = &op.key {
+            let value = match &op.action {
+                OpType::Put(automerge::ScalarValue::Str(s)) => Some(s.to_string()),
+                _ => None,
+            };
+            let newer = d
+                .fields
+                .get(k.as_str())
+                .is_none_or(|(c, fh, _)| (counter, h) > (*c, *fh));
+            if newer {
+                d.fields.insert(k.to_string(), (counter, h, value));
+            }
+        }
+        counter += 1;
+    }
+    d.heads.retain(|x| !change.deps().contains(x));
+    d.heads.push(h);
+    d.index.insert(h, d.changes.len());
+    d.deps.push(change.deps().to_vec());
+    d.changes.push(sc);
+}
+
+fn check_status_schema(change: &Change, value_max: usize) -> Result<(), Rejection> {
+    let expanded = change.decode();
+    for op in &expanded.operations {
+        if op.obj != ObjectId::Root || op.insert {
+            return Err(Rejection::Schema(
+                "status ops must be on the root map".into(),
+            ));
+        }
+        let Key::Map(k) = &op.key else {
+            return Err(Rejection::Schema("status ops must use map keys".into()));
+        };
+        if !STATUS_FIELDS.contains(&k.as_str()) {
+            return Err(Rejection::Schema(format!("unknown status field {k:?}")));
+        }
+        match &op.action {
+            OpType::Put(automerge::ScalarValue::Str(s)) if s.len() <= value_max => {}
+            OpType::Put(automerge::ScalarValue::Str(s)) => {
+                return Err(Rejection::Schema(format!(
+                    "status field {k} is {} bytes, over {value_max}",
+                    s.len()
+                )));
+            }
+            OpType::Delete => {}
+            _ => {
+                return Err(Rejection::Schema(format!(
+                    "status field {k} must be set to text"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_policy_schema(change: &Change) -> Result<(), Rejection> {
+    let expanded = change.decode();
+    for op in &expanded.operations {
+        if op.obj != ObjectId::Root || op.insert {
+            return Err(Rejection::Schema(
+                "policy ops must be on the root map".into(),
+            ));
+        }
+        let Key::Map(k) = &op.key else {
+            return Err(Rejection::Schema("policy ops must use map keys".into()));
+        };
+        let known = ["fleet/", "region/", "site/", "member/", "revoked/"];
+        if !known.iter().any(|p| k.starts_with(p)) {
+            return Err(Rejection::Schema(format!("unknown policy key {k:?}")));
+        }
+        match &op.action {
+            OpType::Put(automerge::ScalarValue::Str(_)) | OpType::Delete => {}
+            _ => {
+                return Err(Rejection::Schema(format!(
+                    "policy key {k} must be set to JSON text"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

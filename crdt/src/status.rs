@@ -1,0 +1,240 @@
+//! The status document of one node.
+//!
+//! Single writer: only the owner signs its changes. Each field is one key of the
+//! automerge root map holding a JSON text. Because the writer is single, a
+//! replica does not need a live automerge document to materialise it: each field
+//! is a last-writer-wins register ordered by the automerge op counter (a Lamport
+//! clock) and then the change hash, which equals sequential application for the
+//! honest linear history and stays deterministic if a stolen key forks it. This
+//! keeps a replica of 10,000 status documents to a few kilobytes each instead of
+//! the ~14 KB a live automerge document costs.
+//!
+//! History is bounded: the [`StatusWriter`] starts a new epoch (a fresh document
+//! holding the whole current state) every `epoch_changes_max` changes, and
+//! replicas drop older epochs.
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ROOT, ReadDoc};
+use serde::{Deserialize, Serialize};
+
+use crate::change::{DocId, SignedChange};
+use crate::keys::SecretKey;
+
+/// The fields a status document may hold.
+pub const STATUS_FIELDS: &[&str] = &[
+    "name", "region", "addrs", "version", "health", "applied", "hb",
+];
+
+/// One health check.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Passing.
+    pub ok: bool,
+    /// What the check saw.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// What policy the node has applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    /// Policy heads (hex change hashes) of the config the node rendered and applied.
+    pub heads: Vec<String>,
+    /// The error applying them, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Exit code of the apply command, if it ran.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+/// A node's status, as its owner reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Site name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Listen addresses (multiaddrs).
+    pub addrs: Vec<String>,
+    /// Software version.
+    pub version: String,
+    /// Health checks by name.
+    pub health: BTreeMap<String, HealthCheck>,
+    /// Applied policy.
+    pub applied: AppliedPolicy,
+    /// Heartbeat counter: bumped at every heartbeat.
+    pub hb: u64,
+}
+
+impl NodeStatus {
+    /// The fields as JSON texts, keyed like the document.
+    pub fn to_fields(&self) -> BTreeMap<String, String> {
+        let j = |v: serde_json::Value| v.to_string();
+        let mut m = BTreeMap::new();
+        m.insert("name".into(), j(self.name.clone().into()));
+        m.insert("region".into(), j(self.region.clone().into()));
+        m.insert("addrs".into(), j(serde_json::json!(self.addrs)));
+        m.insert("version".into(), j(self.version.clone().into()));
+        m.insert("health".into(), j(serde_json::json!(self.health)));
+        m.insert("applied".into(), j(serde_json::json!(self.applied)));
+        m.insert("hb".into(), j(self.hb.into()));
+        m
+    }
+
+    /// Read fields back; a field that does not parse is left at its default and
+    /// named in the returned list.
+    pub fn from_fields<'a>(
+        fields: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> (Self, Vec<String>) {
+        let mut s = NodeStatus::default();
+        let mut bad = Vec::new();
+        for (k, v) in fields {
+            let ok = match k {
+                "name" => serde_json::from_str(v).map(|x| s.name = x).is_ok(),
+                "region" => serde_json::from_str(v).map(|x| s.region = x).is_ok(),
+                "addrs" => serde_json::from_str(v).map(|x| s.addrs = x).is_ok(),
+                "version" => serde_json::from_str(v).map(|x| s.version = x).is_ok(),
+                "health" => serde_json::from_str(v).map(|x| s.health = x).is_ok(),
+                "applied" => serde_json::from_str(v).map(|x| s.applied = x).is_ok(),
+                "hb" => serde_json::from_str(v).map(|x| s.hb = x).is_ok(),
+                _ => false,
+            };
+            if !ok {
+                bad.push(k.to_string());
+            }
+        }
+        (s, bad)
+    }
+}
+
+/// Writes a node's own status document: the only place status changes are made.
+pub struct StatusWriter {
+    key: SecretKey,
+    epoch: u32,
+    doc: Automerge,
+    changes_in_epoch: usize,
+    fields: BTreeMap<String, String>,
+    epoch_changes_max: usize,
+}
+
+/// Changes per epoch before the writer starts a new one (replicas accept up to
+/// [`crate::Limits::status_epoch_changes_max`]).
+pub const EPOCH_CHANGES_DEFAULT: usize = 16;
+
+impl StatusWriter {
+    /// A writer starting a fresh document at `epoch`. After a restart, pass an
+    /// epoch above any this node has used (see [`StatusWriter::resume`]).
+    pub fn new(key: SecretKey, epoch: u32, epoch_changes_max: usize) -> Self {
+        let doc = Automerge::new().with_actor(ActorId::from(key.public().0.as_slice()));
+        StatusWriter {
+            key,
+            epoch,
+            doc,
+            changes_in_epoch: 0,
+            fields: BTreeMap::new(),
+            epoch_changes_max: epoch_changes_max.max(2),
+        }
+    }
+
+    /// Resume the document of `epoch` from its changes (from the store, or from
+    /// peers after the store was lost). If they do not load, start `epoch + 1`.
+    pub fn resume(
+        key: SecretKey,
+        epoch: u32,
+        changes: &[SignedChange],
+        epoch_changes_max: usize,
+    ) -> Self {
+        let mut w = StatusWriter::new(key.clone(), epoch, epoch_changes_max);
+        let parsed: Result<Vec<automerge::Change>, _> = changes
+            .iter()
+            .map(|c| automerge::Change::from_bytes(c.change.clone()))
+            .collect();
+        let loaded = parsed
+            .ok()
+            .and_then(|cs| w.doc.apply_changes(cs).ok())
+            .is_some()
+            && w.doc.get_missing_deps(&[]).is_empty();
+        if !loaded {
+            return StatusWriter::new(key, epoch + 1, epoch_changes_max);
+        }
+        w.changes_in_epoch = changes.len();
+        for k in STATUS_FIELDS {
+            if let Ok(Some((automerge::Value::Scalar(s), _))) = w.doc.get(ROOT, *k) {
+                if let automerge::ScalarValue::Str(v) = s.as_ref() {
+                    w.fields.insert((*k).to_string(), v.to_string());
+                }
+            }
+        }
+        w
+    }
+
+    /// The epoch being written.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The status as last written.
+    pub fn current(&self) -> NodeStatus {
+        NodeStatus::from_fields(self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))).0
+    }
+
+    /// Write the fields of `status` that changed (all of them in a new epoch).
+    /// `None` when nothing changed.
+    pub fn update(&mut self, status: &NodeStatus) -> Option<SignedChange> {
+        let want = status.to_fields();
+        if self.changes_in_epoch >= self.epoch_changes_max {
+            self.start_epoch();
+        }
+        let changed: Vec<(String, String)> = want
+            .into_iter()
+            .filter(|(k, v)| self.fields.get(k) != Some(v))
+            .collect();
+        if changed.is_empty() && self.changes_in_epoch > 0 {
+            return None;
+        }
+        let mut tx = self.doc.transaction();
+        let all = if self.changes_in_epoch == 0 {
+            // A new epoch's first change holds the whole state.
+            let mut all = self.fields.clone();
+            all.extend(changed.iter().cloned());
+            all.into_iter().collect()
+        } else {
+            changed
+        };
+        for (k, v) in &all {
+            tx.put(ROOT, k.as_str(), v.as_str())
+                .expect("put on the root map cannot fail");
+        }
+        tx.commit();
+        for (k, v) in all {
+            self.fields.insert(k, v);
+        }
+        self.changes_in_epoch += 1;
+        let change = self.doc.get_last_local_change().expect("just committed");
+        Some(SignedChange::sign(
+            DocId::Status {
+                node: self.key.public(),
+                epoch: self.epoch,
+            },
+            0,
+            &change,
+            &self.key,
+        ))
+    }
+
+    /// Bump the heartbeat counter and write it.
+    pub fn heartbeat(&mut self) -> SignedChange {
+        let mut s = self.current();
+        s.hb += 1;
+        self.update(&s).expect("the heartbeat counter changed")
+    }
+
+    fn start_epoch(&mut self) {
+        self.epoch += 1;
+        self.doc = Automerge::new().with_actor(ActorId::from(self.key.public().0.as_slice()));
+        self.changes_in_epoch = 0;
+    }
+}

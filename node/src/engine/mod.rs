@@ -1,0 +1,152 @@
+//! The sans-IO replication engine.
+//!
+//! A state machine: no sockets, no clock, no random number generator of its own.
+//! The driver (the libp2p daemon in `crate::daemon`, or the simulator in
+//! `dcloud-sim`) feeds it [`Input`]s with the current time and an RNG, and
+//! carries out the [`Output`]s it returns, **in order**:
+//!
+//! * [`Output::Persist`] must be durable before any later output of the same
+//!   call is carried out (a change is stored before it is forwarded or
+//!   acknowledged);
+//! * [`Output::Send`] queues bytes for one peer (the engine bounds what it asks
+//!   for; the driver may drop on a full socket, anti-entropy repairs it);
+//! * [`Output::SetTimer`] asks for [`Input::Timer`] at or after a time
+//!   (a timer of the same kind set again replaces the earlier one);
+//! * [`Output::Disconnect`] closes the connection to a peer;
+//! * [`Output::Event`] tells the daemon what happened.
+//!
+//! Call order: [`Engine::new`] once (carry out its outputs, which set the first
+//! timers), then [`Engine::handle`] for every input, in the order they happen.
+//!
+//! THE INTERFACE IN THIS FILE IS SHARED BY THE DAEMON AND THE SIMULATOR:
+//! extend it, do not break it.
+
+use dcloud_crdt::replica::Report;
+use dcloud_crdt::{NodeId, NodeStatus, SignedChange, SignedTrustRoot};
+
+/// Milliseconds on the driver's clock (monotonic; virtual in the simulator).
+pub type Millis = u64;
+
+/// Timers the engine asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// Reconcile with a random neighbour.
+    AntiEntropy,
+    /// Write this node's heartbeat into its status document.
+    Heartbeat,
+    /// Send batched lazy announcements.
+    LazyFlush,
+    /// Check for missing changes announced lazily but not received (PlumTree graft).
+    Graft,
+}
+
+/// What happens to the engine.
+#[derive(Debug)]
+pub enum Input {
+    /// A connection to an (admitted) peer is up.
+    PeerUp {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The connection to a peer is gone.
+    PeerDown {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A message arrived from a peer (one frame of the engine's protocol).
+    Message {
+        /// Who sent it.
+        from: NodeId,
+        /// The bytes, as received.
+        bytes: Vec<u8>,
+    },
+    /// A timer fired.
+    Timer(Timer),
+    /// Local command: publish signed changes (from a bundle posted to the local API).
+    Publish {
+        /// Trust roots carried by the bundle.
+        roots: Vec<SignedTrustRoot>,
+        /// The changes.
+        changes: Vec<SignedChange>,
+    },
+    /// Local command: this node's status changed (health, applied policy, addresses).
+    SetStatus(NodeStatus),
+}
+
+/// What the engine asks its driver to do.
+#[derive(Debug)]
+#[must_use]
+pub enum Output {
+    /// Send one message to a peer.
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The encoded message.
+        bytes: Vec<u8>,
+    },
+    /// Make this durable before carrying out any later output.
+    Persist(Persist),
+    /// Ask for a timer.
+    SetTimer {
+        /// Which.
+        timer: Timer,
+        /// When (driver clock).
+        at: Millis,
+    },
+    /// Close the connection to a peer (it misbehaved, or was revoked).
+    Disconnect {
+        /// The peer.
+        peer: NodeId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Tell the daemon.
+    Event(Event),
+}
+
+/// State to make durable.
+#[derive(Debug)]
+pub enum Persist {
+    /// Changes newly held (applied or pending).
+    Changes(Vec<SignedChange>),
+    /// A trust root that advanced the chain.
+    Root(SignedTrustRoot),
+    /// Status epochs of `node` older than `epoch` are obsolete and may be deleted.
+    DropStatusBefore {
+        /// Owner.
+        node: NodeId,
+        /// First epoch to keep.
+        epoch: u32,
+    },
+    /// All status of a revoked node may be deleted.
+    DropNode {
+        /// The revoked node.
+        node: NodeId,
+    },
+}
+
+/// Things the daemon wants to know.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The verdicts on a local [`Input::Publish`].
+    Published {
+        /// Trust roots refused, with the reason.
+        root_errors: Vec<String>,
+        /// One report per change, in order.
+        reports: Vec<Report>,
+    },
+    /// The policy changed (new heads): the daemon re-renders this node's effective config.
+    PolicyChanged,
+    /// A peer sent something invalid; it has been penalised.
+    PeerMisbehaved {
+        /// The peer.
+        peer: NodeId,
+        /// What it did.
+        reason: String,
+    },
+    /// A revoked or unenrolled peer must be cut off.
+    PeerNotAdmitted {
+        /// The peer.
+        peer: NodeId,
+    },
+}
