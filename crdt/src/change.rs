@@ -162,6 +162,18 @@ impl fmt::Debug for SignedChange {
     }
 }
 
+/// Parse raw automerge change bytes, checking the chunk checksum (automerge
+/// itself ignores it, so a flipped checksum byte would otherwise yield a second
+/// byte string for the same change).
+pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    let change = Change::from_bytes(bytes.to_vec()).map_err(|e| e.to_string())?;
+    let hash = change.hash();
+    if bytes.len() < 8 || bytes[4..8] != hash.0[..4] {
+        return Err("checksum does not match the change".into());
+    }
+    Ok(change)
+}
+
 /// The message a signature on a change covers.
 pub fn signing_message(doc: &DocId, root_version: u64, hash: &ChangeHash) -> Vec<u8> {
     let mut m = Vec::with_capacity(CHANGE_CONTEXT.len() + 37 + 8 + 32);

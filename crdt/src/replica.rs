@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Automerge, Change, ChangeHash};
 
-use crate::change::{DocId, Limits, SignedChange, signing_message};
+use crate::change::{DocId, Limits, SignedChange, parse_change, signing_message};
 use crate::keys::NodeId;
 use crate::policy::Policy;
 use crate::root::{RootError, SignedTrustRoot, TrustChain};
@@ -426,8 +426,7 @@ impl Replica {
                 allowed: format!("1 to {allowed_sigs} allowed"),
             });
         }
-        Change::from_bytes(sc.change.clone())
-            .map_err(|e| Outcome::Rejected(Rejection::Malformed(e.to_string())))
+        parse_change(&sc.change).map_err(|e| Outcome::Rejected(Rejection::Malformed(e)))
     }
 
     /// Checks that need no signature verification: actor, signer set, root

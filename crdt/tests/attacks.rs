@@ -1,0 +1,535 @@
+//! One test per attack: each asserts a typed rejection and an unchanged replica.
+
+mod common;
+
+use automerge::transaction::Transactable;
+use common::{Fleet, fingerprint};
+use dcloud_crdt::change::DecodeError;
+use dcloud_crdt::keys::{KeyError, KeySignature, PublicKey, SignatureBytes};
+use dcloud_crdt::verify::SignatureError;
+use dcloud_crdt::{
+    DocId, Edit, Level, Member, NodeStatus, Outcome, Rejection, Replica, RootError, SecretKey,
+    SignedChange, SignedTrustRoot, TrustRoot,
+};
+use serde_json::json;
+
+/// A fleet of 3 authorities (threshold 2) and 3 enrolled nodes.
+fn setup() -> (Fleet, Replica, SignedChange) {
+    let fleet = Fleet::new(3, 2, 3);
+    let mut r = fleet.replica();
+    let enrol = fleet.enrolment();
+    let rep = r.ingest(vec![enrol.clone()]);
+    assert_eq!(rep[0].outcome, Outcome::Applied);
+    (fleet, r, enrol)
+}
+
+/// Ingest one change; assert it is rejected and that the replica did not change.
+fn assert_rejected(r: &mut Replica, sc: SignedChange) -> Rejection {
+    let before = fingerprint(r);
+    let rep = r.ingest(vec![sc]);
+    let Outcome::Rejected(why) = rep[0].outcome.clone() else {
+        panic!("expected a rejection, got {:?}", rep[0].outcome);
+    };
+    assert_eq!(
+        before,
+        fingerprint(r),
+        "a rejected change changed the replica"
+    );
+    why
+}
+
+fn status_change(fleet: &Fleet, i: usize) -> SignedChange {
+    let mut w = fleet.writer(i, 16);
+    w.update(&NodeStatus {
+        name: format!("site-{i}"),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn forged_signature_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let mut sc = fleet.set(&[enrol], "a", json!(1));
+    // Claim authority 0's key, but sign with an outsider's key.
+    let outsider = SecretKey::from_seed([9; 32]);
+    let msg = dcloud_crdt::change::signing_message(&sc.doc, 1, &sc.hash().unwrap());
+    sc.sigs[0].sig = outsider.sign(&msg).sig;
+    let why = assert_rejected(&mut r, sc);
+    assert!(
+        matches!(why, Rejection::Signature(SignatureError::Invalid(_))),
+        "{why}"
+    );
+}
+
+#[test]
+fn flipped_bit_in_change_bytes_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let good = fleet.set(&[enrol], "a", json!(1));
+    // Every byte position: the change no longer parses, or its hash changed and
+    // no signature covers it.
+    for pos in (0..good.change.len()).step_by(3).chain(4..8) {
+        let mut sc = good.clone();
+        sc.change[pos] ^= 0x01;
+        let why = assert_rejected(&mut r, sc);
+        assert!(
+            matches!(
+                why,
+                Rejection::Malformed(_)
+                    | Rejection::Signature(_)
+                    | Rejection::ActorNotAuthor { .. }
+                    | Rejection::Schema(_)
+            ),
+            "byte {pos}: {why}"
+        );
+    }
+}
+
+#[test]
+fn flipped_bit_in_signature_or_key_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let good = fleet.set(&[enrol], "a", json!(1));
+    let mut sc = good.clone();
+    sc.sigs[1].sig.0[10] ^= 0x40;
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::Signature(_)), "{why}");
+    let mut sc = good.clone();
+    sc.sigs[1].key.0[3] ^= 0x01;
+    let why = assert_rejected(&mut r, sc);
+    // The flipped key is no authority key (too few signers), or not a point.
+    assert!(
+        matches!(why, Rejection::Threshold { .. } | Rejection::Signature(_)),
+        "{why}"
+    );
+}
+
+#[test]
+fn signer_not_author_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    // Authored (actor) by authority 0, signed by authorities 1 and 2 only.
+    let mut sc = fleet.sign_policy_by(
+        &[enrol],
+        vec![Edit::Set(Level::Fleet, "a".into(), json!(1))],
+        &[0, 1],
+    );
+    sc.sigs.remove(0);
+    sc.cosign(&fleet.authorities[2]).unwrap();
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::ActorNotAuthor { .. }), "{why}");
+
+    // A status change whose automerge actor is node 0 but is filed as node 1's
+    // document and signed by node 1.
+    let mut sc = status_change(&fleet, 0);
+    sc.doc = DocId::Status {
+        node: fleet.node(1),
+        epoch: 1,
+    };
+    let msg = dcloud_crdt::change::signing_message(&sc.doc, 0, &sc.hash().unwrap());
+    sc.sigs = vec![fleet.nodes[1].sign(&msg)];
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::ActorNotAuthor { .. }), "{why}");
+}
+
+#[test]
+fn weak_key_is_rejected() {
+    let (_fleet, mut r, _) = setup();
+    // The identity point: small order, every signature "verifies" under lax rules.
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let weak = PublicKey(weak);
+    let mut doc =
+        automerge::Automerge::new().with_actor(automerge::ActorId::from(weak.0.as_slice()));
+    let mut tx = doc.transaction();
+    tx.put(automerge::ROOT, "name", "\"x\"").unwrap();
+    tx.commit();
+    let change = doc.get_last_local_change().unwrap();
+    // R = identity, s = 0: valid for a weak key under cofactored, non-strict checks.
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let sc = SignedChange {
+        doc: DocId::Status {
+            node: weak,
+            epoch: 1,
+        },
+        root_version: 0,
+        change: change.raw_bytes().to_vec(),
+        sigs: vec![KeySignature {
+            key: weak,
+            sig: SignatureBytes(sig),
+        }],
+    };
+    let why = assert_rejected(&mut r, sc);
+    assert!(
+        matches!(
+            why,
+            Rejection::Signature(SignatureError::Key(KeyError::Weak(_)))
+        ),
+        "{why}"
+    );
+}
+
+#[test]
+fn non_canonical_signature_is_rejected() {
+    let (fleet, mut r, _) = setup();
+    let mut sc = status_change(&fleet, 0);
+    // s + l: the same scalar, a different (malleated) encoding.
+    let l: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for (i, li) in l.iter().enumerate() {
+        let v = sc.sigs[0].sig.0[32 + i] as u16 + *li as u16 + carry;
+        sc.sigs[0].sig.0[32 + i] = v as u8;
+        carry = v >> 8;
+    }
+    let why = assert_rejected(&mut r, sc);
+    assert!(
+        matches!(why, Rejection::Signature(SignatureError::NonCanonical(_))),
+        "{why}"
+    );
+}
+
+#[test]
+fn fewer_signatures_than_threshold_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let sc = fleet.sign_policy_by(
+        &[enrol],
+        vec![Edit::Set(Level::Fleet, "a".into(), json!(1))],
+        &[0],
+    );
+    let why = assert_rejected(&mut r, sc);
+    assert_eq!(
+        why,
+        Rejection::Threshold {
+            version: 1,
+            got: 1,
+            needed: 2
+        }
+    );
+}
+
+#[test]
+fn one_key_signing_twice_counts_once() {
+    let (fleet, mut r, enrol) = setup();
+    let mut sc = fleet.sign_policy_by(
+        &[enrol],
+        vec![Edit::Set(Level::Fleet, "a".into(), json!(1))],
+        &[0],
+    );
+    sc.sigs.push(sc.sigs[0]);
+    let why = assert_rejected(&mut r, sc);
+    assert_eq!(
+        why,
+        Rejection::Threshold {
+            version: 1,
+            got: 1,
+            needed: 2
+        }
+    );
+
+    // A root listing one key twice does not reach a threshold of 2 with it.
+    let a = SecretKey::from_seed([50; 32]);
+    let root = TrustRoot {
+        version: 1,
+        threshold: 2,
+        keys: vec![a.public(), a.public()],
+    };
+    let err = dcloud_crdt::TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&a, &a])])
+        .unwrap_err();
+    assert!(matches!(err, RootError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn status_written_by_another_node_is_rejected() {
+    let (fleet, mut r, _) = setup();
+    let mut sc = status_change(&fleet, 0);
+    let msg = dcloud_crdt::change::signing_message(&sc.doc, 0, &sc.hash().unwrap());
+    sc.sigs = vec![fleet.nodes[1].sign(&msg)];
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::NotOwner { .. }), "{why}");
+}
+
+#[test]
+fn unenrolled_node_is_rejected() {
+    let (_fleet, mut r, _) = setup();
+    let stranger = SecretKey::from_seed([77; 32]);
+    let mut w = dcloud_crdt::StatusWriter::new(stranger, 1, 16);
+    let sc = w
+        .update(&NodeStatus {
+            name: "x".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::Unenrolled(_)), "{why}");
+    assert!(!why.is_misbehaviour());
+}
+
+#[test]
+fn revoked_node_is_rejected_and_its_status_dropped() {
+    let (fleet, mut r, enrol) = setup();
+    let mut w = fleet.writer(0, 16);
+    let first = w
+        .update(&NodeStatus {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.ingest(vec![first])[0].outcome, Outcome::Applied);
+    assert!(r.status(&fleet.node(0)).is_some());
+    let revoke = fleet.sign_policy(
+        &[enrol],
+        vec![Edit::Revoke(fleet.node(0), "key stolen".into())],
+    );
+    assert_eq!(r.ingest(vec![revoke])[0].outcome, Outcome::Applied);
+    assert!(
+        r.status(&fleet.node(0)).is_none(),
+        "a revoked node's status is dropped"
+    );
+    let later = w
+        .update(&NodeStatus {
+            name: "b".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let why = assert_rejected(&mut r, later);
+    assert!(matches!(why, Rejection::Revoked(_)), "{why}");
+    assert_eq!(r.effective_config(&fleet.node(0)), None);
+}
+
+fn next_root(
+    fleet: &Fleet,
+    version: u64,
+    new_keys: &[&SecretKey],
+    signers: &[&SecretKey],
+) -> SignedTrustRoot {
+    let _ = fleet;
+    let root = TrustRoot {
+        version,
+        threshold: 2,
+        keys: new_keys.iter().map(|k| k.public()).collect(),
+    };
+    SignedTrustRoot::sign(root, signers)
+}
+
+#[test]
+fn trust_root_rotation_attacks_are_refused() {
+    let (fleet, mut r, _) = setup();
+    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([60 + i; 32])).collect();
+    let new: Vec<&SecretKey> = n.iter().collect();
+    let old: Vec<&SecretKey> = fleet.authorities.iter().collect();
+    let both: Vec<&SecretKey> = old.iter().chain(new.iter()).copied().collect();
+    let before = fingerprint(&r);
+
+    // Skipping a version.
+    let err = r
+        .ingest_root(next_root(&fleet, 3, &new, &both))
+        .unwrap_err();
+    assert_eq!(err, RootError::NotNext { current: 1, got: 3 });
+    // Signed only by the old keys.
+    let err = r.ingest_root(next_root(&fleet, 2, &new, &old)).unwrap_err();
+    assert!(
+        matches!(err, RootError::Threshold { ref by, got: 0, .. } if by == "its own"),
+        "{err}"
+    );
+    // Signed only by the new keys.
+    let err = r.ingest_root(next_root(&fleet, 2, &new, &new)).unwrap_err();
+    assert!(
+        matches!(err, RootError::Threshold { ref by, got: 0, .. } if by == "v1's"),
+        "{err}"
+    );
+    assert_eq!(before, fingerprint(&r));
+    assert_eq!(r.trust().current().version, 1);
+
+    // A proper rotation, then a rollback to v1 and a replay of v2 with other content.
+    assert_eq!(r.ingest_root(next_root(&fleet, 2, &new, &both)), Ok(true));
+    // Offering the held v1 again is a harmless duplicate; it never becomes current.
+    assert_eq!(r.ingest_root(fleet.root.clone()), Ok(false));
+    let mut chain = r.trust().clone();
+    let err = chain.advance(fleet.root.clone()).unwrap_err();
+    assert!(
+        matches!(err, RootError::Rollback { current: 2, got: 1 }),
+        "{err}"
+    );
+    let other_v2 = next_root(&fleet, 2, &old, &old);
+    assert!(matches!(
+        r.ingest_root(other_v2).unwrap_err(),
+        RootError::Rollback { .. }
+    ));
+    assert_eq!(r.trust().current().version, 2);
+
+    // A bad signature on an otherwise valid root is refused outright.
+    let mut bad = next_root(&fleet, 3, &old, &both);
+    bad.sigs[0].sig.0[0] ^= 1;
+    assert!(matches!(
+        r.ingest_root(bad).unwrap_err(),
+        RootError::Signature { .. }
+    ));
+}
+
+#[test]
+fn policy_under_rotated_root_needs_new_keys() {
+    let (fleet, mut r, enrol) = setup();
+    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([60 + i; 32])).collect();
+    let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
+    let new: Vec<&SecretKey> = n.iter().collect();
+    r.ingest_root(next_root(&fleet, 2, &new, &both)).unwrap();
+    // Old keys claiming v2: not in v2's key set.
+    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol.clone()]).unwrap();
+    ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
+        .unwrap();
+    let mut sc = ed.finish(&fleet.authorities[0], 2).unwrap();
+    sc.cosign(&fleet.authorities[1]).unwrap();
+    let why = assert_rejected(&mut r, sc);
+    assert_eq!(
+        why,
+        Rejection::Threshold {
+            version: 2,
+            got: 0,
+            needed: 2
+        }
+    );
+    // New keys under v2: accepted.
+    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol]).unwrap();
+    ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
+        .unwrap();
+    let mut sc = ed.finish(&n[0], 2).unwrap();
+    sc.cosign(&n[1]).unwrap();
+    assert_eq!(r.ingest(vec![sc])[0].outcome, Outcome::Applied);
+}
+
+#[test]
+fn oversized_change_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let big = "x".repeat(r.limits().policy_change_size_max_bytes);
+    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol]).unwrap();
+    // The editor bounds one value; many values make one oversized change.
+    for i in 0..(big.len() / 60_000 + 1) {
+        ed.push(Edit::Set(
+            Level::Fleet,
+            format!("k{i}"),
+            json!(big[..60_000]),
+        ))
+        .unwrap();
+    }
+    let mut sc = ed.finish(&fleet.authorities[0], 1).unwrap();
+    sc.cosign(&fleet.authorities[1]).unwrap();
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::TooLarge { .. }), "{why}");
+
+    // A status value over the per-field bound.
+    let mut w = fleet.writer(0, 16);
+    let sc = w
+        .update(&NodeStatus {
+            name: "y".repeat(5000),
+            ..Default::default()
+        })
+        .unwrap();
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::Schema(_)), "{why}");
+}
+
+#[test]
+fn too_many_signatures_is_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let mut sc = fleet.set(&[enrol], "a", json!(1));
+    let extra = sc.sigs[1];
+    while sc.sigs.len() <= r.limits().signatures_max {
+        sc.sigs.push(extra);
+    }
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::SignatureCount { .. }), "{why}");
+    // A status change carries exactly its owner's signature.
+    let mut sc = status_change(&fleet, 0);
+    sc.sigs.push(sc.sigs[0]);
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::SignatureCount { .. }), "{why}");
+}
+
+#[test]
+fn malformed_and_truncated_bytes_are_rejected() {
+    let (fleet, mut r, enrol) = setup();
+    let sc = fleet.set(&[enrol], "a", json!(1));
+    let bytes = sc.encode();
+    assert_eq!(SignedChange::decode(&bytes, 1 << 20).unwrap(), sc);
+    for cut in [0, 1, 2, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            SignedChange::decode(&bytes[..cut], 1 << 20).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut v2 = bytes.clone();
+    v2[0] = 2;
+    assert_eq!(
+        SignedChange::decode(&v2, 1 << 20).unwrap_err(),
+        DecodeError::UnknownVersion(2)
+    );
+    assert!(matches!(
+        SignedChange::decode(&bytes, 10).unwrap_err(),
+        DecodeError::TooLarge { .. }
+    ));
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(
+        SignedChange::decode(&trailing, 1 << 20).unwrap_err(),
+        DecodeError::Malformed(_)
+    ));
+
+    // Well-framed but the change bytes are garbage or truncated.
+    for change in [
+        vec![],
+        vec![0x85, 0x6f, 0x4a, 0x83],
+        sc.change[..sc.change.len() - 3].to_vec(),
+    ] {
+        let mut bad = sc.clone();
+        bad.change = change;
+        let why = assert_rejected(&mut r, bad);
+        assert!(matches!(why, Rejection::Malformed(_)), "{why}");
+    }
+}
+
+#[test]
+fn status_of_unknown_epoch_order_is_buffered_not_lost() {
+    let (fleet, mut r, _) = setup();
+    let mut w = fleet.writer(0, 16);
+    let a = w
+        .update(&NodeStatus {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let b = w
+        .update(&NodeStatus {
+            name: "b".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.ingest(vec![b.clone()])[0].outcome, Outcome::Pending);
+    let rep = r.ingest(vec![a]);
+    assert_eq!(rep[0].outcome, Outcome::Applied);
+    assert_eq!(r.status(&fleet.node(0)).unwrap().0.name, "b");
+    assert_eq!(r.ingest(vec![b])[0].outcome, Outcome::Duplicate);
+}
+
+#[test]
+fn site_edit_of_unenrolled_node_is_refused_by_the_editor() {
+    let (_fleet, _r, enrol) = setup();
+    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol]).unwrap();
+    let stranger = SecretKey::from_seed([77; 32]).public();
+    let err = ed
+        .push(Edit::Set(Level::Site(stranger), "a".into(), json!(1)))
+        .unwrap_err();
+    assert!(err.to_string().contains("not enrolled"), "{err}");
+    let err = ed
+        .push(Edit::Enrol(
+            stranger,
+            Member {
+                name: "x".into(),
+                region: "bad region".into(),
+                labels: Default::default(),
+            },
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("region"), "{err}");
+}
