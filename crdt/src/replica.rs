@@ -665,6 +665,14 @@ impl Replica {
             }
         }
         if let Some(mut d) = next_doc {
+            if newer {
+                // Changes waiting for an epoch this one replaces will never apply.
+                for old in self.pending.docs_of_node(&node) {
+                    if matches!(old, DocId::Status { epoch: e, .. } if e < d.epoch) {
+                        self.pending.take_doc(&old);
+                    }
+                }
+            }
             let (status, _bad) = NodeStatus::from_fields(
                 d.fields
                     .iter()
