@@ -1,1 +1,589 @@
-fn main() {}
+//! `dcloud-admin`: the authority's signing tool.
+//!
+//! Offline except for `--from` (fetch a base snapshot from a node) and
+//! `publish`. Private keys never leave this machine: the tool reads them from
+//! their files, signs, and writes bundle files. See `docs/operator-guide.md`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use dcloud_crdt::{Bundle, Edit, PublicKey, SecretKey, TrustChain};
+use dcloud_node::admin::base::Base;
+use dcloud_node::admin::client::Client;
+use dcloud_node::admin::inspect::{inspect, short_hash};
+use dcloud_node::admin::trust::ChainFile;
+use dcloud_node::admin::{edit, files, keys, publish, trust};
+
+#[derive(Parser)]
+#[command(
+    name = "dcloud-admin",
+    version,
+    about = "The dcloud authority's offline signing tool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate an authority key: FILE (secret, mode 0600) and FILE.pub.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Manage the trust root (the authority keys nodes trust, and the threshold).
+    #[command(subcommand)]
+    Root(RootCmd),
+    /// Enrol a node (site) in the fleet.
+    Enrol {
+        /// The node's id (its public key, shown by `dcloud status` or `dcloud id`).
+        node: String,
+        /// Site name.
+        #[arg(long)]
+        name: String,
+        /// Region.
+        #[arg(long)]
+        region: String,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Revoke a node, permanently: it is cut off and its status dropped.
+    Revoke {
+        /// Node id or enrolled name.
+        node: String,
+        /// Why (kept in the policy).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Set a config value: LEVEL is fleet, region:NAME or site:NODE_ID_OR_NAME.
+    Set {
+        /// fleet, region:NAME or site:NODE_ID_OR_NAME.
+        level: String,
+        /// Dotted path, for example log.level.
+        path: String,
+        /// A JSON value: 1500, true, "info" (quoted), {"a": 1}.
+        value: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Remove a config value (and everything below its path at that level).
+    Unset {
+        /// fleet, region:NAME or site:NODE_ID_OR_NAME.
+        level: String,
+        /// Dotted path.
+        path: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Add your signature to every policy change of a bundle.
+    Cosign {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Your authority key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the cosigned bundle (default: in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show who signed a bundle, whether it meets the threshold, and what it changes.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        #[command(flatten)]
+        base: BaseArgs,
+        /// Your trust chain file, to check the bundle against your own trust root.
+        #[arg(long)]
+        chain: Option<PathBuf>,
+    },
+    /// Hand a signed bundle to a node, which gossips it to the fleet.
+    Publish {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The node's local API, for example http://127.0.0.1:7780.
+        #[arg(long)]
+        to: String,
+        /// Wait until every enrolled site has applied it.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits: 60s, 500ms, 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Publish even if the bundle was signed against a base older than the node's policy.
+        #[arg(long)]
+        allow_stale_base: bool,
+    },
+    /// Save a node's policy snapshot (trust chain and policy changes) as a base file.
+    Snapshot {
+        /// The node's local API, for example http://127.0.0.1:7780.
+        #[arg(long)]
+        from: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RootCmd {
+    /// Create trust root v1.
+    Init {
+        /// Authority key files that sign it now (repeatable).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Further authority keys (hex or FILE.pub) that will cosign (repeatable).
+        #[arg(long = "authority")]
+        others: Vec<String>,
+        /// Distinct authority signatures each policy change needs.
+        #[arg(long)]
+        threshold: u32,
+        /// The chain file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Append the next trust root version (rotate the authority keys).
+    Rotate {
+        /// The current chain file.
+        #[arg(long)]
+        chain: PathBuf,
+        /// Every key of the new root: hex, FILE.pub or key file (repeatable).
+        #[arg(long = "new-key", required = true)]
+        new_keys: Vec<String>,
+        /// The new threshold.
+        #[arg(long)]
+        threshold: u32,
+        /// Key files that sign the rotation (old and new keys; repeatable).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The chain file to write (may be the same as --chain).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add your signature to the last root of a chain file.
+    Cosign {
+        /// The chain file.
+        #[arg(long)]
+        chain: PathBuf,
+        /// Your key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write it (default: in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a chain file.
+    Show {
+        /// The chain file.
+        #[arg(long)]
+        chain: PathBuf,
+    },
+    /// Write a bundle carrying the chain, to publish a rotation to the fleet.
+    Bundle {
+        /// The chain file.
+        #[arg(long)]
+        chain: PathBuf,
+        /// The bundle to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BaseArgs {
+    /// A base snapshot file (`dcloud-admin snapshot`, `dcloud snapshot`) or an
+    /// unpublished bundle signed since; repeatable: their union is the base.
+    #[arg(long = "base")]
+    base: Vec<PathBuf>,
+    /// Fetch the base snapshot from a node's local API instead.
+    #[arg(long, conflicts_with = "base")]
+    from: Option<String>,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    #[command(flatten)]
+    base: BaseArgs,
+    /// Authority key file(s): the first signs, any others cosign.
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// Your trust chain file, when it is newer than the base's (a rotation not yet published).
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// The bundle file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (60s, 500ms, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration (60s, 500ms, 2m)")),
+    }
+}
+
+fn read_keys(paths: &[PathBuf]) -> Result<Vec<SecretKey>> {
+    paths
+        .iter()
+        .map(|p| keys::read_secret(p).map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn read_bundle(path: &Path) -> Result<Bundle> {
+    Ok(files::read_bundle(path)?)
+}
+
+async fn load_base(args: &BaseArgs) -> Result<Base> {
+    let bundles = if let Some(url) = &args.from {
+        let client = Client::new(url)?;
+        vec![client.snapshot().await?]
+    } else if args.base.is_empty() {
+        bail!("no base given: pass --base FILE (a snapshot) or --from http://127.0.0.1:PORT");
+    } else {
+        args.base
+            .iter()
+            .map(|p| read_bundle(p))
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(Base::from_bundles(&bundles)?)
+}
+
+fn read_own_chain(path: &Option<PathBuf>) -> Result<Option<TrustChain>> {
+    match path {
+        None => Ok(None),
+        Some(p) => Ok(Some(
+            ChainFile::read(p)?
+                .verified()
+                .with_context(|| format!("trust chain {}", p.display()))?,
+        )),
+    }
+}
+
+async fn sign(sign: &SignArgs, make: impl FnOnce(&Base) -> Result<Vec<Edit>>) -> Result<()> {
+    // Read the keys first: a bad key changes nothing, not even the network.
+    let signers = read_keys(&sign.keys)?;
+    let own = read_own_chain(&sign.chain)?;
+    let base = load_base(&sign.base).await?;
+    let edits = make(&base)?;
+    let chain = base.signing_chain(own.as_ref())?;
+    let mut bundle = edit::sign_edits(&base, &chain, edits, &signers[0])?;
+    for k in &signers[1..] {
+        edit::cosign(&mut bundle, k)?;
+    }
+    let report = inspect(&bundle, Some(&base), None)?;
+    files::write_bundle(&sign.out, &bundle)?;
+    println!("{report}");
+    println!("wrote {}", sign.out.display());
+    Ok(())
+}
+
+fn parse_public_keys(args: &[String]) -> Result<Vec<PublicKey>> {
+    args.iter()
+        .map(|a| keys::parse_public(a).map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn root_cmd(cmd: RootCmd) -> Result<()> {
+    match cmd {
+        RootCmd::Init {
+            keys: key_files,
+            others,
+            threshold,
+            out,
+        } => {
+            let signers = read_keys(&key_files)?;
+            let others = parse_public_keys(&others)?;
+            if out.exists() {
+                bail!(
+                    "{} already exists; refusing to overwrite a trust chain",
+                    out.display()
+                );
+            }
+            let (file, progress) = trust::init(&signers, &others, threshold)?;
+            file.write(&out)?;
+            print_root(&file);
+            println!("{progress}");
+            println!("wrote {}", out.display());
+        }
+        RootCmd::Rotate {
+            chain,
+            new_keys,
+            threshold,
+            keys: key_files,
+            out,
+        } => {
+            let signers = read_keys(&key_files)?;
+            let new_keys = parse_public_keys(&new_keys)?;
+            let mut file = ChainFile::read(&chain)?;
+            let progress = trust::rotate(&mut file, &new_keys, threshold, &signers)?;
+            file.write(&out)?;
+            print_root(&file);
+            println!("{progress}");
+            if !progress.complete() {
+                println!(
+                    "cosign with: dcloud-admin root cosign --chain {} --key KEY",
+                    out.display()
+                );
+            }
+            println!("wrote {}", out.display());
+        }
+        RootCmd::Cosign { chain, key, out } => {
+            let key = keys::read_secret(&key)?;
+            let mut file = ChainFile::read(&chain)?;
+            let progress = file.cosign(&key)?;
+            let out = out.unwrap_or(chain);
+            file.write(&out)?;
+            println!("{progress}");
+            println!("wrote {}", out.display());
+        }
+        RootCmd::Show { chain } => {
+            let file = ChainFile::read(&chain)?;
+            print_root(&file);
+            println!("{}", file.last_progress());
+            file.verified()?;
+        }
+        RootCmd::Bundle { chain, out } => {
+            let file = ChainFile::read(&chain)?;
+            let verified = file.verified()?;
+            let bundle = Bundle {
+                roots: verified.roots().to_vec(),
+                changes: Vec::new(),
+            };
+            files::write_bundle(&out, &bundle)?;
+            println!(
+                "wrote {} (trust chain v1 to v{})",
+                out.display(),
+                verified.current().version
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_root(file: &ChainFile) {
+    for r in &file.roots {
+        let keys: Vec<String> = r.root.keys.iter().map(|k| k.short()).collect();
+        println!(
+            "trust root v{}: threshold {} of {} keys [{}]",
+            r.root.version,
+            r.root.threshold,
+            r.root.keys.len(),
+            keys.join(", ")
+        );
+    }
+}
+
+async fn publish_cmd(
+    bundle_path: &Path,
+    to: &str,
+    wait: bool,
+    timeout: Duration,
+    allow_stale_base: bool,
+) -> Result<()> {
+    let bundle = read_bundle(bundle_path)?;
+    let client = Client::new(to)?;
+    let checked = publish::check(&client, &bundle, allow_stale_base).await?;
+    let reply = publish::post(&client, &bundle).await?;
+    for r in &reply.reports {
+        let h = r.hash.as_deref().map_or("?", |h| &h[..h.len().min(12)]);
+        println!("change {h}: {}", r.outcome);
+    }
+    println!("published {} to {}", bundle_path.display(), client.url());
+    if !wait || checked.heads.is_empty() {
+        return Ok(());
+    }
+    let heads: Vec<String> = checked.heads.iter().map(short_hash).collect();
+    println!("waiting for rollout of policy {}", heads.join(","));
+    let start = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} sites applied {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last = String::new();
+    let result = publish::wait(&client, &checked.heads, timeout, |r| {
+        bar.set_length(r.enrolled as u64);
+        bar.set_position(r.applied as u64);
+        let line = publish::describe(r);
+        bar.set_message(
+            line.split_once("; ")
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or_default(),
+        );
+        if !tty && line != last {
+            eprintln!("rollout: {line}");
+        }
+        last = line;
+    })
+    .await;
+    bar.finish_and_clear();
+    let r = result?;
+    println!(
+        "rollout complete: {}/{} sites applied in {} ms",
+        r.applied,
+        r.enrolled,
+        start.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Keygen { out } => {
+            let public = keys::keygen(&out)?;
+            println!("{public}");
+            println!(
+                "wrote {} (secret, mode 0600) and {}",
+                out.display(),
+                keys::public_path(&out).display()
+            );
+        }
+        Cmd::Root(cmd) => root_cmd(cmd)?,
+        Cmd::Enrol {
+            node,
+            name,
+            region,
+            labels,
+            sign: s,
+        } => {
+            let id = edit::parse_node(&node)?;
+            let member = edit::member(&name, &region, &labels)?;
+            sign(&s, |_| Ok(vec![Edit::Enrol(id, member)])).await?;
+        }
+        Cmd::Revoke {
+            node,
+            reason,
+            sign: s,
+        } => {
+            sign(&s, |base| {
+                let id = edit::resolve_site(&node, base.policy())?;
+                Ok(vec![Edit::Revoke(id, reason)])
+            })
+            .await?;
+        }
+        Cmd::Set {
+            level,
+            path,
+            value,
+            sign: s,
+        } => {
+            // A value that is not JSON is refused before anything is read or fetched.
+            let value = edit::parse_value(&value)?;
+            sign(&s, |base| {
+                let level = edit::parse_level(&level, base.policy())?;
+                Ok(vec![Edit::Set(level, path, value)])
+            })
+            .await?;
+        }
+        Cmd::Unset {
+            level,
+            path,
+            sign: s,
+        } => {
+            sign(&s, |base| {
+                let level = edit::parse_level(&level, base.policy())?;
+                Ok(vec![Edit::Unset(level, path)])
+            })
+            .await?;
+        }
+        Cmd::Cosign { bundle, key, out } => {
+            let key = keys::read_secret(&key)?;
+            let mut b = read_bundle(&bundle)?;
+            let n = edit::cosign(&mut b, &key)?;
+            let out = out.unwrap_or(bundle);
+            files::write_bundle(&out, &b)?;
+            println!("signed {n} change(s) with {}", key.public().short());
+            println!("{}", inspect(&b, None, None)?);
+            println!("wrote {}", out.display());
+        }
+        Cmd::Verify {
+            bundle,
+            base,
+            chain,
+        } => {
+            let b = read_bundle(&bundle)?;
+            let own = read_own_chain(&chain)?;
+            let base = if base.base.is_empty() && base.from.is_none() {
+                None
+            } else {
+                Some(load_base(&base).await?)
+            };
+            let report = inspect(&b, base.as_ref(), own.as_ref())?;
+            println!("{report}");
+            if !report.ok() {
+                bail!(
+                    "{} does not verify: {}",
+                    bundle.display(),
+                    report.problems.join("; ")
+                );
+            }
+        }
+        Cmd::Publish {
+            bundle,
+            to,
+            wait,
+            timeout,
+            allow_stale_base,
+        } => publish_cmd(&bundle, &to, wait, timeout, allow_stale_base).await?,
+        Cmd::Snapshot { from, out } => {
+            let client = Client::new(&from)?;
+            let snap = client.snapshot().await?;
+            Base::from_bundles(std::slice::from_ref(&snap))?;
+            files::write_bundle(&out, &snap)?;
+            println!(
+                "wrote {} ({} trust root(s), {} policy change(s))",
+                out.display(),
+                snap.roots.len(),
+                snap.changes.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DCLOUD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
