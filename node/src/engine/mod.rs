@@ -21,6 +21,15 @@
 //! THE INTERFACE IN THIS FILE IS SHARED BY THE DAEMON AND THE SIMULATOR:
 //! extend it, do not break it.
 
+mod config;
+mod index;
+mod state;
+pub mod wire;
+
+pub use config::EngineConfig;
+pub use state::{Engine, EngineStats};
+pub use wire::{ChangeId, Message, WireError, WireLimits};
+
 use dcloud_crdt::replica::Report;
 use dcloud_crdt::{NodeId, NodeStatus, SignedChange, SignedTrustRoot};
 
@@ -150,3 +159,6 @@ pub enum Event {
         peer: NodeId,
     },
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! Engine configuration: every interval, fanout and bound, with units last.
+
+use super::wire::WireLimits;
+
+/// How the engine disseminates and reconciles. [`Default`] gives production values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Reconcile with one random neighbour this often (jittered by up to a tenth).
+    pub anti_entropy_interval_ms: u64,
+    /// Write a heartbeat into this node's status this often; 0 never does.
+    pub heartbeat_interval_ms: u64,
+    /// Gather lazy announcements for this long before sending them.
+    pub lazy_flush_interval_ms: u64,
+    /// How long an announced change may stay missing before it is grafted.
+    pub graft_timeout_ms: u64,
+    /// How long a graft may go unanswered before the next announcer is asked.
+    pub graft_retry_ms: u64,
+    /// PlumTree (eager tree plus lazy announcements). False floods every change
+    /// eagerly to every peer (for comparison; costs a copy per link).
+    pub plumtree: bool,
+    /// A peer whose penalty reaches this is disconnected.
+    pub penalty_max: u32,
+    /// Penalty for one invalid change or malformed message.
+    pub penalty_per_offence: u32,
+    /// Bounds on decoded messages (also respected by what this engine sends).
+    pub wire: WireLimits,
+    /// Target size of one message of changes.
+    pub batch_size_max_bytes: usize,
+    /// Ranges a differing range is split into per reconciliation step.
+    pub sync_fanout: u64,
+    /// A differing range with at most this many documents is listed, not split.
+    pub sync_items_threshold: u32,
+    /// Deepest reconciliation step; deeper steps list their items.
+    pub sync_depth_max: u8,
+    /// Most change bytes sent in answer to one reconciliation step.
+    pub sync_send_max_bytes: usize,
+    /// Most lazy announcements queued for one peer (older ones are dropped;
+    /// anti-entropy repairs what they would have announced).
+    pub lazy_queue_max: usize,
+    /// Most announced-but-missing changes tracked for grafting.
+    pub missing_max: usize,
+    /// Most peers remembered as announcers of one missing change.
+    pub announcers_max: usize,
+    /// Most of this node's own status changes kept while it is not yet enrolled.
+    pub own_unpublished_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            anti_entropy_interval_ms: 1_500,
+            heartbeat_interval_ms: 60_000,
+            lazy_flush_interval_ms: 20,
+            graft_timeout_ms: 120,
+            graft_retry_ms: 250,
+            plumtree: true,
+            penalty_max: 100,
+            penalty_per_offence: 25,
+            wire: WireLimits {
+                message_size_max_bytes: 8 << 20,
+                changes_per_message_max: 1024,
+                ids_per_message_max: 1024,
+                ranges_per_message_max: 256,
+                items_per_message_max: 4096,
+                heads_per_doc_max: 64,
+                roots_per_message_max: 64,
+            },
+            batch_size_max_bytes: 256 << 10,
+            sync_fanout: 16,
+            sync_items_threshold: 8,
+            sync_depth_max: 20,
+            sync_send_max_bytes: 4 << 20,
+            lazy_queue_max: 4096,
+            missing_max: 8192,
+            announcers_max: 4,
+            own_unpublished_max: 64,
+        }
+    }
+}

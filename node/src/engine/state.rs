@@ -1,0 +1,962 @@
+//! The engine state machine: see the module docs of [`super`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use dcloud_crdt::{
+    ChangeHash, DocId, NodeId, Outcome, Rejection, Replica, Report, SignedChange, SignedTrustRoot,
+    StatusWriter,
+};
+use rand::RngExt;
+
+use super::config::EngineConfig;
+use super::index::{DocIndex, key_of, split};
+use super::wire::{ChangeId, Item, Message, Push, RangeFp, RangeItems};
+use super::{Event, Input, Millis, Output, Persist, Timer};
+
+/// Counters, for metrics and the simulator's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Messages handed to the driver.
+    pub messages_sent: u64,
+    /// Bytes handed to the driver.
+    pub bytes_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Changes received (from peers) or published that were new and applied.
+    pub changes_applied: u64,
+    /// New changes held back waiting for their dependencies.
+    pub changes_pending: u64,
+    /// Changes received that were already held.
+    pub duplicates_received: u64,
+    /// Changes received for an older status epoch than held.
+    pub stale_received: u64,
+    /// Rejected changes, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Reconciliation rounds started.
+    pub anti_entropy_rounds: u64,
+    /// Messages that did not decode.
+    pub malformed_messages: u64,
+    /// Encoded bytes of changes received from peers.
+    pub change_bytes_received: u64,
+    /// Encoded bytes of changes received from peers that were new here.
+    pub new_change_bytes_received: u64,
+    /// Lazy announcements sent (ids).
+    pub announcements_sent: u64,
+    /// Grafts sent (ids).
+    pub grafts_sent: u64,
+    /// Prunes sent.
+    pub prunes_sent: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    /// On the eager (tree) side of PlumTree.
+    eager: bool,
+    penalty: u32,
+    /// Announcements waiting for the next lazy flush.
+    lazy: Vec<ChangeId>,
+}
+
+#[derive(Debug)]
+struct Missing {
+    announcers: Vec<NodeId>,
+    due: Millis,
+}
+
+/// What one ingest did.
+struct Absorbed {
+    reports: Vec<Report>,
+    new: Vec<(ChangeId, SignedChange)>,
+    duplicates: usize,
+}
+
+/// The replication engine of one node.
+pub struct Engine {
+    config: EngineConfig,
+    replica: Replica,
+    writer: StatusWriter,
+    id: NodeId,
+    index: DocIndex,
+    peers: BTreeMap<NodeId, Peer>,
+    missing: BTreeMap<ChangeId, Missing>,
+    last_heard: HashMap<NodeId, Millis>,
+    revoked: BTreeSet<NodeId>,
+    own_unpublished: Vec<SignedChange>,
+    policy_heads: Vec<ChangeHash>,
+    lazy_timer_at: Option<Millis>,
+    graft_timer_at: Option<Millis>,
+    stats: EngineStats,
+}
+
+fn rejection_kind(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::Malformed(_) => "malformed",
+        Rejection::TooLarge { .. } => "too_large",
+        Rejection::SignatureCount { .. } => "signature_count",
+        Rejection::Signature(_) => "signature",
+        Rejection::ActorNotAuthor { .. } => "actor_not_author",
+        Rejection::Threshold { .. } => "threshold",
+        Rejection::UnknownRoot { .. } => "unknown_root",
+        Rejection::NotOwner { .. } => "not_owner",
+        Rejection::Unenrolled(_) => "unenrolled",
+        Rejection::Revoked(_) => "revoked",
+        Rejection::Schema(_) => "schema",
+        Rejection::EpochFull { .. } => "epoch_full",
+    }
+}
+
+fn encoded_len(sc: &SignedChange) -> usize {
+    postcard::experimental::serialized_size(sc).unwrap_or(sc.change.len())
+}
+
+impl Engine {
+    /// An engine over `replica` (loaded from the store, or empty), writing this
+    /// node's status with `writer`. The outputs set the first timers and
+    /// persist the first heartbeat.
+    pub fn new(
+        config: EngineConfig,
+        replica: Replica,
+        writer: StatusWriter,
+        now: Millis,
+    ) -> (Engine, Vec<Output>) {
+        let mut index = DocIndex::default();
+        for (doc, heads) in replica.docs() {
+            index.set(doc, heads);
+        }
+        let mut policy_heads = replica.policy_heads();
+        policy_heads.sort();
+        let revoked = replica.policy().revoked.keys().copied().collect();
+        // The writer does not expose its key; the id is the owner of the first
+        // heartbeat, which every start writes (a node says it is up).
+        let mut writer = writer;
+        let first_heartbeat = writer.heartbeat();
+        let id = match first_heartbeat.doc {
+            DocId::Status { node, .. } => node,
+            DocId::Policy => unreachable!("a status writer writes status documents"),
+        };
+        let mut engine = Engine {
+            config,
+            replica,
+            writer,
+            id,
+            index,
+            peers: BTreeMap::new(),
+            missing: BTreeMap::new(),
+            last_heard: HashMap::new(),
+            revoked,
+            own_unpublished: Vec::new(),
+            policy_heads,
+            lazy_timer_at: None,
+            graft_timer_at: None,
+            stats: EngineStats::default(),
+        };
+        let mut out = vec![Output::SetTimer {
+            timer: Timer::AntiEntropy,
+            at: now + engine.config.anti_entropy_interval_ms,
+        }];
+        engine.publish_own(first_heartbeat, now, &mut out);
+        if engine.config.heartbeat_interval_ms > 0 {
+            out.push(Output::SetTimer {
+                timer: Timer::Heartbeat,
+                at: now + engine.config.heartbeat_interval_ms,
+            });
+        }
+        (engine, out)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Local receive time of `node`'s latest status change (never its clock).
+    pub fn last_heard(&self, node: &NodeId) -> Option<Millis> {
+        self.last_heard.get(node).copied()
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// Peers on the eager side of the dissemination tree.
+    pub fn eager_peers(&self) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.eager)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.clone()
+    }
+
+    /// Handle one input at time `now`; carry out the outputs in order.
+    pub fn handle(&mut self, input: Input, now: Millis, rng: &mut impl rand::Rng) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::PeerUp { peer } => self.on_peer_up(peer, &mut out),
+            Input::PeerDown { peer } => {
+                self.peers.remove(&peer);
+            }
+            Input::Message { from, bytes } => self.on_bytes(from, &bytes, now, &mut out),
+            Input::Timer(t) => self.on_timer(t, now, rng, &mut out),
+            Input::Publish { roots, changes } => self.on_publish(roots, changes, now, &mut out),
+            Input::SetStatus(status) => {
+                if let Some(c) = self.writer.update(&status) {
+                    self.publish_own(c, now, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    // ---- inputs ----
+
+    fn on_peer_up(&mut self, peer: NodeId, out: &mut Vec<Output>) {
+        if self.revoked.contains(&peer) {
+            out.push(Output::Event(Event::PeerNotAdmitted { peer }));
+            out.push(Output::Disconnect {
+                peer,
+                reason: "revoked by policy".into(),
+            });
+            return;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                eager: true,
+                penalty: 0,
+                lazy: Vec::new(),
+            },
+        );
+        // Catch up at once (after a restart or a heal) rather than at the next round.
+        self.start_sync(peer, out);
+    }
+
+    fn on_bytes(&mut self, from: NodeId, bytes: &[u8], now: Millis, out: &mut Vec<Output>) {
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        match Message::decode(bytes, &self.config.wire) {
+            Err(e) => {
+                self.stats.malformed_messages += 1;
+                tracing::debug!(peer = %from, error = %e, "undecodable message");
+                let w = self.config.penalty_per_offence;
+                self.penalise(from, w, format!("sent an invalid message: {e}"), out);
+            }
+            Ok(msg) => self.on_message(from, msg, now, out),
+        }
+    }
+
+    fn on_message(&mut self, from: NodeId, msg: Message, now: Millis, out: &mut Vec<Output>) {
+        match msg {
+            Message::Changes { push, changes } => {
+                let a = self.absorb(Some(from), changes, now, out);
+                let redundant = push == Push::Eager
+                    && self.config.plumtree
+                    && a.new.is_empty()
+                    && a.duplicates > 0;
+                if let Some(p) = self.peers.get_mut(&from).filter(|p| redundant && p.eager) {
+                    p.eager = false;
+                    self.stats.prunes_sent += 1;
+                    self.send(from, &Message::Prune, out);
+                }
+                self.disseminate(Some(from), &a.new, now, out);
+            }
+            Message::IHave { ids } => self.on_ihave(from, ids, now, out),
+            Message::Graft { ids } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.eager = true;
+                }
+                let found: Vec<SignedChange> = ids
+                    .iter()
+                    .filter_map(|id| self.replica.get(&id.doc, &id.change_hash()).cloned())
+                    .collect();
+                self.send_changes(from, Push::Reply, found, out);
+            }
+            Message::Prune => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.eager = false;
+                }
+            }
+            Message::Roots { roots } => {
+                let advanced = self.ingest_roots(Some(from), roots, out);
+                if !advanced.is_empty() {
+                    self.broadcast_roots(Some(from), out);
+                }
+            }
+            Message::Sync {
+                root_version,
+                depth,
+                ranges,
+                items,
+            } => self.on_sync(from, root_version, depth, ranges, items, out),
+        }
+    }
+
+    fn on_timer(&mut self, t: Timer, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
+        match t {
+            Timer::AntiEntropy => {
+                if !self.peers.is_empty() {
+                    let i = rng.random_range(0..self.peers.len());
+                    let peer = *self.peers.keys().nth(i).expect("index in range");
+                    self.stats.anti_entropy_rounds += 1;
+                    self.start_sync(peer, out);
+                }
+                let base = self.config.anti_entropy_interval_ms;
+                let jitter = if base >= 10 {
+                    rng.random_range(0..base / 10)
+                } else {
+                    0
+                };
+                out.push(Output::SetTimer {
+                    timer: Timer::AntiEntropy,
+                    at: now + base - base / 20 + jitter,
+                });
+            }
+            Timer::Heartbeat => {
+                if self.config.heartbeat_interval_ms > 0 {
+                    let hb = self.writer.heartbeat();
+                    self.publish_own(hb, now, out);
+                    out.push(Output::SetTimer {
+                        timer: Timer::Heartbeat,
+                        at: now + self.config.heartbeat_interval_ms,
+                    });
+                }
+            }
+            Timer::LazyFlush => {
+                self.lazy_timer_at = None;
+                self.flush_lazy(out);
+            }
+            Timer::Graft => {
+                self.graft_timer_at = None;
+                self.on_graft_timer(now, out);
+            }
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        roots: Vec<SignedTrustRoot>,
+        changes: Vec<SignedChange>,
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        let mut root_errors = Vec::new();
+        let mut advanced = false;
+        for root in roots {
+            let v = root.root.version;
+            match self.replica.ingest_root(root.clone()) {
+                Ok(true) => {
+                    advanced = true;
+                    out.push(Output::Persist(Persist::Root(root)));
+                }
+                Ok(false) => {}
+                Err(e) => root_errors.push(format!("trust root v{v}: {e}")),
+            }
+        }
+        let a = self.absorb(None, changes, now, out);
+        out.push(Output::Event(Event::Published {
+            root_errors,
+            reports: a.reports,
+        }));
+        if advanced {
+            self.broadcast_roots(None, out);
+        }
+        self.disseminate(None, &a.new, now, out);
+    }
+
+    /// Ingest and disseminate one of this node's own status changes. While the
+    /// node is not enrolled its changes are kept and offered again when the
+    /// policy changes.
+    fn publish_own(&mut self, change: SignedChange, now: Millis, out: &mut Vec<Output>) {
+        let epoch = match change.doc {
+            DocId::Status { epoch, .. } => epoch,
+            DocId::Policy => 0,
+        };
+        let a = self.absorb(None, vec![change.clone()], now, out);
+        if let Some(Outcome::Rejected(Rejection::Unenrolled(_))) =
+            a.reports.first().map(|r| &r.outcome)
+        {
+            self.own_unpublished
+                .retain(|c| matches!(c.doc, DocId::Status { epoch: e, .. } if e == epoch));
+            if self.own_unpublished.len() < self.config.own_unpublished_max {
+                self.own_unpublished.push(change);
+            }
+        }
+        self.disseminate(None, &a.new, now, out);
+    }
+
+    // ---- ingest and dissemination ----
+
+    /// Verify, authorise and apply `changes`; persist what is new; update the
+    /// index, liveness, epochs and revocations; penalise a misbehaving sender.
+    /// Sends nothing (see [`Engine::disseminate`]).
+    fn absorb(
+        &mut self,
+        from: Option<NodeId>,
+        changes: Vec<SignedChange>,
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) -> Absorbed {
+        if changes.is_empty() {
+            return Absorbed {
+                reports: Vec::new(),
+                new: Vec::new(),
+                duplicates: 0,
+            };
+        }
+        let mut epochs_before: BTreeMap<NodeId, Option<u32>> = BTreeMap::new();
+        for c in &changes {
+            if let DocId::Status { node, .. } = c.doc {
+                epochs_before
+                    .entry(node)
+                    .or_insert_with(|| self.replica.status(&node).map(|(_, e)| e));
+            }
+        }
+        let reports = self.replica.ingest(changes.clone());
+        let mut new = Vec::new();
+        let mut duplicates = 0;
+        let mut touched: BTreeSet<DocId> = BTreeSet::new();
+        let mut offences: Vec<String> = Vec::new();
+        let mut not_admitted = false;
+        for (sc, r) in changes.into_iter().zip(&reports) {
+            let size = if from.is_some() {
+                encoded_len(&sc) as u64
+            } else {
+                0
+            };
+            self.stats.change_bytes_received += size;
+            match &r.outcome {
+                Outcome::Applied | Outcome::Pending => {
+                    self.stats.new_change_bytes_received += size;
+                    if r.outcome == Outcome::Applied {
+                        self.stats.changes_applied += 1;
+                        touched.insert(sc.doc);
+                    } else {
+                        self.stats.changes_pending += 1;
+                    }
+                    if let DocId::Status { node, .. } = sc.doc {
+                        self.last_heard.insert(node, now);
+                    }
+                    let hash = r.hash.expect("a held change parsed");
+                    let id = ChangeId::new(sc.doc, hash);
+                    self.missing.remove(&id);
+                    new.push((id, sc));
+                }
+                Outcome::Duplicate => {
+                    duplicates += 1;
+                    self.stats.duplicates_received += 1;
+                    if let Some(h) = r.hash {
+                        self.missing.remove(&ChangeId::new(sc.doc, h));
+                    }
+                }
+                Outcome::Stale => self.stats.stale_received += 1,
+                Outcome::Rejected(rej) => {
+                    *self
+                        .stats
+                        .rejected
+                        .entry(rejection_kind(rej).to_string())
+                        .or_default() += 1;
+                    if rej.is_misbehaviour() {
+                        offences.push(format!("change for {} rejected: {rej}", sc.doc));
+                    } else if matches!(rej, Rejection::Unenrolled(_) | Rejection::Revoked(_))
+                        && from.is_some()
+                        && matches!(sc.doc, DocId::Status { node, .. } if Some(node) == from)
+                    {
+                        not_admitted = true;
+                    }
+                }
+            }
+        }
+        if !new.is_empty() {
+            out.push(Output::Persist(Persist::Changes(
+                new.iter().map(|(_, c)| c.clone()).collect(),
+            )));
+        }
+        for (node, before) in epochs_before {
+            if let Some((_, epoch)) = self.replica.status(&node)
+                && before.is_some_and(|b| b < epoch)
+            {
+                out.push(Output::Persist(Persist::DropStatusBefore { node, epoch }));
+            }
+        }
+        for doc in touched {
+            match doc {
+                DocId::Policy => {}
+                DocId::Status { node, .. } => {
+                    if let Some((_, epoch)) = self.replica.status(&node) {
+                        let d = DocId::Status { node, epoch };
+                        let heads = self.replica.heads(&d);
+                        self.index.set(d, heads);
+                    }
+                }
+            }
+        }
+        let mut heads = self.replica.policy_heads();
+        heads.sort();
+        if heads != self.policy_heads {
+            self.index.set(DocId::Policy, heads.clone());
+            self.policy_heads = heads;
+            out.push(Output::Event(Event::PolicyChanged));
+            self.on_policy_changed(now, out);
+        }
+        if let Some(peer) = from {
+            if !offences.is_empty() {
+                let reason = if offences.len() == 1 {
+                    offences.swap_remove(0)
+                } else {
+                    format!("{} invalid changes; first: {}", offences.len(), offences[0])
+                };
+                let w = self.config.penalty_per_offence;
+                self.penalise(peer, w, reason, out);
+            }
+            if not_admitted && self.peers.remove(&peer).is_some() {
+                out.push(Output::Event(Event::PeerNotAdmitted { peer }));
+                out.push(Output::Disconnect {
+                    peer,
+                    reason: "not enrolled, or revoked".into(),
+                });
+            }
+        }
+        Absorbed {
+            reports,
+            new,
+            duplicates,
+        }
+    }
+
+    fn on_policy_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let revoked: Vec<NodeId> = self
+            .replica
+            .policy()
+            .revoked
+            .keys()
+            .filter(|n| !self.revoked.contains(n))
+            .copied()
+            .collect();
+        for node in revoked {
+            self.revoked.insert(node);
+            self.index.remove_node(&node);
+            self.last_heard.remove(&node);
+            out.push(Output::Persist(Persist::DropNode { node }));
+            if self.peers.remove(&node).is_some() {
+                out.push(Output::Event(Event::PeerNotAdmitted { peer: node }));
+                out.push(Output::Disconnect {
+                    peer: node,
+                    reason: "revoked by policy".into(),
+                });
+            }
+        }
+        if !self.own_unpublished.is_empty() && self.replica.policy().is_active_member(&self.id) {
+            let mine = std::mem::take(&mut self.own_unpublished);
+            let a = self.absorb(None, mine, now, out);
+            self.disseminate(None, &a.new, now, out);
+        }
+    }
+
+    /// Push new changes eagerly to the tree and announce them lazily to the
+    /// other peers (or flood them eagerly to all, without PlumTree).
+    fn disseminate(
+        &mut self,
+        from: Option<NodeId>,
+        new: &[(ChangeId, SignedChange)],
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        if new.is_empty() {
+            return;
+        }
+        let mut eager = Vec::new();
+        let mut lazy_any = false;
+        for (peer, p) in &mut self.peers {
+            if Some(*peer) == from {
+                continue;
+            }
+            if p.eager || !self.config.plumtree {
+                eager.push(*peer);
+            } else {
+                p.lazy.extend(new.iter().map(|(id, _)| *id));
+                let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
+                p.lazy.drain(..over);
+                lazy_any = true;
+            }
+        }
+        let changes: Vec<SignedChange> = new.iter().map(|(_, c)| c.clone()).collect();
+        for peer in eager {
+            self.send_changes(peer, Push::Eager, changes.clone(), out);
+        }
+        if lazy_any && self.lazy_timer_at.is_none() {
+            let at = now + self.config.lazy_flush_interval_ms;
+            self.lazy_timer_at = Some(at);
+            out.push(Output::SetTimer {
+                timer: Timer::LazyFlush,
+                at,
+            });
+        }
+    }
+
+    fn flush_lazy(&mut self, out: &mut Vec<Output>) {
+        let max = self.config.wire.ids_per_message_max.max(1);
+        let mut sends = Vec::new();
+        for (peer, p) in &mut self.peers {
+            if p.lazy.is_empty() {
+                continue;
+            }
+            let ids = std::mem::take(&mut p.lazy);
+            for chunk in ids.chunks(max) {
+                sends.push((*peer, chunk.to_vec()));
+            }
+        }
+        for (peer, ids) in sends {
+            self.stats.announcements_sent += ids.len() as u64;
+            self.send(peer, &Message::IHave { ids }, out);
+        }
+    }
+
+    fn on_ihave(&mut self, from: NodeId, ids: Vec<ChangeId>, now: Millis, out: &mut Vec<Output>) {
+        let due = now + self.config.graft_timeout_ms;
+        for id in ids {
+            if self.replica.contains(&id.doc, &id.change_hash()) {
+                continue;
+            }
+            if let DocId::Status { node, epoch } = id.doc
+                && (self.revoked.contains(&node)
+                    || self.replica.status(&node).is_some_and(|(_, e)| e > epoch))
+            {
+                continue;
+            }
+            let len = self.missing.len();
+            match self.missing.get_mut(&id) {
+                Some(m)
+                    if m.announcers.len() < self.config.announcers_max
+                        && !m.announcers.contains(&from) =>
+                {
+                    m.announcers.push(from);
+                }
+                Some(_) => {}
+                None if len < self.config.missing_max => {
+                    self.missing.insert(
+                        id,
+                        Missing {
+                            announcers: vec![from],
+                            due,
+                        },
+                    );
+                }
+                None => {}
+            }
+        }
+        self.arm_graft_timer(out);
+    }
+
+    fn arm_graft_timer(&mut self, out: &mut Vec<Output>) {
+        let Some(next) = self.missing.values().map(|m| m.due).min() else {
+            return;
+        };
+        if self.graft_timer_at.is_none_or(|t| next < t) {
+            self.graft_timer_at = Some(next);
+            out.push(Output::SetTimer {
+                timer: Timer::Graft,
+                at: next,
+            });
+        }
+    }
+
+    fn on_graft_timer(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let mut grafts: BTreeMap<NodeId, Vec<ChangeId>> = BTreeMap::new();
+        let mut gone = Vec::new();
+        for (id, m) in &mut self.missing {
+            if m.due > now {
+                continue;
+            }
+            // The first announcer still connected.
+            m.announcers.retain(|a| self.peers.contains_key(a));
+            if m.announcers.is_empty() {
+                gone.push(*id);
+                continue;
+            }
+            let peer = m.announcers.remove(0);
+            grafts.entry(peer).or_default().push(*id);
+            m.due = now + self.config.graft_retry_ms;
+        }
+        for id in gone {
+            self.missing.remove(&id);
+        }
+        let max = self.config.wire.ids_per_message_max.max(1);
+        for (peer, ids) in grafts {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.eager = true;
+            }
+            for chunk in ids.chunks(max) {
+                self.stats.grafts_sent += chunk.len() as u64;
+                self.send(
+                    peer,
+                    &Message::Graft {
+                        ids: chunk.to_vec(),
+                    },
+                    out,
+                );
+            }
+        }
+        self.arm_graft_timer(out);
+    }
+
+    // ---- trust roots ----
+
+    fn ingest_roots(
+        &mut self,
+        from: Option<NodeId>,
+        roots: Vec<SignedTrustRoot>,
+        out: &mut Vec<Output>,
+    ) -> Vec<u64> {
+        let mut advanced = Vec::new();
+        for root in roots {
+            let v = root.root.version;
+            match self.replica.ingest_root(root.clone()) {
+                Ok(true) => {
+                    advanced.push(v);
+                    out.push(Output::Persist(Persist::Root(root)));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    *self.stats.rejected.entry("root".into()).or_default() += 1;
+                    if let Some(peer) = from {
+                        let w = self.config.penalty_per_offence;
+                        self.penalise(peer, w, format!("trust root v{v} refused: {e}"), out);
+                    }
+                }
+            }
+        }
+        advanced
+    }
+
+    fn broadcast_roots(&mut self, except: Option<NodeId>, out: &mut Vec<Output>) {
+        let roots = self.replica.trust().roots().to_vec();
+        let peers: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| Some(**p) != except)
+            .copied()
+            .collect();
+        let msg = Message::Roots { roots };
+        for p in peers {
+            self.send(p, &msg, out);
+        }
+    }
+
+    // ---- anti-entropy ----
+
+    fn root_version(&self) -> u64 {
+        self.replica.trust().current().version
+    }
+
+    fn start_sync(&mut self, peer: NodeId, out: &mut Vec<Output>) {
+        let msg = Message::Sync {
+            root_version: self.root_version(),
+            depth: 0,
+            ranges: vec![self.index.range_fp(0, u64::MAX)],
+            items: Vec::new(),
+        };
+        self.send(peer, &msg, out);
+    }
+
+    fn on_sync(
+        &mut self,
+        from: NodeId,
+        root_version: u64,
+        depth: u8,
+        ranges: Vec<RangeFp>,
+        items: Vec<RangeItems>,
+        out: &mut Vec<Output>,
+    ) {
+        if root_version < self.root_version() {
+            let roots = self.replica.trust().roots().to_vec();
+            self.send(from, &Message::Roots { roots }, out);
+        }
+        let cfg = &self.config;
+        let mut reply_ranges: Vec<RangeFp> = Vec::new();
+        let mut reply_items: Vec<RangeItems> = Vec::new();
+        let step_max = cfg.wire.ranges_per_message_max;
+        for r in ranges {
+            let mine = self.index.range_fp(r.lo, r.hi);
+            if mine.count == r.count && mine.fp == r.fp {
+                continue;
+            }
+            if mine.count <= cfg.sync_items_threshold || depth >= cfg.sync_depth_max || r.lo == r.hi
+            {
+                reply_items.push(RangeItems {
+                    lo: r.lo,
+                    hi: r.hi,
+                    items: self.index.items(r.lo, r.hi),
+                    reply: true,
+                });
+            } else {
+                for (lo, hi) in split(r.lo, r.hi, cfg.sync_fanout) {
+                    reply_ranges.push(self.index.range_fp(lo, hi));
+                }
+            }
+        }
+        let mut to_send: Vec<SignedChange> = Vec::new();
+        let mut send_bytes = 0usize;
+        for ri in items {
+            let theirs: BTreeMap<_, &Item> = ri
+                .items
+                .iter()
+                .map(|it| (key_of(&it.doc), it))
+                .filter(|(k, _)| k.0 >= ri.lo && k.0 <= ri.hi)
+                .collect();
+            let mut i_lack = false;
+            for (key, e) in self.index.range(ri.lo, ri.hi) {
+                let their_heads: Vec<ChangeHash> = match theirs.get(key) {
+                    None => Vec::new(),
+                    Some(it) if it.doc == e.doc => {
+                        let hs: Vec<ChangeHash> = it.heads.iter().map(|h| ChangeHash(*h)).collect();
+                        if hs == e.heads {
+                            continue;
+                        }
+                        if hs.iter().any(|h| !self.replica.contains(&e.doc, h)) {
+                            i_lack = true;
+                        }
+                        hs
+                    }
+                    Some(it) => match (it.doc, e.doc) {
+                        (
+                            DocId::Status { epoch: theirs, .. },
+                            DocId::Status { epoch: mine, .. },
+                        ) if theirs < mine => Vec::new(),
+                        _ => {
+                            i_lack = true;
+                            continue;
+                        }
+                    },
+                };
+                if send_bytes >= cfg.sync_send_max_bytes {
+                    continue;
+                }
+                for c in self.replica.missing_for(&e.doc, &their_heads) {
+                    send_bytes += c.change.len();
+                    to_send.push(c.clone());
+                }
+            }
+            for (key, it) in &theirs {
+                if self.index.range(key.0, key.0).all(|(k, _)| k != key) {
+                    if let DocId::Status { node, .. } = it.doc
+                        && self.revoked.contains(&node)
+                    {
+                        continue;
+                    }
+                    i_lack = true;
+                }
+            }
+            if i_lack && ri.reply {
+                reply_items.push(RangeItems {
+                    lo: ri.lo,
+                    hi: ri.hi,
+                    items: self.index.items(ri.lo, ri.hi),
+                    reply: false,
+                });
+            }
+        }
+        if !to_send.is_empty() {
+            self.send_changes(from, Push::Reply, to_send, out);
+        }
+        if reply_ranges.is_empty() && reply_items.is_empty() {
+            return;
+        }
+        // Bound one step: ranges and items beyond the limits wait for the next round.
+        reply_items.truncate(step_max);
+        reply_ranges.truncate(step_max - reply_items.len());
+        let items_max = self.config.wire.items_per_message_max;
+        let mut total = 0;
+        for ri in &mut reply_items {
+            let room = items_max.saturating_sub(total);
+            ri.items.truncate(room);
+            total += ri.items.len();
+        }
+        let msg = Message::Sync {
+            root_version: self.root_version(),
+            depth: depth.saturating_add(1),
+            ranges: reply_ranges,
+            items: reply_items,
+        };
+        self.send(from, &msg, out);
+    }
+
+    // ---- sending and penalties ----
+
+    fn send(&mut self, to: NodeId, msg: &Message, out: &mut Vec<Output>) {
+        let bytes = msg.encode();
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        out.push(Output::Send { to, bytes });
+    }
+
+    /// Send changes in messages of bounded size and count.
+    fn send_changes(
+        &mut self,
+        to: NodeId,
+        push: Push,
+        changes: Vec<SignedChange>,
+        out: &mut Vec<Output>,
+    ) {
+        let mut batch: Vec<SignedChange> = Vec::new();
+        let mut bytes = 0usize;
+        for c in changes {
+            let len = c.change.len() + c.sigs.len() * 100;
+            if !batch.is_empty()
+                && (bytes + len > self.config.batch_size_max_bytes
+                    || batch.len() >= self.config.wire.changes_per_message_max)
+            {
+                let changes = std::mem::take(&mut batch);
+                self.send(to, &Message::Changes { push, changes }, out);
+                bytes = 0;
+            }
+            bytes += len;
+            batch.push(c);
+        }
+        if !batch.is_empty() {
+            self.send(
+                to,
+                &Message::Changes {
+                    push,
+                    changes: batch,
+                },
+                out,
+            );
+        }
+    }
+
+    fn penalise(&mut self, peer: NodeId, weight: u32, reason: String, out: &mut Vec<Output>) {
+        tracing::debug!(%peer, %reason, "peer penalised");
+        out.push(Output::Event(Event::PeerMisbehaved {
+            peer,
+            reason: reason.clone(),
+        }));
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.penalty = p.penalty.saturating_add(weight);
+        if p.penalty >= self.config.penalty_max {
+            self.peers.remove(&peer);
+            out.push(Output::Disconnect {
+                peer,
+                reason: format!("penalty bound reached; last offence: {reason}"),
+            });
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! Unit tests of the engine over a tiny in-memory network (FIFO links, timers
+//! fired by hand). The simulator in `dcloud-sim` exercises it at scale with faults.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use dcloud_crdt::{
+    DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, Outcome, PolicyEditor, Replica,
+    SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::wire::{Message, Push, WIRE_VERSION};
+use super::{Engine, EngineConfig, Event, Input, Output, Persist, Timer};
+
+struct Fleet {
+    authority: SecretKey,
+    policy: Vec<SignedChange>,
+    keys: Vec<SecretKey>,
+    engines: BTreeMap<NodeId, Engine>,
+    queue: VecDeque<(NodeId, Input)>,
+    log: Vec<(NodeId, Output)>,
+    rng: StdRng,
+    now: u64,
+}
+
+fn node_key(i: usize) -> SecretKey {
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    SecretKey::from_seed(seed)
+}
+
+impl Fleet {
+    /// `n` enrolled nodes, `extra` unenrolled ones, connected as a line or a full mesh.
+    fn new(n: usize, extra: usize, mesh: bool, config: EngineConfig) -> Fleet {
+        let authority = SecretKey::from_seed([1; 32]);
+        let root = TrustRoot {
+            version: 1,
+            threshold: 1,
+            keys: vec![authority.public()],
+        };
+        let chain =
+            TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
+        let keys: Vec<SecretKey> = (0..n + extra).map(node_key).collect();
+        let mut ed = PolicyEditor::new(&[]).unwrap();
+        for (i, k) in keys.iter().take(n).enumerate() {
+            ed.push(Edit::Enrol(
+                k.public(),
+                Member {
+                    name: format!("n{i}"),
+                    region: "eu".into(),
+                    labels: Default::default(),
+                },
+            ))
+            .unwrap();
+        }
+        let enrol = ed.finish(&authority, 1).unwrap();
+        let mut f = Fleet {
+            authority,
+            policy: vec![enrol.clone()],
+            keys: keys.clone(),
+            engines: BTreeMap::new(),
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            rng: StdRng::seed_from_u64(42),
+            now: 0,
+        };
+        for k in &keys {
+            let mut replica = Replica::new(chain.clone(), Limits::default());
+            replica.ingest(vec![enrol.clone()]);
+            let writer = StatusWriter::new(k.clone(), 1, 16);
+            let (e, outs) = Engine::new(config.clone(), replica, writer, 0);
+            let id = e.id();
+            assert_eq!(id, k.public());
+            f.engines.insert(id, e);
+            f.apply(id, outs);
+        }
+        let ids: Vec<NodeId> = keys.iter().map(|k| k.public()).collect();
+        for (i, a) in ids.iter().enumerate() {
+            for (j, b) in ids.iter().enumerate() {
+                if i != j && (mesh || i.abs_diff(j) == 1) {
+                    f.queue.push_back((*a, Input::PeerUp { peer: *b }));
+                }
+            }
+        }
+        f
+    }
+
+    fn id(&self, i: usize) -> NodeId {
+        self.keys[i].public()
+    }
+
+    fn apply(&mut self, at: NodeId, outs: Vec<Output>) {
+        for o in outs {
+            if let Output::Send { to, bytes } = &o
+                && self.engines.contains_key(to)
+            {
+                self.queue.push_back((
+                    *to,
+                    Input::Message {
+                        from: at,
+                        bytes: bytes.clone(),
+                    },
+                ));
+            }
+            self.log.push((at, o));
+        }
+    }
+
+    fn input(&mut self, at: NodeId, input: Input) {
+        let e = self.engines.get_mut(&at).unwrap();
+        let outs = e.handle(input, self.now, &mut self.rng);
+        self.apply(at, outs);
+    }
+
+    /// Deliver until quiet (bounded).
+    fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            let Some((at, input)) = self.queue.pop_front() else {
+                return;
+            };
+            self.now += 1;
+            self.input(at, input);
+        }
+        panic!("network did not go quiet");
+    }
+
+    fn fire_all(&mut self, t: Timer) {
+        let ids: Vec<NodeId> = self.engines.keys().copied().collect();
+        for id in ids {
+            self.input(id, Input::Timer(t));
+        }
+        self.run();
+    }
+
+    /// A policy change on top of every earlier one (one authority actor cannot
+    /// make concurrent changes).
+    fn policy_change(&mut self, key: &str) -> SignedChange {
+        let mut ed = PolicyEditor::new(&self.policy).unwrap();
+        ed.push(Edit::Set(Level::Fleet, key.into(), serde_json::json!(1)))
+            .unwrap();
+        let c = ed.finish(&self.authority, 1).unwrap();
+        self.policy.push(c.clone());
+        c
+    }
+}
+
+#[test]
+fn publish_reaches_every_node_and_persists_before_forwarding() {
+    let mut f = Fleet::new(5, 0, false, EngineConfig::default());
+    f.run();
+    let c = f.policy_change("a");
+    let origin = f.id(0);
+    f.input(
+        origin,
+        Input::Publish {
+            roots: vec![],
+            changes: vec![c],
+        },
+    );
+    f.run();
+    let heads = f.engines[&origin].replica().policy_heads();
+    for e in f.engines.values() {
+        assert_eq!(e.replica().policy_heads(), heads);
+        assert!(e.replica().policy().fleet.contains_key("a"));
+    }
+    // Per node: the publish report, and Persist before any Send of the change.
+    let published: Vec<_> = f
+        .log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Event(Event::Published { reports, .. }) => Some(reports.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0][0].outcome, Outcome::Applied);
+    for id in f.engines.keys() {
+        let mine: Vec<&Output> = f
+            .log
+            .iter()
+            .filter(|(n, _)| n == id)
+            .map(|(_, o)| o)
+            .collect();
+        let persisted = mine.iter().position(|o| {
+            matches!(o, Output::Persist(Persist::Changes(cs)) if cs.iter().any(|c| c.doc == DocId::Policy))
+        });
+        let changed = mine
+            .iter()
+            .position(|o| matches!(o, Output::Event(Event::PolicyChanged)));
+        assert!(persisted.is_some(), "policy change persisted");
+        assert!(changed.is_some(), "policy change event");
+    }
+}
+
+#[test]
+fn anti_entropy_repairs_what_dissemination_missed() {
+    let mut f = Fleet::new(4, 0, true, EngineConfig::default());
+    f.run();
+    // Node 3 learns of a change while disconnected from everyone (peers down).
+    let lonely = f.id(3);
+    for i in 0..3 {
+        let p = f.id(i);
+        f.input(lonely, Input::PeerDown { peer: p });
+        f.input(p, Input::PeerDown { peer: lonely });
+    }
+    f.queue.clear();
+    let c = f.policy_change("b");
+    f.input(
+        lonely,
+        Input::Publish {
+            roots: vec![],
+            changes: vec![c],
+        },
+    );
+    f.input(
+        lonely,
+        Input::SetStatus(NodeStatus {
+            name: "lonely".into(),
+            ..Default::default()
+        }),
+    );
+    f.queue.clear();
+    assert!(
+        !f.engines[&f.id(0)]
+            .replica()
+            .policy()
+            .fleet
+            .contains_key("b")
+    );
+    // Reconnect only in the lonely node's table: its anti-entropy pushes both ways.
+    for i in 0..3 {
+        let p = f.id(i);
+        f.input(lonely, Input::PeerUp { peer: p });
+        f.input(p, Input::PeerUp { peer: lonely });
+    }
+    f.run();
+    f.fire_all(Timer::AntiEntropy);
+    f.fire_all(Timer::AntiEntropy);
+    let heads = f.engines[&lonely].replica().policy_heads();
+    for e in f.engines.values() {
+        assert_eq!(e.replica().policy_heads(), heads);
+        assert_eq!(e.replica().docs(), f.engines[&lonely].replica().docs());
+        let (st, _) = e.replica().status(&lonely).expect("status of lonely");
+        assert_eq!(st.name, "lonely");
+    }
+}
+
+#[test]
+fn reconciliation_converges_with_many_status_docs() {
+    // 40 nodes in a line, no dissemination (statuses only in each own replica),
+    // then anti-entropy rounds alone must converge.
+    let cfg = EngineConfig {
+        plumtree: true,
+        ..EngineConfig::default()
+    };
+    let mut f = Fleet::new(40, 0, false, cfg);
+    f.run();
+    for _ in 0..40 {
+        f.fire_all(Timer::AntiEntropy);
+        let first = f.engines.values().next().unwrap().replica().docs();
+        if f.engines.values().all(|e| e.replica().docs() == first) {
+            assert_eq!(first.len(), 41);
+            return;
+        }
+    }
+    panic!("anti-entropy did not converge");
+}
+
+#[test]
+fn malformed_and_forged_input_is_penalised_then_disconnected() {
+    let mut f = Fleet::new(2, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    f.log.clear();
+    for bytes in [
+        vec![],
+        vec![WIRE_VERSION + 1, 0],
+        vec![WIRE_VERSION, 250, 1, 2],
+    ] {
+        f.input(a, Input::Message { from: b, bytes });
+    }
+    // A forged policy change: signed by a node key, not the authority.
+    let mut forged = f.policy_change("evil");
+    forged.sigs = vec![f.keys[1].sign(b"whatever")];
+    let msg = Message::Changes {
+        push: Push::Eager,
+        changes: vec![forged],
+    };
+    f.input(
+        a,
+        Input::Message {
+            from: b,
+            bytes: msg.encode(),
+        },
+    );
+    let e = &f.engines[&a];
+    assert_eq!(e.stats().malformed_messages, 3);
+    assert_eq!(e.stats().rejected.values().sum::<u64>(), 1);
+    assert!(!e.replica().policy().fleet.contains_key("evil"));
+    assert!(
+        !e.peers().contains(&b),
+        "disconnected past the penalty bound"
+    );
+    assert!(
+        f.log
+            .iter()
+            .any(|(n, o)| *n == a && matches!(o, Output::Disconnect { peer, .. } if *peer == b))
+    );
+    // The forged change was never relayed: a sent no changes at all.
+    let limits = EngineConfig::default().wire;
+    assert!(!f.log.iter().any(|(n, o)| *n == a
+        && matches!(o, Output::Send { bytes, .. }
+            if matches!(Message::decode(bytes, &limits), Ok(Message::Changes { .. })))));
+}
+
+#[test]
+fn revoked_peer_is_cut_off_and_unenrolled_status_is_refused() {
+    let mut f = Fleet::new(3, 1, true, EngineConfig::default());
+    f.run();
+    let outsider = f.id(3);
+    let (a, b) = (f.id(0), f.id(1));
+    assert!(f.engines[&a].replica().status(&outsider).is_none());
+    let mut ed = PolicyEditor::new(&f.policy).unwrap();
+    ed.push(Edit::Revoke(b, "stolen".into())).unwrap();
+    let revoke = ed.finish(&f.authority, 1).unwrap();
+    f.input(
+        a,
+        Input::Publish {
+            roots: vec![],
+            changes: vec![revoke],
+        },
+    );
+    f.run();
+    assert!(f.log.iter().any(|(n, o)| *n == a
+        && matches!(o, Output::Event(Event::PeerNotAdmitted { peer }) if *peer == b)));
+    assert!(
+        f.log.iter().any(|(n, o)| *n == a
+            && matches!(o, Output::Persist(Persist::DropNode { node }) if *node == b))
+    );
+    assert!(!f.engines[&a].peers().contains(&b));
+    assert!(f.engines[&a].replica().status(&b).is_none());
+}
+
+#[test]
+fn plumtree_prunes_redundant_links_and_announces_lazily() {
+    let mut f = Fleet::new(6, 0, true, EngineConfig::default());
+    f.run();
+    for k in ["x", "y", "z"] {
+        let c = f.policy_change(k);
+        let o = f.id(0);
+        f.input(
+            o,
+            Input::Publish {
+                roots: vec![],
+                changes: vec![c],
+            },
+        );
+        f.run();
+        f.now += 1_000;
+        f.fire_all(Timer::LazyFlush);
+        f.now += 1_000;
+        f.fire_all(Timer::Graft);
+    }
+    let eager: usize = f.engines.values().map(|e| e.eager_peers().len()).sum();
+    assert!(eager < 6 * 5, "some links pruned, {eager} eager");
+    for e in f.engines.values() {
+        assert!(
+            e.replica().policy().fleet.contains_key("z"),
+            "{:?} {:?}",
+            e.id(),
+            e.stats()
+        );
+    }
+    let prunes: u64 = f.engines.values().map(|e| e.stats().prunes_sent).sum();
+    assert!(prunes > 0);
+}
+
+#[test]
+fn heartbeat_updates_last_heard_and_rolls_epochs() {
+    let mut f = Fleet::new(2, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    for _ in 0..40 {
+        f.now += 1000;
+        f.input(b, Input::Timer(Timer::Heartbeat));
+        f.run();
+    }
+    let e = &f.engines[&a];
+    let (st, epoch) = e.replica().status(&b).unwrap();
+    assert!(st.hb >= 40);
+    assert!(epoch > 1, "writer rolled to a new epoch");
+    assert!(e.last_heard(&b).unwrap() >= f.now - 10);
+    assert!(f.log.iter().any(|(n, o)| *n == a
+        && matches!(o, Output::Persist(Persist::DropStatusBefore { node, .. }) if *node == b)));
+}

@@ -1,0 +1,256 @@
+//! The engine's wire format: one version byte, then a postcard-encoded
+//! [`Message`]. Everything decoded from a peer is bounded (message size, ids per
+//! announcement, ranges per reconciliation step, heads per document) and every
+//! failure is a typed [`WireError`]; decoding never panics.
+
+use dcloud_crdt::{ChangeHash, DocId, SignedChange, SignedTrustRoot};
+use serde::{Deserialize, Serialize};
+
+/// Version byte of the engine protocol. A peer speaking another version is
+/// refused with [`WireError::UnknownVersion`].
+pub const WIRE_VERSION: u8 = 1;
+
+/// One change, named compactly: its document and automerge hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChangeId {
+    /// The document.
+    pub doc: DocId,
+    /// The automerge change hash.
+    pub hash: [u8; 32],
+}
+
+impl ChangeId {
+    /// The id of a change with hash `hash` in `doc`.
+    pub fn new(doc: DocId, hash: ChangeHash) -> Self {
+        ChangeId { doc, hash: hash.0 }
+    }
+
+    /// The automerge hash.
+    pub fn change_hash(&self) -> ChangeHash {
+        ChangeHash(self.hash)
+    }
+}
+
+/// Why a batch of changes is sent; it decides how the receiver treats duplicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    /// Eager push along the dissemination tree: a duplicate means the link is
+    /// redundant, and the receiver prunes it.
+    Eager,
+    /// An answer to a graft or to reconciliation: duplicates are a race, not redundancy.
+    Reply,
+}
+
+/// The fingerprint of one key range of the reconciliation index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeFp {
+    /// First key (inclusive).
+    pub lo: u64,
+    /// Last key (inclusive).
+    pub hi: u64,
+    /// Entries in the range.
+    pub count: u32,
+    /// XOR of the entries' fingerprints.
+    pub fp: u128,
+}
+
+/// One document as held: its id (with the status epoch) and sorted heads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// The document, with its epoch.
+    pub doc: DocId,
+    /// Its heads, sorted.
+    pub heads: Vec<[u8; 32]>,
+}
+
+/// Every document of one key range, sent when the range is small.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeItems {
+    /// First key (inclusive).
+    pub lo: u64,
+    /// Last key (inclusive).
+    pub hi: u64,
+    /// The sender's documents in the range.
+    pub items: Vec<Item>,
+    /// Whether the receiver should answer with its own items if it holds
+    /// something the sender lacks (false on an answer, so that it ends).
+    pub reply: bool,
+}
+
+/// A message of the engine protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Signed changes (deps first).
+    Changes {
+        /// Eager push or answer.
+        push: Push,
+        /// The changes.
+        changes: Vec<SignedChange>,
+    },
+    /// Lazy announcement: the sender holds these changes.
+    IHave {
+        /// Ids.
+        ids: Vec<ChangeId>,
+    },
+    /// Send me these changes, and push eagerly to me from now on.
+    Graft {
+        /// Ids.
+        ids: Vec<ChangeId>,
+    },
+    /// Stop pushing eagerly to me; announce lazily instead.
+    Prune,
+    /// Trust roots (the receiver's chain is older than the sender's).
+    Roots {
+        /// The chain, oldest first.
+        roots: Vec<SignedTrustRoot>,
+    },
+    /// A step of range-based set reconciliation over (document, heads).
+    Sync {
+        /// The sender's trust-root version in force.
+        root_version: u64,
+        /// Depth of this step (bounded, so that a session ends).
+        depth: u8,
+        /// Ranges whose fingerprints the receiver compares with its own.
+        ranges: Vec<RangeFp>,
+        /// Ranges small enough to list.
+        items: Vec<RangeItems>,
+    },
+}
+
+/// Bounds applied when decoding a message from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireLimits {
+    /// Largest message.
+    pub message_size_max_bytes: usize,
+    /// Most changes in one message.
+    pub changes_per_message_max: usize,
+    /// Most ids in one announcement or graft.
+    pub ids_per_message_max: usize,
+    /// Most ranges (fingerprints plus item lists) in one reconciliation step.
+    pub ranges_per_message_max: usize,
+    /// Most items in one message.
+    pub items_per_message_max: usize,
+    /// Most heads of one document.
+    pub heads_per_doc_max: usize,
+    /// Most trust roots in one message.
+    pub roots_per_message_max: usize,
+}
+
+/// Why bytes from a peer are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Zero bytes.
+    #[error("empty message")]
+    Empty,
+    /// The version byte is not one this build speaks.
+    #[error("unknown protocol version {0} (this node speaks {WIRE_VERSION})")]
+    UnknownVersion(u8),
+    /// Over the size bound.
+    #[error("message is {size} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Postcard could not decode the body.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Bytes after the message.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    /// A list longer than its bound.
+    #[error("{what}: {count} entries, over the limit of {max}")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// Its length.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A range whose first key is after its last.
+    #[error("range {lo:#x}..={hi:#x} is empty")]
+    BadRange {
+        /// First key.
+        lo: u64,
+        /// Last key.
+        hi: u64,
+    },
+}
+
+impl Message {
+    /// Encode: the version byte, then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![WIRE_VERSION];
+        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Decode bytes from a peer, enforcing `limits`.
+    pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Message, WireError> {
+        let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+        if bytes.len() > limits.message_size_max_bytes {
+            return Err(WireError::TooLarge {
+                size: bytes.len(),
+                max: limits.message_size_max_bytes,
+            });
+        }
+        if version != WIRE_VERSION {
+            return Err(WireError::UnknownVersion(version));
+        }
+        let (msg, rest): (Message, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(WireError::Trailing(rest.len()));
+        }
+        msg.check(limits)?;
+        Ok(msg)
+    }
+
+    fn check(&self, l: &WireLimits) -> Result<(), WireError> {
+        fn bound(what: &'static str, count: usize, max: usize) -> Result<(), WireError> {
+            if count > max {
+                Err(WireError::TooMany { what, count, max })
+            } else {
+                Ok(())
+            }
+        }
+        fn range(lo: u64, hi: u64) -> Result<(), WireError> {
+            if lo > hi {
+                Err(WireError::BadRange { lo, hi })
+            } else {
+                Ok(())
+            }
+        }
+        match self {
+            Message::Changes { changes, .. } => {
+                bound("changes", changes.len(), l.changes_per_message_max)
+            }
+            Message::IHave { ids } | Message::Graft { ids } => {
+                bound("ids", ids.len(), l.ids_per_message_max)
+            }
+            Message::Prune => Ok(()),
+            Message::Roots { roots } => bound("roots", roots.len(), l.roots_per_message_max),
+            Message::Sync { ranges, items, .. } => {
+                bound(
+                    "ranges",
+                    ranges.len() + items.len(),
+                    l.ranges_per_message_max,
+                )?;
+                let mut total = 0;
+                for r in ranges {
+                    range(r.lo, r.hi)?;
+                }
+                for r in items {
+                    range(r.lo, r.hi)?;
+                    total += r.items.len();
+                    for it in &r.items {
+                        bound("heads", it.heads.len(), l.heads_per_doc_max)?;
+                    }
+                }
+                bound("items", total, l.items_per_message_max)
+            }
+        }
+    }
+}
