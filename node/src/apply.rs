@@ -1,0 +1,232 @@
+//! Applying the policy to the site: render this node's effective config to a
+//! file, atomically, and run a command.
+//!
+//! The applier is its own task so that a slow or hanging command never blocks
+//! replication. It holds at most one request: a newer effective config replaces
+//! one not yet started (a `watch` channel), so a burst of policy changes runs
+//! the command once for the latest. Each result goes back to the daemon, which
+//! writes it into this node's status (`applied`: heads, error, exit code).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::ApplyConfig;
+
+/// Most bytes of the command's standard error kept for the log and the status.
+pub const STDERR_KEPT_MAX_BYTES: usize = 2048;
+
+/// What to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApplyRequest {
+    /// Policy heads (hex) the config was resolved at.
+    pub heads: Vec<String>,
+    /// The effective config.
+    pub config: serde_json::Value,
+}
+
+/// What came of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyResult {
+    /// The heads of the request.
+    pub heads: Vec<String>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// The command's exit code, when it ran and exited.
+    pub exit_code: Option<i32>,
+}
+
+/// Errors rendering the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Writing, syncing or renaming failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The handle the daemon keeps.
+pub struct Applier {
+    tx: watch::Sender<Option<ApplyRequest>>,
+}
+
+impl Applier {
+    /// Start the applier task; results arrive on the returned receiver.
+    pub fn spawn(config: ApplyConfig) -> (Applier, mpsc::Receiver<ApplyResult>) {
+        let (tx, mut rx) = watch::channel::<Option<ApplyRequest>>(None);
+        let (res_tx, res_rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(req) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let result = apply_once(&config, &req).await;
+                if res_tx.send(result).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (Applier { tx }, res_rx)
+    }
+
+    /// Ask for `req` to be applied (replacing a request not yet started).
+    pub fn submit(&self, req: ApplyRequest) {
+        self.tx.send_replace(Some(req));
+    }
+}
+
+/// Render `config` to `path` atomically: write a temporary file beside it, sync
+/// it, rename it over the target, sync the directory.
+pub fn render(path: &Path, config: &serde_json::Value) -> Result<(), RenderError> {
+    use std::io::Write;
+    let io = |source| RenderError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = serde_json::to_vec_pretty(config).expect("a JSON value serialises");
+    text.push(b'\n');
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&text).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+async fn apply_once(config: &ApplyConfig, req: &ApplyRequest) -> ApplyResult {
+    let mut result = ApplyResult {
+        heads: req.heads.clone(),
+        error: None,
+        exit_code: None,
+    };
+    if let Some(file) = &config.file {
+        let file = file.clone();
+        let value = req.config.clone();
+        let rendered = tokio::task::spawn_blocking(move || render(&file, &value)).await;
+        match rendered {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                result.error = Some(e.to_string());
+                return result;
+            }
+            Err(e) => {
+                result.error = Some(format!("render task failed: {e}"));
+                return result;
+            }
+        }
+    }
+    let Some(cmd) = &config.command else {
+        return result;
+    };
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .env("DCLOUD_POLICY_HEADS", req.heads.join(","))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(file) = &config.file {
+        command.env("DCLOUD_CONFIG_FILE", file);
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            result.error = Some(format!("cannot start apply command {cmd:?}: {e}"));
+            return result;
+        }
+    };
+    let stderr = child.stderr.take();
+    let run = async {
+        let mut kept = Vec::new();
+        if let Some(mut s) = stderr {
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let room = STDERR_KEPT_MAX_BYTES.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            }
+        }
+        (child.wait().await, kept)
+    };
+    match tokio::time::timeout(Duration::from_millis(config.timeout_ms), run).await {
+        Err(_) => {
+            result.error = Some(format!(
+                "apply command timed out after {} ms and was killed",
+                config.timeout_ms
+            ));
+        }
+        Ok((Err(e), _)) => result.error = Some(format!("apply command: {e}")),
+        Ok((Ok(status), stderr)) => {
+            result.exit_code = status.code();
+            if !status.success() {
+                let tail = String::from_utf8_lossy(&stderr).trim().to_string();
+                result.error = Some(match (status.code(), tail.is_empty()) {
+                    (Some(c), true) => format!("apply command exited with status {c}"),
+                    (Some(c), false) => format!("apply command exited with status {c}: {tail}"),
+                    (None, _) => "apply command was killed by a signal".to_string(),
+                });
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_then_runs_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("site.json");
+        let cfg = ApplyConfig {
+            file: Some(file.clone()),
+            command: Some("test -s \"$DCLOUD_CONFIG_FILE\" && echo bad >&2 && exit 3".into()),
+            timeout_ms: 5000,
+        };
+        let req = ApplyRequest {
+            heads: vec!["ab".into()],
+            config: serde_json::json!({"a": 1}),
+        };
+        let r = apply_once(&cfg, &req).await;
+        assert_eq!(r.exit_code, Some(3));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("apply command exited with status 3: bad")
+        );
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({"a": 1}));
+
+        let slow = ApplyConfig {
+            command: Some("sleep 5".into()),
+            timeout_ms: 50,
+            ..cfg
+        };
+        let r = apply_once(&slow, &req).await;
+        assert!(r.error.unwrap().contains("timed out"));
+    }
+}

@@ -1,0 +1,1246 @@
+//! The daemon: one actor that owns the libp2p swarm, the replication engine and
+//! the store, and runs one `tokio::select!` loop.
+//!
+//! Everything else talks to it through [`Handle`] (a bounded channel of
+//! [`Command`]s with `oneshot` replies): the local API, and through the API the
+//! `dcloud` CLI. The loop reacts to
+//!
+//! * swarm events: connections (admission happens here, right after the
+//!   handshake, when the peer id is known), engine frames, failures;
+//! * the engine's timers;
+//! * API commands;
+//! * results of the applier task (rendering the effective config and running
+//!   the apply command, which never blocks this loop);
+//! * a one-second tick: dialing bootstrap and known peers with backoff,
+//!   lifting temporary blocks, probing a failed store, refreshing gauges;
+//! * shutdown (SIGTERM/SIGINT via [`run`]).
+//!
+//! Engine outputs are carried out in order; a `Persist` is flushed to sled
+//! before any later output of the same call, and when it fails the later
+//! sends of that call are dropped (anti-entropy repairs them once the store
+//! takes writes again).
+//!
+//! Admission: a peer must be an enrolled, non-revoked member of the policy this
+//! node holds. The one exception is the bootstrap of a new node: while this
+//! node holds no policy at all (no members), it admits any peer so that it can
+//! fetch the policy that enrols it; its peers, which hold that policy, admit it
+//! only once it is enrolled. When the policy changes, connected peers are
+//! checked again, and revoked peers are cut off and blocked.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcloud_crdt::root::{TrustChain, decode_chain};
+use dcloud_crdt::status::{EPOCH_CHANGES_DEFAULT, HealthCheck};
+use dcloud_crdt::{
+    Bundle, DocId, Limits, NodeId, NodeStatus, Outcome, Replica, SecretKey, StatusWriter,
+};
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundFailure, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::apply::{Applier, ApplyRequest, ApplyResult};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
+use crate::metrics::Metrics;
+use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::store::{EpochFile, Store, StoreError};
+use crate::view::{self, FleetCtx, PublishView, ReportView, StoreView};
+
+/// Commands queued from the API to the actor.
+pub const COMMAND_QUEUE_MAX: usize = 64;
+/// Engine requests in flight to one peer before more are dropped.
+pub const INFLIGHT_PER_PEER_MAX: usize = 256;
+/// First redial delay.
+pub const REDIAL_BACKOFF_MIN_MS: u64 = 500;
+/// Longest redial delay.
+pub const REDIAL_BACKOFF_MAX_MS: u64 = 30_000;
+/// How long a misbehaving peer stays blocked.
+pub const MISBEHAVIOUR_BLOCK_MS: u64 = 60_000;
+/// Largest bundle accepted by the API.
+pub const BUNDLE_SIZE_MAX_BYTES: usize = 16 << 20;
+/// Most addresses remembered per peer.
+pub const ADDRS_PER_PEER_MAX: usize = 8;
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node key could not be read.
+    #[error("{0} (create one with `dcloud init --data-dir DIR`)")]
+    Key(#[from] dcloud_crdt::keys::KeyFileError),
+    /// The trust root file could not be read or does not verify.
+    #[error("trust root file {path}: {reason}")]
+    TrustRoot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store could not be opened, even after moving it aside.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The API address could not be bound.
+    #[error("cannot serve the local API on {addr}: {source} (is another dcloud running?)")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// Why a publish was refused outright.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store does not take writes.
+    #[error("this node is not accepting changes: {0}")]
+    Unavailable(String),
+    /// The daemon is shutting down or busy.
+    #[error("the daemon did not answer: {0}")]
+    Gone(String),
+}
+
+/// A request to the actor.
+pub enum Command {
+    /// `/v1/node`.
+    Node(oneshot::Sender<view::NodeView>),
+    /// `/v1/fleet`.
+    Fleet(oneshot::Sender<view::FleetView>),
+    /// `/v1/nodes/{id}`.
+    NodeRow(NodeId, oneshot::Sender<Option<view::NodeRow>>),
+    /// `/v1/policy`.
+    Policy(oneshot::Sender<view::PolicyView>),
+    /// `/v1/policy/snapshot`.
+    Snapshot(oneshot::Sender<Vec<u8>>),
+    /// `/v1/config`.
+    Config(oneshot::Sender<view::ConfigView>),
+    /// `/v1/rollout` (None: current heads).
+    Rollout(
+        Option<Vec<dcloud_crdt::ChangeHash>>,
+        oneshot::Sender<view::RolloutView>,
+    ),
+    /// `POST /v1/bundles`.
+    Publish(Bundle, oneshot::Sender<Result<PublishView, PublishError>>),
+}
+
+/// The cloneable handle to the actor.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    /// Metrics (read directly: atomics).
+    pub metrics: Arc<Metrics>,
+}
+
+impl Handle {
+    /// Send a command built around a reply channel and wait for the answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .try_send(make(tx))
+            .map_err(|e| PublishError::Gone(format!("command queue: {e}")))?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| PublishError::Gone("timed out after 30 s".into()))?
+            .map_err(|_| PublishError::Gone("the daemon is shutting down".into()))
+    }
+}
+
+#[derive(Debug)]
+struct Redial {
+    next_at: Millis,
+    backoff_ms: u64,
+}
+
+impl Redial {
+    fn new() -> Self {
+        Redial {
+            next_at: 0,
+            backoff_ms: REDIAL_BACKOFF_MIN_MS,
+        }
+    }
+    fn due(&self, now: Millis) -> bool {
+        now >= self.next_at
+    }
+    fn dialed(&mut self, now: Millis, rng: &mut impl rand::Rng) {
+        let jitter = rng.next_u64() % (self.backoff_ms / 4 + 1);
+        self.next_at = now + self.backoff_ms + jitter;
+        self.backoff_ms = (self.backoff_ms * 2).min(REDIAL_BACKOFF_MAX_MS);
+    }
+    fn reset(&mut self) {
+        self.backoff_ms = REDIAL_BACKOFF_MIN_MS;
+    }
+}
+
+struct Bootstrap {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    redial: Redial,
+}
+
+/// What the applier was last asked, and what it last finished.
+#[derive(Default)]
+struct ApplyState {
+    /// Heads and config of the latest request (None config: not a member).
+    target: Option<(Vec<String>, Option<serde_json::Value>)>,
+    /// The config of the last successful run.
+    done_config: Option<serde_json::Value>,
+    /// A request is running.
+    busy: bool,
+    /// What the status reports.
+    applied: dcloud_crdt::status::AppliedPolicy,
+}
+
+/// The actor.
+struct Daemon {
+    cfg: Config,
+    me: NodeId,
+    started: Instant,
+    engine: Engine,
+    swarm: Swarm<Behaviour>,
+    store: Store,
+    epoch_file: EpochFile,
+    store_error: Option<String>,
+    metrics: Arc<Metrics>,
+    rng: rand::rngs::StdRng,
+    timers: BTreeMap<Timer, Millis>,
+    queue: VecDeque<Input>,
+    /// Admitted peers with at least one connection (the engine knows them).
+    up: HashSet<PeerId>,
+    inflight: HashMap<OutboundRequestId, PeerId>,
+    inflight_per_peer: HashMap<PeerId, usize>,
+    bootstrap: Vec<Bootstrap>,
+    redial: HashMap<PeerId, Redial>,
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    blocked_until: HashMap<PeerId, Option<Millis>>,
+    listen_addrs: Vec<Multiaddr>,
+    last_status: Option<NodeStatus>,
+    applier: Applier,
+    apply: ApplyState,
+    publish_reply: Option<oneshot::Sender<Result<PublishView, PublishError>>>,
+    persist_failed_in_call: bool,
+}
+
+fn now_ms(started: Instant) -> Millis {
+    started.elapsed().as_millis() as Millis
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn p2p_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Read the trust-root chain file.
+pub fn read_trust_chain(path: &std::path::Path) -> Result<TrustChain, StartError> {
+    let err = |reason: String| StartError::TrustRoot {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let roots = decode_chain(&bytes).map_err(|e| err(format!("does not decode: {e}")))?;
+    TrustChain::from_roots(roots).map_err(|e| err(format!("does not verify: {e}")))
+}
+
+/// Start the daemon. Returns the handle for the API and a future that runs the
+/// actor until `shutdown` resolves (then flushes and returns).
+pub async fn start(
+    cfg: Config,
+) -> Result<
+    (
+        Handle,
+        impl Future<Output = ()> + use<>,
+        oneshot::Sender<()>,
+    ),
+    StartError,
+> {
+    let key = SecretKey::read_file(&cfg.key_path())?;
+    let me = key.public();
+    let mut chain = read_trust_chain(&cfg.trust_root)?;
+    let limits = Limits::default();
+    let (store, loaded) = Store::open(
+        &cfg.data_dir.join("store"),
+        limits.encoded_change_size_max_bytes(),
+    )?;
+    if let Some(aside) = &loaded.moved_aside {
+        tracing::warn!(moved_to = %aside.display(), "started with an empty store; rebuilding from peers");
+    }
+    for root in loaded.roots {
+        if root.root.version > chain.current().version
+            && let Err(e) = chain.advance(root)
+        {
+            tracing::warn!(error = %e, "a stored trust root does not extend the chain; ignored");
+        }
+    }
+    let mut replica = Replica::new(chain, limits);
+    let stored = loaded.changes.len();
+    let mut own_epoch_max = 0u32;
+    for c in &loaded.changes {
+        if let DocId::Status { node, epoch } = c.doc
+            && node == me
+        {
+            own_epoch_max = own_epoch_max.max(epoch);
+        }
+    }
+    let reports = replica.ingest(loaded.changes);
+    let refused = reports
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Rejected(_)))
+        .count();
+    tracing::info!(
+        node = %me,
+        stored,
+        refused,
+        policy_heads = ?view::hex_heads(&replica.policy_heads()),
+        "replica restored from the store"
+    );
+    // A new status epoch at every start: above anything this node ever wrote
+    // (the epoch file survives a lost store), so its status never goes back.
+    let mut epoch_file = EpochFile::open(&cfg.data_dir.join("status-epoch"))?;
+    let epoch = epoch_file.get().max(own_epoch_max) + 1;
+    epoch_file.raise(epoch)?;
+    let writer = StatusWriter::new(key.clone(), epoch, EPOCH_CHANGES_DEFAULT);
+
+    let mut swarm = net::build_swarm(&key, cfg.mdns, net::FRAME_SIZE_MAX_BYTES)?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let mut addrs: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+    for (node, list) in loaded.peers {
+        if let Some(pid) = net::peer_id(&node) {
+            let parsed: Vec<Multiaddr> = list.iter().filter_map(|a| a.parse().ok()).collect();
+            addrs.insert(pid, parsed);
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let engine_cfg = EngineConfig {
+        heartbeat_interval_ms: cfg.heartbeat_ms,
+        ..EngineConfig::default()
+    };
+    let started = Instant::now();
+    let (engine, first) = Engine::new(engine_cfg, replica, writer, 0);
+    let (applier, apply_rx) = Applier::spawn(cfg.apply.clone());
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let bootstrap = cfg
+        .bootstrap
+        .iter()
+        .map(|a| Bootstrap {
+            addr: a.clone(),
+            peer: p2p_of(a),
+            redial: Redial::new(),
+        })
+        .collect();
+    let mut d = Daemon {
+        cfg,
+        me,
+        started,
+        engine,
+        swarm,
+        store,
+        epoch_file,
+        store_error: None,
+        metrics: metrics.clone(),
+        rng: rand::rngs::StdRng::from_rng(&mut rand::rng()),
+        timers: BTreeMap::new(),
+        queue: VecDeque::new(),
+        up: HashSet::new(),
+        inflight: HashMap::new(),
+        inflight_per_peer: HashMap::new(),
+        bootstrap,
+        redial: HashMap::new(),
+        addrs,
+        blocked_until: HashMap::new(),
+        listen_addrs: Vec::new(),
+        last_status: None,
+        applier,
+        apply: ApplyState::default(),
+        publish_reply: None,
+        persist_failed_in_call: false,
+    };
+    d.metrics.store_ok.set(1);
+    d.carry_out(first);
+    d.policy_changed();
+    d.drain();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let handle = Handle { tx, metrics };
+    Ok((handle, d.run(rx, apply_rx, stop_rx), stop_tx))
+}
+
+impl Daemon {
+    fn now(&self) -> Millis {
+        now_ms(self.started)
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut apply_rx: mpsc::Receiver<ApplyResult>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self.timers.values().min().copied();
+            let sleep_until = next_timer
+                .map(|at| self.started + Duration::from_millis(at))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = &mut stop => break,
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                Some(res) = apply_rx.recv() => self.on_applied(res),
+                _ = tokio::time::sleep_until(sleep_until), if next_timer.is_some() => self.fire_timers(),
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.drain();
+        }
+        tracing::info!("shutting down: flushing the store and closing connections");
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    /// Feed queued inputs to the engine until none are left.
+    fn drain(&mut self) {
+        let mut budget = 10_000;
+        while let Some(input) = self.queue.pop_front() {
+            let now = self.now();
+            let out = self.engine.handle(input, now, &mut self.rng);
+            self.carry_out(out);
+            budget -= 1;
+            if budget == 0 {
+                tracing::error!("engine input loop did not settle; dropping the rest");
+                self.queue.clear();
+            }
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        self.queue.push_back(input);
+        self.drain();
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now();
+        let due: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            self.timers.remove(&t);
+            if t == Timer::AntiEntropy {
+                self.metrics.anti_entropy_rounds.inc();
+            }
+            self.queue.push_back(Input::Timer(t));
+        }
+    }
+
+    fn carry_out(&mut self, outputs: Vec<Output>) {
+        self.persist_failed_in_call = false;
+        let mut policy_changed = false;
+        for out in outputs {
+            match out {
+                Output::Persist(p) => {
+                    if let Err(e) = self.persist(p) {
+                        self.store_failed(e);
+                        self.persist_failed_in_call = true;
+                    }
+                }
+                Output::Send { to, bytes } => {
+                    if !self.persist_failed_in_call {
+                        self.send(to, bytes);
+                    }
+                }
+                Output::SetTimer { timer, at } => {
+                    self.timers.insert(timer, at);
+                }
+                Output::Disconnect { peer, reason } => {
+                    tracing::info!(peer = %peer.short(), %reason, "disconnecting peer");
+                    self.metrics.disconnected("engine");
+                    if let Some(pid) = net::peer_id(&peer) {
+                        let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
+                        self.block(pid, Some(until));
+                    }
+                }
+                Output::Event(ev) => match ev {
+                    Event::PolicyChanged => policy_changed = true,
+                    other => self.on_event(other),
+                },
+            }
+        }
+        if policy_changed {
+            self.policy_changed();
+        }
+    }
+
+    fn persist(&mut self, p: Persist) -> Result<(), StoreError> {
+        match p {
+            Persist::Changes(changes) => {
+                // The epoch file first: it must never be behind what was written.
+                let own_max = changes
+                    .iter()
+                    .filter_map(|c| match c.doc {
+                        DocId::Status { node, epoch } if node == self.me => Some(epoch),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(e) = own_max {
+                    self.epoch_file.raise(e)?;
+                }
+                self.store.put_changes(&changes)
+            }
+            Persist::Root(root) => self.store.put_root(&root),
+            Persist::DropStatusBefore { node, epoch } => {
+                self.store.drop_status_before(&node, epoch)
+            }
+            Persist::DropNode { node } => self.store.drop_node(&node),
+        }
+    }
+
+    fn store_failed(&mut self, e: StoreError) {
+        if self.store_error.is_none() {
+            tracing::error!(error = %e, "the store cannot write: not accepting new changes until it can (reads keep working)");
+        }
+        self.store_error = Some(e.to_string());
+        self.metrics.store_ok.set(0);
+        self.refresh_status();
+    }
+
+    fn try_recover_store(&mut self) {
+        if self.store_error.is_none() {
+            return;
+        }
+        let result = self.store.probe().and_then(|()| {
+            let all: Vec<_> = self.engine.replica().all_changes().cloned().collect();
+            for chunk in all.chunks(512) {
+                self.store.put_changes(chunk)?;
+            }
+            for root in self.engine.replica().trust().roots() {
+                self.store.put_root(root)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                tracing::info!("the store takes writes again; accepting changes");
+                self.store_error = None;
+                self.metrics.store_ok.set(1);
+                self.refresh_status();
+            }
+            Err(e) => self.store_error = Some(e.to_string()),
+        }
+    }
+
+    fn send(&mut self, to: NodeId, bytes: Vec<u8>) {
+        let Some(pid) = net::peer_id(&to) else {
+            return;
+        };
+        if !self.up.contains(&pid) {
+            return;
+        }
+        let n = self.inflight_per_peer.entry(pid).or_default();
+        if *n >= INFLIGHT_PER_PEER_MAX {
+            tracing::debug!(peer = %to.short(), "too many requests in flight; dropping a message");
+            return;
+        }
+        *n += 1;
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(bytes.len() as u64);
+        let id = self.swarm.behaviour_mut().engine.send_request(&pid, bytes);
+        self.inflight.insert(id, pid);
+    }
+
+    fn request_done(&mut self, id: &OutboundRequestId) {
+        if let Some(pid) = self.inflight.remove(id)
+            && let Some(n) = self.inflight_per_peer.get_mut(&pid)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn block(&mut self, pid: PeerId, until: Option<Millis>) {
+        self.blocked_until.insert(pid, until);
+        self.swarm.behaviour_mut().blocked.block_peer(pid);
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Published {
+                root_errors,
+                reports,
+            } => {
+                let reply = self.publish_reply.take();
+                let result = if self.persist_failed_in_call {
+                    Err(PublishError::Unavailable(
+                        self.store_error.clone().unwrap_or_default(),
+                    ))
+                } else {
+                    Ok(publish_view(root_errors, &reports))
+                };
+                for r in &reports {
+                    match &r.outcome {
+                        Outcome::Applied => {
+                            self.metrics.changes_applied.inc();
+                        }
+                        Outcome::Rejected(rej) => self.metrics.rejected(rejection_label(rej)),
+                        _ => {}
+                    }
+                }
+                if let Some(tx) = reply {
+                    let _ = tx.send(result);
+                }
+            }
+            Event::PolicyChanged => self.policy_changed(),
+            Event::PeerMisbehaved { peer, reason } => {
+                tracing::warn!(peer = %peer.short(), %reason, "peer misbehaved");
+                self.metrics.rejected("peer_misbehaved");
+            }
+            Event::PeerNotAdmitted { peer } => {
+                if let Some(pid) = net::peer_id(&peer) {
+                    self.cut_off(pid, "not admitted");
+                }
+            }
+        }
+    }
+
+    /// Whether a peer may talk to this node (see the module docs).
+    fn admitted(&self, node: &NodeId) -> bool {
+        let policy = self.engine.replica().policy();
+        if policy.revoked.contains_key(node) {
+            return false;
+        }
+        policy.members.is_empty() || policy.is_active_member(node)
+    }
+
+    fn cut_off(&mut self, pid: PeerId, why: &'static str) {
+        let revoked = net::node_id(&pid)
+            .is_some_and(|n| self.engine.replica().policy().revoked.contains_key(&n));
+        self.metrics
+            .disconnected(if revoked { "revoked" } else { why });
+        if revoked {
+            tracing::info!(peer = %pid, "peer is revoked: cutting it off for good");
+            self.block(pid, None);
+        } else {
+            let _ = self.swarm.disconnect_peer_id(pid);
+        }
+    }
+
+    fn policy_changed(&mut self) {
+        // Admission is checked again against the new policy.
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for pid in connected {
+            let ok = net::node_id(&pid).is_some_and(|n| self.admitted(&n));
+            if !ok {
+                self.cut_off(pid, "not admitted");
+            }
+        }
+        // Re-render this node's effective config when it changed.
+        let replica = self.engine.replica();
+        let heads = view::hex_heads(&replica.policy_heads());
+        let config = replica.effective_config(&self.me);
+        let same_target = self
+            .apply
+            .target
+            .as_ref()
+            .is_some_and(|(h, c)| *h == heads && *c == config);
+        if !same_target {
+            self.apply.target = Some((heads.clone(), config.clone()));
+            match &config {
+                None => {
+                    self.apply.applied = Default::default();
+                    self.apply.done_config = None;
+                }
+                Some(c)
+                    if !self.apply.busy
+                        && self.apply.done_config.as_ref() == Some(c)
+                        && self.apply.applied.error.is_none() =>
+                {
+                    // Same config under new heads: nothing to run again.
+                    self.apply.applied.heads = heads;
+                }
+                Some(c) => {
+                    self.apply.busy = true;
+                    self.applier.submit(ApplyRequest {
+                        heads,
+                        config: c.clone(),
+                    });
+                }
+            }
+        }
+        self.refresh_status();
+    }
+
+    fn on_applied(&mut self, res: ApplyResult) {
+        let target = self.apply.target.clone();
+        let Some((heads, Some(config))) = target else {
+            self.apply.busy = false;
+            return;
+        };
+        if res.heads != heads {
+            // A newer request is queued behind this one (or supersedes it).
+            if let Some(e) = &res.error {
+                tracing::warn!(error = %e, "applying an older policy failed");
+            }
+            return;
+        }
+        self.apply.busy = false;
+        match &res.error {
+            None => {
+                tracing::info!(heads = ?res.heads, exit_code = ?res.exit_code, "policy applied");
+                self.metrics.applied("ok");
+                self.apply.done_config = Some(config);
+            }
+            Some(e) => {
+                tracing::error!(error = %e, exit_code = ?res.exit_code, "applying policy failed");
+                self.metrics.applied("error");
+                self.apply.done_config = None;
+            }
+        }
+        self.apply.applied = dcloud_crdt::status::AppliedPolicy {
+            heads: res.heads,
+            error: res.error,
+            exit_code: res.exit_code,
+        };
+        self.refresh_status();
+    }
+
+    fn desired_status(&self) -> NodeStatus {
+        let replica = self.engine.replica();
+        let member = replica.policy().members.get(&self.me);
+        let hb = replica.status(&self.me).map(|(s, _)| s.hb).unwrap_or(0);
+        let mut health = BTreeMap::new();
+        health.insert(
+            "store".to_string(),
+            HealthCheck {
+                ok: self.store_error.is_none(),
+                detail: self.store_error.clone().unwrap_or_default(),
+            },
+        );
+        health.insert(
+            "apply".to_string(),
+            HealthCheck {
+                ok: self.apply.applied.error.is_none(),
+                detail: self.apply.applied.error.clone().unwrap_or_default(),
+            },
+        );
+        let mut addrs: Vec<String> = self
+            .listen_addrs
+            .iter()
+            .take(ADDRS_PER_PEER_MAX)
+            .map(|a| a.to_string())
+            .collect();
+        addrs.sort();
+        NodeStatus {
+            name: member.map(|m| m.name.clone()).unwrap_or_default(),
+            region: member.map(|m| m.region.clone()).unwrap_or_default(),
+            addrs,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            health,
+            applied: self.apply.applied.clone(),
+            hb,
+        }
+    }
+
+    /// Write this node's status if anything but the heartbeat changed.
+    fn refresh_status(&mut self) {
+        let want = self.desired_status();
+        let same = self.last_status.as_ref().is_some_and(|s| {
+            let mut s = s.clone();
+            s.hb = want.hb;
+            s == want
+        });
+        if !same {
+            self.last_status = Some(want.clone());
+            self.queue.push_back(Input::SetStatus(want));
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = self.now();
+        let stale_after_ms = self.cfg.heartbeat_ms * 3 + 2000;
+        let engine = &self.engine;
+        let last_heard = |n: &NodeId| engine.last_heard(n);
+        let ctx = FleetCtx {
+            me: self.me,
+            now_ms: now,
+            last_heard: &last_heard,
+            stale_after_ms,
+        };
+        let replica = engine.replica();
+        match cmd {
+            Command::Node(tx) => {
+                let policy = replica.policy();
+                let member = policy.members.get(&self.me);
+                let last_any = replica
+                    .statuses()
+                    .filter(|(n, _, _)| **n != self.me)
+                    .filter_map(|(n, _, _)| engine.last_heard(n))
+                    .max();
+                let last_heard_any_ms_ago = last_any.map(|t| now.saturating_sub(t));
+                let mut peers: Vec<String> = self
+                    .up
+                    .iter()
+                    .filter_map(net::node_id)
+                    .map(|n| n.to_hex())
+                    .collect();
+                peers.sort();
+                let fleet_size = policy.members.len();
+                let _ = tx.send(view::NodeView {
+                    id: self.me.to_hex(),
+                    name: member.map(|m| m.name.clone()).unwrap_or_default(),
+                    region: member.map(|m| m.region.clone()).unwrap_or_default(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    enrolled: member.is_some(),
+                    revoked: policy.revoked.contains_key(&self.me),
+                    listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                    peers,
+                    policy_heads: view::hex_heads(&replica.policy_heads()),
+                    trust_root_version: replica.trust().current().version,
+                    status_epoch: replica.status(&self.me).map(|(_, e)| e).unwrap_or(0),
+                    applied: self.apply.applied.clone(),
+                    store: StoreView {
+                        ok: self.store_error.is_none(),
+                        error: self.store_error.clone(),
+                    },
+                    last_heard_any_ms_ago,
+                    stale: fleet_size > 1
+                        && last_heard_any_ms_ago.is_none_or(|a| a > stale_after_ms),
+                    uptime_ms: now,
+                });
+            }
+            Command::Fleet(tx) => {
+                let _ = tx.send(view::fleet(replica, &ctx));
+            }
+            Command::NodeRow(n, tx) => {
+                let known =
+                    replica.policy().members.contains_key(&n) || replica.status(&n).is_some();
+                let _ = tx.send(known.then(|| view::row(replica, &ctx, &n)));
+            }
+            Command::Policy(tx) => {
+                let _ = tx.send(view::policy(replica));
+            }
+            Command::Snapshot(tx) => {
+                let bundle = Bundle {
+                    roots: replica.trust().roots().to_vec(),
+                    changes: replica.policy_changes(),
+                };
+                let _ = tx.send(bundle.encode());
+            }
+            Command::Config(tx) => {
+                let _ = tx.send(view::ConfigView {
+                    id: self.me.to_hex(),
+                    heads: view::hex_heads(&replica.policy_heads()),
+                    config: replica.effective_config(&self.me),
+                    applied: self.apply.applied.clone(),
+                });
+            }
+            Command::Rollout(heads, tx) => {
+                let heads = heads.unwrap_or_else(|| replica.policy_heads());
+                let _ = tx.send(view::rollout(replica, &heads));
+            }
+            Command::Publish(bundle, tx) => {
+                if let Some(e) = &self.store_error {
+                    let _ = tx.send(Err(PublishError::Unavailable(e.clone())));
+                    return;
+                }
+                let n = bundle.changes.len();
+                tracing::info!(
+                    changes = n,
+                    roots = bundle.roots.len(),
+                    "publishing a bundle from the local API"
+                );
+                self.publish_reply = Some(tx);
+                self.feed(Input::Publish {
+                    roots: bundle.roots,
+                    changes: bundle.changes,
+                });
+                if let Some(tx) = self.publish_reply.take() {
+                    let _ = tx.send(Err(PublishError::Gone("the engine gave no verdict".into())));
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now();
+        // Lift expired temporary blocks.
+        let expired: Vec<PeerId> = self
+            .blocked_until
+            .iter()
+            .filter(|(_, until)| until.is_some_and(|u| u <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.blocked_until.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
+        self.try_recover_store();
+        self.dial(now);
+        let stats = self.engine.replica().stats();
+        self.metrics.replica_changes.set(stats.changes as i64);
+        self.metrics.replica_bytes.set(stats.change_bytes as i64);
+        self.metrics
+            .replica_status_docs
+            .set(stats.status_docs as i64);
+        self.metrics.peers.set(self.up.len() as i64);
+    }
+
+    fn dial(&mut self, now: Millis) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        for i in 0..self.bootstrap.len() {
+            let b = &self.bootstrap[i];
+            if b.peer
+                .is_some_and(|p| connected.contains(&p) || self.blocked_until.contains_key(&p))
+            {
+                continue;
+            }
+            if !b.redial.due(now) {
+                continue;
+            }
+            let opts = match b.peer {
+                Some(p) => DialOpts::peer_id(p)
+                    .addresses(vec![without_p2p(&b.addr)])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+            };
+            let addr = b.addr.clone();
+            self.bootstrap[i].redial.dialed(now, &mut self.rng);
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%addr, error = %e, "bootstrap dial refused");
+            }
+        }
+        // Keep up to peers_target admitted peers, dialing members we know addresses of.
+        let target = self.cfg.peers_target;
+        if self.up.len() >= target {
+            return;
+        }
+        let replica = self.engine.replica();
+        let policy = replica.policy();
+        let mut candidates: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        for (n, _) in policy.members.iter() {
+            if *n == self.me || !policy.is_active_member(n) {
+                continue;
+            }
+            let Some(pid) = net::peer_id(n) else { continue };
+            if connected.contains(&pid) || self.blocked_until.contains_key(&pid) {
+                continue;
+            }
+            if self.redial.get(&pid).is_some_and(|r| !r.due(now)) {
+                continue;
+            }
+            let mut addrs: Vec<Multiaddr> = replica
+                .status(n)
+                .map(|(s, _)| s.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                .unwrap_or_default();
+            if let Some(known) = self.addrs.get(&pid) {
+                for a in known {
+                    if !addrs.contains(a) {
+                        addrs.push(a.clone());
+                    }
+                }
+            }
+            addrs.retain(|a| !is_unspecified(a));
+            addrs.truncate(ADDRS_PER_PEER_MAX);
+            if !addrs.is_empty() {
+                candidates.push((pid, addrs));
+            }
+        }
+        candidates.shuffle(&mut self.rng);
+        let want = target - self.up.len();
+        for (pid, addrs) in candidates.into_iter().take(want) {
+            self.redial
+                .entry(pid)
+                .or_insert_with(Redial::new)
+                .dialed(now, &mut self.rng);
+            let opts = DialOpts::peer_id(pid)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %pid, error = %e, "dial refused");
+            }
+        }
+    }
+
+    fn remember_addr(&mut self, pid: PeerId, addr: Multiaddr) {
+        if is_unspecified(&addr) {
+            return;
+        }
+        let addr = without_p2p(&addr);
+        let list = self.addrs.entry(pid).or_default();
+        if list.contains(&addr) {
+            return;
+        }
+        list.insert(0, addr);
+        list.truncate(ADDRS_PER_PEER_MAX);
+        let strings: Vec<String> = list.iter().map(|a| a.to_string()).collect();
+        if let Some(n) = net::node_id(&pid) {
+            let _ = self.store.put_peer(&n, &strings);
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.refresh_status();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+                self.refresh_status();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let node = net::node_id(&peer_id);
+                let ok = node.is_some_and(|n| n != self.me && self.admitted(&n));
+                if !ok {
+                    tracing::info!(peer = %peer_id, "refusing a peer that is not an enrolled, non-revoked node");
+                    self.metrics.disconnected("not_admitted");
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    let plain = without_p2p(address);
+                    for b in &mut self.bootstrap {
+                        if without_p2p(&b.addr) == plain {
+                            b.peer = Some(peer_id);
+                        }
+                    }
+                    self.remember_addr(peer_id, address.clone());
+                }
+                if self.up.insert(peer_id) {
+                    tracing::debug!(peer = %peer_id, "peer up");
+                    self.metrics.peers.set(self.up.len() as i64);
+                    self.feed(Input::PeerUp {
+                        peer: node.expect("checked above"),
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } if num_established == 0 && self.up.remove(&peer_id) => {
+                tracing::debug!(peer = %peer_id, "peer down");
+                self.metrics.peers.set(self.up.len() as i64);
+                self.inflight_per_peer.remove(&peer_id);
+                if let Some(n) = net::node_id(&peer_id) {
+                    self.feed(Input::PeerDown { peer: n });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Engine(ev)) => self.on_engine_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if self.up.contains(&peer_id) => {
+                for a in info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX) {
+                    self.remember_addr(peer_id, a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (pid, addr) in list {
+                    self.remember_addr(pid, addr);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_engine_event(&mut self, ev: request_response::Event<Vec<u8>, ()>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let _ = self.swarm.behaviour_mut().engine.send_response(channel, ());
+                    if !self.up.contains(&peer) {
+                        return;
+                    }
+                    // The peer talks to us: it admitted us; reset its redial backoff.
+                    if let Some(r) = self.redial.get_mut(&peer) {
+                        r.reset();
+                    }
+                    for b in &mut self.bootstrap {
+                        if b.peer == Some(peer) {
+                            b.redial.reset();
+                        }
+                    }
+                    self.metrics.messages_in.inc();
+                    self.metrics.bytes_in.inc_by(request.len() as u64);
+                    if self.store_error.is_some() {
+                        // Not accepting changes: the peer's anti-entropy retries later.
+                        return;
+                    }
+                    let Some(from) = net::node_id(&peer) else {
+                        return;
+                    };
+                    let before = self.engine.stats();
+                    self.feed(Input::Message {
+                        from,
+                        bytes: request,
+                    });
+                    let after = self.engine.stats();
+                    self.metrics
+                        .changes_applied
+                        .inc_by(after.changes_applied.saturating_sub(before.changes_applied));
+                    let received = (after.changes_applied
+                        - before.changes_applied.min(after.changes_applied))
+                        + after
+                            .duplicates_received
+                            .saturating_sub(before.duplicates_received)
+                        + after.stale_received.saturating_sub(before.stale_received)
+                        + after.changes_pending.saturating_sub(before.changes_pending);
+                    let mut rejected = 0;
+                    for (k, v) in &after.rejected {
+                        let d = v.saturating_sub(before.rejected.get(k).copied().unwrap_or(0));
+                        if d > 0 {
+                            rejected += d;
+                            self.metrics
+                                .changes_rejected
+                                .get_or_create(&vec![("reason".to_string(), k.clone())])
+                                .inc_by(d);
+                        }
+                    }
+                    self.metrics.changes_received.inc_by(received + rejected);
+                }
+                request_response::Message::Response { request_id, .. } => {
+                    self.request_done(&request_id);
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "engine request failed");
+                self.request_done(&request_id);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => match error {
+                InboundFailure::Io(e) => {
+                    tracing::warn!(%peer, error = %e, "peer sent a bad frame; disconnecting and blocking it");
+                    self.metrics.disconnected("bad_frame");
+                    let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
+                    self.block(peer, Some(until));
+                }
+                other => tracing::debug!(%peer, error = %other, "inbound engine request failed"),
+            },
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn rejection_label(r: &dcloud_crdt::Rejection) -> &'static str {
+    use dcloud_crdt::Rejection as R;
+    match r {
+        R::Malformed(_) => "malformed",
+        R::TooLarge { .. } => "too_large",
+        R::SignatureCount { .. } => "signature_count",
+        R::Signature(_) => "signature",
+        R::ActorNotAuthor { .. } => "actor_not_author",
+        R::Threshold { .. } => "threshold",
+        R::UnknownRoot { .. } => "unknown_root",
+        R::NotOwner { .. } => "not_owner",
+        R::Unenrolled(_) => "unenrolled",
+        R::Revoked(_) => "revoked",
+        R::Schema(_) => "schema",
+        R::EpochFull { .. } => "epoch_full",
+    }
+}
+
+fn publish_view(root_errors: Vec<String>, reports: &[dcloud_crdt::Report]) -> PublishView {
+    let mut error = root_errors.first().cloned();
+    let reports: Vec<ReportView> = reports
+        .iter()
+        .map(|r| {
+            let hash = r.hash.map(|h| hex::encode(h.0));
+            let (outcome, reason) = match &r.outcome {
+                Outcome::Applied => ("applied", None),
+                Outcome::Duplicate => ("duplicate", None),
+                Outcome::Pending => ("pending", None),
+                Outcome::Stale => ("stale", None),
+                Outcome::Rejected(rej) => ("rejected", Some(rej.to_string())),
+            };
+            if let (None, Some(why)) = (&error, &reason) {
+                error = Some(format!(
+                    "change {} of {} rejected: {why}",
+                    hash.as_deref().map(|h| &h[..8]).unwrap_or("(unparsed)"),
+                    r.doc
+                ));
+            }
+            ReportView {
+                doc: r.doc.to_string(),
+                hash,
+                outcome: outcome.to_string(),
+                reason,
+            }
+        })
+        .collect();
+    PublishView {
+        accepted: error.is_none(),
+        error,
+        root_errors,
+        reports,
+    }
+}

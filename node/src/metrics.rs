@@ -1,0 +1,189 @@
+//! Prometheus metrics of the daemon, served at `/metrics`.
+//!
+//! Every metric is a cheap atomic: the daemon's actor updates them in place and
+//! the API encodes the registry on request.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Connected, admitted peers.
+    pub peers: Gauge,
+    /// Changes received from peers (each change of each message).
+    pub changes_received: Counter,
+    /// Changes newly applied to the replica.
+    pub changes_applied: Counter,
+    /// Changes rejected, by reason.
+    pub changes_rejected: Family<Labels, Counter>,
+    /// Engine bytes received.
+    pub bytes_in: Counter,
+    /// Engine bytes sent.
+    pub bytes_out: Counter,
+    /// Engine messages received.
+    pub messages_in: Counter,
+    /// Engine messages sent.
+    pub messages_out: Counter,
+    /// Anti-entropy rounds started.
+    pub anti_entropy_rounds: Counter,
+    /// Changes held.
+    pub replica_changes: Gauge,
+    /// Bytes of changes held.
+    pub replica_bytes: Gauge,
+    /// Status documents held.
+    pub replica_status_docs: Gauge,
+    /// Peers disconnected by this node, by reason.
+    pub peers_disconnected: Family<Labels, Counter>,
+    /// Apply command runs, by result.
+    pub apply_runs: Family<Labels, Counter>,
+    /// 1 when the store accepts writes.
+    pub store_ok: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dcloud");
+        let m = Metrics {
+            registry: Registry::default(),
+            peers: Gauge::default(),
+            changes_received: Counter::default(),
+            changes_applied: Counter::default(),
+            changes_rejected: Family::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            anti_entropy_rounds: Counter::default(),
+            replica_changes: Gauge::default(),
+            replica_bytes: Gauge::default(),
+            replica_status_docs: Gauge::default(),
+            peers_disconnected: Family::default(),
+            apply_runs: Family::default(),
+            store_ok: Gauge::default(),
+        };
+        let r = &mut registry;
+        r.register("peers", "Connected, admitted peers", m.peers.clone());
+        r.register(
+            "changes_received",
+            "Changes received from peers",
+            m.changes_received.clone(),
+        );
+        r.register(
+            "changes_applied",
+            "Changes newly applied to the replica",
+            m.changes_applied.clone(),
+        );
+        r.register(
+            "changes_rejected",
+            "Changes rejected, by reason",
+            m.changes_rejected.clone(),
+        );
+        r.register("bytes_in", "Engine bytes received", m.bytes_in.clone());
+        r.register("bytes_out", "Engine bytes sent", m.bytes_out.clone());
+        r.register(
+            "messages_in",
+            "Engine messages received",
+            m.messages_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Engine messages sent",
+            m.messages_out.clone(),
+        );
+        r.register(
+            "anti_entropy_rounds",
+            "Anti-entropy rounds started",
+            m.anti_entropy_rounds.clone(),
+        );
+        r.register(
+            "replica_changes",
+            "Changes held in the replica",
+            m.replica_changes.clone(),
+        );
+        r.register(
+            "replica_bytes",
+            "Bytes of changes held in the replica",
+            m.replica_bytes.clone(),
+        );
+        r.register(
+            "replica_status_docs",
+            "Status documents held",
+            m.replica_status_docs.clone(),
+        );
+        r.register(
+            "peers_disconnected",
+            "Peers disconnected by this node, by reason",
+            m.peers_disconnected.clone(),
+        );
+        r.register(
+            "apply_runs",
+            "Policy applications, by result",
+            m.apply_runs.clone(),
+        );
+        r.register(
+            "store_ok",
+            "1 when the store accepts writes",
+            m.store_ok.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Count a rejection.
+    pub fn rejected(&self, reason: &str) {
+        self.changes_rejected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Count a disconnection.
+    pub fn disconnected(&self, reason: &str) {
+        self.peers_disconnected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Count an apply run.
+    pub fn applied(&self, result: &str) {
+        self.apply_runs
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_prefix() {
+        let m = Metrics::new();
+        m.changes_received.inc();
+        m.rejected("signature");
+        let text = m.encode();
+        assert!(text.contains("dcloud_changes_received_total 1"), "{text}");
+        assert!(
+            text.contains("dcloud_changes_rejected_total{reason=\"signature\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The libp2p side: the swarm's behaviour, the engine's wire protocol, and the
+//! mapping between node ids and peer ids.
+//!
+//! Transports are TCP (noise + yamux) and QUIC. The engine's messages travel on
+//! `/dcloud/engine/1`, a request-response protocol whose request is one
+//! length-prefixed frame (a 4-byte big-endian length, then the bytes) bounded by
+//! [`FRAME_SIZE_MAX_BYTES`], and whose response is a single acknowledgement
+//! byte. A frame over the bound fails the stream with an I/O error before its
+//! body is read; the daemon then disconnects and penalises the sender.
+//!
+//! A node's libp2p identity is its dcloud key: an ed25519 key whose public half
+//! is the [`NodeId`], so the peer id known after the noise/TLS handshake says
+//! which node is on the other end.
+
+use std::io;
+use std::time::Duration;
+
+use dcloud_crdt::{NodeId, PublicKey, SecretKey};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::futures::{AsyncRead, AsyncWrite};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, mdns,
+    noise, ping, request_response, tcp, yamux,
+};
+
+/// The engine protocol's name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dcloud/engine/1");
+/// The largest engine frame accepted or sent.
+pub const FRAME_SIZE_MAX_BYTES: usize = 8 << 20;
+/// Bound on one engine request's round trip.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Concurrent engine streams per connection.
+pub const STREAMS_PER_CONNECTION_MAX: usize = 128;
+/// Established connections in all.
+pub const CONNECTIONS_MAX: u32 = 256;
+/// Incoming connections still in their handshake.
+pub const PENDING_INCOMING_MAX: u32 = 64;
+/// Idle connections are kept this long (the engine's timers keep used ones busy).
+pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 120_000;
+
+/// Errors building the swarm.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The node key does not make a libp2p identity.
+    #[error("node key: {0}")]
+    Key(String),
+    /// A transport could not be built.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The mDNS service could not start.
+    #[error("mdns: {0}")]
+    Mdns(String),
+}
+
+/// The engine protocol's codec: one bounded frame per request, one byte back.
+#[derive(Clone, Debug)]
+pub struct FrameCodec {
+    frame_max_bytes: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec {
+            frame_max_bytes: FRAME_SIZE_MAX_BYTES,
+        }
+    }
+}
+
+impl FrameCodec {
+    /// A codec with a custom bound (tests).
+    pub fn with_frame_max_bytes(frame_max_bytes: usize) -> Self {
+        FrameCodec { frame_max_bytes }
+    }
+}
+
+/// Read one length-prefixed frame, refusing one over `max` before reading its body.
+pub async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the {max}-byte limit"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Write one length-prefixed frame.
+pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.frame_max_bytes).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await?;
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        if req.len() > self.frame_max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "frame of {} bytes is over the {}-byte limit",
+                    req.len(),
+                    self.frame_max_bytes
+                ),
+            ));
+        }
+        write_frame(io, &req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, _: ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[0u8]).await?;
+        io.close().await
+    }
+}
+
+/// The daemon's network behaviour.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Bounds on connections (checked before anything else).
+    pub limits: connection_limits::Behaviour,
+    /// Peers refused outright (revoked, misbehaving).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Learn peers' listen addresses and protocols.
+    pub identify: identify::Behaviour,
+    /// Keep connections alive and measure them.
+    pub ping: ping::Behaviour,
+    /// The engine protocol.
+    pub engine: request_response::Behaviour<FrameCodec>,
+    /// LAN discovery, when enabled.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The libp2p keypair of a node key.
+pub fn keypair(key: &SecretKey) -> Result<identity::Keypair, NetError> {
+    identity::Keypair::ed25519_from_bytes(key.seed_bytes())
+        .map_err(|e| NetError::Key(e.to_string()))
+}
+
+/// The peer id of a node.
+pub fn peer_id(node: &NodeId) -> Option<PeerId> {
+    let pk = identity::ed25519::PublicKey::try_from_bytes(&node.0).ok()?;
+    Some(identity::PublicKey::from(pk).to_peer_id())
+}
+
+/// The node id of a peer, when its peer id embeds an ed25519 key.
+pub fn node_id(peer: &PeerId) -> Option<NodeId> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    let ed = pk.try_into_ed25519().ok()?;
+    Some(PublicKey(ed.to_bytes()))
+}
+
+/// Build the swarm for a node key, with `frame_max_bytes` as the engine frame bound.
+pub fn build_swarm(
+    key: &SecretKey,
+    mdns_enabled: bool,
+    frame_max_bytes: usize,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let kp = keypair(key)?;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|kp| {
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(CONNECTIONS_MAX))
+                .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
+                .with_max_established_per_peer(Some(2));
+            let mdns = if mdns_enabled {
+                Some(
+                    mdns::tokio::Behaviour::new(mdns::Config::default(), kp.public().to_peer_id())
+                        .map_err(|e| Box::new(NetError::Mdns(e.to_string())))?,
+                )
+            } else {
+                None
+            };
+            let rr_config = request_response::Config::default()
+                .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+                .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                blocked: allow_block_list::Behaviour::default(),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/dcloud/1".into(), kp.public())
+                        .with_agent_version(format!("dcloud/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                engine: request_response::Behaviour::with_codec(
+                    FrameCodec::with_frame_max_bytes(frame_max_bytes),
+                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                    rr_config,
+                ),
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_millis(IDLE_CONNECTION_TIMEOUT_MS))
+        })
+        .build();
+    Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_and_peer_ids_agree() {
+        let key = SecretKey::from_seed([3; 32]);
+        let kp = keypair(&key).unwrap();
+        let pid = kp.public().to_peer_id();
+        assert_eq!(peer_id(&key.public()), Some(pid));
+        assert_eq!(node_id(&pid), Some(key.public()));
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_its_body() {
+        let mut bytes = Vec::new();
+        write_frame(&mut futures::io::Cursor::new(&mut bytes), &[7u8; 100])
+            .await
+            .unwrap();
+        let mut r = futures::io::Cursor::new(bytes.clone());
+        assert_eq!(read_frame(&mut r, 100).await.unwrap(), vec![7u8; 100]);
+        let mut r = futures::io::Cursor::new(bytes);
+        let err = read_frame(&mut r, 99).await.unwrap_err();
+        assert!(err.to_string().contains("over the 99-byte limit"), "{err}");
+    }
+}

@@ -1,0 +1,422 @@
+//! The JSON shapes of the local API (documented in `docs/api.md`) and how they
+//! are computed from a replica. The `dcloud` CLI deserialises the same types.
+
+use std::collections::{BTreeMap, HashSet};
+
+use dcloud_crdt::policy::Conflict;
+use dcloud_crdt::status::{AppliedPolicy, HealthCheck};
+use dcloud_crdt::{ChangeHash, Member, NodeId, Replica};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Millis;
+
+/// The store's state, as `/v1/node` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreView {
+    /// Writes succeed.
+    pub ok: bool,
+    /// The last write error, while writes fail.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/node`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// This node's id.
+    pub id: String,
+    /// Enrolled name.
+    pub name: String,
+    /// Enrolled region.
+    pub region: String,
+    /// Software version.
+    pub version: String,
+    /// In the policy's members.
+    pub enrolled: bool,
+    /// In the policy's revocations.
+    pub revoked: bool,
+    /// Where it listens.
+    pub listen_addrs: Vec<String>,
+    /// Connected, admitted peers.
+    pub peers: Vec<String>,
+    /// Policy heads held.
+    pub policy_heads: Vec<String>,
+    /// Trust root version in force.
+    pub trust_root_version: u64,
+    /// Epoch of its own status document.
+    pub status_epoch: u32,
+    /// What it applied.
+    pub applied: AppliedPolicy,
+    /// Store health.
+    pub store: StoreView,
+    /// Since any peer's change was last received.
+    pub last_heard_any_ms_ago: Option<u64>,
+    /// No peer heard within the stale bound.
+    pub stale: bool,
+    /// Since the daemon started.
+    pub uptime_ms: u64,
+}
+
+/// One node of the fleet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRow {
+    /// Id.
+    pub id: String,
+    /// Name (enrolment, else its status).
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Enrolled.
+    pub enrolled: bool,
+    /// Revoked.
+    pub revoked: bool,
+    /// The node answering.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    /// Since its latest change was received here.
+    pub last_heard_ms_ago: Option<u64>,
+    /// Not heard within the stale bound.
+    pub stale: bool,
+    /// Health checks it reports.
+    pub health: BTreeMap<String, HealthCheck>,
+    /// Every check passes.
+    pub healthy: bool,
+    /// The policy it applied.
+    pub applied: AppliedPolicy,
+    /// Policy changes held here that its applied heads do not cover.
+    pub behind: u64,
+    /// Behind is 0 and no apply error.
+    pub up_to_date: bool,
+    /// Its software version.
+    pub version: String,
+    /// Its listen addresses.
+    pub addrs: Vec<String>,
+    /// Its status epoch (0 when no status).
+    pub epoch: u32,
+    /// Its heartbeat counter.
+    pub hb: u64,
+}
+
+/// `GET /v1/fleet`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetView {
+    /// Policy heads held here.
+    pub policy_heads: Vec<String>,
+    /// The stale bound.
+    pub stale_after_ms: u64,
+    /// Every node.
+    pub nodes: Vec<NodeRow>,
+}
+
+/// The trust root in force.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RootView {
+    /// Version.
+    pub version: u64,
+    /// Signatures needed.
+    pub threshold: u32,
+    /// Authority keys.
+    pub keys: Vec<String>,
+}
+
+/// `GET /v1/policy`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// Heads.
+    pub heads: Vec<String>,
+    /// Policy changes held.
+    pub changes: usize,
+    /// The trust root in force.
+    pub trust_root: RootView,
+    /// Authority keys that signed any held policy change.
+    pub signers: Vec<String>,
+    /// Fleet config by dotted path.
+    pub fleet: BTreeMap<String, serde_json::Value>,
+    /// Region overrides.
+    pub regions: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Site overrides, by node id.
+    pub sites: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Members by node id.
+    pub members: BTreeMap<String, Member>,
+    /// Revoked nodes and why.
+    pub revoked: BTreeMap<String, String>,
+    /// Concurrent edits.
+    pub conflicts: Vec<Conflict>,
+    /// Entries that could not be read.
+    pub errors: Vec<String>,
+}
+
+/// `GET /v1/config`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// This node.
+    pub id: String,
+    /// Policy heads it was resolved at.
+    pub heads: Vec<String>,
+    /// The effective config; null when not an active member.
+    pub config: Option<serde_json::Value>,
+    /// What was applied.
+    pub applied: AppliedPolicy,
+}
+
+/// A site in a rollout.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutSite {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Apply error, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Exit code, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// `GET /v1/rollout`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// The version asked about.
+    pub heads: Vec<String>,
+    /// This node holds every given head.
+    pub known: bool,
+    /// Active members.
+    pub enrolled: usize,
+    /// Active members that applied it without error.
+    pub applied: usize,
+    /// applied == enrolled.
+    pub complete: bool,
+    /// Not yet applied.
+    pub pending: Vec<RolloutSite>,
+    /// Applied with an error (or failing on a later version).
+    pub failed: Vec<RolloutSite>,
+}
+
+/// One change's verdict in a publish.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportView {
+    /// Document.
+    pub doc: String,
+    /// Change hash, when it parsed.
+    pub hash: Option<String>,
+    /// applied, duplicate, pending, stale, rejected.
+    pub outcome: String,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/bundles` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishView {
+    /// Nothing was rejected.
+    pub accepted: bool,
+    /// The first refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Trust roots refused.
+    pub root_errors: Vec<String>,
+    /// One per change.
+    pub reports: Vec<ReportView>,
+}
+
+/// Hex of change hashes.
+pub fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
+    heads.iter().map(|h| hex::encode(h.0)).collect()
+}
+
+/// Parse hex change hashes.
+pub fn parse_heads(list: &[String]) -> Result<Vec<ChangeHash>, String> {
+    list.iter()
+        .map(|s| {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(s.trim(), &mut b)
+                .map_err(|_| format!("{s:?} is not a change hash (64 hex digits)"))?;
+            Ok(ChangeHash(b))
+        })
+        .collect()
+}
+
+/// The policy changes held that are not ancestors of (or equal to) `heads`.
+/// Unknown heads are ignored (they are ahead of this node).
+pub fn policy_missing(replica: &Replica, heads: &[ChangeHash]) -> HashSet<ChangeHash> {
+    let doc = replica.policy_doc();
+    let known: Vec<ChangeHash> = heads
+        .iter()
+        .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+        .copied()
+        .collect();
+    doc.get_changes_meta(&known)
+        .into_iter()
+        .map(|m| m.hash)
+        .collect()
+}
+
+/// Inputs to a fleet view besides the replica.
+pub struct FleetCtx<'a> {
+    /// This node.
+    pub me: NodeId,
+    /// Driver clock now.
+    pub now_ms: Millis,
+    /// Local receive time of each node's latest change.
+    pub last_heard: &'a dyn Fn(&NodeId) -> Option<Millis>,
+    /// The stale bound.
+    pub stale_after_ms: u64,
+}
+
+/// Every node, as this replica sees it.
+pub fn fleet(replica: &Replica, ctx: &FleetCtx<'_>) -> FleetView {
+    let policy = replica.policy();
+    let mut ids: Vec<NodeId> = policy.members.keys().copied().collect();
+    for (n, _, _) in replica.statuses() {
+        if !policy.members.contains_key(n) {
+            ids.push(*n);
+        }
+    }
+    let mut nodes: Vec<NodeRow> = ids.iter().map(|n| row(replica, ctx, n)).collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    FleetView {
+        policy_heads: hex_heads(&replica.policy_heads()),
+        stale_after_ms: ctx.stale_after_ms,
+        nodes,
+    }
+}
+
+/// One node's row.
+pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
+    let policy = replica.policy();
+    let member = policy.members.get(n);
+    let status = replica.status(n);
+    let (st, epoch) = match status {
+        Some((s, e)) => (s.clone(), e),
+        None => (Default::default(), 0),
+    };
+    let is_self = *n == ctx.me;
+    let last_heard_ms_ago = if is_self {
+        Some(0)
+    } else {
+        (ctx.last_heard)(n).map(|t| ctx.now_ms.saturating_sub(t))
+    };
+    let stale = last_heard_ms_ago.is_none_or(|a| a > ctx.stale_after_ms);
+    let applied_heads = parse_heads(&st.applied.heads).unwrap_or_default();
+    let behind = if status.is_some() {
+        policy_missing(replica, &applied_heads).len() as u64
+    } else {
+        replica.policy_changes().len() as u64
+    };
+    NodeRow {
+        id: n.to_hex(),
+        name: member
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| st.name.clone()),
+        region: member
+            .map(|m| m.region.clone())
+            .unwrap_or_else(|| st.region.clone()),
+        enrolled: member.is_some(),
+        revoked: policy.revoked.contains_key(n),
+        is_self,
+        last_heard_ms_ago,
+        stale,
+        healthy: st.health.values().all(|c| c.ok),
+        health: st.health,
+        up_to_date: behind == 0 && st.applied.error.is_none(),
+        applied: st.applied,
+        behind,
+        version: st.version,
+        addrs: st.addrs,
+        epoch,
+        hb: st.hb,
+    }
+}
+
+/// The policy view.
+pub fn policy(replica: &Replica) -> PolicyView {
+    let p = replica.policy();
+    let root = replica.trust().current();
+    let mut signers: Vec<String> = replica
+        .policy_changes()
+        .iter()
+        .flat_map(|c| c.sigs.iter().map(|s| s.key.to_hex()))
+        .collect();
+    signers.sort();
+    signers.dedup();
+    PolicyView {
+        heads: hex_heads(&replica.policy_heads()),
+        changes: replica.policy_changes().len(),
+        trust_root: RootView {
+            version: root.version,
+            threshold: root.threshold,
+            keys: root.keys.iter().map(|k| k.to_hex()).collect(),
+        },
+        signers,
+        fleet: p.fleet.clone(),
+        regions: p.regions.clone(),
+        sites: p
+            .sites
+            .iter()
+            .map(|(k, v)| (k.to_hex(), v.clone()))
+            .collect(),
+        members: p
+            .members
+            .iter()
+            .map(|(k, v)| (k.to_hex(), v.clone()))
+            .collect(),
+        revoked: p
+            .revoked
+            .iter()
+            .map(|(k, v)| (k.to_hex(), v.clone()))
+            .collect(),
+        conflicts: p.conflicts.clone(),
+        errors: p.errors.clone(),
+    }
+}
+
+/// Rollout of `heads` across active members.
+pub fn rollout(replica: &Replica, heads: &[ChangeHash]) -> RolloutView {
+    let policy = replica.policy();
+    let doc = replica.policy_doc();
+    let known = heads
+        .iter()
+        .all(|h| doc.get_change_meta_by_hash(h).is_some());
+    let mut view = RolloutView {
+        heads: hex_heads(heads),
+        known,
+        enrolled: 0,
+        applied: 0,
+        complete: false,
+        pending: Vec::new(),
+        failed: Vec::new(),
+    };
+    for (n, m) in &policy.members {
+        if policy.revoked.contains_key(n) {
+            continue;
+        }
+        view.enrolled += 1;
+        let site = |error: Option<String>, exit_code: Option<i32>| RolloutSite {
+            id: n.to_hex(),
+            name: m.name.clone(),
+            error,
+            exit_code,
+        };
+        let Some((st, _)) = replica.status(n) else {
+            view.pending.push(site(None, None));
+            continue;
+        };
+        let applied_heads = parse_heads(&st.applied.heads).unwrap_or_default();
+        // Covered: every asked head is among or below the applied heads.
+        let direct: HashSet<&ChangeHash> = applied_heads.iter().collect();
+        let covered = heads.iter().all(|h| direct.contains(h))
+            || (known && {
+                let missing = policy_missing(replica, &applied_heads);
+                heads.iter().all(|h| !missing.contains(h))
+            });
+        match (&st.applied.error, covered) {
+            (Some(e), _) => view
+                .failed
+                .push(site(Some(e.clone()), st.applied.exit_code)),
+            (None, true) => view.applied += 1,
+            (None, false) => view.pending.push(site(None, None)),
+        }
+    }
+    view.complete = view.enrolled > 0 && view.applied == view.enrolled;
+    view
+}
