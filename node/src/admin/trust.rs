@@ -120,9 +120,8 @@ impl std::fmt::Display for RootProgress {
 }
 
 /// Count the distinct keys of `of` among the valid signatures of `root`.
-fn count(root: &SignedTrustRoot, valid: &[PublicKey], of: &TrustRoot) -> usize {
+fn count(valid: &[PublicKey], of: &TrustRoot) -> usize {
     let keys = of.distinct_keys();
-    let _ = root;
     valid.iter().filter(|k| keys.contains(k)).count()
 }
 
@@ -137,9 +136,9 @@ pub fn progress(previous: Option<&TrustRoot>, root: &SignedTrustRoot) -> RootPro
     }
     RootProgress {
         version: root.root.version,
-        own_got: count(root, &valid, &root.root),
+        own_got: count(&valid, &root.root),
         own_needed: root.root.threshold as usize,
-        previous: previous.map(|p| (p.version, count(root, &valid, p), p.threshold as usize)),
+        previous: previous.map(|p| (p.version, count(&valid, p), p.threshold as usize)),
         signers: valid,
     }
 }

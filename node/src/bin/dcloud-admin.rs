@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use dcloud_crdt::{Bundle, Edit, PublicKey, SecretKey, TrustChain};
-use dcloud_node::admin::base::Base;
+use dcloud_crdt::{Bundle, ChangeHash, Edit, PublicKey, SecretKey, TrustChain};
+use dcloud_node::admin::base::{Base, merge_roots};
 use dcloud_node::admin::client::Client;
 use dcloud_node::admin::inspect::{inspect, short_hash};
 use dcloud_node::admin::trust::ChainFile;
@@ -106,10 +106,12 @@ enum Cmd {
         #[arg(long)]
         chain: Option<PathBuf>,
     },
-    /// Hand a signed bundle to a node, which gossips it to the fleet.
+    /// Hand signed bundles to a node, which gossips them to the fleet.
     Publish {
-        /// The bundle.
-        bundle: PathBuf,
+        /// The bundle(s): several are merged and posted at once (for example a
+        /// chain of edits, each signed against the one before).
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
         /// The node's local API, for example http://127.0.0.1:7780.
         #[arg(long)]
         to: String,
@@ -122,6 +124,17 @@ enum Cmd {
         /// Publish even if the bundle was signed against a base older than the node's policy.
         #[arg(long)]
         allow_stale_base: bool,
+    },
+    /// Wait for a published bundle's policy to be applied by every enrolled site.
+    Watch {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The node's local API, for example http://127.0.0.1:7780.
+        #[arg(long)]
+        to: String,
+        /// How long to wait: 60s, 500ms, 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Save a node's policy snapshot (trust chain and policy changes) as a base file.
     Snapshot {
@@ -293,6 +306,16 @@ async fn sign(sign: &SignArgs, make: impl FnOnce(&Base) -> Result<Vec<Edit>>) ->
     files::write_bundle(&sign.out, &bundle)?;
     println!("{report}");
     println!("wrote {}", sign.out.display());
+    if let Some(c) = report.changes.iter().find(|c| !c.meets_threshold()) {
+        let needed = c
+            .threshold
+            .unwrap_or(0)
+            .saturating_sub(c.distinct_authority);
+        println!(
+            "next: {needed} more authority signature(s) needed: dcloud-admin cosign {} --key KEY",
+            sign.out.display()
+        );
+    }
     Ok(())
 }
 
@@ -392,14 +415,27 @@ fn print_root(file: &ChainFile) {
     }
 }
 
+/// Read several bundles as one: roots merged, changes in the order given.
+fn read_bundles(paths: &[PathBuf]) -> Result<Bundle> {
+    let bundles = paths
+        .iter()
+        .map(|p| read_bundle(p))
+        .collect::<Result<Vec<_>>>()?;
+    let roots = merge_roots(bundles.iter().map(|b| b.roots.as_slice()))?;
+    Ok(Bundle {
+        roots,
+        changes: bundles.into_iter().flat_map(|b| b.changes).collect(),
+    })
+}
+
 async fn publish_cmd(
-    bundle_path: &Path,
+    paths: &[PathBuf],
     to: &str,
     wait: bool,
     timeout: Duration,
     allow_stale_base: bool,
 ) -> Result<()> {
-    let bundle = read_bundle(bundle_path)?;
+    let bundle = read_bundles(paths)?;
     let client = Client::new(to)?;
     let checked = publish::check(&client, &bundle, allow_stale_base).await?;
     let reply = publish::post(&client, &bundle).await?;
@@ -407,12 +443,26 @@ async fn publish_cmd(
         let h = r.hash.as_deref().map_or("?", |h| &h[..h.len().min(12)]);
         println!("change {h}: {}", r.outcome);
     }
-    println!("published {} to {}", bundle_path.display(), client.url());
+    println!("published to {}", client.url());
     if !wait || checked.heads.is_empty() {
         return Ok(());
     }
-    let heads: Vec<String> = checked.heads.iter().map(short_hash).collect();
-    println!("waiting for rollout of policy {}", heads.join(","));
+    watch(&client, &checked.heads, timeout).await
+}
+
+async fn watch_cmd(path: &Path, to: &str, timeout: Duration) -> Result<()> {
+    let bundle = read_bundle(path)?;
+    let client = Client::new(to)?;
+    let (heads, _) = publish::bundle_heads(&bundle);
+    if heads.is_empty() {
+        bail!("{} holds no policy change to watch", path.display());
+    }
+    watch(&client, &heads, timeout).await
+}
+
+async fn watch(client: &Client, heads: &[ChangeHash], timeout: Duration) -> Result<()> {
+    let heads_text: Vec<String> = heads.iter().map(short_hash).collect();
+    println!("waiting for rollout of policy {}", heads_text.join(","));
     let start = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(0);
@@ -429,7 +479,7 @@ async fn publish_cmd(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut last = String::new();
-    let result = publish::wait(&client, &checked.heads, timeout, |r| {
+    let result = publish::wait(client, heads, timeout, |r| {
         bar.set_length(r.enrolled as u64);
         bar.set_position(r.applied as u64);
         let line = publish::describe(r);
@@ -547,12 +597,17 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Publish {
-            bundle,
+            bundles,
             to,
             wait,
             timeout,
             allow_stale_base,
-        } => publish_cmd(&bundle, &to, wait, timeout, allow_stale_base).await?,
+        } => publish_cmd(&bundles, &to, wait, timeout, allow_stale_base).await?,
+        Cmd::Watch {
+            bundle,
+            to,
+            timeout,
+        } => watch_cmd(&bundle, &to, timeout).await?,
         Cmd::Snapshot { from, out } => {
             let client = Client::new(&from)?;
             let snap = client.snapshot().await?;
