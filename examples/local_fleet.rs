@@ -64,30 +64,35 @@ impl Transcript {
 }
 
 /// One running daemon; killed when dropped.
-struct Site {
-    name: String,
-    region: &'static str,
-    dir: PathBuf,
-    id: String,
-    p2p_port: u16,
-    api_port: u16,
-    child: Option<Child>,
+pub(crate) struct Site {
+    pub(crate) name: String,
+    pub(crate) region: &'static str,
+    pub(crate) dir: PathBuf,
+    pub(crate) id: String,
+    pub(crate) p2p_port: u16,
+    pub(crate) api_port: u16,
+    pub(crate) child: Option<Child>,
 }
 
 impl Site {
-    fn api(&self) -> String {
+    pub(crate) fn api(&self) -> String {
         format!("127.0.0.1:{}", self.api_port)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
     }
 
-    fn listen(&self) -> String {
+    pub(crate) fn listen(&self) -> String {
         format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
     }
 
-    fn start(&mut self, bins: &Bins, trust_root: &Path, bootstrap: &[String]) -> Result<()> {
+    pub(crate) fn start(
+        &mut self,
+        bins: &Bins,
+        trust_root: &Path,
+        bootstrap: &[String],
+    ) -> Result<()> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -120,7 +125,7 @@ impl Site {
     }
 
     /// Stop with SIGTERM, then SIGKILL if it has not exited within the bound.
-    fn stop(&mut self) -> Result<()> {
+    pub(crate) fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -140,7 +145,7 @@ impl Site {
         bail!("{} did not stop within 10 s of SIGTERM; killed", self.name)
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -156,7 +161,7 @@ impl Drop for Site {
     }
 }
 
-fn free_ports(n: usize) -> Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()?;
@@ -215,7 +220,7 @@ fn run_cmd_status(
 }
 
 /// Poll `check` until it returns true or the step bound passes.
-fn wait_until(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_until(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_millis(STEP_TIMEOUT_MS);
     loop {
         if check()? {
@@ -229,7 +234,7 @@ fn wait_until(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()>
 }
 
 /// GET a JSON document from a node's API (None when it does not answer).
-fn get_json(rt: &tokio::runtime::Runtime, url: &str) -> Option<serde_json::Value> {
+pub(crate) fn get_json(rt: &tokio::runtime::Runtime, url: &str) -> Option<serde_json::Value> {
     rt.block_on(async {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))

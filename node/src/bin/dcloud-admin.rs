@@ -489,7 +489,8 @@ async fn watch(client: &Client, heads: &[ChangeHash], timeout: Duration) -> Resu
                 .unwrap_or_default(),
         );
         if !tty && line != last {
-            eprintln!("rollout: {line}");
+            // Not a terminal (a script, CI, the demo): one line per change of state.
+            println!("rollout: {line}");
         }
         last = line;
     })
