@@ -1,0 +1,238 @@
+//! The report of a run: propagation of policy changes, traffic, convergence
+//! after heal, checker verdicts. Printed as a table, written as JSON, CSV and
+//! an SVG chart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+/// Propagation of one policy change.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PolicyReport {
+    /// Where it was published.
+    pub origin: usize,
+    /// When.
+    pub published_at_ms: u64,
+    /// Live honest nodes holding it at the end.
+    pub reached: usize,
+    /// Live honest nodes at the end.
+    pub of: usize,
+    /// Time until 50% held it.
+    pub t50_ms: Option<u64>,
+    /// 99%.
+    pub t99_ms: Option<u64>,
+    /// 99.99%.
+    pub t9999_ms: Option<u64>,
+    /// 100%.
+    pub t100_ms: Option<u64>,
+    /// The slowest shortest path from the origin over the overlay.
+    pub lower_bound_ms: u64,
+    /// t100 / lower bound.
+    pub ratio: Option<f64>,
+    /// Sorted times (since publication) at which nodes came to hold it.
+    #[serde(skip)]
+    pub curve: Vec<u64>,
+}
+
+/// Traffic over the measurement window, per honest node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Traffic {
+    /// Length of the window.
+    pub window_ms: u64,
+    /// Bytes sent per node per second.
+    pub bytes_sent_per_node_s: f64,
+    /// Bytes received per node per second.
+    pub bytes_received_per_node_s: f64,
+    /// Messages sent per node per second.
+    pub messages_sent_per_node_s: f64,
+    /// Messages received per node per second.
+    pub messages_received_per_node_s: f64,
+    /// All bytes received / bytes of changes that were new to the receiver.
+    pub duplication_ratio: f64,
+    /// Change bytes received / change bytes that were new (copies per change).
+    pub change_copies: f64,
+    /// Bytes of new changes received per node.
+    pub new_change_bytes_per_node: f64,
+}
+
+/// Everything measured in one run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Fleet size.
+    pub nodes: usize,
+    /// Simulated time.
+    pub duration_ms: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Policy changes.
+    pub policy: Vec<PolicyReport>,
+    /// Traffic.
+    pub traffic: Traffic,
+    /// When the last fault healed.
+    pub last_heal_ms: Option<u64>,
+    /// From the last heal until all live nodes held identical documents.
+    pub convergence_after_heal_ms: Option<u64>,
+    /// Reconciliation rounds started, fleet-wide.
+    pub anti_entropy_rounds: u64,
+    /// Rejected changes by reason, fleet-wide (honest nodes).
+    pub rejected: BTreeMap<String, u64>,
+    /// Undecodable messages, fleet-wide.
+    pub malformed_messages: u64,
+    /// PeerMisbehaved events.
+    pub misbehaviour_events: u64,
+    /// Disconnects asked for by engines.
+    pub disconnects: u64,
+    /// Safety checker findings.
+    pub safety_violations: Vec<String>,
+    /// Liveness checker finding.
+    pub liveness_failure: Option<String>,
+}
+
+fn ms(x: Option<u64>) -> String {
+    x.map_or("-".into(), |v| format!("{v} ms"))
+}
+
+impl Report {
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "scenario {}  seed {}  nodes {}  simulated {} ms  events {}",
+            self.scenario, self.seed, self.nodes, self.duration_ms, self.events
+        );
+        let _ = writeln!(
+            s,
+            "{:<4} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}",
+            "chg", "origin", "t50", "t99", "t99.99", "t100", "lower", "ratio", "reached"
+        );
+        for (i, p) in self.policy.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{:<4} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}",
+                i,
+                p.origin,
+                ms(p.t50_ms),
+                ms(p.t99_ms),
+                ms(p.t9999_ms),
+                ms(p.t100_ms),
+                format!("{} ms", p.lower_bound_ms),
+                p.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                format!("{}/{}", p.reached, p.of)
+            );
+        }
+        let t = &self.traffic;
+        let _ = writeln!(
+            s,
+            "traffic over {} ms, per node per second: sent {:.0} B in {:.1} msgs, received {:.0} B in {:.1} msgs",
+            t.window_ms,
+            t.bytes_sent_per_node_s,
+            t.messages_sent_per_node_s,
+            t.bytes_received_per_node_s,
+            t.messages_received_per_node_s
+        );
+        let _ = writeln!(
+            s,
+            "duplication ratio (bytes received / new change bytes): {:.2}; change copies: {:.2}; new change bytes per node: {:.0}",
+            t.duplication_ratio, t.change_copies, t.new_change_bytes_per_node
+        );
+        let _ = writeln!(
+            s,
+            "last heal: {}  convergence after heal: {}  anti-entropy rounds: {}",
+            ms(self.last_heal_ms),
+            ms(self.convergence_after_heal_ms),
+            self.anti_entropy_rounds
+        );
+        let _ = writeln!(
+            s,
+            "rejected: {:?}  malformed messages: {}  misbehaviour events: {}  disconnects: {}",
+            self.rejected, self.malformed_messages, self.misbehaviour_events, self.disconnects
+        );
+        if self.safety_violations.is_empty() {
+            let _ = writeln!(s, "safety: ok");
+        } else {
+            let _ = writeln!(
+                s,
+                "safety: {} VIOLATIONS, first: {}",
+                self.safety_violations.len(),
+                self.safety_violations[0]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "liveness: {}",
+            self.liveness_failure.as_deref().unwrap_or("ok")
+        );
+        s
+    }
+
+    /// CSV of the fraction of live nodes holding each change against time.
+    pub fn csv(&self) -> String {
+        let mut s = String::from("change,time_ms,fraction\n");
+        for (i, p) in self.policy.iter().enumerate() {
+            for (k, t) in p.curve.iter().enumerate() {
+                let _ = writeln!(s, "{i},{t},{:.6}", (k + 1) as f64 / p.of.max(1) as f64);
+            }
+        }
+        s
+    }
+
+    /// Write report.json, convergence.csv and convergence.svg into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("convergence.csv"), self.csv())?;
+        self.svg(&dir.join("convergence.svg"))?;
+        Ok(())
+    }
+
+    /// The fraction of the fleet holding each policy change against time.
+    pub fn svg(&self, path: &Path) -> anyhow::Result<()> {
+        let x_max = self
+            .policy
+            .iter()
+            .filter_map(|p| p.curve.last().copied())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0u64..x_max, 0f64..1.0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+        for (i, p) in self.policy.iter().enumerate() {
+            let of = p.of.max(1) as f64;
+            let mut pts = vec![(0u64, 0f64)];
+            pts.extend(
+                p.curve
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| (*t, (k + 1) as f64 / of)),
+            );
+            chart
+                .draw_series(LineSeries::new(pts, colours[i % colours.len()]))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! Scenarios: what the simulated fleet looks like and what happens to it, as
+//! TOML data with a fixed seed. Every field but `name` has a default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML does not describe a scenario.
+    #[error("invalid scenario {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// The values are inconsistent.
+    #[error("invalid scenario {name}: {reason}")]
+    Invalid {
+        /// Scenario name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One link direction's behaviour.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkModel {
+    /// Base latency of each link direction is drawn uniformly from min..=max, once.
+    pub latency_min_ms: u64,
+    /// See `latency_min_ms`.
+    pub latency_max_ms: u64,
+    /// Extra per-message delay, uniform 0..=jitter.
+    pub jitter_ms: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a message is held back (reordered) by up to `reorder_delay_ms`.
+    pub reorder: f64,
+    /// See `reorder`.
+    pub reorder_delay_ms: u64,
+    /// Fraction of link directions that are asymmetric: their loss is
+    /// `asymmetric_loss` instead of `loss` (one way only).
+    pub asymmetric_fraction: f64,
+    /// See `asymmetric_fraction`.
+    pub asymmetric_loss: f64,
+}
+
+impl Default for LinkModel {
+    fn default() -> Self {
+        LinkModel {
+            latency_min_ms: 20,
+            latency_max_ms: 80,
+            jitter_ms: 5,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay_ms: 100,
+            asymmetric_fraction: 0.0,
+            asymmetric_loss: 0.5,
+        }
+    }
+}
+
+/// Engine settings a scenario may override.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineOverrides {
+    /// See `EngineConfig`.
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// See `EngineConfig`; the simulator defaults to 0 (statuses are driven by `status`).
+    pub heartbeat_interval_ms: Option<u64>,
+    /// See `EngineConfig`.
+    pub lazy_flush_interval_ms: Option<u64>,
+    /// See `EngineConfig`.
+    pub graft_timeout_ms: Option<u64>,
+    /// See `EngineConfig`.
+    pub graft_retry_ms: Option<u64>,
+    /// See `EngineConfig`.
+    pub plumtree: Option<bool>,
+}
+
+/// A policy change published at one node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEvent {
+    /// When.
+    pub at_ms: u64,
+    /// Origin node (index); the next live node if it is down.
+    #[serde(default)]
+    pub node: usize,
+}
+
+/// Periodic status updates by every (enrolled) node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusLoad {
+    /// Each node updates its status this often (random phase); 0 never.
+    pub interval_ms: u64,
+    /// No updates from this time on (so that liveness can be judged); 0 = never stop.
+    pub until_ms: u64,
+}
+
+impl Default for StatusLoad {
+    fn default() -> Self {
+        StatusLoad {
+            interval_ms: 0,
+            until_ms: 0,
+        }
+    }
+}
+
+/// A partition: a random `fraction` of the nodes is cut from the rest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// Start.
+    pub from_ms: u64,
+    /// Heal.
+    pub until_ms: u64,
+    /// Fraction of nodes on the far side.
+    pub fraction: f64,
+}
+
+/// Crash and (optionally) restart of nodes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    /// Node indexes; empty picks `count` random nodes.
+    #[serde(default)]
+    pub nodes: Vec<usize>,
+    /// How many random nodes, when `nodes` is empty.
+    #[serde(default)]
+    pub count: usize,
+    /// When they crash.
+    pub at_ms: u64,
+    /// When they restart from their persisted state; none = they leave for good.
+    #[serde(default)]
+    pub restart_ms: Option<u64>,
+    /// Whether the restart also loses the store (rebuilds from peers).
+    #[serde(default)]
+    pub wipe_store: bool,
+}
+
+/// Nodes that join late (churn): started at `at_ms` with an empty replica
+/// holding only the bootstrap policy.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    /// How many (the highest indexes).
+    pub count: usize,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// An enrolled node that misbehaves.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Malicious {
+    /// Node index.
+    pub node: usize,
+    /// Send forged and tampered changes.
+    #[serde(default)]
+    pub forge: bool,
+    /// Replay old valid changes.
+    #[serde(default)]
+    pub replay: bool,
+    /// Send garbage messages, this many per interval per peer.
+    #[serde(default)]
+    pub flood: usize,
+    /// Never relay changes (but announce and reconcile as if it did).
+    #[serde(default)]
+    pub withhold: bool,
+    /// How often it acts.
+    #[serde(default = "default_malice_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_malice_interval() -> u64 {
+    500
+}
+
+/// A whole scenario.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Name, for reports.
+    pub name: String,
+    /// Seed (a command-line `--seed` overrides it).
+    pub seed: u64,
+    /// Fleet size.
+    pub nodes: usize,
+    /// Nodes enrolled in the policy (the first ones); None = all. Unenrolled
+    /// nodes relay policy but their status is refused (cheap large fleets).
+    pub enrolled: Option<usize>,
+    /// Simulated time.
+    pub duration_ms: u64,
+    /// Target average overlay degree (a random ring plus random chords).
+    pub degree: usize,
+    /// Nodes start at a random time in 0..=start_spread_ms.
+    pub start_spread_ms: u64,
+    /// Traffic counters are reset at this time (measure the steady state).
+    pub measure_from_ms: u64,
+    /// Convergence must happen this long after the last fault heals.
+    pub liveness_bound_ms: u64,
+    /// How often liveness is checked.
+    pub check_interval_ms: u64,
+    /// Links.
+    pub link: LinkModel,
+    /// Engine overrides.
+    pub engine: EngineOverrides,
+    /// Status updates.
+    pub status: StatusLoad,
+    /// Policy changes.
+    pub policy: Vec<PolicyEvent>,
+    /// Partitions.
+    pub partition: Vec<Partition>,
+    /// Whether a partition also drops connections (peers see down/up); else
+    /// messages are silently lost.
+    pub partition_drops_connections: bool,
+    /// Crashes.
+    pub crash: Vec<Crash>,
+    /// Late joins.
+    pub join: Vec<Join>,
+    /// Misbehaving nodes.
+    pub malicious: Vec<Malicious>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            name: "unnamed".into(),
+            seed: 1,
+            nodes: 20,
+            enrolled: None,
+            duration_ms: 20_000,
+            degree: 6,
+            start_spread_ms: 100,
+            measure_from_ms: 0,
+            liveness_bound_ms: 5_000,
+            check_interval_ms: 50,
+            link: LinkModel::default(),
+            engine: EngineOverrides::default(),
+            status: StatusLoad::default(),
+            policy: Vec::new(),
+            partition: Vec::new(),
+            partition_drops_connections: true,
+            crash: Vec::new(),
+            join: Vec::new(),
+            malicious: Vec::new(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Load a TOML scenario.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Scenario::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse TOML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let sc: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: origin.to_string(),
+            source: Box::new(e),
+        })?;
+        sc.validate()?;
+        Ok(sc)
+    }
+
+    /// Check the values hang together.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |reason: String| {
+            Err(ScenarioError::Invalid {
+                name: self.name.clone(),
+                reason,
+            })
+        };
+        if self.nodes < 2 {
+            return bad("at least 2 nodes".into());
+        }
+        if self.link.latency_min_ms > self.link.latency_max_ms {
+            return bad("latency_min_ms > latency_max_ms".into());
+        }
+        for p in [
+            self.link.loss,
+            self.link.duplicate,
+            self.link.reorder,
+            self.link.asymmetric_fraction,
+            self.link.asymmetric_loss,
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("probability {p} outside 0..=1"));
+            }
+        }
+        for p in &self.partition {
+            if p.from_ms >= p.until_ms || !(0.0..1.0).contains(&p.fraction) {
+                return bad("partition needs from_ms < until_ms and 0 <= fraction < 1".into());
+            }
+        }
+        for m in &self.malicious {
+            if m.node >= self.nodes {
+                return bad(format!("malicious node {} out of range", m.node));
+            }
+        }
+        for c in &self.crash {
+            if c.nodes.iter().any(|n| *n >= self.nodes) || c.count > self.nodes {
+                return bad("crash node out of range".into());
+            }
+            if c.restart_ms.is_some_and(|r| r <= c.at_ms) {
+                return bad("crash restart_ms must be after at_ms".into());
+            }
+        }
+        if self.join.iter().map(|j| j.count).sum::<usize>() >= self.nodes {
+            return bad("joins must leave some nodes at the start".into());
+        }
+        Ok(())
+    }
+
+    /// When the last fault ends (liveness is judged from here).
+    pub fn last_heal_ms(&self) -> u64 {
+        let mut t = 0;
+        for p in &self.partition {
+            t = t.max(p.until_ms);
+        }
+        for c in &self.crash {
+            t = t.max(c.restart_ms.unwrap_or(c.at_ms));
+        }
+        for j in &self.join {
+            t = t.max(j.at_ms);
+        }
+        for p in &self.policy {
+            t = t.max(p.at_ms);
+        }
+        if self.status.interval_ms > 0 {
+            t = t.max(if self.status.until_ms == 0 {
+                u64::MAX
+            } else {
+                self.status.until_ms
+            });
+        }
+        t
+    }
+}

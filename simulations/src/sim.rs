@@ -1,0 +1,1209 @@
+//! The simulator proper: a virtual-time event queue driving real engines.
+//!
+//! One seeded RNG decides everything (link latencies, loss, the overlay, the
+//! engines' choices), events are ordered by (time, insertion sequence), and no
+//! hash-ordered iteration reaches the outputs, so a seed replays a run exactly.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use dcloud_crdt::{
+    ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
+    SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+};
+use dcloud_node::engine::wire::{Message, Push};
+use dcloud_node::engine::{
+    Engine, EngineConfig, EngineStats, Event, Input, Output, Persist, Timer,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::report::{PolicyReport, Report, Traffic};
+use crate::scenario::Scenario;
+
+const TIMERS: [Timer; 4] = [
+    Timer::AntiEntropy,
+    Timer::Heartbeat,
+    Timer::LazyFlush,
+    Timer::Graft,
+];
+
+fn timer_index(t: Timer) -> usize {
+    TIMERS.iter().position(|x| *x == t).expect("known timer")
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: usize,
+        from: usize,
+        bytes: Vec<u8>,
+        incarnation: u32,
+    },
+    Timer {
+        node: usize,
+        timer: Timer,
+        incarnation: u32,
+    },
+    Start(usize),
+    Crash {
+        node: usize,
+        restart_ms: Option<u64>,
+        wipe: bool,
+    },
+    Restart {
+        node: usize,
+        wipe: bool,
+    },
+    PartitionStart(usize),
+    PartitionEnd(usize),
+    Publish(usize),
+    Status(usize),
+    Malice(usize),
+    ResetCounters,
+    Check,
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// One direction of one overlay link.
+#[derive(Clone, Copy, Debug)]
+struct LinkDir {
+    latency_ms: u64,
+    loss: f64,
+}
+
+/// What a crashed node finds on disk when it restarts.
+#[derive(Default)]
+struct Store {
+    roots: Vec<SignedTrustRoot>,
+    changes: BTreeMap<DocId, Vec<SignedChange>>,
+}
+
+struct Slot {
+    key: SecretKey,
+    engine: Option<Engine>,
+    incarnation: u32,
+    timers: [Option<u64>; 4],
+    store: Option<Store>,
+    /// Policy heads last seen (safety: never go backwards).
+    heads: Vec<ChangeHash>,
+    status_seq: u64,
+    malicious: Option<usize>,
+    started: bool,
+    /// Counters at the last reset, and those of earlier incarnations.
+    stats_base: EngineStats,
+    stats_dead: EngineStats,
+    honest: bool,
+}
+
+/// A fault the checkers found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+/// The result of one run.
+pub struct RunResult {
+    /// Figures.
+    pub report: Report,
+    /// Safety violations (empty on a correct run).
+    pub safety: Vec<Violation>,
+    /// Why liveness failed, if it did.
+    pub liveness: Option<Violation>,
+}
+
+impl RunResult {
+    /// Whether every checker passed.
+    pub fn ok(&self) -> bool {
+        self.safety.is_empty() && self.liveness.is_none()
+    }
+}
+
+struct Tracked {
+    hash: ChangeHash,
+    origin: usize,
+    published_at: Option<u64>,
+    held_at: Vec<Option<u64>>,
+}
+
+/// A simulated fleet.
+pub struct Sim {
+    sc: Scenario,
+    seed: u64,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    slots: Vec<Slot>,
+    index: HashMap<NodeId, usize>,
+    adj: Vec<Vec<usize>>,
+    links: HashMap<(usize, usize), LinkDir>,
+    down_links: BTreeSet<(usize, usize)>,
+    side: Option<Vec<bool>>,
+    partitions: Vec<Vec<bool>>,
+    chain: TrustChain,
+    limits: Limits,
+    config: EngineConfig,
+    bootstrap: SignedChange,
+    policy_changes: Vec<SignedChange>,
+    authorised: HashSet<ChangeHash>,
+    enrolled: Vec<bool>,
+    tracked: Vec<Tracked>,
+    forged: Vec<SignedChange>,
+    safety: Vec<Violation>,
+    converged_at: Option<u64>,
+    last_heal: u64,
+    events: u64,
+    misbehaved_events: u64,
+    disconnects: u64,
+    counters_reset_at: u64,
+}
+
+fn key_for(i: usize) -> SecretKey {
+    let mut seed = [0x5a; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    SecretKey::from_seed(seed)
+}
+
+fn add_stats(a: &mut EngineStats, b: &EngineStats) {
+    a.messages_sent += b.messages_sent;
+    a.bytes_sent += b.bytes_sent;
+    a.messages_received += b.messages_received;
+    a.bytes_received += b.bytes_received;
+    a.changes_applied += b.changes_applied;
+    a.changes_pending += b.changes_pending;
+    a.duplicates_received += b.duplicates_received;
+    a.stale_received += b.stale_received;
+    for (k, v) in &b.rejected {
+        *a.rejected.entry(k.clone()).or_default() += v;
+    }
+    a.anti_entropy_rounds += b.anti_entropy_rounds;
+    a.malformed_messages += b.malformed_messages;
+    a.change_bytes_received += b.change_bytes_received;
+    a.new_change_bytes_received += b.new_change_bytes_received;
+    a.announcements_sent += b.announcements_sent;
+    a.grafts_sent += b.grafts_sent;
+    a.prunes_sent += b.prunes_sent;
+}
+
+fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
+    let mut r = a.clone();
+    r.messages_sent -= b.messages_sent.min(r.messages_sent);
+    r.bytes_sent -= b.bytes_sent.min(r.bytes_sent);
+    r.messages_received -= b.messages_received.min(r.messages_received);
+    r.bytes_received -= b.bytes_received.min(r.bytes_received);
+    r.change_bytes_received -= b.change_bytes_received.min(r.change_bytes_received);
+    r.new_change_bytes_received -= b.new_change_bytes_received.min(r.new_change_bytes_received);
+    r.duplicates_received -= b.duplicates_received.min(r.duplicates_received);
+    r
+}
+
+impl Sim {
+    /// Build the fleet of `sc` with `seed` (keys, overlay, links, signed changes).
+    pub fn new(sc: Scenario, seed: u64) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = sc.nodes;
+        let authority = SecretKey::from_seed([0xa1; 32]);
+        let root = TrustRoot {
+            version: 1,
+            threshold: 1,
+            keys: vec![authority.public()],
+        };
+        let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])])
+            .expect("a self-signed first root");
+        let keys: Vec<SecretKey> = (0..n).map(key_for).collect();
+        let enrolled_count = sc.enrolled.unwrap_or(n).min(n);
+        let mut ed = PolicyEditor::new(&[]).expect("empty base");
+        ed.push(Edit::Set(
+            Level::Fleet,
+            "sim.bootstrap".into(),
+            serde_json::json!(true),
+        ))
+        .expect("valid edit");
+        for (i, k) in keys.iter().take(enrolled_count).enumerate() {
+            ed.push(Edit::Enrol(
+                k.public(),
+                Member {
+                    name: format!("n{i}"),
+                    region: format!("r{}", i % 4),
+                    labels: Default::default(),
+                },
+            ))
+            .expect("valid enrolment");
+        }
+        let bootstrap = ed.finish(&authority, 1).expect("signed bootstrap");
+        // Policy changes under measurement, each on top of the previous (one
+        // authority actor makes no concurrent changes), signed once and shared.
+        let mut base = vec![bootstrap.clone()];
+        let mut policy_changes = Vec::new();
+        for (i, _) in sc.policy.iter().enumerate() {
+            let mut ed = PolicyEditor::new(&base).expect("valid base");
+            ed.push(Edit::Set(
+                Level::Fleet,
+                format!("sim.change{i}"),
+                serde_json::json!(i),
+            ))
+            .expect("valid edit");
+            let c = ed.finish(&authority, 1).expect("signed");
+            base.push(c.clone());
+            policy_changes.push(c);
+        }
+        let mut authorised: HashSet<ChangeHash> = HashSet::new();
+        for c in &base {
+            authorised.insert(c.hash().expect("parses"));
+        }
+        let tracked = policy_changes
+            .iter()
+            .zip(&sc.policy)
+            .map(|(c, p)| Tracked {
+                hash: c.hash().expect("parses"),
+                origin: p.node.min(n - 1),
+                published_at: None,
+                held_at: vec![None; n],
+            })
+            .collect();
+        // Overlay: a random ring (connected) plus random chords up to the degree.
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = rng.random_range(0..=i);
+            order.swap(i, j);
+        }
+        let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for w in 0..n {
+            let (a, b) = (order[w], order[(w + 1) % n]);
+            if a != b {
+                edges.insert((a.min(b), a.max(b)));
+            }
+        }
+        let chords = sc.degree.saturating_sub(2) / 2;
+        for a in 0..n {
+            for _ in 0..chords {
+                let b = rng.random_range(0..n);
+                if a != b {
+                    edges.insert((a.min(b), a.max(b)));
+                }
+            }
+        }
+        let mut adj = vec![Vec::new(); n];
+        let mut links = HashMap::new();
+        let lm = &sc.link;
+        for &(a, b) in &edges {
+            adj[a].push(b);
+            adj[b].push(a);
+            for (x, y) in [(a, b), (b, a)] {
+                let latency_ms = rng.random_range(lm.latency_min_ms..=lm.latency_max_ms);
+                let loss = if rng.random_bool(lm.asymmetric_fraction) {
+                    lm.asymmetric_loss
+                } else {
+                    lm.loss
+                };
+                links.insert((x, y), LinkDir { latency_ms, loss });
+            }
+        }
+        let mut config = EngineConfig {
+            heartbeat_interval_ms: 0,
+            ..EngineConfig::default()
+        };
+        let o = &sc.engine;
+        if let Some(v) = o.anti_entropy_interval_ms {
+            config.anti_entropy_interval_ms = v;
+        }
+        if let Some(v) = o.heartbeat_interval_ms {
+            config.heartbeat_interval_ms = v;
+        }
+        if let Some(v) = o.lazy_flush_interval_ms {
+            config.lazy_flush_interval_ms = v;
+        }
+        if let Some(v) = o.graft_timeout_ms {
+            config.graft_timeout_ms = v;
+        }
+        if let Some(v) = o.graft_retry_ms {
+            config.graft_retry_ms = v;
+        }
+        if let Some(v) = o.plumtree {
+            config.plumtree = v;
+        }
+        let mut needs_store = vec![false; n];
+        let mut crash_plan = Vec::new();
+        for c in &sc.crash {
+            let mut nodes = c.nodes.clone();
+            while nodes.len() < c.count {
+                let x = rng.random_range(0..n);
+                if !nodes.contains(&x) {
+                    nodes.push(x);
+                }
+            }
+            for x in nodes {
+                needs_store[x] = true;
+                crash_plan.push((c.at_ms, x, c.restart_ms, c.wipe_store));
+            }
+        }
+        let slots = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Slot {
+                key: k.clone(),
+                engine: None,
+                incarnation: 0,
+                timers: [None; 4],
+                store: needs_store[i].then(Store::default),
+                heads: Vec::new(),
+                status_seq: 0,
+                malicious: sc.malicious.iter().position(|m| m.node == i),
+                started: false,
+                stats_base: EngineStats::default(),
+                stats_dead: EngineStats::default(),
+                honest: !sc.malicious.iter().any(|m| m.node == i),
+            })
+            .collect();
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.public(), i))
+            .collect();
+        let partitions = sc
+            .partition
+            .iter()
+            .map(|p| {
+                let far = (p.fraction * n as f64).round() as usize;
+                let mut ids: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    let j = rng.random_range(0..=i);
+                    ids.swap(i, j);
+                }
+                let mut side = vec![false; n];
+                for &i in ids.iter().take(far) {
+                    side[i] = true;
+                }
+                side
+            })
+            .collect();
+        let last_heal = sc.last_heal_ms();
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots,
+            index,
+            adj,
+            links,
+            down_links: BTreeSet::new(),
+            side: None,
+            partitions,
+            chain,
+            limits: Limits::default(),
+            config,
+            bootstrap,
+            policy_changes,
+            authorised,
+            enrolled: (0..n).map(|i| i < enrolled_count).collect(),
+            tracked,
+            forged: Vec::new(),
+            safety: Vec::new(),
+            converged_at: None,
+            last_heal,
+            events: 0,
+            misbehaved_events: 0,
+            disconnects: 0,
+            counters_reset_at: 0,
+            sc,
+        };
+        sim.schedule_plan(crash_plan);
+        sim
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn schedule_plan(&mut self, crash_plan: Vec<(u64, usize, Option<u64>, bool)>) {
+        let n = self.sc.nodes;
+        let late: usize = self.sc.join.iter().map(|j| j.count).sum();
+        let mut next_late = n - late;
+        let joins = self.sc.join.clone();
+        for j in joins {
+            for _ in 0..j.count {
+                self.push(j.at_ms, Ev::Start(next_late));
+                next_late += 1;
+            }
+        }
+        for i in 0..n - late {
+            let t = self.rng.random_range(0..=self.sc.start_spread_ms);
+            self.push(t, Ev::Start(i));
+        }
+        for (at, node, restart_ms, wipe) in crash_plan {
+            self.push(
+                at,
+                Ev::Crash {
+                    node,
+                    restart_ms,
+                    wipe,
+                },
+            );
+        }
+        for i in 0..self.sc.partition.len() {
+            let p = self.sc.partition[i].clone();
+            self.push(p.from_ms, Ev::PartitionStart(i));
+            self.push(p.until_ms, Ev::PartitionEnd(i));
+        }
+        for i in 0..self.sc.policy.len() {
+            let at = self.sc.policy[i].at_ms;
+            self.push(at, Ev::Publish(i));
+        }
+        if self.sc.status.interval_ms > 0 {
+            for i in 0..n {
+                if self.enrolled[i] {
+                    let t = self.rng.random_range(0..self.sc.status.interval_ms);
+                    self.push(self.sc.start_spread_ms + t, Ev::Status(i));
+                }
+            }
+        }
+        for m in 0..self.sc.malicious.len() {
+            let at = self.sc.start_spread_ms + self.sc.malicious[m].interval_ms;
+            self.push(at, Ev::Malice(m));
+        }
+        if self.sc.measure_from_ms > 0 {
+            self.push(self.sc.measure_from_ms, Ev::ResetCounters);
+        }
+        let first_check = if self.last_heal == u64::MAX {
+            u64::MAX
+        } else {
+            self.last_heal
+        };
+        if first_check < self.sc.duration_ms {
+            self.push(first_check, Ev::Check);
+        }
+    }
+
+    /// Run to the end; `progress` is called with the simulated time now and then.
+    pub fn run(mut self, mut progress: impl FnMut(u64)) -> RunResult {
+        let mut next_tick = 0;
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.at > self.sc.duration_ms {
+                break;
+            }
+            self.now = q.at;
+            self.events += 1;
+            if self.now >= next_tick {
+                progress(self.now);
+                next_tick = self.now + 250;
+            }
+            self.dispatch(q.ev);
+        }
+        self.now = self.sc.duration_ms;
+        progress(self.now);
+        self.finish()
+    }
+
+    fn live(&self, i: usize) -> bool {
+        self.slots[i].engine.is_some()
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        if self.down_links.contains(&(a.min(b), a.max(b))) {
+            return false;
+        }
+        if let Some(side) = &self.side {
+            if side[a] != side[b] && self.sc.partition_drops_connections {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                to,
+                from,
+                bytes,
+                incarnation,
+            } => {
+                if self.slots[to].incarnation != incarnation || !self.live(to) {
+                    return;
+                }
+                let from_id = self.slots[from].key.public();
+                self.input(
+                    to,
+                    Input::Message {
+                        from: from_id,
+                        bytes,
+                    },
+                );
+            }
+            Ev::Timer {
+                node,
+                timer,
+                incarnation,
+            } => {
+                let slot = &self.slots[node];
+                if slot.incarnation != incarnation
+                    || slot.timers[timer_index(timer)] != Some(self.now)
+                    || slot.engine.is_none()
+                {
+                    return;
+                }
+                self.slots[node].timers[timer_index(timer)] = None;
+                self.input(node, Input::Timer(timer));
+            }
+            Ev::Start(i) => self.start(i, false),
+            Ev::Crash {
+                node,
+                restart_ms,
+                wipe,
+            } => {
+                self.crash(node);
+                if let Some(r) = restart_ms {
+                    self.push(r, Ev::Restart { node, wipe });
+                }
+            }
+            Ev::Restart { node, wipe } => self.start(node, wipe),
+            Ev::PartitionStart(p) => {
+                let side = self.partitions[p].clone();
+                if self.sc.partition_drops_connections {
+                    self.set_cut(&side, true);
+                }
+                self.side = Some(side);
+            }
+            Ev::PartitionEnd(p) => {
+                if self.side.as_ref() == Some(&self.partitions[p]) {
+                    let side = self.side.take().expect("active");
+                    if self.sc.partition_drops_connections {
+                        self.set_cut(&side, false);
+                    }
+                }
+            }
+            Ev::Publish(p) => {
+                let n = self.sc.nodes;
+                let origin = (0..n)
+                    .map(|k| (self.tracked[p].origin + k) % n)
+                    .find(|&i| self.live(i) && self.slots[i].honest);
+                if let Some(o) = origin {
+                    self.tracked[p].origin = o;
+                    self.tracked[p].published_at = Some(self.now);
+                    let c = self.policy_changes[p].clone();
+                    self.input(
+                        o,
+                        Input::Publish {
+                            roots: Vec::new(),
+                            changes: vec![c],
+                        },
+                    );
+                }
+            }
+            Ev::Status(i) => {
+                let st = &self.sc.status;
+                if st.until_ms != 0 && self.now >= st.until_ms {
+                    return;
+                }
+                let interval = st.interval_ms;
+                if self.live(i) {
+                    self.slots[i].status_seq += 1;
+                    let status = NodeStatus {
+                        name: format!("n{i}"),
+                        region: format!("r{}", i % 4),
+                        version: format!("build-{}", self.slots[i].status_seq),
+                        ..NodeStatus::default()
+                    };
+                    self.input(i, Input::SetStatus(status));
+                }
+                self.push(self.now + interval, Ev::Status(i));
+            }
+            Ev::Malice(m) => {
+                self.malice(m);
+                let at = self.now + self.sc.malicious[m].interval_ms;
+                self.push(at, Ev::Malice(m));
+            }
+            Ev::ResetCounters => {
+                self.counters_reset_at = self.now;
+                for s in &mut self.slots {
+                    let mut total = s.stats_dead.clone();
+                    if let Some(e) = &s.engine {
+                        add_stats(&mut total, &e.stats());
+                    }
+                    s.stats_base = total;
+                }
+            }
+            Ev::Check => self.check_liveness(),
+        }
+    }
+
+    /// Connections across a partition go down (or come back up).
+    fn set_cut(&mut self, side: &[bool], cut: bool) {
+        let n = self.sc.nodes;
+        for a in 0..n {
+            for bi in 0..self.adj[a].len() {
+                let b = self.adj[a][bi];
+                if side[a] == side[b]
+                    || !self.live(a)
+                    || !self.live(b)
+                    || self.down_links.contains(&(a.min(b), a.max(b)))
+                {
+                    continue;
+                }
+                let peer = self.slots[b].key.public();
+                let input = if cut {
+                    Input::PeerDown { peer }
+                } else {
+                    Input::PeerUp { peer }
+                };
+                self.input(a, input);
+            }
+        }
+    }
+
+    fn start(&mut self, i: usize, wipe: bool) {
+        if self.live(i) {
+            return;
+        }
+        let key = self.slots[i].key.clone();
+        let mut replica = Replica::new(self.chain.clone(), self.limits.clone());
+        replica.ingest(vec![self.bootstrap.clone()]);
+        let mut epoch = 1;
+        if wipe {
+            if let Some(store) = &mut self.slots[i].store {
+                *store = Store::default();
+            }
+        }
+        if let Some(store) = &self.slots[i].store {
+            for r in &store.roots {
+                // A stored root advanced this chain once; it does again.
+                let _ = replica.ingest_root(r.clone());
+            }
+            let all: Vec<SignedChange> = store.changes.values().flatten().cloned().collect();
+            replica.ingest(all);
+            for d in store.changes.keys() {
+                if let DocId::Status { node, epoch: e } = d {
+                    if *node == key.public() {
+                        epoch = epoch.max(e + 1);
+                    }
+                }
+            }
+        }
+        // Safety across restarts: the policy read back from the store never
+        // goes behind what the node had applied.
+        if self.slots[i].started && !wipe {
+            let lost: Vec<&ChangeHash> = self.slots[i]
+                .heads
+                .iter()
+                .filter(|h| !replica.contains(&DocId::Policy, h))
+                .collect();
+            if !lost.is_empty() {
+                self.safety.push(Violation(format!(
+                    "node {i} restarted without policy it had applied ({} heads lost) at {} ms",
+                    lost.len(),
+                    self.now
+                )));
+            }
+        }
+        let mut heads = replica.policy_heads();
+        heads.sort();
+        let writer = StatusWriter::new(key, epoch, dcloud_crdt::status::EPOCH_CHANGES_DEFAULT);
+        let (engine, outs) = Engine::new(self.config.clone(), replica, writer, self.now);
+        let slot = &mut self.slots[i];
+        slot.engine = Some(engine);
+        slot.started = true;
+        slot.heads = heads;
+        slot.timers = [None; 4];
+        self.process(i, outs);
+        for bi in 0..self.adj[i].len() {
+            let b = self.adj[i][bi];
+            if self.live(b) && self.connected(i, b) {
+                let (pi, pb) = (self.slots[i].key.public(), self.slots[b].key.public());
+                self.input(i, Input::PeerUp { peer: pb });
+                self.input(b, Input::PeerUp { peer: pi });
+            }
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let Some(engine) = self.slots[i].engine.take() else {
+            return;
+        };
+        let st = engine.stats();
+        add_stats(&mut self.slots[i].stats_dead, &st);
+        self.slots[i].incarnation += 1;
+        self.slots[i].timers = [None; 4];
+        let me = self.slots[i].key.public();
+        for bi in 0..self.adj[i].len() {
+            let b = self.adj[i][bi];
+            if self.live(b) {
+                self.input(b, Input::PeerDown { peer: me });
+            }
+        }
+    }
+
+    fn input(&mut self, i: usize, input: Input) {
+        let Some(engine) = self.slots[i].engine.as_mut() else {
+            return;
+        };
+        let outs = engine.handle(input, self.now, &mut self.rng);
+        self.process(i, outs);
+    }
+
+    fn process(&mut self, i: usize, outs: Vec<Output>) {
+        for o in outs {
+            match o {
+                Output::Send { to, bytes } => self.send(i, to, bytes),
+                Output::Persist(p) => self.persist(i, p),
+                Output::SetTimer { timer, at } => {
+                    let at = at.max(self.now);
+                    self.slots[i].timers[timer_index(timer)] = Some(at);
+                    let incarnation = self.slots[i].incarnation;
+                    self.push(
+                        at,
+                        Ev::Timer {
+                            node: i,
+                            timer,
+                            incarnation,
+                        },
+                    );
+                }
+                Output::Disconnect { peer, .. } => {
+                    self.disconnects += 1;
+                    if let Some(&b) = self.index.get(&peer) {
+                        let key = (i.min(b), i.max(b));
+                        if self.down_links.insert(key) && self.live(b) {
+                            let me = self.slots[i].key.public();
+                            self.input(b, Input::PeerDown { peer: me });
+                        }
+                    }
+                }
+                Output::Event(e) => self.event(i, e),
+            }
+        }
+    }
+
+    fn event(&mut self, i: usize, e: Event) {
+        match e {
+            Event::PolicyChanged => {
+                let Some(engine) = &self.slots[i].engine else {
+                    return;
+                };
+                let r = engine.replica();
+                let lost = self.slots[i]
+                    .heads
+                    .iter()
+                    .filter(|h| !r.contains(&DocId::Policy, h))
+                    .count();
+                if lost > 0 {
+                    self.safety.push(Violation(format!(
+                        "node {i}: applied policy went backwards at {} ms",
+                        self.now
+                    )));
+                }
+                let mut heads = r.policy_heads();
+                heads.sort();
+                self.slots[i].heads = heads;
+            }
+            Event::PeerMisbehaved { .. } => self.misbehaved_events += 1,
+            Event::PeerNotAdmitted { .. } | Event::Published { .. } => {}
+        }
+    }
+
+    fn persist(&mut self, i: usize, p: Persist) {
+        match p {
+            Persist::Changes(cs) => {
+                for c in &cs {
+                    self.check_safety(i, c);
+                }
+                if let Some(store) = &mut self.slots[i].store {
+                    for c in cs {
+                        store.changes.entry(c.doc).or_default().push(c);
+                    }
+                }
+            }
+            Persist::Root(r) => {
+                if let Some(store) = &mut self.slots[i].store {
+                    store.roots.push(r);
+                }
+            }
+            Persist::DropStatusBefore { node, epoch } => {
+                if let Some(store) = &mut self.slots[i].store {
+                    store.changes.retain(|d, _| {
+                        !matches!(d, DocId::Status { node: n, epoch: e } if *n == node && *e < epoch)
+                    });
+                }
+            }
+            Persist::DropNode { node } => {
+                if let Some(store) = &mut self.slots[i].store {
+                    store
+                        .changes
+                        .retain(|d, _| !matches!(d, DocId::Status { node: n, .. } if *n == node));
+                }
+            }
+        }
+    }
+
+    /// A change a node now holds must be authorised: a policy change the
+    /// authority signed, or a status change of an enrolled node signed by it.
+    fn check_safety(&mut self, i: usize, c: &SignedChange) {
+        if !self.slots[i].honest {
+            return;
+        }
+        match c.doc {
+            DocId::Policy => {
+                let Ok(h) = c.hash() else {
+                    self.safety.push(Violation(format!(
+                        "node {i} holds an unparsable policy change"
+                    )));
+                    return;
+                };
+                if !self.authorised.contains(&h) {
+                    self.safety.push(Violation(format!(
+                        "node {i} holds unauthorised policy change {h} at {} ms",
+                        self.now
+                    )));
+                }
+                for t in &mut self.tracked {
+                    if t.hash == h && t.held_at[i].is_none() {
+                        t.held_at[i] = Some(self.now);
+                    }
+                }
+            }
+            DocId::Status { node, .. } => {
+                let owner_ok = self.index.get(&node).is_some_and(|&o| self.enrolled[o]);
+                let signed_ok = c.sigs.len() == 1 && c.sigs[0].key == node;
+                if !owner_ok || !signed_ok || self.forged.contains(c) {
+                    self.safety.push(Violation(format!(
+                        "node {i} holds an unauthorised status change of {} at {} ms",
+                        node.short(),
+                        self.now
+                    )));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: NodeId, bytes: Vec<u8>) {
+        let Some(&to) = self.index.get(&to) else {
+            return;
+        };
+        if let Some(m) = self.slots[from].malicious {
+            if self.sc.malicious[m].withhold
+                && matches!(
+                    Message::decode(&bytes, &self.config.wire),
+                    Ok(Message::Changes { .. })
+                )
+            {
+                return;
+            }
+        }
+        self.transmit(from, to, bytes);
+    }
+
+    /// The network: latency, loss, duplication, reordering, partitions.
+    fn transmit(&mut self, from: usize, to: usize, mut bytes: Vec<u8>) {
+        let Some(link) = self.links.get(&(from, to)).copied() else {
+            return;
+        };
+        if !self.connected(from, to) || !self.live(to) {
+            return;
+        }
+        if let Some(side) = &self.side {
+            if side[from] != side[to] {
+                return;
+            }
+        }
+        let lm = &self.sc.link;
+        let (jitter, reorder, reorder_delay, dup) =
+            (lm.jitter_ms, lm.reorder, lm.reorder_delay_ms, lm.duplicate);
+        if self.rng.random_bool(link.loss) {
+            return;
+        }
+        let copies = if self.rng.random_bool(dup) { 2 } else { 1 };
+        let incarnation = self.slots[to].incarnation;
+        for c in 0..copies {
+            let mut delay = link.latency_ms + self.rng.random_range(0..=jitter);
+            if self.rng.random_bool(reorder) {
+                delay += self.rng.random_range(0..=reorder_delay);
+            }
+            let bytes = if c + 1 == copies {
+                std::mem::take(&mut bytes)
+            } else {
+                bytes.clone()
+            };
+            self.push(
+                self.now + delay,
+                Ev::Deliver {
+                    to,
+                    from,
+                    bytes,
+                    incarnation,
+                },
+            );
+        }
+    }
+
+    /// A malicious node acts: forged and tampered changes, replays, garbage.
+    fn malice(&mut self, m: usize) {
+        let spec = self.sc.malicious[m].clone();
+        let i = spec.node;
+        if !self.live(i) {
+            return;
+        }
+        let peers: Vec<usize> = self.adj[i]
+            .iter()
+            .copied()
+            .filter(|&b| self.connected(i, b))
+            .collect();
+        let key = self.slots[i].key.clone();
+        let mut batch: Vec<SignedChange> = Vec::new();
+        if spec.forge {
+            // A policy change signed by a node key.
+            let mut ed = PolicyEditor::new(std::slice::from_ref(&self.bootstrap)).expect("base");
+            ed.push(Edit::Set(
+                Level::Fleet,
+                format!("evil.{}", self.now),
+                serde_json::json!("owned"),
+            ))
+            .expect("edit");
+            batch.push(ed.finish(&key, 1).expect("signed"));
+            // A status change of another node, signed by this one.
+            let victim = (i + 1) % self.sc.nodes;
+            let mut w = StatusWriter::new(key.clone(), 1_000 + self.now as u32, 4);
+            let mut c = w.heartbeat();
+            c.doc = DocId::Status {
+                node: self.slots[victim].key.public(),
+                epoch: 1_000 + self.now as u32,
+            };
+            batch.push(c);
+            // A real policy change with one byte flipped.
+            let mut t = self.bootstrap.clone();
+            let mid = t.change.len() / 2;
+            t.change[mid] ^= 0x40;
+            batch.push(t);
+            self.forged.extend(batch.iter().cloned());
+        }
+        if spec.replay {
+            if let Some(e) = &self.slots[i].engine {
+                batch.extend(e.replica().all_changes().take(16).cloned());
+            }
+        }
+        let mut msgs: Vec<Vec<u8>> = Vec::new();
+        if !batch.is_empty() {
+            msgs.push(
+                Message::Changes {
+                    push: Push::Eager,
+                    changes: batch,
+                }
+                .encode(),
+            );
+        }
+        for _ in 0..spec.flood {
+            let len = self.rng.random_range(1..64usize);
+            let mut junk: Vec<u8> = (0..len).map(|_| self.rng.random::<u8>()).collect();
+            junk[0] = 1;
+            msgs.push(junk);
+        }
+        for b in peers {
+            for msg in &msgs {
+                self.transmit(i, b, msg.clone());
+            }
+        }
+    }
+
+    fn digest(&self, i: usize) -> u64 {
+        let engine = self.slots[i].engine.as_ref().expect("live");
+        let mut h = DefaultHasher::new();
+        engine.replica().docs().hash(&mut h);
+        h.finish()
+    }
+
+    /// Liveness: all live honest nodes hold identical documents.
+    fn check_liveness(&mut self) {
+        if self.converged_at.is_some() {
+            return;
+        }
+        let live: Vec<usize> = (0..self.sc.nodes)
+            .filter(|&i| self.live(i) && self.slots[i].honest)
+            .collect();
+        let first = live.first().map(|&i| self.digest(i));
+        if live.iter().all(|&i| Some(self.digest(i)) == first) {
+            self.converged_at = Some(self.now);
+            return;
+        }
+        self.push(self.now + self.sc.check_interval_ms, Ev::Check);
+    }
+
+    fn finish(mut self) -> RunResult {
+        let n = self.sc.nodes;
+        let honest_live: Vec<usize> = (0..n)
+            .filter(|&i| self.live(i) && self.slots[i].honest)
+            .collect();
+        // Liveness.
+        let liveness = if self.last_heal == u64::MAX {
+            None
+        } else if self.last_heal + self.sc.liveness_bound_ms > self.sc.duration_ms {
+            Some(Violation(format!(
+                "the run ends before the liveness bound ({} + {} ms)",
+                self.last_heal, self.sc.liveness_bound_ms
+            )))
+        } else {
+            match self.converged_at {
+                Some(t) if t <= self.last_heal + self.sc.liveness_bound_ms => None,
+                Some(t) => Some(Violation(format!(
+                    "converged {} ms after the last heal, over the {} ms bound",
+                    t - self.last_heal,
+                    self.sc.liveness_bound_ms
+                ))),
+                None => {
+                    let digests: BTreeSet<u64> =
+                        honest_live.iter().map(|&i| self.digest(i)).collect();
+                    Some(Violation(format!(
+                        "live nodes did not converge within {} ms of the last heal ({} distinct states among {} nodes)",
+                        self.sc.liveness_bound_ms,
+                        digests.len(),
+                        honest_live.len()
+                    )))
+                }
+            }
+        };
+        // Policy propagation.
+        let mut policy = Vec::new();
+        for t in &self.tracked {
+            let Some(t0) = t.published_at else {
+                continue;
+            };
+            let mut times: Vec<u64> = honest_live
+                .iter()
+                .filter_map(|&i| t.held_at[i].map(|x| x.saturating_sub(t0)))
+                .collect();
+            times.sort();
+            let of = honest_live.len();
+            let pct = |q: f64| -> Option<u64> {
+                let need = ((q * of as f64).ceil() as usize).max(1);
+                times.get(need - 1).copied()
+            };
+            let lower = self.lower_bound(t.origin, &honest_live);
+            let t100 = if times.len() == of {
+                times.last().copied()
+            } else {
+                None
+            };
+            policy.push(PolicyReport {
+                origin: t.origin,
+                published_at_ms: t0,
+                reached: times.len(),
+                of,
+                t50_ms: pct(0.5),
+                t99_ms: pct(0.99),
+                t9999_ms: pct(0.9999),
+                t100_ms: t100,
+                lower_bound_ms: lower,
+                ratio: t100.map(|x| x as f64 / lower.max(1) as f64),
+                curve: times,
+            });
+        }
+        // Traffic over the measurement window.
+        let mut window = EngineStats::default();
+        let mut total = EngineStats::default();
+        let mut counted = 0usize;
+        for s in &self.slots {
+            if !s.honest || !s.started {
+                continue;
+            }
+            let mut all = s.stats_dead.clone();
+            if let Some(e) = &s.engine {
+                add_stats(&mut all, &e.stats());
+            }
+            add_stats(&mut window, &sub_stats(&all, &s.stats_base));
+            add_stats(&mut total, &all);
+            counted += 1;
+        }
+        let secs = (self.sc.duration_ms - self.counters_reset_at).max(1) as f64 / 1000.0;
+        let per = |x: u64| x as f64 / counted.max(1) as f64 / secs;
+        let traffic = Traffic {
+            window_ms: self.sc.duration_ms - self.counters_reset_at,
+            bytes_sent_per_node_s: per(window.bytes_sent),
+            bytes_received_per_node_s: per(window.bytes_received),
+            messages_sent_per_node_s: per(window.messages_sent),
+            messages_received_per_node_s: per(window.messages_received),
+            duplication_ratio: window.bytes_received as f64
+                / window.new_change_bytes_received.max(1) as f64,
+            change_copies: window.change_bytes_received as f64
+                / window.new_change_bytes_received.max(1) as f64,
+            new_change_bytes_per_node: window.new_change_bytes_received as f64
+                / counted.max(1) as f64,
+        };
+        let report = Report {
+            scenario: self.sc.name.clone(),
+            seed: self.seed,
+            nodes: n,
+            duration_ms: self.sc.duration_ms,
+            events: self.events,
+            policy,
+            traffic,
+            last_heal_ms: (self.last_heal != u64::MAX).then_some(self.last_heal),
+            convergence_after_heal_ms: self.converged_at.map(|t| t - self.last_heal),
+            anti_entropy_rounds: total.anti_entropy_rounds,
+            rejected: total.rejected.clone(),
+            malformed_messages: total.malformed_messages,
+            misbehaviour_events: self.misbehaved_events,
+            disconnects: self.disconnects,
+            safety_violations: self.safety.iter().map(|v| v.0.clone()).collect(),
+            liveness_failure: liveness.as_ref().map(|v| v.0.clone()),
+        };
+        self.safety.truncate(100);
+        RunResult {
+            report,
+            safety: self.safety,
+            liveness,
+        }
+    }
+
+    /// The slowest shortest path (by base link latency) from `origin` to the
+    /// nodes in `to`: no protocol can beat it.
+    fn lower_bound(&self, origin: usize, to: &[usize]) -> u64 {
+        let n = self.sc.nodes;
+        let mut dist = vec![u64::MAX; n];
+        let mut heap = BinaryHeap::new();
+        dist[origin] = 0;
+        heap.push(Reverse((0u64, origin)));
+        while let Some(Reverse((d, a))) = heap.pop() {
+            if d > dist[a] {
+                continue;
+            }
+            for &b in &self.adj[a] {
+                let nd = d + self.links[&(a, b)].latency_ms;
+                if nd < dist[b] {
+                    dist[b] = nd;
+                    heap.push(Reverse((nd, b)));
+                }
+            }
+        }
+        to.iter()
+            .map(|&i| dist[i])
+            .filter(|d| *d != u64::MAX)
+            .max()
+            .unwrap_or(0)
+    }
+}
