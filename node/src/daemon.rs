@@ -487,6 +487,8 @@ impl Daemon {
     fn carry_out(&mut self, outputs: Vec<Output>) {
         self.persist_failed_in_call = false;
         let mut policy_changed = false;
+        let mut disconnects: Vec<(NodeId, String)> = Vec::new();
+        let mut misbehaved: HashSet<NodeId> = HashSet::new();
         for out in outputs {
             match out {
                 Output::Persist(p) => {
@@ -503,18 +505,30 @@ impl Daemon {
                 Output::SetTimer { timer, at } => {
                     self.timers.insert(timer, at);
                 }
-                Output::Disconnect { peer, reason } => {
-                    tracing::info!(peer = %peer.short(), %reason, "disconnecting peer");
-                    self.metrics.disconnected("engine");
-                    if let Some(pid) = net::peer_id(&peer) {
-                        let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
-                        self.block(pid, Some(until));
-                    }
-                }
+                Output::Disconnect { peer, reason } => disconnects.push((peer, reason)),
                 Output::Event(ev) => match ev {
                     Event::PolicyChanged => policy_changed = true,
+                    Event::PeerMisbehaved { peer, reason } => {
+                        tracing::warn!(peer = %peer.short(), %reason, "peer misbehaved");
+                        misbehaved.insert(peer);
+                    }
                     other => self.on_event(other),
                 },
+            }
+        }
+        for (peer, reason) in disconnects {
+            let Some(pid) = net::peer_id(&peer) else {
+                continue;
+            };
+            if misbehaved.contains(&peer) {
+                // Penalty bound reached: keep it away for a while.
+                tracing::warn!(peer = %peer.short(), %reason, "disconnecting and blocking a misbehaving peer");
+                self.metrics.disconnected("misbehaviour");
+                let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
+                self.block(pid, Some(until));
+            } else {
+                tracing::info!(peer = %peer.short(), %reason, "disconnecting peer");
+                self.cut_off(pid, "not_admitted");
             }
         }
         if policy_changed {
@@ -642,11 +656,10 @@ impl Daemon {
             Event::PolicyChanged => self.policy_changed(),
             Event::PeerMisbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), %reason, "peer misbehaved");
-                self.metrics.rejected("peer_misbehaved");
             }
             Event::PeerNotAdmitted { peer } => {
                 if let Some(pid) = net::peer_id(&peer) {
-                    self.cut_off(pid, "not admitted");
+                    self.cut_off(pid, "not_admitted");
                 }
             }
         }
@@ -680,7 +693,7 @@ impl Daemon {
         for pid in connected {
             let ok = net::node_id(&pid).is_some_and(|n| self.admitted(&n));
             if !ok {
-                self.cut_off(pid, "not admitted");
+                self.cut_off(pid, "not_admitted");
             }
         }
         // Re-render this node's effective config when it changed.

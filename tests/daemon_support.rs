@@ -1,0 +1,409 @@
+//! Shared fixtures of the daemon process tests: a fleet of real `dcloud`
+//! processes on 127.0.0.x, an authority, signed policy bundles, and waiting
+//! for conditions with deadlines. Every process is killed when the fleet is
+//! dropped, whatever the test did.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dcloud_crdt::policy::{Edit, Level, Member, PolicyEditor};
+use dcloud_crdt::root::encode_chain;
+use dcloud_crdt::{Bundle, NodeId, SecretKey, SignedChange, SignedTrustRoot, TrustRoot};
+use serde_json::Value;
+
+/// The binary under test.
+pub const DCLOUD: &str = env!("CARGO_BIN_EXE_dcloud");
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node of a test fleet.
+pub struct Node {
+    /// Human name.
+    pub name: String,
+    /// Node id.
+    pub id: NodeId,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Loopback address.
+    pub ip: String,
+    /// libp2p TCP port.
+    pub p2p_port: u16,
+    /// API address.
+    pub api: String,
+    /// File the effective config is rendered to.
+    pub apply_file: PathBuf,
+    /// Extra flags for `dcloud run`.
+    pub extra: Vec<String>,
+    /// Bootstrap multiaddrs.
+    pub bootstrap: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Its libp2p address.
+    pub fn addr(&self) -> String {
+        format!("/ip4/{}/tcp/{}", self.ip, self.p2p_port)
+    }
+
+    /// Is its process running?
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// The pid, when running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A fleet of `dcloud` processes with one authority key (threshold 1).
+pub struct Fleet {
+    /// Scratch directory (deleted at drop).
+    pub dir: tempfile::TempDir,
+    /// The authority key.
+    pub auth: SecretKey,
+    /// The trust chain file.
+    pub trust_file: PathBuf,
+    /// The trust chain.
+    pub roots: Vec<SignedTrustRoot>,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// Every policy change signed so far (the admin's base).
+    pub policy: Vec<SignedChange>,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Run `dcloud init` and return the node id it prints.
+pub fn init_node(data_dir: &Path) -> NodeId {
+    let out = Command::new(DCLOUD)
+        .args(["init", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run dcloud init");
+    assert!(out.status.success(), "dcloud init failed: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("dcloud init prints a node id")
+}
+
+impl Fleet {
+    /// `n` nodes on 127.0.0.`first_ip`.. (not started). Node 0 is everyone's
+    /// bootstrap peer, node 1 a second one.
+    pub fn new(n: usize, first_ip: u8) -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let auth = SecretKey::generate();
+        let root = SignedTrustRoot::sign(
+            TrustRoot {
+                version: 1,
+                threshold: 1,
+                keys: vec![auth.public()],
+            },
+            &[&auth],
+        );
+        let roots = vec![root];
+        let trust_file = dir.path().join("trust-root.chain");
+        std::fs::write(&trust_file, encode_chain(&roots)).unwrap();
+        let mut fleet = Fleet {
+            dir,
+            auth,
+            trust_file,
+            roots,
+            nodes: Vec::new(),
+            policy: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        for i in 0..n {
+            fleet.add_node(&format!("site-{i}"), first_ip + i as u8);
+        }
+        let boot: Vec<String> = fleet.nodes.iter().take(2).map(|n| n.addr()).collect();
+        for (i, node) in fleet.nodes.iter_mut().enumerate() {
+            node.bootstrap = boot
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.clone())
+                .collect();
+        }
+        fleet
+    }
+
+    /// Add a node (not started, not enrolled) on 127.0.0.`ip`.
+    pub fn add_node(&mut self, name: &str, ip: u8) -> usize {
+        let ip = format!("127.0.0.{ip}");
+        let data_dir = self.dir.path().join(name);
+        let id = init_node(&data_dir);
+        let p2p_port = free_port(&ip);
+        let api = format!("{ip}:{}", free_port(&ip));
+        let apply_file = data_dir.join("applied.json");
+        let log = data_dir.join("log");
+        self.nodes.push(Node {
+            name: name.to_string(),
+            id,
+            data_dir,
+            ip,
+            p2p_port,
+            api,
+            apply_file,
+            extra: Vec::new(),
+            bootstrap: Vec::new(),
+            child: None,
+            log,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Start node `i` (appending to its log).
+    pub fn start(&mut self, i: usize) {
+        let trust = self.trust_file.clone();
+        let n = &mut self.nodes[i];
+        assert!(n.child.is_none(), "{} already running", n.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let mut cmd = Command::new(DCLOUD);
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .arg("--trust-root")
+            .arg(&trust)
+            .arg("--listen")
+            .arg(n.addr())
+            .arg("--api")
+            .arg(&n.api)
+            .arg("--heartbeat-ms")
+            .arg("1000")
+            .arg("--apply-file")
+            .arg(&n.apply_file);
+        for b in &n.bootstrap {
+            cmd.arg("--bootstrap").arg(b);
+        }
+        cmd.args(&n.extra)
+            .env("DCLOUD_LOG", "info,dcloud_node=debug,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        n.child = Some(cmd.spawn().expect("spawn dcloud run"));
+    }
+
+    /// Start every node.
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait (bounded) for it to exit.
+    pub fn terminate(&mut self, i: usize, bound: Duration) -> Option<ExitStatus> {
+        let mut c = self.nodes[i].child.take()?;
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Sign `edits` as one policy change on top of everything signed so far.
+    pub fn sign(&mut self, edits: Vec<Edit>) -> SignedChange {
+        let mut ed = PolicyEditor::new(&self.policy).expect("base loads");
+        for e in edits {
+            ed.push(e).expect("edit is valid");
+        }
+        let c = ed.finish(&self.auth, 1).expect("signs");
+        self.policy.push(c.clone());
+        c
+    }
+
+    /// An edit enrolling node `i`.
+    pub fn enrol(&self, i: usize) -> Edit {
+        let n = &self.nodes[i];
+        Edit::Enrol(
+            n.id,
+            Member {
+                name: n.name.clone(),
+                region: if i % 2 == 0 { "eu".into() } else { "us".into() },
+                labels: Default::default(),
+            },
+        )
+    }
+
+    /// A fleet-level config edit.
+    pub fn set_fleet(path: &str, value: Value) -> Edit {
+        Edit::Set(Level::Fleet, path.to_string(), value)
+    }
+
+    /// A bundle of `changes` with the trust chain.
+    pub fn bundle(&self, changes: Vec<SignedChange>) -> Vec<u8> {
+        Bundle {
+            roots: self.roots.clone(),
+            changes,
+        }
+        .encode()
+    }
+
+    /// POST a bundle at node `i`: (status, body).
+    pub async fn publish(&self, i: usize, bytes: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("http://{}/v1/bundles", self.nodes[i].api))
+            .body(bytes)
+            .send()
+            .await
+            .expect("POST /v1/bundles");
+        let status = r.status().as_u16();
+        let body = r.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Enrol nodes `which` (plus a fleet value) at node `at` and return the change.
+    pub async fn enrol_at(&mut self, at: usize, which: &[usize]) -> SignedChange {
+        let mut edits: Vec<Edit> = which.iter().map(|i| self.enrol(*i)).collect();
+        edits.push(Fleet::set_fleet("log.level", "info".into()));
+        let c = self.sign(edits);
+        let (status, body) = self.publish(at, self.bundle(vec![c.clone()])).await;
+        assert_eq!(status, 200, "publish: {body}");
+        c
+    }
+
+    /// GET a path of node `i`'s API, None when it does not answer.
+    pub async fn get(&self, i: usize, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("http://{}{path}", self.nodes[i].api))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Hex heads of a signed change.
+    pub fn head(c: &SignedChange) -> String {
+        hex::encode(c.hash().unwrap().0)
+    }
+
+    /// Whether node `i` reports a rollout of `head` complete across `expect` sites.
+    pub async fn rollout_complete(&self, i: usize, head: &str, expect: usize) -> bool {
+        match self.get(i, &format!("/v1/rollout?heads={head}")).await {
+            Some(v) => v["complete"] == true && v["applied"] == expect as u64,
+            None => false,
+        }
+    }
+
+    /// Panic with the nodes' logs.
+    pub fn fail(&self, what: &str) -> ! {
+        let mut msg = format!("timed out waiting for: {what}\n");
+        for n in &self.nodes {
+            msg.push_str(&format!(
+                "---- {} ({}) log tail ----\n{}\n",
+                n.name,
+                n.id.short(),
+                n.log_tail(25)
+            ));
+        }
+        panic!("{msg}");
+    }
+
+    /// Poll `cond` every 50 ms until it holds, or fail after `within`.
+    pub async fn wait(
+        &self,
+        what: &str,
+        within: Duration,
+        mut cond: impl AsyncFnMut(&Fleet) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if cond(self).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(what);
+            }
+        }
+    }
+
+    /// Every node in `which` holds exactly `head` and reports it applied without error.
+    pub async fn applied_everywhere(&self, which: &[usize], head: &str) -> bool {
+        for &i in which {
+            let Some(v) = self.get(i, "/v1/node").await else {
+                return false;
+            };
+            let want = serde_json::json!([head]);
+            if v["policy_heads"] != want
+                || v["applied"]["heads"] != want
+                || !v["applied"]["error"].is_null()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
