@@ -217,8 +217,9 @@ struct BaseArgs {
     /// unpublished bundle signed since; repeatable: their union is the base.
     #[arg(long = "base")]
     base: Vec<PathBuf>,
-    /// Fetch the base snapshot from a node's local API instead.
-    #[arg(long, conflicts_with = "base")]
+    /// Fetch the base snapshot from a node's local API (--base files, if
+    /// any, are added to it).
+    #[arg(long)]
     from: Option<String>,
 }
 
@@ -266,17 +267,17 @@ fn read_bundle(path: &Path) -> Result<Bundle> {
 }
 
 async fn load_base(args: &BaseArgs) -> Result<Base> {
-    let bundles = if let Some(url) = &args.from {
-        let client = Client::new(url)?;
-        vec![client.snapshot().await?]
-    } else if args.base.is_empty() {
+    if args.from.is_none() && args.base.is_empty() {
         bail!("no base given: pass --base FILE (a snapshot) or --from http://127.0.0.1:PORT");
-    } else {
-        args.base
-            .iter()
-            .map(|p| read_bundle(p))
-            .collect::<Result<Vec<_>>>()?
-    };
+    }
+    let mut bundles = Vec::new();
+    if let Some(url) = &args.from {
+        let client = Client::new(url)?;
+        bundles.push(client.snapshot().await?);
+    }
+    for p in &args.base {
+        bundles.push(read_bundle(p)?);
+    }
     Ok(Base::from_bundles(&bundles)?)
 }
 

@@ -1,0 +1,622 @@
+//! `dcloud-admin` against real daemons: sign, cosign to a threshold of two,
+//! verify, publish and wait for the rollout; every bad input refused with its
+//! reason and no change on any node; the API's rejected POST cases.
+
+#[allow(dead_code)]
+#[path = "../examples/local_fleet.rs"]
+mod local_fleet;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dcloud_crdt::{Bundle, Edit, PolicyEditor, SecretKey};
+use local_fleet::{Bins, Site, free_ports, get_json, wait_until};
+use serde_json::Value;
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+fn admin(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_dcloud-admin"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("dcloud-admin runs");
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+#[track_caller]
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = admin(dir, args);
+    assert!(o.ok, "dcloud-admin {args:?} failed:\n{}", o.text());
+    o.stdout
+}
+
+#[track_caller]
+fn refused(dir: &Path, args: &[&str], needle: &str) {
+    let o = admin(dir, args);
+    assert!(!o.ok, "dcloud-admin {args:?} succeeded:\n{}", o.text());
+    assert!(
+        o.stderr.contains(needle),
+        "dcloud-admin {args:?}: expected {needle:?} in:\n{}",
+        o.text()
+    );
+}
+
+/// A fleet of real daemons sharing one trust chain file.
+struct Fleet {
+    rt: tokio::runtime::Runtime,
+    sites: Vec<Site>,
+}
+
+impl Fleet {
+    fn start(dir: &Path, n: usize, chain: &Path) -> Fleet {
+        let bins = Bins {
+            dcloud: PathBuf::from(env!("CARGO_BIN_EXE_dcloud")),
+            admin: PathBuf::from(env!("CARGO_BIN_EXE_dcloud-admin")),
+        };
+        let ports = free_ports(2 * n).unwrap();
+        let mut sites = Vec::new();
+        for i in 0..n {
+            let site_dir = dir.join(format!("site-{}", i + 1));
+            let out = Command::new(&bins.dcloud)
+                .args(["init", "--data-dir"])
+                .arg(&site_dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            sites.push(Site {
+                name: format!("site-{}", i + 1),
+                region: "eu",
+                dir: site_dir,
+                id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                p2p_port: ports[2 * i],
+                api_port: ports[2 * i + 1],
+                child: None,
+            });
+        }
+        let addrs: Vec<String> = sites.iter().map(Site::listen).collect();
+        for (i, s) in sites.iter_mut().enumerate() {
+            let others: Vec<String> = addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.clone())
+                .collect();
+            s.start(&bins, chain, &others).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for s in &sites {
+            let url = format!("{}/v1/node", s.url());
+            wait_until("the API", || Ok(get_json(&rt, &url).is_some()))
+                .unwrap_or_else(|e| panic!("{}: {e}\n{}", s.name, s.log_tail()));
+        }
+        Fleet { rt, sites }
+    }
+
+    fn url(&self) -> String {
+        self.sites[0].url()
+    }
+
+    /// Every node's policy heads.
+    fn heads(&self) -> Vec<Value> {
+        self.sites
+            .iter()
+            .map(|s| {
+                get_json(&self.rt, &format!("{}/v1/policy", s.url()))
+                    .expect("policy answers")["heads"]
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Wait until every node holds the same, given policy heads.
+    fn converged_on(&self, heads: &Value) {
+        wait_until("every node to hold the policy", || {
+            Ok(self.heads().iter().all(|h| h == heads))
+        })
+        .unwrap();
+    }
+
+    fn post(&self, body: Vec<u8>) -> (u16, Value) {
+        let url = format!("{}/v1/bundles", self.url());
+        self.rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+    }
+}
+
+/// Authority keys a, b, c; trust root v1 needs two of them.
+fn authority(d: &Path) {
+    for k in ["a", "b", "c", "d"] {
+        ok(d, &["keygen", "--out", &format!("{k}.key")]);
+    }
+    ok(
+        d,
+        &[
+            "root",
+            "init",
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--authority",
+            "c.key.pub",
+            "--threshold",
+            "2",
+            "--out",
+            "chain",
+        ],
+    );
+}
+
+#[test]
+fn threshold_two_edits_are_cosigned_verified_published_and_rolled_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    authority(d);
+    let fleet = Fleet::start(d, 3, &d.join("chain"));
+    let url = fleet.url();
+    let empty = fleet.heads()[0].clone();
+
+    // Enrol the three sites. The first is signed by a only: publish refuses
+    // it before sending anything, and no node changes.
+    ok(d, &["snapshot", "--from", &url, "--out", "base"]);
+    let mut bases = vec!["--base".to_string(), "base".to_string()];
+    let mut files = Vec::new();
+    for (i, s) in fleet.sites.iter().enumerate() {
+        let file = format!("enrol-{}", s.name);
+        let mut args: Vec<String> = ["enrol", &s.id, "--name", &s.name, "--region", "eu"]
+            .map(String::from)
+            .to_vec();
+        args.extend(bases.clone());
+        args.extend(["--key", "a.key", "--out", &file].map(String::from));
+        ok(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        if i == 0 {
+            refused(
+                d,
+                &["publish", &file, "--to", &url, "--wait"],
+                "signed by 1 distinct keys of trust root v1, needs 2",
+            );
+            assert!(fleet.heads().iter().all(|h| *h == empty), "a node changed");
+        }
+        // The second admin checks what they sign, then cosigns.
+        let o = admin(d, &["verify", &file, "--from", &url, "--base", "base"]);
+        assert!(
+            o.stdout.contains("threshold: NOT met (1 of 2"),
+            "{}",
+            o.text()
+        );
+        ok(d, &["cosign", &file, "--key", "c.key"]);
+        bases.extend(["--base".to_string(), file.clone()]);
+        files.push(file);
+    }
+    let mut publish: Vec<String> = vec!["publish".into()];
+    publish.extend(files.clone());
+    publish.extend(["--to", &url, "--wait", "--timeout", "60s"].map(String::from));
+    let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
+    let text = ok(
+        d,
+        &[
+            "verify", &files[2], "--base", "base", "--base", &files[0], "--base", &files[1],
+        ],
+    );
+    assert!(text.contains("OK: the bundle verifies"), "{text}");
+    let text = ok(d, &publish);
+    assert!(
+        text.contains("rollout complete: 3/3 sites applied"),
+        "{text}"
+    );
+
+    // A config change, fetched, signed, cosigned, verified, published.
+    ok(d, &["snapshot", "--from", &url, "--out", "old-base"]);
+    ok(
+        d,
+        &[
+            "set",
+            "fleet",
+            "log.level",
+            "\"debug\"",
+            "--from",
+            &url,
+            "--key",
+            "b.key",
+            "--out",
+            "log",
+        ],
+    );
+    ok(d, &["cosign", "log", "--key", "a.key"]);
+    let text = ok(d, &["verify", "log", "--from", &url]);
+    assert!(text.contains("sites affected: 3"), "{text}");
+    assert!(
+        text.contains(r#"after:  {"log":{"level":"debug"}}"#),
+        "{text}"
+    );
+    let text = ok(
+        d,
+        &["publish", "log", "--to", &url, "--wait", "--timeout", "60s"],
+    );
+    assert!(text.contains("rollout complete: 3/3"), "{text}");
+    for s in &fleet.sites {
+        let c = get_json(&fleet.rt, &format!("{}/v1/config", s.url())).unwrap();
+        assert_eq!(c["config"]["log"]["level"], "debug", "{}: {c}", s.name);
+    }
+    let current = fleet.heads()[0].clone();
+    fleet.converged_on(&current);
+
+    // Bad inputs against a running fleet: each refused, no node changes.
+    ok(
+        d,
+        &[
+            "set", "fleet", "x", "1", "--base", "old-base", "--key", "a.key", "--key", "b.key",
+            "--out", "stale",
+        ],
+    );
+    refused(
+        d,
+        &["publish", "stale", "--to", &url],
+        "older than the node's policy",
+    );
+    refused(
+        d,
+        &[
+            "set", "fleet", "x", "yes", "--from", &url, "--key", "a.key", "--out", "nj",
+        ],
+        "is not JSON",
+    );
+    refused(
+        d,
+        &[
+            "set", "fleet", "x", "1", "--from", &url, "--key", "d.key", "--out", "wk",
+        ],
+        "not an authority key",
+    );
+    refused(
+        d,
+        &[
+            "set", "fleet", "x", "1", "--from", &url, "--key", "nope.key", "--out", "nk",
+        ],
+        "nope.key",
+    );
+    let mut forged = Bundle::decode(&std::fs::read(d.join("log")).unwrap(), 1 << 20).unwrap();
+    ok(
+        d,
+        &[
+            "set", "fleet", "y", "2", "--from", &url, "--key", "a.key", "--key", "b.key", "--out",
+            "y",
+        ],
+    );
+    forged = {
+        let mut y = Bundle::decode(&std::fs::read(d.join("y")).unwrap(), 1 << 20).unwrap();
+        y.changes[0].sigs[1].sig.0[33] ^= 1;
+        let _ = forged;
+        y
+    };
+    std::fs::write(d.join("forged"), forged.encode()).unwrap();
+    refused(d, &["publish", "forged", "--to", &url], "does not verify");
+    refused(
+        d,
+        &["publish", "garbage-that-does-not-exist", "--to", &url],
+        "garbage-that-does-not-exist",
+    );
+    assert!(
+        fleet.heads().iter().all(|h| *h == current),
+        "a node changed"
+    );
+    assert!(!d.join("nj").exists() && !d.join("wk").exists() && !d.join("nk").exists());
+
+    // The stale bundle can still be merged deliberately, as a concurrent edit.
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "stale",
+            "--to",
+            &url,
+            "--allow-stale-base",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("rollout complete: 3/3"), "{text}");
+
+    // Revoke site-3 by name: the rollout then counts two sites.
+    ok(
+        d,
+        &[
+            "revoke",
+            "site-3",
+            "--reason",
+            "decommissioned",
+            "--from",
+            &url,
+            "--key",
+            "a.key",
+            "--key",
+            "c.key",
+            "--out",
+            "rev",
+        ],
+    );
+    let text = ok(
+        d,
+        &["publish", "rev", "--to", &url, "--wait", "--timeout", "60s"],
+    );
+    assert!(text.contains("rollout complete: 2/2"), "{text}");
+
+    // Rotate: v2 = {b, c, d}, threshold 2, signed by b and c (old and new).
+    ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "chain",
+            "--new-key",
+            "b.key.pub",
+            "--new-key",
+            "c.key.pub",
+            "--new-key",
+            "d.key.pub",
+            "--threshold",
+            "2",
+            "--key",
+            "b.key",
+            "--key",
+            "c.key",
+            "--out",
+            "chain2",
+        ],
+    );
+    refused(
+        d,
+        &[
+            "set", "fleet", "z", "3", "--from", &url, "--chain", "chain2", "--key", "a.key",
+            "--out", "z",
+        ],
+        "not an authority key of trust root v2",
+    );
+    ok(
+        d,
+        &[
+            "set", "fleet", "z", "3", "--from", &url, "--chain", "chain2", "--key", "d.key",
+            "--key", "b.key", "--out", "z",
+        ],
+    );
+    let text = ok(d, &["verify", "z", "--from", &url]);
+    assert!(text.contains("rotation: trust root v2"), "{text}");
+    let text = ok(
+        d,
+        &["publish", "z", "--to", &url, "--wait", "--timeout", "60s"],
+    );
+    assert!(text.contains("rollout complete: 2/2"), "{text}");
+    let node = get_json(&fleet.rt, &format!("{}/v1/node", fleet.sites[1].url())).unwrap();
+    assert_eq!(node["trust_root_version"], 2, "{node}");
+}
+
+#[test]
+fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    authority(d);
+    let fleet = Fleet::start(d, 2, &d.join("chain"));
+    let url = fleet.url();
+    // Enrol both sites (a and b sign).
+    ok(
+        d,
+        &[
+            "enrol",
+            &fleet.sites[0].id,
+            "--name",
+            "one",
+            "--region",
+            "eu",
+            "--from",
+            &url,
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "e1",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "enrol",
+            &fleet.sites[1].id,
+            "--name",
+            "two",
+            "--region",
+            "eu",
+            "--from",
+            &url,
+            "--base",
+            "e1",
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "e2",
+        ],
+    );
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "e1",
+            "e2",
+            "--to",
+            &url,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("rollout complete: 2/2"), "{text}");
+    let heads = fleet.heads()[0].clone();
+    fleet.converged_on(&heads);
+
+    let snapshot = Bundle::decode(&std::fs::read(d.join("e2")).unwrap(), 1 << 20).unwrap();
+    let roots = snapshot.roots.clone();
+    let base: Vec<_> = Bundle::decode(&std::fs::read(d.join("e1")).unwrap(), 1 << 20)
+        .unwrap()
+        .changes
+        .into_iter()
+        .chain(snapshot.changes.clone())
+        .collect();
+    let read = |k: &str| SecretKey::read_file(&d.join(k)).unwrap();
+    let change = |signers: &[&SecretKey]| {
+        let mut ed = PolicyEditor::new(&base).unwrap();
+        ed.push(Edit::Set(
+            dcloud_crdt::Level::Fleet,
+            "x".into(),
+            serde_json::json!(1),
+        ))
+        .unwrap();
+        let mut c = ed.finish(signers[0], 1).unwrap();
+        for k in &signers[1..] {
+            c.cosign(k).unwrap();
+        }
+        c
+    };
+    let (a, b, dkey) = (read("a.key"), read("b.key"), read("d.key"));
+
+    // Not a bundle.
+    let (status, body) = fleet.post(b"hello".to_vec());
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("does not decode"),
+        "{body}"
+    );
+    // One signature of two.
+    let one = Bundle {
+        roots: roots.clone(),
+        changes: vec![change(&[&a])],
+    };
+    let (status, body) = fleet.post(one.encode());
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("needs 2"),
+        "{body}"
+    );
+    // The same key twice counts once.
+    let mut twice = change(&[&a]);
+    twice.sigs.push(twice.sigs[0]);
+    let (status, body) = fleet.post(
+        Bundle {
+            roots: roots.clone(),
+            changes: vec![twice],
+        }
+        .encode(),
+    );
+    assert_eq!(status, 422, "{body}");
+    // A key outside the trust root.
+    let (status, body) = fleet.post(
+        Bundle {
+            roots: roots.clone(),
+            changes: vec![change(&[&dkey, &a])],
+        }
+        .encode(),
+    );
+    assert_eq!(status, 422, "{body}");
+    // A forged signature.
+    let mut forged = change(&[&a, &b]);
+    forged.sigs[1].sig.0[10] ^= 1;
+    let (status, body) = fleet.post(
+        Bundle {
+            roots: roots.clone(),
+            changes: vec![forged],
+        }
+        .encode(),
+    );
+    assert_eq!(status, 422, "{body}");
+    // Named: "signature by <key> does not verify" (or has a weak R).
+    assert!(
+        body["error"].as_str().unwrap().contains("signature by"),
+        "{body}"
+    );
+    // Tampered change bytes under valid signatures.
+    let mut tampered = change(&[&a, &b]);
+    let last = tampered.change.len() - 1;
+    tampered.change[last] ^= 1;
+    let (status, body) = fleet.post(
+        Bundle {
+            roots: roots.clone(),
+            changes: vec![tampered],
+        }
+        .encode(),
+    );
+    assert_eq!(status, 422, "{body}");
+    // A trust root v2 signed only by keys outside v1.
+    let rogue = dcloud_crdt::SignedTrustRoot::sign(
+        dcloud_crdt::TrustRoot {
+            version: 2,
+            threshold: 1,
+            keys: vec![dkey.public()],
+        },
+        &[&dkey],
+    );
+    let mut rogue_roots = roots.clone();
+    rogue_roots.push(rogue);
+    let (status, body) = fleet.post(
+        Bundle {
+            roots: rogue_roots,
+            changes: vec![],
+        }
+        .encode(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["root_errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+
+    // Nothing changed anywhere; the nodes still run and agree.
+    assert!(fleet.heads().iter().all(|h| *h == heads), "a node changed");
+    for s in &fleet.sites {
+        let node = get_json(&fleet.rt, &format!("{}/v1/node", s.url())).unwrap();
+        assert_eq!(node["trust_root_version"], 1, "{node}");
+    }
+    // And a well-formed bundle still goes through.
+    let (status, body) = fleet.post(
+        Bundle {
+            roots,
+            changes: vec![change(&[&a, &b])],
+        }
+        .encode(),
+    );
+    assert_eq!(status, 200, "{body}");
+}
