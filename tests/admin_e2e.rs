@@ -372,6 +372,14 @@ fn threshold_two_edits_are_cosigned_verified_published_and_rolled_out() {
     );
     assert!(text.contains("rollout complete: 2/2"), "{text}");
 
+    // Signed by a and c under v1, before the rotation below drops a.
+    ok(
+        d,
+        &[
+            "set", "fleet", "w", "4", "--from", &url, "--key", "a.key", "--key", "c.key", "--out",
+            "old-keys",
+        ],
+    );
     // Rotate: v2 = {b, c, d}, threshold 2, signed by b and c (old and new).
     ok(
         d,
@@ -418,6 +426,13 @@ fn threshold_two_edits_are_cosigned_verified_published_and_rolled_out() {
         &["publish", "z", "--to", &url, "--wait", "--timeout", "60s"],
     );
     assert!(text.contains("rollout complete: 2/2"), "{text}");
+    // After the rotation, a change signed under the superseded root is refused
+    // by the tool (nodes still hold v1 to verify history).
+    refused(
+        d,
+        &["publish", "old-keys", "--to", &url, "--allow-stale-base"],
+        "superseded by v2",
+    );
     let node = get_json(&fleet.rt, &format!("{}/v1/node", fleet.sites[1].url())).unwrap();
     assert_eq!(node["trust_root_version"], 2, "{node}");
 }

@@ -348,6 +348,21 @@ fn keys_are_rotated_with_thresholds_of_old_and_new() {
     let text = ok(d, &["verify", "e", "--base", "base"]);
     assert!(text.contains("rotation: trust root v2"), "{text}");
     assert!(text.contains("signed under trust root v2"), "{text}");
+    // A change signed under v1 by keys v2 dropped: flagged once v2 is known.
+    ok(
+        d,
+        &[
+            "set", "fleet", "x", "1", "--base", "base", "--key", "a.key", "--key", "b.key",
+            "--out", "old",
+        ],
+    );
+    ok(
+        d,
+        &["root", "bundle", "--chain", "chain2", "--out", "root2"],
+    );
+    let o = admin(d, &["verify", "old", "--base", "base", "--base", "root2"]);
+    assert!(!o.ok, "{}", o.text());
+    assert!(o.stdout.contains("superseded by v2"), "{}", o.text());
     // Threshold zero or above the key count is refused at once.
     refused(
         d,

@@ -163,8 +163,20 @@ pub fn inspect(
     for (sc, report) in bundle.changes.iter().zip(reports) {
         let info = change_info(sc, &chain, report.hash, report.outcome);
         let name = info.hash.map_or("?".to_string(), |h| short_hash(&h));
+        let current = chain.current().version;
         match &info.outcome {
             Outcome::Rejected(r) => problems.push(format!("change {name} rejected: {r}")),
+            // Nodes still hold superseded roots (to verify history), so they
+            // would accept it; but a new change must not lean on keys the
+            // authority has rotated out.
+            Outcome::Applied | Outcome::Pending
+                if sc.doc == DocId::Policy && sc.root_version < current =>
+            {
+                problems.push(format!(
+                    "change {name} is signed under trust root v{}, superseded by v{current}; sign it under v{current} (--chain)",
+                    sc.root_version
+                ))
+            }
             Outcome::Pending if base.is_some() => problems.push(format!(
                 "change {name} depends on changes the base does not hold"
             )),
