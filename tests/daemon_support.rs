@@ -319,8 +319,22 @@ impl Fleet {
         (status, body)
     }
 
+    /// Wait until the APIs of `which` answer.
+    pub async fn ready(&self, which: &[usize]) {
+        self.wait("the APIs answer", Duration::from_secs(30), async |f| {
+            for &i in which {
+                if f.get(i, "/v1/node").await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
     /// Enrol nodes `which` (plus a fleet value) at node `at` and return the change.
     pub async fn enrol_at(&mut self, at: usize, which: &[usize]) -> SignedChange {
+        self.ready(&[at]).await;
         let mut edits: Vec<Edit> = which.iter().map(|i| self.enrol(*i)).collect();
         edits.push(Fleet::set_fleet("log.level", "info".into()));
         let c = self.sign(edits);

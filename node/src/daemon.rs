@@ -40,7 +40,7 @@ use dcloud_crdt::{
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, InboundFailure, OutboundRequestId};
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
@@ -53,7 +53,7 @@ use crate::apply::{Applier, ApplyRequest, ApplyResult};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
 use crate::metrics::Metrics;
-use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::net::{self, Behaviour, BehaviourEvent, Frame};
 use crate::store::{EpochFile, Store, StoreError};
 use crate::view::{self, FleetCtx, PublishView, ReportView, StoreView};
 
@@ -609,7 +609,11 @@ impl Daemon {
         *n += 1;
         self.metrics.messages_out.inc();
         self.metrics.bytes_out.inc_by(bytes.len() as u64);
-        let id = self.swarm.behaviour_mut().engine.send_request(&pid, bytes);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .engine
+            .send_request(&pid, Frame::Data(bytes));
         self.inflight.insert(id, pid);
     }
 
@@ -1120,12 +1124,23 @@ impl Daemon {
         }
     }
 
-    fn on_engine_event(&mut self, ev: request_response::Event<Vec<u8>, ()>) {
+    fn on_engine_event(&mut self, ev: request_response::Event<Frame, ()>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    let request = match request {
+                        Frame::Data(bytes) => bytes,
+                        Frame::Oversized { len } => {
+                            tracing::warn!(%peer, len, max = net::FRAME_SIZE_MAX_BYTES,
+                                "peer sent an oversized frame; disconnecting and blocking it");
+                            self.metrics.disconnected("bad_frame");
+                            let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
+                            self.block(peer, Some(until));
+                            return;
+                        }
+                    };
                     let _ = self.swarm.behaviour_mut().engine.send_response(channel, ());
                     if !self.up.contains(&peer) {
                         return;
@@ -1190,15 +1205,11 @@ impl Daemon {
                 tracing::debug!(%peer, %error, "engine request failed");
                 self.request_done(&request_id);
             }
-            request_response::Event::InboundFailure { peer, error, .. } => match error {
-                InboundFailure::Io(e) => {
-                    tracing::warn!(%peer, error = %e, "peer sent a bad frame; disconnecting and blocking it");
-                    self.metrics.disconnected("bad_frame");
-                    let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
-                    self.block(peer, Some(until));
-                }
-                other => tracing::debug!(%peer, error = %other, "inbound engine request failed"),
-            },
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                // Resets and timeouts happen to honest peers; frames that break
+                // the protocol arrive as `Frame::Oversized` or fail in the engine.
+                tracing::debug!(%peer, %error, "inbound engine request failed");
+            }
             request_response::Event::ResponseSent { .. } => {}
         }
     }

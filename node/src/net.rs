@@ -75,6 +75,16 @@ impl FrameCodec {
     }
 }
 
+/// A frame announced over the bound.
+#[derive(Debug, thiserror::Error)]
+#[error("frame of {len} bytes is over the {max}-byte limit")]
+pub struct OversizedFrame {
+    /// Announced length.
+    pub len: usize,
+    /// The bound.
+    pub max: usize,
+}
+
 /// Read one length-prefixed frame, refusing one over `max` before reading its body.
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
@@ -86,7 +96,7 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the {max}-byte limit"),
+            OversizedFrame { len, max },
         ));
     }
     let mut buf = vec![0u8; len];
@@ -103,16 +113,42 @@ pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8])
     io.flush().await
 }
 
+/// One engine frame as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The bytes of a frame within the bound.
+    Data(Vec<u8>),
+    /// A frame announced over the bound: its body was not read. (Reported
+    /// rather than failed, because request-response does not tell the
+    /// behaviour about requests that fail to read, and the sender must be
+    /// penalised.)
+    Oversized {
+        /// The announced length.
+        len: usize,
+    },
+}
+
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = Frame;
     type Response = ();
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.frame_max_bytes).await
+        match read_frame(io, self.frame_max_bytes).await {
+            Ok(bytes) => Ok(Frame::Data(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let len = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<OversizedFrame>())
+                    .map(|o| o.len)
+                    .unwrap_or(usize::MAX);
+                Ok(Frame::Oversized { len })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
@@ -128,11 +164,17 @@ impl request_response::Codec for FrameCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: Frame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let Frame::Data(req) = req else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an oversized frame marker cannot be sent",
+            ));
+        };
         if req.len() > self.frame_max_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -1,0 +1,176 @@
+//! A peer that sends garbage, oversized frames or forged changes is
+//! disconnected (and kept away for a while), and the fleet keeps converging.
+//!
+//! "Mallory" is an enrolled node key driven by a bare libp2p swarm in the
+//! test (the daemon's own behaviour, with a frame bound large enough to send
+//! what the daemons refuse).
+
+#[path = "daemon_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use dcloud_crdt::policy::{Edit, Member};
+use dcloud_crdt::{DocId, SecretKey, SignedChange};
+use dcloud_node::engine::Message;
+use dcloud_node::engine::wire::Push;
+use dcloud_node::net;
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use support::Fleet;
+
+const NODES: [usize; 3] = [0, 1, 2];
+
+/// Drive mallory's swarm until `done` says so, or panic at the deadline.
+async fn drive(
+    swarm: &mut Swarm<net::Behaviour>,
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut(&SwarmEvent<net::BehaviourEvent>) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, swarm.select_next_some()).await {
+            Ok(ev) => {
+                if done(&ev) {
+                    return;
+                }
+            }
+            Err(_) => panic!("mallory timed out waiting for: {what}"),
+        }
+    }
+}
+
+async fn connect(swarm: &mut Swarm<net::Behaviour>, addr: &str, peer: PeerId) {
+    let addr: Multiaddr = addr.parse().unwrap();
+    swarm.dial(addr).unwrap();
+    drive(
+        swarm,
+        "connection established",
+        Duration::from_secs(20),
+        |ev| matches!(ev, SwarmEvent::ConnectionEstablished { peer_id, .. } if *peer_id == peer),
+    )
+    .await;
+}
+
+async fn wait_closed(swarm: &mut Swarm<net::Behaviour>, peer: PeerId, what: &str) {
+    drive(swarm, what, Duration::from_secs(20), |ev| {
+        matches!(ev, SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if *peer_id == peer)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_forged_senders_are_cut_off() {
+    let mut f = Fleet::new(3, 71);
+    f.start_all();
+    let mallory = SecretKey::generate();
+    let mut edits: Vec<Edit> = NODES.iter().map(|i| f.enrol(*i)).collect();
+    edits.push(Edit::Enrol(
+        mallory.public(),
+        Member {
+            name: "mallory".into(),
+            region: "eu".into(),
+            labels: Default::default(),
+        },
+    ));
+    let c = f.sign(edits);
+    let h = Fleet::head(&c);
+    f.ready(&NODES).await;
+    let (status, body) = f.publish(0, f.bundle(vec![c])).await;
+    assert_eq!(status, 200, "{body}");
+    f.wait("enrolment applied", Duration::from_secs(30), async |f| {
+        f.applied_everywhere(&NODES, &h).await
+    })
+    .await;
+
+    let mut swarm = net::build_swarm(&mallory, false, 64 << 20).unwrap();
+    let peer = |i: usize| net::peer_id(&f.nodes[i].id).unwrap();
+
+    // 1. Garbage frames at node 0: penalised until disconnected.
+    let p0 = peer(0);
+    connect(&mut swarm, &f.nodes[0].addr(), p0).await;
+    for k in 0..8u8 {
+        swarm
+            .behaviour_mut()
+            .engine
+            .send_request(&p0, net::Frame::Data(vec![0xEE ^ k; 300]));
+    }
+    wait_closed(&mut swarm, p0, "node 0 cuts off the garbage sender").await;
+    // While blocked, node 0 refuses it at once.
+    swarm
+        .dial(f.nodes[0].addr().parse::<Multiaddr>().unwrap())
+        .unwrap();
+    drive(
+        &mut swarm,
+        "node 0 refuses the blocked peer",
+        Duration::from_secs(20),
+        |ev| {
+            matches!(ev, SwarmEvent::ConnectionClosed { peer_id, .. } if *peer_id == p0)
+                || matches!(ev, SwarmEvent::OutgoingConnectionError { .. })
+        },
+    )
+    .await;
+
+    // 2. An oversized frame at node 1: refused before its body is read.
+    let p1 = peer(1);
+    connect(&mut swarm, &f.nodes[1].addr(), p1).await;
+    swarm.behaviour_mut().engine.send_request(
+        &p1,
+        net::Frame::Data(vec![0u8; net::FRAME_SIZE_MAX_BYTES + 1]),
+    );
+    wait_closed(&mut swarm, p1, "node 1 cuts off the oversized sender").await;
+
+    // 3. Forged policy changes (signed by a key outside the trust root) at node 2.
+    let p2 = peer(2);
+    connect(&mut swarm, &f.nodes[2].addr(), p2).await;
+    let real = f.auth.clone();
+    f.auth = SecretKey::generate();
+    let mut forged: Vec<SignedChange> = Vec::new();
+    for k in 0..6 {
+        forged.push(f.sign(vec![Fleet::set_fleet(&format!("forged.k{k}"), k.into())]));
+    }
+    f.policy.truncate(f.policy.len() - 6);
+    f.auth = real;
+    for c in &forged {
+        assert_eq!(c.doc, DocId::Policy);
+        let msg = Message::Changes {
+            push: Push::Eager,
+            changes: vec![c.clone()],
+        };
+        swarm
+            .behaviour_mut()
+            .engine
+            .send_request(&p2, net::Frame::Data(msg.encode()));
+    }
+    wait_closed(&mut swarm, p2, "node 2 cuts off the forger").await;
+
+    // The fleet keeps converging, and nothing forged was taken.
+    let c = f.sign(vec![Fleet::set_fleet("after.attack", true.into())]);
+    let h2 = Fleet::head(&c);
+    let (status, body) = f.publish(2, f.bundle(vec![c])).await;
+    assert_eq!(status, 200, "{body}");
+    f.wait(
+        "the fleet applied the next change",
+        Duration::from_secs(30),
+        async |f| f.applied_everywhere(&NODES, &h2).await,
+    )
+    .await;
+    for i in NODES {
+        let p = f.get(i, "/v1/policy").await.unwrap();
+        assert!(p["fleet"].get("forged.k0").is_none(), "{p}");
+        assert_eq!(p["changes"], 2);
+    }
+    let metrics = |i: usize| {
+        let url = format!("http://{}/metrics", f.nodes[i].api);
+        let http = f.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(metrics(0).await.contains("reason=\"misbehaviour\""));
+    assert!(metrics(1).await.contains("reason=\"bad_frame\""));
+    let m2 = metrics(2).await;
+    assert!(m2.contains("reason=\"misbehaviour\""), "{m2}");
+    assert!(m2.contains("dcloud_changes_rejected_total{reason="), "{m2}");
+}
