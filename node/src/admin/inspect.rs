@@ -74,6 +74,17 @@ pub struct SiteEffect {
     pub after: Option<Json>,
 }
 
+/// One policy entry that changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryChange {
+    /// The entry, for example `fleet log.level` or `member 5c1f0a2b`.
+    pub key: String,
+    /// Its JSON text before (None: unset).
+    pub before: Option<String>,
+    /// Its JSON text after (None: unset).
+    pub after: Option<String>,
+}
+
 /// The report of `verify`.
 #[derive(Clone, Debug)]
 pub struct Inspection {
@@ -83,8 +94,8 @@ pub struct Inspection {
     pub new_roots: Vec<RootProgress>,
     /// Every change.
     pub changes: Vec<ChangeInfo>,
-    /// Policy entries that change: (entry, before, after).
-    pub entries: Vec<(String, Option<String>, Option<String>)>,
+    /// Policy entries that change.
+    pub entries: Vec<EntryChange>,
     /// Sites whose effective config changes.
     pub sites: Vec<SiteEffect>,
     /// Whether effects were computed (a base was given).
@@ -257,13 +268,7 @@ fn preview(base: &Base, bundle: &Bundle) -> Policy {
     Policy::from_doc(&doc)
 }
 
-fn effects(
-    base: &Base,
-    bundle: &Bundle,
-) -> (
-    Vec<(String, Option<String>, Option<String>)>,
-    Vec<SiteEffect>,
-) {
+fn effects(base: &Base, bundle: &Bundle) -> (Vec<EntryChange>, Vec<SiteEffect>) {
     let before = base.policy();
     let after = preview(base, bundle);
     let mut entries = Vec::new();
@@ -318,13 +323,17 @@ fn flatten(p: &Policy) -> BTreeMap<String, String> {
 fn diff_map(
     before: &BTreeMap<String, String>,
     after: &BTreeMap<String, String>,
-    out: &mut Vec<(String, Option<String>, Option<String>)>,
+    out: &mut Vec<EntryChange>,
 ) {
     let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for k in keys {
         let (b, a) = (before.get(k), after.get(k));
         if b != a {
-            out.push((k.clone(), b.cloned(), a.cloned()));
+            out.push(EntryChange {
+                key: k.clone(),
+                before: b.cloned(),
+                after: a.cloned(),
+            });
         }
     }
 }
@@ -395,12 +404,13 @@ impl fmt::Display for Inspection {
                 writeln!(f, "policy entries changed: none")?;
             } else {
                 writeln!(f, "policy entries changed:")?;
-                for (k, b, a) in &self.entries {
+                for e in &self.entries {
                     writeln!(
                         f,
-                        "  {k}: {} -> {}",
-                        b.as_deref().unwrap_or("(unset)"),
-                        a.as_deref().unwrap_or("(unset)")
+                        "  {}: {} -> {}",
+                        e.key,
+                        e.before.as_deref().unwrap_or("(unset)"),
+                        e.after.as_deref().unwrap_or("(unset)")
                     )?;
                 }
             }

@@ -123,10 +123,10 @@ pub fn stale_heads(node: &Base, bundle: &Bundle) -> Vec<ChangeHash> {
     let mut seen: HashSet<ChangeHash> = HashSet::new();
     let mut stack = base_heads;
     while let Some(h) = stack.pop() {
-        if seen.insert(h) {
-            if let Some(d) = graph.get(&h) {
-                stack.extend(d.iter().copied());
-            }
+        if seen.insert(h)
+            && let Some(d) = graph.get(&h)
+        {
+            stack.extend(d.iter().copied());
         }
     }
     node.heads()

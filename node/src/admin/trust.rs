@@ -85,13 +85,13 @@ impl RootProgress {
                 self.own_needed
             ));
         }
-        if let Some((v, got, needed)) = self.previous {
-            if got < needed {
-                parts.push(format!(
-                    "{} more signature(s) from v{v}'s keys ({got} of {needed})",
-                    needed - got
-                ));
-            }
+        if let Some((v, got, needed)) = self.previous
+            && got < needed
+        {
+            parts.push(format!(
+                "{} more signature(s) from v{v}'s keys ({got} of {needed})",
+                needed - got
+            ));
         }
         parts.join(" and ")
     }
