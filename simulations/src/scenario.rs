@@ -105,22 +105,13 @@ pub struct PolicyEvent {
 }
 
 /// Periodic status updates by every (enrolled) node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusLoad {
     /// Each node updates its status this often (random phase); 0 never.
     pub interval_ms: u64,
     /// No updates from this time on (so that liveness can be judged); 0 = never stop.
     pub until_ms: u64,
-}
-
-impl Default for StatusLoad {
-    fn default() -> Self {
-        StatusLoad {
-            interval_ms: 0,
-            until_ms: 0,
-        }
-    }
 }
 
 /// A partition: a random `fraction` of the nodes is cut from the rest.

@@ -531,10 +531,11 @@ impl Sim {
         if self.down_links.contains(&(a.min(b), a.max(b))) {
             return false;
         }
-        if let Some(side) = &self.side {
-            if side[a] != side[b] && self.sc.partition_drops_connections {
-                return false;
-            }
+        if let Some(side) = &self.side
+            && side[a] != side[b]
+            && self.sc.partition_drops_connections
+        {
+            return false;
         }
         true
     }
@@ -688,10 +689,8 @@ impl Sim {
         let mut replica = Replica::new(self.chain.clone(), self.limits.clone());
         replica.ingest(vec![self.bootstrap.clone()]);
         let mut epoch = 1;
-        if wipe {
-            if let Some(store) = &mut self.slots[i].store {
-                *store = Store::default();
-            }
+        if wipe && let Some(store) = &mut self.slots[i].store {
+            *store = Store::default();
         }
         if let Some(store) = &self.slots[i].store {
             for r in &store.roots {
@@ -701,10 +700,10 @@ impl Sim {
             let all: Vec<SignedChange> = store.changes.values().flatten().cloned().collect();
             replica.ingest(all);
             for d in store.changes.keys() {
-                if let DocId::Status { node, epoch: e } = d {
-                    if *node == key.public() {
-                        epoch = epoch.max(e + 1);
-                    }
+                if let DocId::Status { node, epoch: e } = d
+                    && *node == key.public()
+                {
+                    epoch = epoch.max(e + 1);
                 }
             }
         }
@@ -907,15 +906,14 @@ impl Sim {
         let Some(&to) = self.index.get(&to) else {
             return;
         };
-        if let Some(m) = self.slots[from].malicious {
-            if self.sc.malicious[m].withhold
-                && matches!(
-                    Message::decode(&bytes, &self.config.wire),
-                    Ok(Message::Changes { .. })
-                )
-            {
-                return;
-            }
+        if let Some(m) = self.slots[from].malicious
+            && self.sc.malicious[m].withhold
+            && matches!(
+                Message::decode(&bytes, &self.config.wire),
+                Ok(Message::Changes { .. })
+            )
+        {
+            return;
         }
         self.transmit(from, to, bytes);
     }
@@ -928,10 +926,10 @@ impl Sim {
         if !self.connected(from, to) || !self.live(to) {
             return;
         }
-        if let Some(side) = &self.side {
-            if side[from] != side[to] {
-                return;
-            }
+        if let Some(side) = &self.side
+            && side[from] != side[to]
+        {
+            return;
         }
         let lm = &self.sc.link;
         let (jitter, reorder, reorder_delay, dup) =
@@ -1003,10 +1001,10 @@ impl Sim {
             batch.push(t);
             self.forged.extend(batch.iter().cloned());
         }
-        if spec.replay {
-            if let Some(e) = &self.slots[i].engine {
-                batch.extend(e.replica().all_changes().take(16).cloned());
-            }
+        if spec.replay
+            && let Some(e) = &self.slots[i].engine
+        {
+            batch.extend(e.replica().all_changes().take(16).cloned());
         }
         let mut msgs: Vec<Vec<u8>> = Vec::new();
         if !batch.is_empty() {

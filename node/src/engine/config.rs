@@ -18,6 +18,19 @@ pub struct EngineConfig {
     /// PlumTree (eager tree plus lazy announcements). False floods every change
     /// eagerly to every peer (for comparison; costs a copy per link).
     pub plumtree: bool,
+    /// Push policy changes eagerly to every peer (they are rare, small and
+    /// urgent; the tree would add a graft delay for every origin but the tree's
+    /// root). Status changes always follow PlumTree when `plumtree` is set.
+    pub policy_flood: bool,
+    /// Anti-entropy does not send changes of a document this node changed
+    /// within this time (they are most likely still in flight through the
+    /// tree); the next round does if they are still missing.
+    pub sync_settle_ms: u64,
+    /// How long a disseminated change is remembered by short id (to answer
+    /// grafts and recognise announcements).
+    pub recent_keep_ms: u64,
+    /// Most changes remembered by short id.
+    pub recent_max: usize,
     /// A peer whose penalty reaches this is disconnected.
     pub penalty_max: u32,
     /// Penalty for one invalid change or malformed message.
@@ -26,7 +39,7 @@ pub struct EngineConfig {
     pub wire: WireLimits,
     /// Target size of one message of changes.
     pub batch_size_max_bytes: usize,
-    /// Ranges a differing range is split into per reconciliation step.
+    /// Ranges a differing range is split into per reconciliation step (at most 64).
     pub sync_fanout: u64,
     /// A differing range with at most this many documents is listed, not split.
     pub sync_items_threshold: u32,
@@ -54,6 +67,10 @@ impl Default for EngineConfig {
             graft_timeout_ms: 120,
             graft_retry_ms: 250,
             plumtree: true,
+            policy_flood: true,
+            sync_settle_ms: 1_000,
+            recent_keep_ms: 120_000,
+            recent_max: 1 << 16,
             penalty_max: 100,
             penalty_per_offence: 25,
             wire: WireLimits {

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use dcloud_crdt::{ChangeHash, DocId, NodeId};
 
-use super::wire::{Item, RangeFp};
+use super::Millis;
+use super::wire::Item;
 
 /// Index key: the spread key, then the owner (None for the policy) to keep
 /// entries apart should two owners' keys collide.
@@ -24,6 +25,8 @@ pub(crate) struct Entry {
     pub(crate) doc: DocId,
     pub(crate) heads: Vec<ChangeHash>,
     pub(crate) fp: u128,
+    /// When this node last changed the entry (its local clock).
+    pub(crate) updated_at: Millis,
 }
 
 /// The index of one replica.
@@ -95,7 +98,7 @@ pub(crate) fn fingerprint(doc: &DocId, heads: &[ChangeHash]) -> u128 {
 
 impl DocIndex {
     /// Set a document's heads (sorted); empty heads remove the entry.
-    pub(crate) fn set(&mut self, doc: DocId, mut heads: Vec<ChangeHash>) {
+    pub(crate) fn set(&mut self, doc: DocId, mut heads: Vec<ChangeHash>, now: Millis) {
         let key = key_of(&doc);
         if let Some(old) = self.entries.remove(&key) {
             self.total_fp ^= old.fp;
@@ -106,7 +109,15 @@ impl DocIndex {
         heads.sort();
         let fp = fingerprint(&doc, &heads);
         self.total_fp ^= fp;
-        self.entries.insert(key, Entry { doc, heads, fp });
+        self.entries.insert(
+            key,
+            Entry {
+                doc,
+                heads,
+                fp,
+                updated_at: now,
+            },
+        );
     }
 
     /// Remove every entry of `node`.
@@ -127,22 +138,18 @@ impl DocIndex {
             .take_while(move |(k, _)| k.0 <= hi)
     }
 
-    /// The fingerprint of `lo..=hi`.
-    pub(crate) fn range_fp(&self, lo: u64, hi: u64) -> RangeFp {
+    /// The entry count and fingerprint of `lo..=hi` (folded to 64 bits).
+    pub(crate) fn range_fp(&self, lo: u64, hi: u64) -> (u32, u64) {
+        let fold = |x: u128| (x as u64) ^ ((x >> 64) as u64);
         if lo == 0 && hi == u64::MAX {
-            return RangeFp {
-                lo,
-                hi,
-                count: self.entries.len() as u32,
-                fp: self.total_fp,
-            };
+            return (self.entries.len() as u32, fold(self.total_fp));
         }
         let (mut count, mut fp) = (0u32, 0u128);
         for (_, e) in self.range(lo, hi) {
             count += 1;
             fp ^= e.fp;
         }
-        RangeFp { lo, hi, count, fp }
+        (count, fold(fp))
     }
 
     /// Items of `lo..=hi`.

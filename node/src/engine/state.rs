@@ -1,6 +1,6 @@
 //! The engine state machine: see the module docs of [`super`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use dcloud_crdt::{
     ChangeHash, DocId, NodeId, Outcome, Rejection, Replica, Report, SignedChange, SignedTrustRoot,
@@ -10,7 +10,7 @@ use rand::RngExt;
 
 use super::config::EngineConfig;
 use super::index::{DocIndex, key_of, split};
-use super::wire::{ChangeId, Item, Message, Push, RangeFp, RangeItems};
+use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
 use super::{Event, Input, Millis, Output, Persist, Timer};
 
 /// Counters, for metrics and the simulator's report.
@@ -56,7 +56,9 @@ struct Peer {
     eager: bool,
     penalty: u32,
     /// Announcements waiting for the next lazy flush.
-    lazy: Vec<ChangeId>,
+    lazy: Vec<ShortId>,
+    /// When the connection came up.
+    connected_at: Millis,
 }
 
 #[derive(Debug)]
@@ -69,7 +71,9 @@ struct Missing {
 struct Absorbed {
     reports: Vec<Report>,
     new: Vec<(ChangeId, SignedChange)>,
-    duplicates: usize,
+    /// Duplicates of status changes (policy changes are flooded, so their
+    /// duplicates say nothing about the tree).
+    status_duplicates: usize,
 }
 
 /// The replication engine of one node.
@@ -80,7 +84,10 @@ pub struct Engine {
     id: NodeId,
     index: DocIndex,
     peers: BTreeMap<NodeId, Peer>,
-    missing: BTreeMap<ChangeId, Missing>,
+    missing: BTreeMap<ShortId, Missing>,
+    /// Recently disseminated changes by short id, and their arrival order.
+    recent: BTreeMap<ShortId, (ChangeId, Millis)>,
+    recent_order: VecDeque<(ShortId, Millis)>,
     last_heard: HashMap<NodeId, Millis>,
     revoked: BTreeSet<NodeId>,
     own_unpublished: Vec<SignedChange>,
@@ -123,7 +130,7 @@ impl Engine {
     ) -> (Engine, Vec<Output>) {
         let mut index = DocIndex::default();
         for (doc, heads) in replica.docs() {
-            index.set(doc, heads);
+            index.set(doc, heads, now);
         }
         let mut policy_heads = replica.policy_heads();
         policy_heads.sort();
@@ -144,6 +151,8 @@ impl Engine {
             index,
             peers: BTreeMap::new(),
             missing: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            recent_order: VecDeque::new(),
             last_heard: HashMap::new(),
             revoked,
             own_unpublished: Vec::new(),
@@ -209,7 +218,7 @@ impl Engine {
     pub fn handle(&mut self, input: Input, now: Millis, rng: &mut impl rand::Rng) -> Vec<Output> {
         let mut out = Vec::new();
         match input {
-            Input::PeerUp { peer } => self.on_peer_up(peer, &mut out),
+            Input::PeerUp { peer } => self.on_peer_up(peer, now, &mut out),
             Input::PeerDown { peer } => {
                 self.peers.remove(&peer);
             }
@@ -227,7 +236,7 @@ impl Engine {
 
     // ---- inputs ----
 
-    fn on_peer_up(&mut self, peer: NodeId, out: &mut Vec<Output>) {
+    fn on_peer_up(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
         if self.revoked.contains(&peer) {
             out.push(Output::Event(Event::PeerNotAdmitted { peer }));
             out.push(Output::Disconnect {
@@ -242,6 +251,7 @@ impl Engine {
                 eager: true,
                 penalty: 0,
                 lazy: Vec::new(),
+                connected_at: now,
             },
         );
         // Catch up at once (after a restart or a heal) rather than at the next round.
@@ -269,7 +279,7 @@ impl Engine {
                 let redundant = push == Push::Eager
                     && self.config.plumtree
                     && a.new.is_empty()
-                    && a.duplicates > 0;
+                    && a.status_duplicates > 0;
                 if let Some(p) = self.peers.get_mut(&from).filter(|p| redundant && p.eager) {
                     p.eager = false;
                     self.stats.prunes_sent += 1;
@@ -284,6 +294,7 @@ impl Engine {
                 }
                 let found: Vec<SignedChange> = ids
                     .iter()
+                    .filter_map(|s| self.recent.get(s).map(|(id, _)| id))
                     .filter_map(|id| self.replica.get(&id.doc, &id.change_hash()).cloned())
                     .collect();
                 self.send_changes(from, Push::Reply, found, out);
@@ -299,12 +310,7 @@ impl Engine {
                     self.broadcast_roots(Some(from), out);
                 }
             }
-            Message::Sync {
-                root_version,
-                depth,
-                ranges,
-                items,
-            } => self.on_sync(from, root_version, depth, ranges, items, out),
+            sync @ Message::Sync { .. } => self.on_sync(from, sync, now, out),
         }
     }
 
@@ -417,7 +423,7 @@ impl Engine {
             return Absorbed {
                 reports: Vec::new(),
                 new: Vec::new(),
-                duplicates: 0,
+                status_duplicates: 0,
             };
         }
         let mut epochs_before: BTreeMap<NodeId, Option<u32>> = BTreeMap::new();
@@ -430,7 +436,7 @@ impl Engine {
         }
         let reports = self.replica.ingest(changes.clone());
         let mut new = Vec::new();
-        let mut duplicates = 0;
+        let mut status_duplicates = 0;
         let mut touched: BTreeSet<DocId> = BTreeSet::new();
         let mut offences: Vec<String> = Vec::new();
         let mut not_admitted = false;
@@ -455,14 +461,17 @@ impl Engine {
                     }
                     let hash = r.hash.expect("a held change parsed");
                     let id = ChangeId::new(sc.doc, hash);
-                    self.missing.remove(&id);
+                    self.missing.remove(&short_id(&hash));
+                    self.remember(id, now);
                     new.push((id, sc));
                 }
                 Outcome::Duplicate => {
-                    duplicates += 1;
+                    if sc.doc != DocId::Policy {
+                        status_duplicates += 1;
+                    }
                     self.stats.duplicates_received += 1;
                     if let Some(h) = r.hash {
-                        self.missing.remove(&ChangeId::new(sc.doc, h));
+                        self.missing.remove(&short_id(&h));
                     }
                 }
                 Outcome::Stale => self.stats.stale_received += 1,
@@ -502,7 +511,7 @@ impl Engine {
                     if let Some((_, epoch)) = self.replica.status(&node) {
                         let d = DocId::Status { node, epoch };
                         let heads = self.replica.heads(&d);
-                        self.index.set(d, heads);
+                        self.index.set(d, heads, now);
                     }
                 }
             }
@@ -510,7 +519,7 @@ impl Engine {
         let mut heads = self.replica.policy_heads();
         heads.sort();
         if heads != self.policy_heads {
-            self.index.set(DocId::Policy, heads.clone());
+            self.index.set(DocId::Policy, heads.clone(), now);
             self.policy_heads = heads;
             out.push(Output::Event(Event::PolicyChanged));
             self.on_policy_changed(now, out);
@@ -536,7 +545,27 @@ impl Engine {
         Absorbed {
             reports,
             new,
-            duplicates,
+            status_duplicates,
+        }
+    }
+
+    /// Remember a change by short id for grafts and announcements (bounded in
+    /// time and count).
+    fn remember(&mut self, id: ChangeId, now: Millis) {
+        let s = short_id(&id.change_hash());
+        self.recent.insert(s, (id, now));
+        self.recent_order.push_back((s, now));
+        while let Some(&(old, at)) = self.recent_order.front() {
+            if self.recent_order.len() <= self.config.recent_max
+                && at + self.config.recent_keep_ms > now
+            {
+                break;
+            }
+            self.recent_order.pop_front();
+            // Only if it was not remembered again since.
+            if self.recent.get(&old).is_some_and(|(_, t)| *t == at) {
+                self.recent.remove(&old);
+            }
         }
     }
 
@@ -581,22 +610,38 @@ impl Engine {
         if new.is_empty() {
             return;
         }
+        let flood_policy = self.config.policy_flood || !self.config.plumtree;
+        let (policy, status): (Vec<_>, Vec<_>) = new
+            .iter()
+            .partition(|(id, _)| id.doc == DocId::Policy && flood_policy);
+        let policy: Vec<SignedChange> = policy.into_iter().map(|(_, c)| c.clone()).collect();
+        let changes: Vec<SignedChange> = status.iter().map(|(_, c)| c.clone()).collect();
         let mut eager = Vec::new();
         let mut lazy_any = false;
+        let mut all = Vec::new();
         for (peer, p) in &mut self.peers {
             if Some(*peer) == from {
+                continue;
+            }
+            all.push(*peer);
+            if changes.is_empty() {
                 continue;
             }
             if p.eager || !self.config.plumtree {
                 eager.push(*peer);
             } else {
-                p.lazy.extend(new.iter().map(|(id, _)| *id));
+                p.lazy
+                    .extend(status.iter().map(|(id, _)| short_id(&id.change_hash())));
                 let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
                 p.lazy.drain(..over);
                 lazy_any = true;
             }
         }
-        let changes: Vec<SignedChange> = new.iter().map(|(_, c)| c.clone()).collect();
+        if !policy.is_empty() {
+            for peer in all {
+                self.send_changes(peer, Push::Eager, policy.clone(), out);
+            }
+        }
         for peer in eager {
             self.send_changes(peer, Push::Eager, changes.clone(), out);
         }
@@ -628,16 +673,10 @@ impl Engine {
         }
     }
 
-    fn on_ihave(&mut self, from: NodeId, ids: Vec<ChangeId>, now: Millis, out: &mut Vec<Output>) {
+    fn on_ihave(&mut self, from: NodeId, ids: Vec<ShortId>, now: Millis, out: &mut Vec<Output>) {
         let due = now + self.config.graft_timeout_ms;
         for id in ids {
-            if self.replica.contains(&id.doc, &id.change_hash()) {
-                continue;
-            }
-            if let DocId::Status { node, epoch } = id.doc
-                && (self.revoked.contains(&node)
-                    || self.replica.status(&node).is_some_and(|(_, e)| e > epoch))
-            {
+            if self.recent.contains_key(&id) {
                 continue;
             }
             let len = self.missing.len();
@@ -678,7 +717,7 @@ impl Engine {
     }
 
     fn on_graft_timer(&mut self, now: Millis, out: &mut Vec<Output>) {
-        let mut grafts: BTreeMap<NodeId, Vec<ChangeId>> = BTreeMap::new();
+        let mut grafts: BTreeMap<NodeId, Vec<ShortId>> = BTreeMap::new();
         let mut gone = Vec::new();
         for (id, m) in &mut self.missing {
             if m.due > now {
@@ -766,48 +805,67 @@ impl Engine {
     }
 
     fn start_sync(&mut self, peer: NodeId, out: &mut Vec<Output>) {
+        let (count, fp) = self.index.range_fp(0, u64::MAX);
         let msg = Message::Sync {
             root_version: self.root_version(),
             depth: 0,
-            ranges: vec![self.index.range_fp(0, u64::MAX)],
+            splits: vec![Split {
+                lo: 0,
+                hi: u64::MAX,
+                parts: vec![(count, fp)],
+            }],
             items: Vec::new(),
         };
         self.send(peer, &msg, out);
     }
 
-    fn on_sync(
-        &mut self,
-        from: NodeId,
-        root_version: u64,
-        depth: u8,
-        ranges: Vec<RangeFp>,
-        items: Vec<RangeItems>,
-        out: &mut Vec<Output>,
-    ) {
+    /// One step of range-based reconciliation. For each range the peer
+    /// fingerprinted: equal, done; small (on this side), list its documents;
+    /// else split it and fingerprint the parts. For each range the peer listed:
+    /// send what the peer lacks (except documents changed here in the last
+    /// `sync_settle_ms`, most likely still in flight), and list this side's
+    /// documents back once if the peer holds something this side lacks.
+    fn on_sync(&mut self, from: NodeId, sync: Message, now: Millis, out: &mut Vec<Output>) {
+        let Message::Sync {
+            root_version,
+            depth,
+            splits,
+            items,
+        } = sync
+        else {
+            unreachable!("called with a Sync message")
+        };
         if root_version < self.root_version() {
             let roots = self.replica.trust().roots().to_vec();
             self.send(from, &Message::Roots { roots }, out);
         }
         let cfg = &self.config;
-        let mut reply_ranges: Vec<RangeFp> = Vec::new();
+        // Changes that arrived before this connection are not in flight to the
+        // peer through this node: the settle rule does not hold them back.
+        let connected_at = self.peers.get(&from).map_or(0, |p| p.connected_at);
+        let fanout = cfg.sync_fanout.clamp(2, 64);
+        let mut reply_splits: Vec<Split> = Vec::new();
         let mut reply_items: Vec<RangeItems> = Vec::new();
-        let step_max = cfg.wire.ranges_per_message_max;
-        for r in ranges {
-            let mine = self.index.range_fp(r.lo, r.hi);
-            if mine.count == r.count && mine.fp == r.fp {
-                continue;
-            }
-            if mine.count <= cfg.sync_items_threshold || depth >= cfg.sync_depth_max || r.lo == r.hi
-            {
-                reply_items.push(RangeItems {
-                    lo: r.lo,
-                    hi: r.hi,
-                    items: self.index.items(r.lo, r.hi),
-                    reply: true,
-                });
-            } else {
-                for (lo, hi) in split(r.lo, r.hi, cfg.sync_fanout) {
-                    reply_ranges.push(self.index.range_fp(lo, hi));
+        for sp in splits {
+            let ranges = split(sp.lo, sp.hi, sp.parts.len() as u64);
+            for ((lo, hi), (count, fp)) in ranges.into_iter().zip(sp.parts) {
+                let (my_count, my_fp) = self.index.range_fp(lo, hi);
+                if my_count == count && my_fp == fp {
+                    continue;
+                }
+                if my_count <= cfg.sync_items_threshold || depth >= cfg.sync_depth_max || lo == hi {
+                    reply_items.push(RangeItems {
+                        lo,
+                        hi,
+                        items: self.index.items(lo, hi),
+                        reply: true,
+                    });
+                } else {
+                    let parts = split(lo, hi, fanout)
+                        .into_iter()
+                        .map(|(a, b)| self.index.range_fp(a, b))
+                        .collect();
+                    reply_splits.push(Split { lo, hi, parts });
                 }
             }
         }
@@ -845,7 +903,9 @@ impl Engine {
                         }
                     },
                 };
-                if send_bytes >= cfg.sync_send_max_bytes {
+                if send_bytes >= cfg.sync_send_max_bytes
+                    || (e.updated_at + cfg.sync_settle_ms > now && e.updated_at > connected_at)
+                {
                     continue;
                 }
                 for c in self.replica.missing_for(&e.doc, &their_heads) {
@@ -875,23 +935,30 @@ impl Engine {
         if !to_send.is_empty() {
             self.send_changes(from, Push::Reply, to_send, out);
         }
-        if reply_ranges.is_empty() && reply_items.is_empty() {
+        if reply_splits.is_empty() && reply_items.is_empty() {
             return;
         }
-        // Bound one step: ranges and items beyond the limits wait for the next round.
+        // Bound one step: what does not fit waits for the next round.
+        let step_max = self.config.wire.ranges_per_message_max;
         reply_items.truncate(step_max);
-        reply_ranges.truncate(step_max - reply_items.len());
+        let mut room = step_max - reply_items.len();
+        reply_splits.retain(|sp| {
+            let fits = sp.parts.len() <= room;
+            if fits {
+                room -= sp.parts.len();
+            }
+            fits
+        });
         let items_max = self.config.wire.items_per_message_max;
         let mut total = 0;
         for ri in &mut reply_items {
-            let room = items_max.saturating_sub(total);
-            ri.items.truncate(room);
+            ri.items.truncate(items_max.saturating_sub(total));
             total += ri.items.len();
         }
         let msg = Message::Sync {
             root_version: self.root_version(),
             depth: depth.saturating_add(1),
-            ranges: reply_ranges,
+            splits: reply_splits,
             items: reply_items,
         };
         self.send(from, &msg, out);

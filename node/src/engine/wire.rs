@@ -41,17 +41,30 @@ pub enum Push {
     Reply,
 }
 
-/// The fingerprint of one key range of the reconciliation index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RangeFp {
+/// A short change id for announcements and grafts: the first 8 bytes of the
+/// automerge hash. Announcements are for recent changes, which both sides
+/// remember by short id; a collision costs a wasted graft, never safety (what
+/// arrives is verified), and anti-entropy repairs what it hides.
+pub type ShortId = u64;
+
+/// The short id of a change hash.
+pub fn short_id(hash: &ChangeHash) -> ShortId {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash.0[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// One key range of the reconciliation index, split into `parts.len()`
+/// near-equal sub-ranges (see `split`), with each sub-range's entry count and
+/// fingerprint (XOR of its entries' fingerprints, folded to 64 bits).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
     /// First key (inclusive).
     pub lo: u64,
     /// Last key (inclusive).
     pub hi: u64,
-    /// Entries in the range.
-    pub count: u32,
-    /// XOR of the entries' fingerprints.
-    pub fp: u128,
+    /// (count, fingerprint) of each sub-range, in key order.
+    pub parts: Vec<(u32, u64)>,
 }
 
 /// One document as held: its id (with the status epoch) and sorted heads.
@@ -87,15 +100,15 @@ pub enum Message {
         /// The changes.
         changes: Vec<SignedChange>,
     },
-    /// Lazy announcement: the sender holds these changes.
+    /// Lazy announcement: the sender holds these (recent) changes.
     IHave {
-        /// Ids.
-        ids: Vec<ChangeId>,
+        /// Short ids.
+        ids: Vec<ShortId>,
     },
     /// Send me these changes, and push eagerly to me from now on.
     Graft {
-        /// Ids.
-        ids: Vec<ChangeId>,
+        /// Short ids.
+        ids: Vec<ShortId>,
     },
     /// Stop pushing eagerly to me; announce lazily instead.
     Prune,
@@ -111,7 +124,7 @@ pub enum Message {
         /// Depth of this step (bounded, so that a session ends).
         depth: u8,
         /// Ranges whose fingerprints the receiver compares with its own.
-        ranges: Vec<RangeFp>,
+        splits: Vec<Split>,
         /// Ranges small enough to list.
         items: Vec<RangeItems>,
     },
@@ -168,6 +181,16 @@ pub enum WireError {
         count: usize,
         /// The bound.
         max: usize,
+    },
+    /// A split into no parts, or into more parts than the range has keys.
+    #[error("range {lo:#x}..={hi:#x} cannot be split into {parts} parts")]
+    BadSplit {
+        /// First key.
+        lo: u64,
+        /// Last key.
+        hi: u64,
+        /// Parts.
+        parts: usize,
     },
     /// A range whose first key is after its last.
     #[error("range {lo:#x}..={hi:#x} is empty")]
@@ -232,15 +255,19 @@ impl Message {
             }
             Message::Prune => Ok(()),
             Message::Roots { roots } => bound("roots", roots.len(), l.roots_per_message_max),
-            Message::Sync { ranges, items, .. } => {
-                bound(
-                    "ranges",
-                    ranges.len() + items.len(),
-                    l.ranges_per_message_max,
-                )?;
+            Message::Sync { splits, items, .. } => {
+                let parts: usize = splits.iter().map(|s| s.parts.len()).sum();
+                bound("ranges", parts + items.len(), l.ranges_per_message_max)?;
                 let mut total = 0;
-                for r in ranges {
+                for r in splits {
                     range(r.lo, r.hi)?;
+                    if r.parts.is_empty() || (r.parts.len() as u128) > (r.hi - r.lo) as u128 + 1 {
+                        return Err(WireError::BadSplit {
+                            lo: r.lo,
+                            hi: r.hi,
+                            parts: r.parts.len(),
+                        });
+                    }
                 }
                 for r in items {
                     range(r.lo, r.hi)?;
