@@ -36,6 +36,9 @@ enum Cmd {
         /// Write report.json, convergence.csv and convergence.svg here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print every message this node sends and receives (debugging).
+        #[arg(long)]
+        trace_node: Option<usize>,
     },
 }
 
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         nodes,
         json,
         out,
+        trace_node,
     } = Cli::parse().cmd;
     let mut sc = Scenario::load(&file)?;
     if let Some(n) = nodes {
@@ -70,7 +74,11 @@ fn main() -> anyhow::Result<()> {
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} simulated ms")
             .context("progress template")?,
     );
-    let result = Sim::new(sc, seed).run(|t| bar.set_position(t));
+    let mut sim = Sim::new(sc, seed);
+    if let Some(n) = trace_node {
+        sim.trace(n);
+    }
+    let result = sim.run(|t| bar.set_position(t));
     bar.finish_and_clear();
     let wall_s = wall.elapsed().as_secs_f64();
     if json {

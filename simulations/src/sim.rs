@@ -173,11 +173,14 @@ pub struct Sim {
     forged: Vec<SignedChange>,
     safety: Vec<Violation>,
     converged_at: Option<u64>,
+    /// How the fleet differed when the liveness bound passed.
+    liveness_diag: Option<String>,
     last_heal: u64,
     events: u64,
     misbehaved_events: u64,
     disconnects: u64,
     counters_reset_at: u64,
+    trace: Option<usize>,
 }
 
 fn key_for(i: usize) -> SecretKey {
@@ -424,15 +427,42 @@ impl Sim {
             forged: Vec::new(),
             safety: Vec::new(),
             converged_at: None,
+            liveness_diag: None,
             last_heal,
             events: 0,
             misbehaved_events: 0,
             disconnects: 0,
             counters_reset_at: 0,
+            trace: None,
             sc,
         };
         sim.schedule_plan(crash_plan);
         sim
+    }
+
+    /// Print every message node `node` receives and sends (to stderr).
+    pub fn trace(&mut self, node: usize) {
+        self.trace = Some(node);
+    }
+
+    fn describe(&self, bytes: &[u8]) -> String {
+        match Message::decode(bytes, &self.config.wire) {
+            Ok(Message::Changes { push, changes }) => format!(
+                "Changes {push:?} {:?}",
+                changes
+                    .iter()
+                    .map(|c| format!(
+                        "{}:{}",
+                        c.doc,
+                        c.hash()
+                            .map(|h| h.to_string()[..8].to_string())
+                            .unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+            ),
+            Ok(m) => format!("{m:?}").chars().take(300).collect(),
+            Err(e) => format!("undecodable: {e}"),
+        }
     }
 
     fn push(&mut self, at: u64, ev: Ev) {
@@ -552,6 +582,9 @@ impl Sim {
                     return;
                 }
                 let from_id = self.slots[from].key.public();
+                if self.trace == Some(to) {
+                    eprintln!("{} ms: {to} <- {from}: {}", self.now, self.describe(&bytes));
+                }
                 self.input(
                     to,
                     Input::Message {
@@ -906,6 +939,9 @@ impl Sim {
         let Some(&to) = self.index.get(&to) else {
             return;
         };
+        if self.trace == Some(from) {
+            eprintln!("{} ms: {from} -> {to}: {}", self.now, self.describe(&bytes));
+        }
         if let Some(m) = self.slots[from].malicious
             && self.sc.malicious[m].withhold
             && matches!(
@@ -1036,6 +1072,71 @@ impl Sim {
         h.finish()
     }
 
+    /// Which nodes differ from the majority, and how.
+    fn divergence(&self, live: &[usize]) -> String {
+        let mut by_digest: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for &i in live {
+            by_digest.entry(self.digest(i)).or_default().push(i);
+        }
+        let majority = by_digest
+            .values()
+            .max_by_key(|v| v.len())
+            .cloned()
+            .unwrap_or_default();
+        let odd: Vec<usize> = by_digest
+            .values()
+            .filter(|v| **v != majority)
+            .flatten()
+            .copied()
+            .collect();
+        let detail = match (majority.first(), odd.first()) {
+            (Some(&m), Some(&o)) => self.difference(m, o),
+            _ => String::new(),
+        };
+        format!(
+            "{} distinct states among {} nodes; odd nodes {:?}; {}",
+            by_digest.len(),
+            live.len(),
+            &odd[..odd.len().min(10)],
+            detail
+        )
+    }
+
+    /// The first document on which nodes `a` and `b` differ, for the report.
+    fn difference(&self, a: usize, b: usize) -> String {
+        let docs = |i: usize| -> BTreeMap<DocId, Vec<ChangeHash>> {
+            self.slots[i]
+                .engine
+                .as_ref()
+                .map(|e| e.replica().docs().into_iter().collect())
+                .unwrap_or_default()
+        };
+        let (da, db) = (docs(a), docs(b));
+        for (d, h) in &da {
+            if db.get(d) != Some(h) {
+                let ra = self.slots[a].engine.as_ref().map(|e| e.replica());
+                let rb = self.slots[b].engine.as_ref().map(|e| e.replica());
+                let knows = |r: Option<&Replica>, hs: &[ChangeHash]| {
+                    r.is_some_and(|r| hs.iter().all(|x| r.contains(d, x)))
+                };
+                let hb = db.get(d).cloned().unwrap_or_default();
+                return format!(
+                    "node {a} holds {d} with heads {h:?}, node {b} {hb:?}; {a} knows {b}'s: {}, {b} knows {a}'s: {}; pending {} / {}",
+                    knows(ra, &hb),
+                    knows(rb, h),
+                    ra.map_or(0, |r| r.stats().pending),
+                    rb.map_or(0, |r| r.stats().pending),
+                );
+            }
+        }
+        for d in db.keys() {
+            if !da.contains_key(d) {
+                return format!("node {b} holds {d}, node {a} lacks it");
+            }
+        }
+        "no difference in documents".into()
+    }
+
     /// Liveness: all live honest nodes hold identical documents.
     fn check_liveness(&mut self) {
         if self.converged_at.is_some() {
@@ -1048,6 +1149,9 @@ impl Sim {
         if live.iter().all(|&i| Some(self.digest(i)) == first) {
             self.converged_at = Some(self.now);
             return;
+        }
+        if self.liveness_diag.is_none() && self.now >= self.last_heal + self.sc.liveness_bound_ms {
+            self.liveness_diag = Some(self.divergence(&live));
         }
         self.push(self.now + self.sc.check_interval_ms, Ev::Check);
     }
@@ -1069,20 +1173,16 @@ impl Sim {
             match self.converged_at {
                 Some(t) if t <= self.last_heal + self.sc.liveness_bound_ms => None,
                 Some(t) => Some(Violation(format!(
-                    "converged {} ms after the last heal, over the {} ms bound",
+                    "converged {} ms after the last heal, over the {} ms bound; at the bound: {}",
                     t - self.last_heal,
-                    self.sc.liveness_bound_ms
+                    self.sc.liveness_bound_ms,
+                    self.liveness_diag.as_deref().unwrap_or("-")
                 ))),
-                None => {
-                    let digests: BTreeSet<u64> =
-                        honest_live.iter().map(|&i| self.digest(i)).collect();
-                    Some(Violation(format!(
-                        "live nodes did not converge within {} ms of the last heal ({} distinct states among {} nodes)",
-                        self.sc.liveness_bound_ms,
-                        digests.len(),
-                        honest_live.len()
-                    )))
-                }
+                None => Some(Violation(format!(
+                    "live nodes did not converge within {} ms of the last heal: {}",
+                    self.sc.liveness_bound_ms,
+                    self.divergence(&honest_live)
+                ))),
             }
         };
         // Policy propagation.

@@ -152,6 +152,11 @@ impl DocIndex {
         (count, fold(fp))
     }
 
+    /// The entry for `doc`'s key (whatever its epoch).
+    pub(crate) fn get(&self, doc: &DocId) -> Option<&Entry> {
+        self.entries.get(&key_of(doc))
+    }
+
     /// Items of `lo..=hi`.
     pub(crate) fn items(&self, lo: u64, hi: u64) -> Vec<Item> {
         self.range(lo, hi)

@@ -93,6 +93,9 @@ pub struct Engine {
     own_unpublished: Vec<SignedChange>,
     policy_heads: Vec<ChangeHash>,
     lazy_timer_at: Option<Millis>,
+    /// Anti-entropy found something to repair since the last round: the next
+    /// round comes sooner.
+    repairing: bool,
     graft_timer_at: Option<Millis>,
     stats: EngineStats,
 }
@@ -158,6 +161,7 @@ impl Engine {
             own_unpublished: Vec::new(),
             policy_heads,
             lazy_timer_at: None,
+            repairing: false,
             graft_timer_at: None,
             stats: EngineStats::default(),
         };
@@ -304,6 +308,33 @@ impl Engine {
                     p.eager = false;
                 }
             }
+            Message::Want { items } => {
+                let mut found = Vec::new();
+                let mut bytes = 0usize;
+                for it in items {
+                    let Some(e) = self.index.get(&it.doc) else {
+                        continue;
+                    };
+                    let theirs: Vec<ChangeHash> = match (it.doc, e.doc) {
+                        (a, b) if a == b => it.heads.iter().map(|h| ChangeHash(*h)).collect(),
+                        (DocId::Status { epoch: t, .. }, DocId::Status { epoch: m, .. })
+                            if t < m =>
+                        {
+                            Vec::new()
+                        }
+                        _ => continue,
+                    };
+                    let doc = e.doc;
+                    for c in self.replica.missing_for(&doc, &theirs) {
+                        if bytes >= self.config.sync_send_max_bytes {
+                            break;
+                        }
+                        bytes += c.change.len();
+                        found.push(c.clone());
+                    }
+                }
+                self.send_changes(from, Push::Reply, found, out);
+            }
             Message::Roots { roots } => {
                 let advanced = self.ingest_roots(Some(from), roots, out);
                 if !advanced.is_empty() {
@@ -323,7 +354,10 @@ impl Engine {
                     self.stats.anti_entropy_rounds += 1;
                     self.start_sync(peer, out);
                 }
-                let base = self.config.anti_entropy_interval_ms;
+                let mut base = self.config.anti_entropy_interval_ms;
+                if std::mem::take(&mut self.repairing) {
+                    base /= 4;
+                }
                 let jitter = if base >= 10 {
                     rng.random_range(0..base / 10)
                 } else {
@@ -440,6 +474,7 @@ impl Engine {
         let mut touched: BTreeSet<DocId> = BTreeSet::new();
         let mut offences: Vec<String> = Vec::new();
         let mut not_admitted = false;
+        let mut incomplete: BTreeSet<DocId> = BTreeSet::new();
         for (sc, r) in changes.into_iter().zip(&reports) {
             let size = if from.is_some() {
                 encoded_len(&sc) as u64
@@ -455,6 +490,7 @@ impl Engine {
                         touched.insert(sc.doc);
                     } else {
                         self.stats.changes_pending += 1;
+                        incomplete.insert(sc.doc);
                     }
                     if let DocId::Status { node, .. } = sc.doc {
                         self.last_heard.insert(node, now);
@@ -523,6 +559,23 @@ impl Engine {
             self.policy_heads = heads;
             out.push(Output::Event(Event::PolicyChanged));
             self.on_policy_changed(now, out);
+        }
+        if let Some(peer) = from
+            && !incomplete.is_empty()
+            && self.peers.contains_key(&peer)
+        {
+            // The sender may hold the missing dependencies: ask it at once
+            // (and reconcile sooner, in case it does not).
+            self.repairing = true;
+            let items: Vec<Item> = incomplete
+                .into_iter()
+                .take(self.config.wire.items_per_message_max)
+                .map(|doc| Item {
+                    doc,
+                    heads: self.replica.heads(&doc).iter().map(|h| h.0).collect(),
+                })
+                .collect();
+            self.send(peer, &Message::Want { items }, out);
         }
         if let Some(peer) = from {
             if !offences.is_empty() {
@@ -887,7 +940,9 @@ impl Engine {
                         if hs == e.heads {
                             continue;
                         }
-                        if hs.iter().any(|h| !self.replica.contains(&e.doc, h)) {
+                        // Applied, not merely held: a change pending on a
+                        // missing dependency still needs the peer's help.
+                        if hs.iter().any(|h| self.replica.get(&e.doc, h).is_none()) {
                             i_lack = true;
                         }
                         hs
@@ -922,6 +977,9 @@ impl Engine {
                     }
                     i_lack = true;
                 }
+            }
+            if i_lack {
+                self.repairing = true;
             }
             if i_lack && ri.reply {
                 reply_items.push(RangeItems {

@@ -112,6 +112,12 @@ pub enum Message {
     },
     /// Stop pushing eagerly to me; announce lazily instead.
     Prune,
+    /// Send me what I lack of these documents, given my heads (asked when a
+    /// change from the receiver arrived without its dependencies).
+    Want {
+        /// The documents with the sender's heads (empty: it holds none).
+        items: Vec<Item>,
+    },
     /// Trust roots (the receiver's chain is older than the sender's).
     Roots {
         /// The chain, oldest first.
@@ -254,6 +260,13 @@ impl Message {
                 bound("ids", ids.len(), l.ids_per_message_max)
             }
             Message::Prune => Ok(()),
+            Message::Want { items } => {
+                bound("items", items.len(), l.items_per_message_max)?;
+                for it in items {
+                    bound("heads", it.heads.len(), l.heads_per_doc_max)?;
+                }
+                Ok(())
+            }
             Message::Roots { roots } => bound("roots", roots.len(), l.roots_per_message_max),
             Message::Sync { splits, items, .. } => {
                 let parts: usize = splits.iter().map(|s| s.parts.len()).sum();
