@@ -46,6 +46,10 @@ pub struct Node {
     pub extra: Vec<String>,
     /// Bootstrap multiaddrs.
     pub bootstrap: Vec<String>,
+    /// Heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -88,6 +92,8 @@ pub struct Fleet {
     pub dir: tempfile::TempDir,
     /// The authority key.
     pub auth: SecretKey,
+    /// A second authority key (threshold stays 1): a second admin.
+    pub auth2: SecretKey,
     /// The trust chain file.
     pub trust_file: PathBuf,
     /// The trust chain.
@@ -132,11 +138,12 @@ impl Fleet {
     pub fn new(n: usize, first_ip: u8) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let auth = SecretKey::generate();
+        let auth2 = SecretKey::generate();
         let root = SignedTrustRoot::sign(
             TrustRoot {
                 version: 1,
                 threshold: 1,
-                keys: vec![auth.public()],
+                keys: vec![auth.public(), auth2.public()],
             },
             &[&auth],
         );
@@ -146,6 +153,7 @@ impl Fleet {
         let mut fleet = Fleet {
             dir,
             auth,
+            auth2,
             trust_file,
             roots,
             nodes: Vec::new(),
@@ -189,6 +197,8 @@ impl Fleet {
             apply_file,
             extra: Vec::new(),
             bootstrap: Vec::new(),
+            heartbeat_ms: 1000,
+            netns: None,
             child: None,
             log,
         });
@@ -205,7 +215,14 @@ impl Fleet {
             .append(true)
             .open(&n.log)
             .unwrap();
-        let mut cmd = Command::new(DCLOUD);
+        let mut cmd = match &n.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, DCLOUD]);
+                c
+            }
+            None => Command::new(DCLOUD),
+        };
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&n.data_dir)
@@ -216,7 +233,7 @@ impl Fleet {
             .arg("--api")
             .arg(&n.api)
             .arg("--heartbeat-ms")
-            .arg("1000")
+            .arg(n.heartbeat_ms.to_string())
             .arg("--apply-file")
             .arg(&n.apply_file);
         for b in &n.bootstrap {
@@ -285,7 +302,11 @@ impl Fleet {
             n.id,
             Member {
                 name: n.name.clone(),
-                region: if i % 2 == 0 { "eu".into() } else { "us".into() },
+                region: if i.is_multiple_of(2) {
+                    "eu".into()
+                } else {
+                    "us".into()
+                },
                 labels: Default::default(),
             },
         )

@@ -67,6 +67,8 @@ pub const REDIAL_BACKOFF_MIN_MS: u64 = 500;
 pub const REDIAL_BACKOFF_MAX_MS: u64 = 30_000;
 /// How long a misbehaving peer stays blocked.
 pub const MISBEHAVIOUR_BLOCK_MS: u64 = 60_000;
+/// How often a failed store is probed (and reopened) to see whether it takes writes again.
+pub const STORE_RETRY_MS: u64 = 2_000;
 /// Largest bundle accepted by the API.
 pub const BUNDLE_SIZE_MAX_BYTES: usize = 16 << 20;
 /// Most addresses remembered per peer.
@@ -224,6 +226,7 @@ struct Daemon {
     store: Store,
     epoch_file: EpochFile,
     store_error: Option<String>,
+    store_retry_at: Millis,
     metrics: Arc<Metrics>,
     rng: rand::rngs::StdRng,
     timers: BTreeMap<Timer, Millis>,
@@ -382,6 +385,7 @@ pub async fn start(
         store,
         epoch_file,
         store_error: None,
+        store_retry_at: 0,
         metrics: metrics.clone(),
         rng: rand::rngs::StdRng::from_rng(&mut rand::rng()),
         timers: BTreeMap::new(),
@@ -492,9 +496,17 @@ impl Daemon {
         for out in outputs {
             match out {
                 Output::Persist(p) => {
+                    // Only this node's own status may still go out unstored: its
+                    // epoch restarts above it after a restart, so nothing that
+                    // was sent can be contradicted later.
+                    let own_only = matches!(&p, Persist::Changes(cs) if cs.iter().all(
+                        |c| matches!(c.doc, DocId::Status { node, .. } if node == self.me)));
                     if let Err(e) = self.persist(p) {
+                        let tolerable = own_only && matches!(e, StoreError::Write(_));
                         self.store_failed(e);
-                        self.persist_failed_in_call = true;
+                        if !tolerable {
+                            self.persist_failed_in_call = true;
+                        }
                     }
                 }
                 Output::Send { to, bytes } => {
@@ -569,11 +581,17 @@ impl Daemon {
         self.refresh_status();
     }
 
-    fn try_recover_store(&mut self) {
-        if self.store_error.is_none() {
+    fn try_recover_store(&mut self, now: Millis) {
+        if self.store_error.is_none() || now < self.store_retry_at {
             return;
         }
-        let result = self.store.probe().and_then(|()| {
+        self.store_retry_at = now + STORE_RETRY_MS;
+        // sled refuses every write after an I/O error until it is reopened.
+        let result = self.store.probe().or_else(|_| {
+            self.store.reopen()?;
+            self.store.probe()
+        });
+        let result = result.and_then(|()| {
             let all: Vec<_> = self.engine.replica().all_changes().cloned().collect();
             for chunk in all.chunks(512) {
                 self.store.put_changes(chunk)?;
@@ -940,7 +958,7 @@ impl Daemon {
             self.blocked_until.remove(&p);
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
         }
-        self.try_recover_store();
+        self.try_recover_store(now);
         self.dial(now);
         let stats = self.engine.replica().stats();
         self.metrics.replica_changes.set(stats.changes as i64);

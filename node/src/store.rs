@@ -83,13 +83,20 @@ pub struct Loaded {
     pub moved_aside: Option<PathBuf>,
 }
 
-/// The sled store.
-pub struct Store {
-    path: PathBuf,
+/// The open sled database and its trees.
+struct Inner {
     db: sled::Db,
     changes: sled::Tree,
     roots: sled::Tree,
     peers: sled::Tree,
+}
+
+/// The sled store.
+pub struct Store {
+    path: PathBuf,
+    change_max_bytes: usize,
+    /// None only while [`Store::reopen`] runs.
+    inner: Option<Inner>,
 }
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
@@ -159,12 +166,16 @@ impl Store {
         let tree = |name: &str| opened.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = Store {
             path: path.to_path_buf(),
-            changes: tree("changes")?,
-            roots: tree("roots")?,
-            peers: tree("peers")?,
-            db: opened.clone(),
+            change_max_bytes,
+            inner: Some(Inner {
+                changes: tree("changes")?,
+                roots: tree("roots")?,
+                peers: tree("peers")?,
+                db: opened.clone(),
+            }),
         };
         let meta = tree("meta")?;
+        let inner = store.inner.as_ref().expect("just opened");
         match meta.get("format").map_err(|e| corrupt(e.to_string()))? {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
@@ -174,7 +185,7 @@ impl Store {
                     String::from_utf8_lossy(FORMAT)
                 )));
             }
-            None if fresh || store.changes.is_empty() && store.roots.is_empty() => {
+            None if fresh || inner.changes.is_empty() && inner.roots.is_empty() => {
                 meta.insert("format", FORMAT)
                     .map_err(|e| open_err(e.to_string()))?;
                 opened.flush().map_err(|e| open_err(e.to_string()))?;
@@ -186,14 +197,31 @@ impl Store {
         Ok((store, loaded))
     }
 
+    fn inner(&self) -> Result<&Inner, StoreError> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| StoreError::Write("the store is closed".into()))
+    }
+
+    /// Close and open the database again (after a write error, sled refuses
+    /// every later write until reopened). A store that no longer passes its
+    /// checks is moved aside like at start; the caller rewrites its replica.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        self.inner = None;
+        let (fresh, _) = Store::open(&self.path, self.change_max_bytes)?;
+        *self = fresh;
+        Ok(())
+    }
+
     fn load(&self, change_max_bytes: usize) -> Result<Loaded, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             path: self.path.clone(),
             reason,
         };
+        let inner = self.inner()?;
         let mut policy = Vec::new();
         let mut status = Vec::new();
-        for item in self.changes.iter() {
+        for item in inner.changes.iter() {
             let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
             let sc = SignedChange::decode(&v, change_max_bytes)
                 .map_err(|e| corrupt(format!("change entry does not decode: {e}")))?;
@@ -212,7 +240,7 @@ impl Store {
             }
         }
         let mut roots = Vec::new();
-        for item in self.roots.iter() {
+        for item in inner.roots.iter() {
             let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
             let root: SignedTrustRoot = postcard::from_bytes(&v)
                 .map_err(|e| corrupt(format!("trust root entry does not decode: {e}")))?;
@@ -222,7 +250,7 @@ impl Store {
             roots.push(root);
         }
         let mut peers = Vec::new();
-        for item in self.peers.iter() {
+        for item in inner.peers.iter() {
             let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
             let id: [u8; 32] = k
                 .as_ref()
@@ -253,14 +281,18 @@ impl Store {
             let hash = sc.hash().map_err(write_err)?;
             batch.insert(change_key(&sc.doc, &hash.0), sc.encode());
         }
-        self.changes.apply_batch(batch).map_err(write_err)?;
+        self.inner()?
+            .changes
+            .apply_batch(batch)
+            .map_err(write_err)?;
         self.flush()
     }
 
     /// Store a trust root durably.
     pub fn put_root(&self, root: &SignedTrustRoot) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(root).map_err(write_err)?;
-        self.roots
+        self.inner()?
+            .roots
             .insert(root.root.version.to_be_bytes(), bytes)
             .map_err(write_err)?;
         self.flush()
@@ -271,7 +303,7 @@ impl Store {
         let mut prefix = vec![1u8];
         prefix.extend_from_slice(&node.0);
         let mut batch = sled::Batch::default();
-        for item in self.changes.scan_prefix(&prefix) {
+        for item in self.inner()?.changes.scan_prefix(&prefix) {
             let (k, _) = item.map_err(write_err)?;
             if k.len() >= 37 {
                 let e = u32::from_be_bytes(k[33..37].try_into().expect("4 bytes"));
@@ -280,7 +312,10 @@ impl Store {
                 }
             }
         }
-        self.changes.apply_batch(batch).map_err(write_err)?;
+        self.inner()?
+            .changes
+            .apply_batch(batch)
+            .map_err(write_err)?;
         self.flush()
     }
 
@@ -289,19 +324,22 @@ impl Store {
         let mut prefix = vec![1u8];
         prefix.extend_from_slice(&node.0);
         let mut batch = sled::Batch::default();
-        for item in self.changes.scan_prefix(&prefix) {
+        for item in self.inner()?.changes.scan_prefix(&prefix) {
             let (k, _) = item.map_err(write_err)?;
             batch.remove(k);
         }
-        self.changes.apply_batch(batch).map_err(write_err)?;
-        self.peers.remove(node.0).map_err(write_err)?;
+        self.inner()?
+            .changes
+            .apply_batch(batch)
+            .map_err(write_err)?;
+        self.inner()?.peers.remove(node.0).map_err(write_err)?;
         self.flush()
     }
 
     /// Remember a peer's addresses (not flushed: losing them costs a rediscovery).
     pub fn put_peer(&self, node: &NodeId, addrs: &[String]) -> Result<(), StoreError> {
         let v = serde_json::to_vec(addrs).map_err(write_err)?;
-        self.peers.insert(node.0, v).map_err(write_err)?;
+        self.inner()?.peers.insert(node.0, v).map_err(write_err)?;
         Ok(())
     }
 
@@ -314,20 +352,23 @@ impl Store {
         // A payload of some size, so that a nearly full disk fails the probe.
         let mut v = now.to_be_bytes().to_vec();
         v.resize(64 << 10, 0);
-        let meta = self.db.open_tree("meta").map_err(write_err)?;
+        let meta = self.inner()?.db.open_tree("meta").map_err(write_err)?;
         meta.insert("probe", v).map_err(write_err)?;
         self.flush()
     }
 
     /// Flush everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(write_err)?;
+        self.inner()?.db.flush().map_err(write_err)?;
         Ok(())
     }
 
     /// Bytes on disk, as sled counts them.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.inner
+            .as_ref()
+            .and_then(|i| i.db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 }
 

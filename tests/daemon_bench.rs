@@ -1,0 +1,142 @@
+//! Benchmark over real processes (ignored by default; run it on a release
+//! build):
+//!
+//! ```text
+//! cargo test --release -p dcloud-node --test daemon_bench -- --ignored --nocapture
+//! ```
+//!
+//! 32 `dcloud` processes on loopback. Each trial publishes one signed policy
+//! change at a node and measures the time until that node's rollout view shows
+//! all 32 sites reporting it applied (their status carried back to it). Then
+//! one node's idle CPU and resident memory are measured over a window.
+
+#[path = "daemon_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::Fleet;
+
+const NODES: usize = 32;
+const TRIALS: usize = 12;
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn proc_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: 32 processes; run with --release -- --ignored --nocapture"]
+async fn bench_32_nodes_publish_to_all_applied() {
+    let mut f = Fleet::new(NODES, 100);
+    for n in &mut f.nodes {
+        n.heartbeat_ms = 5000;
+    }
+    f.start_all();
+    let all: Vec<usize> = (0..NODES).collect();
+    f.ready(&all).await;
+    let c = f.enrol_at(0, &all).await;
+    let h = Fleet::head(&c);
+    f.wait(
+        "all 32 enrolled and applied",
+        Duration::from_secs(120),
+        async |f| f.rollout_complete(0, &h, NODES).await,
+    )
+    .await;
+
+    let mut latencies_ms: Vec<f64> = Vec::new();
+    for trial in 0..TRIALS {
+        let at = (trial * 7) % NODES;
+        let c = f.sign(vec![Fleet::set_fleet(
+            &format!("bench.k{trial}"),
+            trial.into(),
+        )]);
+        let h = Fleet::head(&c);
+        let bundle = f.bundle(vec![c]);
+        let t0 = Instant::now();
+        let (status, body) = f.publish(at, bundle).await;
+        assert_eq!(status, 200, "{body}");
+        let deadline = t0 + Duration::from_secs(30);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tick.tick().await;
+            if f.rollout_complete(at, &h, NODES).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                f.fail(&format!("trial {trial}: all 32 applied"));
+            }
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        println!("trial {trial:2}: published at node {at:2}, all {NODES} applied in {ms:7.1} ms");
+        latencies_ms.push(ms);
+    }
+    let mut sorted = latencies_ms.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = (sorted[TRIALS / 2 - 1] + sorted[TRIALS / 2]) / 2.0;
+    let max = *sorted.last().unwrap();
+    println!(
+        "publish -> all {NODES} applied over {TRIALS} trials: median {median:.1} ms, max {max:.1} ms"
+    );
+
+    // Idle: no publications; heartbeats and anti-entropy only. The window is
+    // a measurement interval, not a wait for a condition.
+    let pid = f.nodes[5].pid().unwrap();
+    let hz = clock_ticks_per_second();
+    let cpu0 = proc_cpu_ticks(pid);
+    let fleet_cpu0: u64 = f
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid())
+        .map(proc_cpu_ticks)
+        .sum();
+    let t0 = Instant::now();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (proc_cpu_ticks(pid) - cpu0) as f64 / hz as f64 / secs * 100.0;
+    let fleet_cpu: u64 = f
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid())
+        .map(proc_cpu_ticks)
+        .sum();
+    let fleet_cpu = (fleet_cpu - fleet_cpu0) as f64 / hz as f64 / secs * 100.0 / NODES as f64;
+    let rss_mb = proc_rss_kb(pid) as f64 / 1024.0;
+    let rss_all: Vec<f64> = f
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid())
+        .map(|p| proc_rss_kb(p) as f64 / 1024.0)
+        .collect();
+    let rss_max = rss_all.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "idle node over {secs:.0} s: CPU {cpu:.2}% of a core (fleet mean {fleet_cpu:.2}%), RSS {rss_mb:.1} MB (fleet max {rss_max:.1} MB)"
+    );
+    assert!(max <= 2000.0, "max {max} ms");
+}
