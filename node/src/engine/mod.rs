@@ -20,6 +20,59 @@
 //!
 //! THE INTERFACE IN THIS FILE IS SHARED BY THE DAEMON AND THE SIMULATOR:
 //! extend it, do not break it.
+//!
+//! # The protocol
+//!
+//! Every change goes through [`dcloud_crdt::Replica::ingest`] (verify,
+//! authorise, apply) before anything else happens to it: **nothing is
+//! forwarded before it is validated**, and a peer whose changes or messages
+//! are invalid is penalised ([`Event::PeerMisbehaved`]) and, past
+//! [`EngineConfig::penalty_max`], disconnected.
+//!
+//! **Dissemination** (fast path). Status changes follow PlumTree (Leitão,
+//! Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007): a new change is
+//! pushed whole to the *eager* peers and announced by an 8-byte short id,
+//! batched every [`EngineConfig::lazy_flush_interval_ms`], to the *lazy* ones.
+//! A change received again by eager push means a redundant link: the receiver
+//! sends `Prune` and both ends make it lazy. An announced change still missing
+//! after [`EngineConfig::graft_timeout_ms`] is grafted from an announcer, which
+//! makes that link eager again: the tree repairs itself around lost links and
+//! dead nodes. Policy changes (rare, small, urgent) are pushed eagerly to every
+//! peer ([`EngineConfig::policy_flood`]), so they travel the overlay's shortest
+//! paths whatever the tree looks like. A change that arrives without its
+//! dependencies is held pending and its sender asked for them (`Want`).
+//!
+//! **Anti-entropy** (the guarantee). Every
+//! [`EngineConfig::anti_entropy_interval_ms`] (jittered; a quarter of it while
+//! repairs are under way) and whenever a connection comes up, the engine
+//! reconciles with one random peer by range-based set reconciliation over the
+//! set of (document, heads) it holds (Meyer, "Range-Based Set Reconciliation",
+//! 2023; iroh-docs' `ranger`). Documents are keyed by a hash of their owner;
+//! each side sends the count and a 64-bit XOR fingerprint of key ranges, equal
+//! ranges stop, differing ranges are split 16 ways or, when small, listed with
+//! their heads, and each side then sends what the other lacks. The cost of a
+//! round grows with the number of differing documents times the log of the
+//! fleet, not with the fleet: two nodes in sync exchange one ~30-byte message
+//! each way. Changes of a document this node changed within
+//! [`EngineConfig::sync_settle_ms`] are left to the tree (they are most likely
+//! in flight) unless the peer connected after they arrived.
+//!
+//! **Status and liveness.** [`Engine::new`] writes a heartbeat (a node says it
+//! is up), then one every [`EngineConfig::heartbeat_interval_ms`];
+//! [`Input::SetStatus`] writes what changed. The [`dcloud_crdt::StatusWriter`]
+//! starts a new epoch past its bound and replicas drop older epochs
+//! ([`Persist::DropStatusBefore`]). [`Engine::last_heard`] is the local time a
+//! node's latest status change arrived, never its clock.
+//!
+//! **Bounds.** Message size and list lengths on decode ([`WireLimits`]);
+//! messages of changes by size and count; lazy announcements per peer;
+//! announced-but-missing changes and their announcers; changes remembered by
+//! short id; reconciliation ranges and items per step, its depth, and the
+//! bytes it sends per step; the pending-dependencies buffer (in the replica).
+//!
+//! **Wire format** ([`wire`]): a version byte, then postcard. Unknown versions
+//! and malformed or over-limit messages are typed [`WireError`]s, counted in
+//! [`EngineStats::malformed_messages`] and penalised; decoding never panics.
 
 mod config;
 mod index;

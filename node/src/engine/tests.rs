@@ -400,3 +400,28 @@ fn heartbeat_updates_last_heard_and_rolls_epochs() {
     assert!(f.log.iter().any(|(n, o)| *n == a
         && matches!(o, Output::Persist(Persist::DropStatusBefore { node, .. }) if *node == b)));
 }
+
+mod wire_fuzz {
+    use proptest::prelude::*;
+
+    use super::super::wire::{Message, WIRE_VERSION};
+    use super::EngineConfig;
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder; a bad version is refused.
+        #[test]
+        fn arbitrary_bytes_decode_or_fail_cleanly(body in proptest::collection::vec(any::<u8>(), 0..512), v in any::<u8>()) {
+            let limits = EngineConfig::default().wire;
+            let mut bytes = vec![v];
+            bytes.extend_from_slice(&body);
+            let r = Message::decode(&bytes, &limits);
+            if v != WIRE_VERSION {
+                prop_assert!(r.is_err());
+            }
+            if let Ok(m) = r {
+                // What decodes re-encodes to a message that decodes the same.
+                prop_assert_eq!(Message::decode(&m.encode(), &limits).unwrap(), m);
+            }
+        }
+    }
+}
