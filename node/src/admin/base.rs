@@ -179,3 +179,68 @@ impl Base {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dcloud_crdt::{SecretKey, TrustRoot};
+
+    use super::*;
+
+    fn root(version: u64, key: &SecretKey) -> SignedTrustRoot {
+        SignedTrustRoot::sign(
+            TrustRoot {
+                version,
+                threshold: 1,
+                keys: vec![key.public()],
+            },
+            &[key],
+        )
+    }
+
+    #[test]
+    fn roots_merge_by_version_and_conflicts_are_refused() {
+        let (a, b) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        let v1 = root(1, &a);
+        let v2 = root(2, &b);
+        let merged = merge_roots([vec![v2.clone()].as_slice(), &[v1.clone(), v2.clone()]]).unwrap();
+        assert_eq!(merged, vec![v1.clone(), v2]);
+        let other_v1 = root(1, &b);
+        assert!(matches!(
+            merge_roots([[v1].as_slice(), &[other_v1]]),
+            Err(BaseError::RootConflict(1))
+        ));
+    }
+
+    #[test]
+    fn a_base_without_roots_or_with_missing_changes_is_refused() {
+        assert!(matches!(
+            Base::from_bundles(&[Bundle::default()]),
+            Err(BaseError::NoRoots)
+        ));
+        let a = SecretKey::from_seed([1; 32]);
+        let mut ed = dcloud_crdt::PolicyEditor::new(&[]).unwrap();
+        ed.push(dcloud_crdt::Edit::Set(
+            dcloud_crdt::Level::Fleet,
+            "x".into(),
+            serde_json::json!(1),
+        ))
+        .unwrap();
+        let first = ed.finish(&a, 1).unwrap();
+        let mut ed = dcloud_crdt::PolicyEditor::new(std::slice::from_ref(&first)).unwrap();
+        ed.push(dcloud_crdt::Edit::Set(
+            dcloud_crdt::Level::Fleet,
+            "x".into(),
+            serde_json::json!(2),
+        ))
+        .unwrap();
+        let second = ed.finish(&a, 1).unwrap();
+        let only_second = Bundle {
+            roots: vec![root(1, &a)],
+            changes: vec![second],
+        };
+        assert!(matches!(
+            Base::from_bundles(&[only_second]),
+            Err(BaseError::Incomplete(1))
+        ));
+    }
+}

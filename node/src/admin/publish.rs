@@ -259,3 +259,91 @@ pub fn describe(r: &Rollout) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use dcloud_crdt::{Edit, Level, PolicyEditor, SecretKey, SignedTrustRoot, TrustRoot};
+    use serde_json::json;
+
+    use super::*;
+
+    fn set(
+        base: &[dcloud_crdt::SignedChange],
+        key: &SecretKey,
+        v: i64,
+    ) -> dcloud_crdt::SignedChange {
+        let mut ed = PolicyEditor::new(base).unwrap();
+        ed.push(Edit::Set(Level::Fleet, "x".into(), json!(v)))
+            .unwrap();
+        ed.finish(key, 1).unwrap()
+    }
+
+    /// A base of `n` linear policy changes signed by `key` (threshold 1).
+    fn history(
+        key: &SecretKey,
+        n: usize,
+    ) -> (Vec<SignedTrustRoot>, Vec<dcloud_crdt::SignedChange>) {
+        let root = SignedTrustRoot::sign(
+            TrustRoot {
+                version: 1,
+                threshold: 1,
+                keys: vec![key.public()],
+            },
+            &[key],
+        );
+        let mut changes = Vec::new();
+        for i in 0..n {
+            let c = set(&changes, key, i as i64);
+            changes.push(c);
+        }
+        (vec![root], changes)
+    }
+
+    #[test]
+    fn a_base_behind_the_node_is_stale_and_an_equal_one_is_not() {
+        let key = SecretKey::from_seed([9; 32]);
+        let (roots, changes) = history(&key, 3);
+        let node = Base::from_bundles(&[Bundle {
+            roots: roots.clone(),
+            changes: changes.clone(),
+        }])
+        .unwrap();
+        // Made against the node's heads: not stale.
+        let fresh = Bundle {
+            roots: roots.clone(),
+            changes: vec![set(&changes, &key, 10)],
+        };
+        assert!(stale_heads(&node, &fresh).is_empty());
+        let (heads, base) = bundle_heads(&fresh);
+        assert_eq!(heads, vec![fresh.changes[0].hash().unwrap()]);
+        assert_eq!(base, node.heads());
+        // Made against the first two changes only: the third is what the admin missed.
+        let old = Bundle {
+            roots: roots.clone(),
+            changes: vec![set(&changes[..2], &key, 11)],
+        };
+        assert_eq!(stale_heads(&node, &old), vec![changes[2].hash().unwrap()]);
+        // Already published (the node's head is the bundle's own change): not stale.
+        let mut with_it = changes.clone();
+        with_it.push(fresh.changes[0].clone());
+        let node2 = Base::from_bundles(&[Bundle {
+            roots,
+            changes: with_it,
+        }])
+        .unwrap();
+        assert!(stale_heads(&node2, &fresh).is_empty());
+    }
+
+    #[test]
+    fn a_chain_of_changes_is_watched_at_its_tip() {
+        let key = SecretKey::from_seed([8; 32]);
+        let (roots, changes) = history(&key, 4);
+        let bundle = Bundle {
+            roots,
+            changes: changes[1..].to_vec(),
+        };
+        let (heads, base) = bundle_heads(&bundle);
+        assert_eq!(heads, vec![changes[3].hash().unwrap()]);
+        assert_eq!(base, vec![changes[0].hash().unwrap()]);
+    }
+}
