@@ -6,7 +6,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 use dcloud_crdt::{
     ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
@@ -1067,9 +1066,8 @@ impl Sim {
 
     fn digest(&self, i: usize) -> u64 {
         let engine = self.slots[i].engine.as_ref().expect("live");
-        let mut h = DefaultHasher::new();
-        engine.replica().docs().hash(&mut h);
-        h.finish()
+        let (count, fp) = engine.state_fingerprint();
+        fp ^ u64::from(count).rotate_left(32)
     }
 
     /// Which nodes differ from the majority, and how.
@@ -1161,8 +1159,20 @@ impl Sim {
         let honest_live: Vec<usize> = (0..n)
             .filter(|&i| self.live(i) && self.slots[i].honest)
             .collect();
+        // The checks above use the engines' own fingerprints; confirm them
+        // once against the replicas' documents.
+        let docs_differ = self.converged_at.is_some() && {
+            let docs = |i: usize| self.slots[i].engine.as_ref().map(|e| e.replica().docs());
+            let first = honest_live.first().and_then(|&i| docs(i));
+            honest_live.iter().any(|&i| docs(i) != first)
+        };
         // Liveness.
-        let liveness = if self.last_heal == u64::MAX {
+        let liveness = if docs_differ {
+            Some(Violation(format!(
+                "engine fingerprints agree but replicas differ at the end: {}",
+                self.divergence(&honest_live)
+            )))
+        } else if self.last_heal == u64::MAX {
             None
         } else if self.last_heal + self.sc.liveness_bound_ms > self.sc.duration_ms {
             Some(Violation(format!(

@@ -213,6 +213,13 @@ impl Engine {
             .collect()
     }
 
+    /// A fingerprint of every document held with its heads (the
+    /// reconciliation index's root): two engines with equal fingerprints hold
+    /// the same documents, but for a 2^-64 chance. Cheap: for metrics and checks.
+    pub fn state_fingerprint(&self) -> (u32, u64) {
+        self.index.range_fp(0, u64::MAX)
+    }
+
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         self.stats.clone()
