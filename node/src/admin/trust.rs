@@ -219,7 +219,6 @@ pub fn init(
     }
     let mut keys: Vec<PublicKey> = signers.iter().map(|k| k.public()).collect();
     keys.extend_from_slice(others);
-    keys.dedup();
     let mut distinct: Vec<PublicKey> = Vec::new();
     for k in keys {
         if !distinct.contains(&k) {

@@ -466,23 +466,26 @@ async fn watch(client: &Client, heads: &[ChangeHash], timeout: Duration) -> Resu
     println!("waiting for rollout of policy {}", heads_text.join(","));
     let start = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(0);
-    if tty {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{bar:30}] {pos}/{len} sites applied {msg}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(100));
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    // Drawn from the first answer on (before it, the number of sites is unknown).
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {pos}/{len} sites applied {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let mut drawing = false;
     let mut last = String::new();
     let result = publish::wait(client, heads, timeout, |r| {
         bar.set_length(r.enrolled as u64);
         bar.set_position(r.applied as u64);
+        if tty && !drawing {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(100));
+            drawing = true;
+        }
         let line = publish::describe(r);
         bar.set_message(
             line.split_once("; ")
