@@ -72,6 +72,8 @@ pub(crate) struct Site {
     pub(crate) p2p_port: u16,
     pub(crate) api_port: u16,
     pub(crate) child: Option<Child>,
+    /// Command the daemon runs after rendering its config (None: render only).
+    pub(crate) apply_command: Option<String>,
 }
 
 impl Site {
@@ -115,6 +117,11 @@ impl Site {
             .arg("false")
             .arg("--apply-file")
             .arg(self.dir.join("config.json"))
+            .args(
+                self.apply_command
+                    .iter()
+                    .flat_map(|c| ["--apply-command".to_string(), c.clone()]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -303,6 +310,7 @@ pub(crate) fn run(bins: &Bins, dir: &Path, out: &mut Transcript) -> Result<()> {
             p2p_port: ports[2 * i],
             api_port: ports[2 * i + 1],
             child: None,
+            apply_command: None,
         });
     }
     let addrs: Vec<String> = sites.iter().map(Site::listen).collect();

@@ -64,6 +64,11 @@ struct Fleet {
 
 impl Fleet {
     fn start(dir: &Path, n: usize, chain: &Path) -> Fleet {
+        Fleet::start_with(dir, n, chain, &[])
+    }
+
+    /// `apply_commands[i]`: the apply command of site i+1 (None: render only).
+    fn start_with(dir: &Path, n: usize, chain: &Path, apply_commands: &[Option<String>]) -> Fleet {
         let bins = Bins {
             dcloud: PathBuf::from(env!("CARGO_BIN_EXE_dcloud")),
             admin: PathBuf::from(env!("CARGO_BIN_EXE_dcloud-admin")),
@@ -86,6 +91,7 @@ impl Fleet {
                 p2p_port: ports[2 * i],
                 api_port: ports[2 * i + 1],
                 child: None,
+                apply_command: apply_commands.get(i).cloned().flatten(),
             });
         }
         let addrs: Vec<String> = sites.iter().map(Site::listen).collect();
@@ -634,4 +640,74 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
         .encode(),
     );
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_site_failing_to_apply_is_named_and_publish_wait_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    authority(d);
+    let fleet = Fleet::start_with(d, 2, &d.join("chain"), &[None, Some("exit 3".to_string())]);
+    let url = fleet.url();
+    ok(
+        d,
+        &[
+            "enrol",
+            &fleet.sites[0].id,
+            "--name",
+            "good",
+            "--region",
+            "eu",
+            "--from",
+            &url,
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "e1",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "enrol",
+            &fleet.sites[1].id,
+            "--name",
+            "broken",
+            "--region",
+            "eu",
+            "--from",
+            &url,
+            "--base",
+            "e1",
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "e2",
+        ],
+    );
+    let o = admin(
+        d,
+        &[
+            "publish",
+            "e1",
+            "e2",
+            "--to",
+            &url,
+            "--wait",
+            "--timeout",
+            "5s",
+        ],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stderr.contains("rollout incomplete") && o.stderr.contains("1 of 2 sites applied"),
+        "{}",
+        o.text()
+    );
+    assert!(o.stderr.contains("failed: broken ("), "{}", o.text());
+    assert!(o.stdout.contains("failed: broken ("), "{}", o.text());
 }
