@@ -17,6 +17,18 @@ use dcloud_node::admin::inspect::{inspect, short_hash};
 use dcloud_node::admin::trust::ChainFile;
 use dcloud_node::admin::{edit, files, keys, publish, trust};
 
+/// Print a line to stdout; a closed pipe (`dcloud-admin ... | head`) ends the
+/// program quietly instead of panicking (outputs are written before they are
+/// reported, so nothing is left half done).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "dcloud-admin",
@@ -305,14 +317,14 @@ async fn sign(sign: &SignArgs, make: impl FnOnce(&Base) -> Result<Vec<Edit>>) ->
     }
     let report = inspect(&bundle, Some(&base), None)?;
     files::write_bundle(&sign.out, &bundle)?;
-    println!("{report}");
-    println!("wrote {}", sign.out.display());
+    say!("{report}");
+    say!("wrote {}", sign.out.display());
     if let Some(c) = report.changes.iter().find(|c| !c.meets_threshold()) {
         let needed = c
             .threshold
             .unwrap_or(0)
             .saturating_sub(c.distinct_authority);
-        println!(
+        say!(
             "next: {needed} more authority signature(s) needed: dcloud-admin cosign {} --key KEY",
             sign.out.display()
         );
@@ -345,8 +357,8 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
             let (file, progress) = trust::init(&signers, &others, threshold)?;
             file.write(&out)?;
             print_root(&file);
-            println!("{progress}");
-            println!("wrote {}", out.display());
+            say!("{progress}");
+            say!("wrote {}", out.display());
         }
         RootCmd::Rotate {
             chain,
@@ -361,14 +373,14 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
             let progress = trust::rotate(&mut file, &new_keys, threshold, &signers)?;
             file.write(&out)?;
             print_root(&file);
-            println!("{progress}");
+            say!("{progress}");
             if !progress.complete() {
-                println!(
+                say!(
                     "cosign with: dcloud-admin root cosign --chain {} --key KEY",
                     out.display()
                 );
             }
-            println!("wrote {}", out.display());
+            say!("wrote {}", out.display());
         }
         RootCmd::Cosign { chain, key, out } => {
             let key = keys::read_secret(&key)?;
@@ -376,13 +388,13 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
             let progress = file.cosign(&key)?;
             let out = out.unwrap_or(chain);
             file.write(&out)?;
-            println!("{progress}");
-            println!("wrote {}", out.display());
+            say!("{progress}");
+            say!("wrote {}", out.display());
         }
         RootCmd::Show { chain } => {
             let file = ChainFile::read(&chain)?;
             print_root(&file);
-            println!("{}", file.last_progress());
+            say!("{}", file.last_progress());
             file.verified()?;
         }
         RootCmd::Bundle { chain, out } => {
@@ -393,7 +405,7 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
                 changes: Vec::new(),
             };
             files::write_bundle(&out, &bundle)?;
-            println!(
+            say!(
                 "wrote {} (trust chain v1 to v{})",
                 out.display(),
                 verified.current().version
@@ -406,7 +418,7 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
 fn print_root(file: &ChainFile) {
     for r in &file.roots {
         let keys: Vec<String> = r.root.keys.iter().map(|k| k.short()).collect();
-        println!(
+        say!(
             "trust root v{}: threshold {} of {} keys [{}]",
             r.root.version,
             r.root.threshold,
@@ -442,9 +454,9 @@ async fn publish_cmd(
     let reply = publish::post(&client, &bundle).await?;
     for r in &reply.reports {
         let h = r.hash.as_deref().map_or("?", |h| &h[..h.len().min(12)]);
-        println!("change {h}: {}", r.outcome);
+        say!("change {h}: {}", r.outcome);
     }
-    println!("published to {}", client.url());
+    say!("published to {}", client.url());
     if !wait || checked.heads.is_empty() {
         return Ok(());
     }
@@ -463,7 +475,7 @@ async fn watch_cmd(path: &Path, to: &str, timeout: Duration) -> Result<()> {
 
 async fn watch(client: &Client, heads: &[ChangeHash], timeout: Duration) -> Result<()> {
     let heads_text: Vec<String> = heads.iter().map(short_hash).collect();
-    println!("waiting for rollout of policy {}", heads_text.join(","));
+    say!("waiting for rollout of policy {}", heads_text.join(","));
     let start = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
     // Drawn from the first answer on (before it, the number of sites is unknown).
@@ -494,14 +506,14 @@ async fn watch(client: &Client, heads: &[ChangeHash], timeout: Duration) -> Resu
         );
         if !tty && line != last {
             // Not a terminal (a script, CI, the demo): one line per change of state.
-            println!("rollout: {line}");
+            say!("rollout: {line}");
         }
         last = line;
     })
     .await;
     bar.finish_and_clear();
     let r = result?;
-    println!(
+    say!(
         "rollout complete: {}/{} sites applied in {} ms",
         r.applied,
         r.enrolled,
@@ -514,8 +526,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Keygen { out } => {
             let public = keys::keygen(&out)?;
-            println!("{public}");
-            println!(
+            say!("{public}");
+            say!(
                 "wrote {} (secret, mode 0600) and {}",
                 out.display(),
                 keys::public_path(&out).display()
@@ -575,9 +587,9 @@ async fn run(cli: Cli) -> Result<()> {
             let n = edit::cosign(&mut b, &key)?;
             let out = out.unwrap_or(bundle);
             files::write_bundle(&out, &b)?;
-            println!("signed {n} change(s) with {}", key.public().short());
-            println!("{}", inspect(&b, None, None)?);
-            println!("wrote {}", out.display());
+            say!("signed {n} change(s) with {}", key.public().short());
+            say!("{}", inspect(&b, None, None)?);
+            say!("wrote {}", out.display());
         }
         Cmd::Verify {
             bundle,
@@ -592,7 +604,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(load_base(&base).await?)
             };
             let report = inspect(&b, base.as_ref(), own.as_ref())?;
-            println!("{report}");
+            say!("{report}");
             if !report.ok() {
                 bail!(
                     "{} does not verify: {}",
@@ -618,7 +630,7 @@ async fn run(cli: Cli) -> Result<()> {
             let snap = client.snapshot().await?;
             Base::from_bundles(std::slice::from_ref(&snap))?;
             files::write_bundle(&out, &snap)?;
-            println!(
+            say!(
                 "wrote {} ({} trust root(s), {} policy change(s))",
                 out.display(),
                 snap.roots.len(),
