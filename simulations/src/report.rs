@@ -81,6 +81,16 @@ pub struct Report {
     pub convergence_after_heal_ms: Option<u64>,
     /// Reconciliation rounds started, fleet-wide.
     pub anti_entropy_rounds: u64,
+    /// Changes received by eager push (window, fleet-wide).
+    pub changes_received_eager: u64,
+    /// Changes received as answers to grafts, wants and reconciliation (window).
+    pub changes_received_reply: u64,
+    /// Of those, not new (window).
+    pub reply_duplicates: u64,
+    /// Grafts sent, ids (window).
+    pub grafts: u64,
+    /// Prunes sent (window).
+    pub prunes: u64,
     /// Rejected changes by reason, fleet-wide (honest nodes).
     pub rejected: BTreeMap<String, u64>,
     /// Undecodable messages, fleet-wide.
@@ -149,6 +159,15 @@ impl Report {
             ms(self.last_heal_ms),
             ms(self.convergence_after_heal_ms),
             self.anti_entropy_rounds
+        );
+        let _ = writeln!(
+            s,
+            "changes received: {} by eager push, {} in answers ({} not new); grafts {}, prunes {}",
+            self.changes_received_eager,
+            self.changes_received_reply,
+            self.reply_duplicates,
+            self.grafts,
+            self.prunes
         );
         let _ = writeln!(
             s,

@@ -91,6 +91,10 @@ pub struct EngineOverrides {
     pub graft_retry_ms: Option<u64>,
     /// See `EngineConfig`.
     pub plumtree: Option<bool>,
+    /// See `EngineConfig`.
+    pub policy_flood: Option<bool>,
+    /// See `EngineConfig`.
+    pub sync_settle_ms: Option<u64>,
 }
 
 /// A policy change published at one node.

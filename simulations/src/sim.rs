@@ -197,6 +197,9 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.changes_pending += b.changes_pending;
     a.duplicates_received += b.duplicates_received;
     a.stale_received += b.stale_received;
+    a.eager_changes_received += b.eager_changes_received;
+    a.reply_changes_received += b.reply_changes_received;
+    a.reply_duplicates_received += b.reply_duplicates_received;
     for (k, v) in &b.rejected {
         *a.rejected.entry(k.clone()).or_default() += v;
     }
@@ -218,6 +221,11 @@ fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
     r.change_bytes_received -= b.change_bytes_received.min(r.change_bytes_received);
     r.new_change_bytes_received -= b.new_change_bytes_received.min(r.new_change_bytes_received);
     r.duplicates_received -= b.duplicates_received.min(r.duplicates_received);
+    r.eager_changes_received -= b.eager_changes_received.min(r.eager_changes_received);
+    r.reply_changes_received -= b.reply_changes_received.min(r.reply_changes_received);
+    r.reply_duplicates_received -= b.reply_duplicates_received.min(r.reply_duplicates_received);
+    r.grafts_sent -= b.grafts_sent.min(r.grafts_sent);
+    r.prunes_sent -= b.prunes_sent.min(r.prunes_sent);
     r
 }
 
@@ -345,6 +353,12 @@ impl Sim {
         }
         if let Some(v) = o.plumtree {
             config.plumtree = v;
+        }
+        if let Some(v) = o.policy_flood {
+            config.policy_flood = v;
+        }
+        if let Some(v) = o.sync_settle_ms {
+            config.sync_settle_ms = v;
         }
         let mut needs_store = vec![false; n];
         let mut crash_plan = Vec::new();
@@ -1273,6 +1287,11 @@ impl Sim {
             last_heal_ms: (self.last_heal != u64::MAX).then_some(self.last_heal),
             convergence_after_heal_ms: self.converged_at.map(|t| t - self.last_heal),
             anti_entropy_rounds: total.anti_entropy_rounds,
+            changes_received_eager: window.eager_changes_received,
+            changes_received_reply: window.reply_changes_received,
+            reply_duplicates: window.reply_duplicates_received,
+            grafts: window.grafts_sent,
+            prunes: window.prunes_sent,
             rejected: total.rejected.clone(),
             malformed_messages: total.malformed_messages,
             misbehaviour_events: self.misbehaved_events,

@@ -63,9 +63,9 @@ impl Default for EngineConfig {
         EngineConfig {
             anti_entropy_interval_ms: 1_500,
             heartbeat_interval_ms: 60_000,
-            lazy_flush_interval_ms: 20,
-            graft_timeout_ms: 120,
-            graft_retry_ms: 250,
+            lazy_flush_interval_ms: 50,
+            graft_timeout_ms: 400,
+            graft_retry_ms: 400,
             plumtree: true,
             policy_flood: true,
             sync_settle_ms: 1_000,

@@ -30,6 +30,12 @@ pub struct EngineStats {
     pub changes_pending: u64,
     /// Changes received that were already held.
     pub duplicates_received: u64,
+    /// Changes received by eager push.
+    pub eager_changes_received: u64,
+    /// Changes received in answer to a graft, a want or reconciliation.
+    pub reply_changes_received: u64,
+    /// Of those, changes already held (or otherwise not new).
+    pub reply_duplicates_received: u64,
     /// Changes received for an older status epoch than held.
     pub stale_received: u64,
     /// Rejected changes, by reason.
@@ -71,9 +77,10 @@ struct Missing {
 struct Absorbed {
     reports: Vec<Report>,
     new: Vec<(ChangeId, SignedChange)>,
-    /// Duplicates of status changes (policy changes are flooded, so their
-    /// duplicates say nothing about the tree).
-    status_duplicates: usize,
+    /// Duplicates of status changes whose first copy also came down the tree
+    /// (or was local): proof of a redundant eager link. Policy changes are
+    /// flooded and answers race the tree, so their duplicates prove nothing.
+    tree_duplicates: usize,
 }
 
 /// The replication engine of one node.
@@ -86,7 +93,8 @@ pub struct Engine {
     peers: BTreeMap<NodeId, Peer>,
     missing: BTreeMap<ShortId, Missing>,
     /// Recently disseminated changes by short id, and their arrival order.
-    recent: BTreeMap<ShortId, (ChangeId, Millis)>,
+    /// (id, when, whether it came by eager push or was local).
+    recent: BTreeMap<ShortId, (ChangeId, Millis, bool)>,
     recent_order: VecDeque<(ShortId, Millis)>,
     last_heard: HashMap<NodeId, Millis>,
     revoked: BTreeSet<NodeId>,
@@ -256,11 +264,13 @@ impl Engine {
             });
             return;
         }
+        // A repeated PeerUp (no PeerDown between) keeps the penalty.
+        let penalty = self.peers.get(&peer).map_or(0, |p| p.penalty);
         self.peers.insert(
             peer,
             Peer {
                 eager: true,
-                penalty: 0,
+                penalty,
                 lazy: Vec::new(),
                 connected_at: now,
             },
@@ -286,11 +296,19 @@ impl Engine {
     fn on_message(&mut self, from: NodeId, msg: Message, now: Millis, out: &mut Vec<Output>) {
         match msg {
             Message::Changes { push, changes } => {
-                let a = self.absorb(Some(from), changes, now, out);
+                let a = self.absorb(Some(from), changes, push == Push::Eager, now, out);
+                let dups = a.reports.len() - a.new.len();
+                match push {
+                    Push::Eager => self.stats.eager_changes_received += a.reports.len() as u64,
+                    Push::Reply => {
+                        self.stats.reply_changes_received += a.reports.len() as u64;
+                        self.stats.reply_duplicates_received += dups as u64;
+                    }
+                }
                 let redundant = push == Push::Eager
                     && self.config.plumtree
                     && a.new.is_empty()
-                    && a.status_duplicates > 0;
+                    && a.tree_duplicates > 0;
                 if let Some(p) = self.peers.get_mut(&from).filter(|p| redundant && p.eager) {
                     p.eager = false;
                     self.stats.prunes_sent += 1;
@@ -305,7 +323,7 @@ impl Engine {
                 }
                 let found: Vec<SignedChange> = ids
                     .iter()
-                    .filter_map(|s| self.recent.get(s).map(|(id, _)| id))
+                    .filter_map(|s| self.recent.get(s).map(|r| &r.0))
                     .filter_map(|id| self.replica.get(&id.doc, &id.change_hash()).cloned())
                     .collect();
                 self.send_changes(from, Push::Reply, found, out);
@@ -416,7 +434,7 @@ impl Engine {
                 Err(e) => root_errors.push(format!("trust root v{v}: {e}")),
             }
         }
-        let a = self.absorb(None, changes, now, out);
+        let a = self.absorb(None, changes, true, now, out);
         out.push(Output::Event(Event::Published {
             root_errors,
             reports: a.reports,
@@ -435,7 +453,7 @@ impl Engine {
             DocId::Status { epoch, .. } => epoch,
             DocId::Policy => 0,
         };
-        let a = self.absorb(None, vec![change.clone()], now, out);
+        let a = self.absorb(None, vec![change.clone()], true, now, out);
         if let Some(Outcome::Rejected(Rejection::Unenrolled(_))) =
             a.reports.first().map(|r| &r.outcome)
         {
@@ -457,6 +475,7 @@ impl Engine {
         &mut self,
         from: Option<NodeId>,
         changes: Vec<SignedChange>,
+        eager: bool,
         now: Millis,
         out: &mut Vec<Output>,
     ) -> Absorbed {
@@ -464,7 +483,7 @@ impl Engine {
             return Absorbed {
                 reports: Vec::new(),
                 new: Vec::new(),
-                status_duplicates: 0,
+                tree_duplicates: 0,
             };
         }
         let mut epochs_before: BTreeMap<NodeId, Option<u32>> = BTreeMap::new();
@@ -477,7 +496,7 @@ impl Engine {
         }
         let reports = self.replica.ingest(changes.clone());
         let mut new = Vec::new();
-        let mut status_duplicates = 0;
+        let mut tree_duplicates = 0;
         let mut touched: BTreeSet<DocId> = BTreeSet::new();
         let mut offences: Vec<String> = Vec::new();
         let mut not_admitted = false;
@@ -505,16 +524,17 @@ impl Engine {
                     let hash = r.hash.expect("a held change parsed");
                     let id = ChangeId::new(sc.doc, hash);
                     self.missing.remove(&short_id(&hash));
-                    self.remember(id, now);
+                    self.remember(id, now, eager);
                     new.push((id, sc));
                 }
                 Outcome::Duplicate => {
-                    if sc.doc != DocId::Policy {
-                        status_duplicates += 1;
-                    }
                     self.stats.duplicates_received += 1;
                     if let Some(h) = r.hash {
-                        self.missing.remove(&short_id(&h));
+                        let s = short_id(&h);
+                        self.missing.remove(&s);
+                        if sc.doc != DocId::Policy && self.recent.get(&s).is_some_and(|r| r.2) {
+                            tree_duplicates += 1;
+                        }
                     }
                 }
                 Outcome::Stale => self.stats.stale_received += 1,
@@ -605,15 +625,15 @@ impl Engine {
         Absorbed {
             reports,
             new,
-            status_duplicates,
+            tree_duplicates,
         }
     }
 
     /// Remember a change by short id for grafts and announcements (bounded in
     /// time and count).
-    fn remember(&mut self, id: ChangeId, now: Millis) {
+    fn remember(&mut self, id: ChangeId, now: Millis, eager: bool) {
         let s = short_id(&id.change_hash());
-        self.recent.insert(s, (id, now));
+        self.recent.insert(s, (id, now, eager));
         self.recent_order.push_back((s, now));
         while let Some(&(old, at)) = self.recent_order.front() {
             if self.recent_order.len() <= self.config.recent_max
@@ -623,7 +643,7 @@ impl Engine {
             }
             self.recent_order.pop_front();
             // Only if it was not remembered again since.
-            if self.recent.get(&old).is_some_and(|(_, t)| *t == at) {
+            if self.recent.get(&old).is_some_and(|r| r.1 == at) {
                 self.recent.remove(&old);
             }
         }
@@ -653,7 +673,7 @@ impl Engine {
         }
         if !self.own_unpublished.is_empty() && self.replica.policy().is_active_member(&self.id) {
             let mine = std::mem::take(&mut self.own_unpublished);
-            let a = self.absorb(None, mine, now, out);
+            let a = self.absorb(None, mine, true, now, out);
             self.disseminate(None, &a.new, now, out);
         }
     }

@@ -45,13 +45,14 @@ pub enum Push {
 /// automerge hash. Announcements are for recent changes, which both sides
 /// remember by short id; a collision costs a wasted graft, never safety (what
 /// arrives is verified), and anti-entropy repairs what it hides.
-pub type ShortId = u64;
+/// (Fixed 8 bytes on the wire: a varint of a random u64 takes 10.)
+pub type ShortId = [u8; 8];
 
 /// The short id of a change hash.
 pub fn short_id(hash: &ChangeHash) -> ShortId {
     let mut b = [0u8; 8];
     b.copy_from_slice(&hash.0[..8]);
-    u64::from_le_bytes(b)
+    b
 }
 
 /// One key range of the reconciliation index, split into `parts.len()`
