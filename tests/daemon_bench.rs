@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use support::Fleet;
 
-const NODES: usize = 32;
+const NODES_DEFAULT: usize = 32;
 const TRIALS: usize = 12;
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
@@ -54,25 +54,30 @@ fn clock_ticks_per_second() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: 32 processes; run with --release -- --ignored --nocapture"]
 async fn bench_32_nodes_publish_to_all_applied() {
-    let mut f = Fleet::new(NODES, 100);
+    // DCLOUD_BENCH_NODES overrides the fleet size (for quick looks).
+    let nodes: usize = std::env::var("DCLOUD_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NODES_DEFAULT);
+    let mut f = Fleet::new(nodes, 100);
     for n in &mut f.nodes {
         n.heartbeat_ms = 5000;
     }
     f.start_all();
-    let all: Vec<usize> = (0..NODES).collect();
+    let all: Vec<usize> = (0..nodes).collect();
     f.ready(&all).await;
     let c = f.enrol_at(0, &all).await;
     let h = Fleet::head(&c);
     f.wait(
         "all 32 enrolled and applied",
         Duration::from_secs(120),
-        async |f| f.rollout_complete(0, &h, NODES).await,
+        async |f| f.rollout_complete(0, &h, nodes).await,
     )
     .await;
 
     let mut latencies_ms: Vec<f64> = Vec::new();
     for trial in 0..TRIALS {
-        let at = (trial * 7) % NODES;
+        let at = (trial * 7) % nodes;
         let c = f.sign(vec![Fleet::set_fleet(
             &format!("bench.k{trial}"),
             trial.into(),
@@ -84,9 +89,25 @@ async fn bench_32_nodes_publish_to_all_applied() {
         assert_eq!(status, 200, "{body}");
         let deadline = t0 + Duration::from_secs(30);
         let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut local: Vec<Option<f64>> = vec![None; nodes];
+        let diag = std::env::var("DCLOUD_BENCH_DIAG").is_ok();
         loop {
             tick.tick().await;
-            if f.rollout_complete(at, &h, NODES).await {
+            if diag {
+                for (i, slot) in local.iter_mut().enumerate() {
+                    if slot.is_none() && f.applied_everywhere(&[i], &h).await {
+                        *slot = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            if f.rollout_complete(at, &h, nodes).await {
+                if diag {
+                    let l: Vec<String> = local
+                        .iter()
+                        .map(|x| x.map(|v| format!("{v:.0}")).unwrap_or("-".into()))
+                        .collect();
+                    println!("  local apply times (ms): {}", l.join(" "));
+                }
                 break;
             }
             if Instant::now() > deadline {
@@ -94,7 +115,7 @@ async fn bench_32_nodes_publish_to_all_applied() {
             }
         }
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        println!("trial {trial:2}: published at node {at:2}, all {NODES} applied in {ms:7.1} ms");
+        println!("trial {trial:2}: published at node {at:2}, all {nodes} applied in {ms:7.1} ms");
         latencies_ms.push(ms);
     }
     let mut sorted = latencies_ms.clone();
@@ -102,7 +123,7 @@ async fn bench_32_nodes_publish_to_all_applied() {
     let median = (sorted[TRIALS / 2 - 1] + sorted[TRIALS / 2]) / 2.0;
     let max = *sorted.last().unwrap();
     println!(
-        "publish -> all {NODES} applied over {TRIALS} trials: median {median:.1} ms, max {max:.1} ms"
+        "publish -> all {nodes} applied over {TRIALS} trials: median {median:.1} ms, max {max:.1} ms"
     );
 
     // Idle: no publications; heartbeats and anti-entropy only. The window is
@@ -117,7 +138,23 @@ async fn bench_32_nodes_publish_to_all_applied() {
         .map(proc_cpu_ticks)
         .sum();
     let t0 = Instant::now();
-    tokio::time::sleep(IDLE_WINDOW).await;
+    if let Ok(out) = std::env::var("DCLOUD_BENCH_PERF") {
+        // Profile the idle node (perf must be installed).
+        let _ = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &pid.to_string(),
+                "--",
+                "sleep",
+                "10",
+            ])
+            .status();
+    }
+    tokio::time::sleep(IDLE_WINDOW.saturating_sub(t0.elapsed())).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (proc_cpu_ticks(pid) - cpu0) as f64 / hz as f64 / secs * 100.0;
     let fleet_cpu: u64 = f
@@ -126,7 +163,7 @@ async fn bench_32_nodes_publish_to_all_applied() {
         .filter_map(|n| n.pid())
         .map(proc_cpu_ticks)
         .sum();
-    let fleet_cpu = (fleet_cpu - fleet_cpu0) as f64 / hz as f64 / secs * 100.0 / NODES as f64;
+    let fleet_cpu = (fleet_cpu - fleet_cpu0) as f64 / hz as f64 / secs * 100.0 / nodes as f64;
     let rss_mb = proc_rss_kb(pid) as f64 / 1024.0;
     let rss_all: Vec<f64> = f
         .nodes

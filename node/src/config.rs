@@ -15,6 +15,11 @@
 //! file = "/etc/site/dcloud.json"
 //! command = "systemctl reload my-service"
 //! timeout_ms = 30000
+//!
+//! [engine]                      # replication tuning (optional)
+//! anti_entropy_interval_ms = 1500
+//! lazy_flush_interval_ms = 10
+//! graft_timeout_ms = 60
 //! ```
 
 use std::net::SocketAddr;
@@ -94,6 +99,18 @@ pub struct RawApply {
     pub timeout_ms: Option<u64>,
 }
 
+/// Replication tuning as written (`[engine]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// Reconcile with a random neighbour this often.
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Gather lazy announcements for this long.
+    pub lazy_flush_interval_ms: Option<u64>,
+    /// How long an announced change may stay missing before it is fetched.
+    pub graft_timeout_ms: Option<u64>,
+}
+
 /// The configuration as written in the file, before validation. Every field is
 /// optional so that flags and environment variables can fill or override it.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -117,6 +134,8 @@ pub struct RawConfig {
     pub peers_target: Option<usize>,
     /// Applying policy to the site.
     pub apply: Option<RawApply>,
+    /// Replication tuning.
+    pub engine: Option<RawEngine>,
     #[serde(skip)]
     origin: Option<PathBuf>,
 }
@@ -131,6 +150,24 @@ pub struct ApplyConfig {
     /// Bound on the command's run time.
     pub timeout_ms: u64,
 }
+
+/// Replication tuning (daemon defaults favour latency; see `docs/daemon.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineTuning {
+    /// Anti-entropy period.
+    pub anti_entropy_interval_ms: u64,
+    /// Lazy announcement batching.
+    pub lazy_flush_interval_ms: u64,
+    /// Graft timeout.
+    pub graft_timeout_ms: u64,
+}
+
+/// Daemon default anti-entropy period.
+pub const ANTI_ENTROPY_DEFAULT_MS: u64 = 1_500;
+/// Daemon default lazy announcement batching.
+pub const LAZY_FLUSH_DEFAULT_MS: u64 = 10;
+/// Daemon default graft timeout.
+pub const GRAFT_TIMEOUT_DEFAULT_MS: u64 = 60;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -153,6 +190,8 @@ pub struct Config {
     pub peers_target: usize,
     /// Applying policy.
     pub apply: ApplyConfig,
+    /// Replication tuning.
+    pub engine: EngineTuning,
 }
 
 impl Config {
@@ -279,7 +318,40 @@ impl RawConfig {
         {
             return Err(invalid("apply.command", "is empty".into()));
         }
+        let e = self.engine.clone().unwrap_or_default();
+        let ranged = |key: &'static str, v: Option<u64>, default: u64, lo: u64, hi: u64| {
+            let v = v.unwrap_or(default);
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(key, format!("{v} is outside {lo}..={hi}")))
+            }
+        };
+        let engine = EngineTuning {
+            anti_entropy_interval_ms: ranged(
+                "engine.anti_entropy_interval_ms",
+                e.anti_entropy_interval_ms,
+                ANTI_ENTROPY_DEFAULT_MS,
+                50,
+                600_000,
+            )?,
+            lazy_flush_interval_ms: ranged(
+                "engine.lazy_flush_interval_ms",
+                e.lazy_flush_interval_ms,
+                LAZY_FLUSH_DEFAULT_MS,
+                1,
+                10_000,
+            )?,
+            graft_timeout_ms: ranged(
+                "engine.graft_timeout_ms",
+                e.graft_timeout_ms,
+                GRAFT_TIMEOUT_DEFAULT_MS,
+                1,
+                60_000,
+            )?,
+        };
         Ok(Config {
+            engine,
             data_dir,
             trust_root,
             listen,

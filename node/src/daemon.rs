@@ -67,6 +67,8 @@ pub const REDIAL_BACKOFF_MIN_MS: u64 = 500;
 pub const REDIAL_BACKOFF_MAX_MS: u64 = 30_000;
 /// How long a misbehaving peer stays blocked.
 pub const MISBEHAVIOUR_BLOCK_MS: u64 = 60_000;
+/// Housekeeping period (dialing, unblocking, store probes, gauges).
+pub const TICK_MS: u64 = 500;
 /// How often a failed store is probed (and reopened) to see whether it takes writes again.
 pub const STORE_RETRY_MS: u64 = 2_000;
 /// Largest bundle accepted by the API.
@@ -361,6 +363,10 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let engine_cfg = EngineConfig {
         heartbeat_interval_ms: cfg.heartbeat_ms,
+        anti_entropy_interval_ms: cfg.engine.anti_entropy_interval_ms,
+        lazy_flush_interval_ms: cfg.engine.lazy_flush_interval_ms,
+        graft_timeout_ms: cfg.engine.graft_timeout_ms,
+        graft_retry_ms: (cfg.engine.graft_timeout_ms * 2).max(100),
         ..EngineConfig::default()
     };
     let started = Instant::now();
@@ -424,7 +430,7 @@ impl Daemon {
         mut apply_rx: mpsc::Receiver<ApplyResult>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.values().min().copied();

@@ -253,8 +253,9 @@ fn init(data_dir: PathBuf) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the daemon is one actor, and cross-thread wake-ups cost
+    // more CPU than they save at this load.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
