@@ -50,6 +50,8 @@ pub struct EngineConfig {
     /// Most lazy announcements queued for one peer (older ones are dropped;
     /// anti-entropy repairs what they would have announced).
     pub lazy_queue_max: usize,
+    /// Most owners one peer may be pruned for (one tree per status owner).
+    pub pruned_origins_max: usize,
     /// Most announced-but-missing changes tracked for grafting.
     pub missing_max: usize,
     /// Most peers remembered as announcers of one missing change.
@@ -88,6 +90,7 @@ impl Default for EngineConfig {
             sync_depth_max: 20,
             sync_send_max_bytes: 4 << 20,
             lazy_queue_max: 4096,
+            pruned_origins_max: 1 << 16,
             missing_max: 8192,
             announcers_max: 4,
             own_unpublished_max: 64,

@@ -58,8 +58,9 @@ pub struct EngineStats {
 
 #[derive(Debug)]
 struct Peer {
-    /// On the eager (tree) side of PlumTree.
-    eager: bool,
+    /// Owners whose status changes go to this peer lazily (the link is off
+    /// their dissemination tree); every other owner's go eagerly.
+    pruned: BTreeSet<NodeId>,
     penalty: u32,
     /// Announcements waiting for the next lazy flush.
     lazy: Vec<ShortId>,
@@ -80,7 +81,7 @@ struct Absorbed {
     /// Duplicates of status changes whose first copy also came down the tree
     /// (or was local): proof of a redundant eager link. Policy changes are
     /// flooded and answers race the tree, so their duplicates prove nothing.
-    tree_duplicates: usize,
+    tree_dup_origins: BTreeSet<NodeId>,
 }
 
 /// The replication engine of one node.
@@ -122,6 +123,14 @@ fn rejection_kind(r: &Rejection) -> &'static str {
         Rejection::Revoked(_) => "revoked",
         Rejection::Schema(_) => "schema",
         Rejection::EpochFull { .. } => "epoch_full",
+    }
+}
+
+/// The owner of a status document: the root of its dissemination tree.
+fn origin(doc: &DocId) -> Option<NodeId> {
+    match doc {
+        DocId::Status { node, .. } => Some(*node),
+        DocId::Policy => None,
     }
 }
 
@@ -212,13 +221,18 @@ impl Engine {
         self.peers.keys().copied().collect()
     }
 
-    /// Peers on the eager side of the dissemination tree.
-    pub fn eager_peers(&self) -> Vec<NodeId> {
+    /// Peers on the eager side of `origin`'s dissemination tree.
+    pub fn eager_peers(&self, origin: &NodeId) -> Vec<NodeId> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.eager)
+            .filter(|(_, p)| !p.pruned.contains(origin))
             .map(|(n, _)| *n)
             .collect()
+    }
+
+    /// Links pruned from some owner's tree, summed over owners.
+    pub fn pruned_links(&self) -> usize {
+        self.peers.values().map(|p| p.pruned.len()).sum()
     }
 
     /// A fingerprint of every document held with its heads (the
@@ -269,7 +283,7 @@ impl Engine {
         self.peers.insert(
             peer,
             Peer {
-                eager: true,
+                pruned: BTreeSet::new(),
                 penalty,
                 lazy: Vec::new(),
                 connected_at: now,
@@ -305,32 +319,57 @@ impl Engine {
                         self.stats.reply_duplicates_received += dups as u64;
                     }
                 }
-                let redundant = push == Push::Eager
-                    && self.config.plumtree
-                    && a.new.is_empty()
-                    && a.tree_duplicates > 0;
-                if let Some(p) = self.peers.get_mut(&from).filter(|p| redundant && p.eager) {
-                    p.eager = false;
-                    self.stats.prunes_sent += 1;
-                    self.send(from, &Message::Prune, out);
+                let new_origins: BTreeSet<NodeId> =
+                    a.new.iter().filter_map(|(id, _)| origin(&id.doc)).collect();
+                let max = self.config.pruned_origins_max;
+                if let Some(p) = self.peers.get_mut(&from) {
+                    match push {
+                        Push::Eager if self.config.plumtree => {
+                            // A redundant link of these owners' trees.
+                            let origins: Vec<NodeId> = a
+                                .tree_dup_origins
+                                .difference(&new_origins)
+                                .filter(|o| p.pruned.len() < max && p.pruned.insert(**o))
+                                .copied()
+                                .collect();
+                            if !origins.is_empty() {
+                                self.stats.prunes_sent += 1;
+                                self.send(from, &Message::Prune { origins }, out);
+                            }
+                        }
+                        Push::Eager => {}
+                        // A peer that answered with something new is on a
+                        // good path from those owners (grafted, or repaired).
+                        Push::Reply => p.pruned.retain(|o| !new_origins.contains(o)),
+                    }
                 }
                 self.disseminate(Some(from), &a.new, now, out);
             }
             Message::IHave { ids } => self.on_ihave(from, ids, now, out),
             Message::Graft { ids } => {
-                if let Some(p) = self.peers.get_mut(&from) {
-                    p.eager = true;
-                }
                 let found: Vec<SignedChange> = ids
                     .iter()
                     .filter_map(|s| self.recent.get(s).map(|r| &r.0))
                     .filter_map(|id| self.replica.get(&id.doc, &id.change_hash()).cloned())
                     .collect();
+                if let Some(p) = self.peers.get_mut(&from) {
+                    for c in &found {
+                        if let Some(o) = origin(&c.doc) {
+                            p.pruned.remove(&o);
+                        }
+                    }
+                }
                 self.send_changes(from, Push::Reply, found, out);
             }
-            Message::Prune => {
+            Message::Prune { origins } => {
+                let max = self.config.pruned_origins_max;
                 if let Some(p) = self.peers.get_mut(&from) {
-                    p.eager = false;
+                    for o in origins {
+                        if p.pruned.len() >= max {
+                            break;
+                        }
+                        p.pruned.insert(o);
+                    }
                 }
             }
             Message::Want { items } => {
@@ -483,7 +522,7 @@ impl Engine {
             return Absorbed {
                 reports: Vec::new(),
                 new: Vec::new(),
-                tree_duplicates: 0,
+                tree_dup_origins: BTreeSet::new(),
             };
         }
         let mut epochs_before: BTreeMap<NodeId, Option<u32>> = BTreeMap::new();
@@ -496,7 +535,7 @@ impl Engine {
         }
         let reports = self.replica.ingest(changes.clone());
         let mut new = Vec::new();
-        let mut tree_duplicates = 0;
+        let mut tree_dup_origins = BTreeSet::new();
         let mut touched: BTreeSet<DocId> = BTreeSet::new();
         let mut offences: Vec<String> = Vec::new();
         let mut not_admitted = false;
@@ -532,8 +571,10 @@ impl Engine {
                     if let Some(h) = r.hash {
                         let s = short_id(&h);
                         self.missing.remove(&s);
-                        if sc.doc != DocId::Policy && self.recent.get(&s).is_some_and(|r| r.2) {
-                            tree_duplicates += 1;
+                        if let Some(o) = origin(&sc.doc)
+                            && self.recent.get(&s).is_some_and(|r| r.2)
+                        {
+                            tree_dup_origins.insert(o);
                         }
                     }
                 }
@@ -625,7 +666,7 @@ impl Engine {
         Absorbed {
             reports,
             new,
-            tree_duplicates,
+            tree_dup_origins,
         }
     }
 
@@ -695,26 +736,29 @@ impl Engine {
             .iter()
             .partition(|(id, _)| id.doc == DocId::Policy && flood_policy);
         let policy: Vec<SignedChange> = policy.into_iter().map(|(_, c)| c.clone()).collect();
-        let changes: Vec<SignedChange> = status.iter().map(|(_, c)| c.clone()).collect();
-        let mut eager = Vec::new();
+        let mut eager: Vec<(NodeId, Vec<SignedChange>)> = Vec::new();
         let mut lazy_any = false;
         let mut all = Vec::new();
+        let plumtree = self.config.plumtree;
         for (peer, p) in &mut self.peers {
             if Some(*peer) == from {
                 continue;
             }
             all.push(*peer);
-            if changes.is_empty() {
-                continue;
+            let mut push = Vec::new();
+            for (id, c) in &status {
+                let lazy = plumtree && origin(&id.doc).is_some_and(|o| p.pruned.contains(&o));
+                if lazy {
+                    p.lazy.push(short_id(&id.change_hash()));
+                    lazy_any = true;
+                } else {
+                    push.push(c.clone());
+                }
             }
-            if p.eager || !self.config.plumtree {
-                eager.push(*peer);
-            } else {
-                p.lazy
-                    .extend(status.iter().map(|(id, _)| short_id(&id.change_hash())));
-                let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
-                p.lazy.drain(..over);
-                lazy_any = true;
+            let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
+            p.lazy.drain(..over);
+            if !push.is_empty() {
+                eager.push((*peer, push));
             }
         }
         if !policy.is_empty() {
@@ -722,8 +766,8 @@ impl Engine {
                 self.send_changes(peer, Push::Eager, policy.clone(), out);
             }
         }
-        for peer in eager {
-            self.send_changes(peer, Push::Eager, changes.clone(), out);
+        for (peer, changes) in eager {
+            self.send_changes(peer, Push::Eager, changes, out);
         }
         if lazy_any && self.lazy_timer_at.is_none() {
             let at = now + self.config.lazy_flush_interval_ms;
@@ -818,9 +862,6 @@ impl Engine {
         }
         let max = self.config.wire.ids_per_message_max.max(1);
         for (peer, ids) in grafts {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.eager = true;
-            }
             for chunk in ids.chunks(max) {
                 self.stats.grafts_sent += chunk.len() as u64;
                 self.send(

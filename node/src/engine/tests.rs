@@ -363,8 +363,17 @@ fn plumtree_prunes_redundant_links_and_announces_lazily() {
         f.now += 1_000;
         f.fire_all(Timer::Graft);
     }
-    let eager: usize = f.engines.values().map(|e| e.eager_peers().len()).sum();
-    assert!(eager < 6 * 5, "some links pruned, {eager} eager");
+    let origin = f.id(0);
+    let eager: usize = f
+        .engines
+        .values()
+        .map(|e| e.eager_peers(&origin).len())
+        .sum();
+    assert!(
+        eager < 6 * 5,
+        "some links of 0's tree pruned, {eager} eager"
+    );
+    assert!(f.engines.values().map(|e| e.pruned_links()).sum::<usize>() > 0);
     let origin = f.id(0);
     for e in f.engines.values() {
         assert_eq!(

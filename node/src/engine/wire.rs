@@ -3,7 +3,7 @@
 //! announcement, ranges per reconciliation step, heads per document) and every
 //! failure is a typed [`WireError`]; decoding never panics.
 
-use dcloud_crdt::{ChangeHash, DocId, SignedChange, SignedTrustRoot};
+use dcloud_crdt::{ChangeHash, DocId, NodeId, SignedChange, SignedTrustRoot};
 use serde::{Deserialize, Serialize};
 
 /// Version byte of the engine protocol. A peer speaking another version is
@@ -111,8 +111,12 @@ pub enum Message {
         /// Short ids.
         ids: Vec<ShortId>,
     },
-    /// Stop pushing eagerly to me; announce lazily instead.
-    Prune,
+    /// Stop pushing status changes of these owners eagerly to me; announce
+    /// them lazily instead (one dissemination tree per owner).
+    Prune {
+        /// Owners of the status documents.
+        origins: Vec<NodeId>,
+    },
     /// Send me what I lack of these documents, given my heads (asked when a
     /// change from the receiver arrived without its dependencies).
     Want {
@@ -260,7 +264,7 @@ impl Message {
             Message::IHave { ids } | Message::Graft { ids } => {
                 bound("ids", ids.len(), l.ids_per_message_max)
             }
-            Message::Prune => Ok(()),
+            Message::Prune { origins } => bound("origins", origins.len(), l.ids_per_message_max),
             Message::Want { items } => {
                 bound("items", items.len(), l.items_per_message_max)?;
                 for it in items {
