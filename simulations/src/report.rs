@@ -233,8 +233,10 @@ impl Report {
             .configure_mesh()
             .disable_x_mesh()
             .disable_y_mesh()
-            .x_labels(0)
-            .y_labels(0)
+            .x_labels(6)
+            .y_labels(6)
+            .x_desc("ms since publication")
+            .y_desc("fraction of live nodes")
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
