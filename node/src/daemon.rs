@@ -67,6 +67,8 @@ pub const REDIAL_BACKOFF_MIN_MS: u64 = 500;
 pub const REDIAL_BACKOFF_MAX_MS: u64 = 30_000;
 /// How long a misbehaving peer stays blocked.
 pub const MISBEHAVIOUR_BLOCK_MS: u64 = 60_000;
+/// Ready swarm events taken before one group-commit flush.
+pub const READY_BATCH_MAX: usize = 64;
 /// Housekeeping period (dialing, unblocking, store probes, gauges).
 pub const TICK_MS: u64 = 500;
 /// How often a failed store is probed (and reopened) to see whether it takes writes again.
@@ -247,6 +249,17 @@ struct Daemon {
     apply: ApplyState,
     publish_reply: Option<oneshot::Sender<Result<PublishView, PublishError>>>,
     persist_failed_in_call: bool,
+    /// Written to sled since the last flush.
+    dirty: bool,
+    /// Of those writes, some were not this node's own status.
+    dirty_foreign: bool,
+    /// Sends waiting for the flush that makes their changes durable.
+    held_sends: Vec<(NodeId, Vec<u8>)>,
+    /// A publish verdict waiting for that flush.
+    held_reply: Option<(
+        oneshot::Sender<Result<PublishView, PublishError>>,
+        Result<PublishView, PublishError>,
+    )>,
 }
 
 fn now_ms(started: Instant) -> Millis {
@@ -409,11 +422,16 @@ pub async fn start(
         apply: ApplyState::default(),
         publish_reply: None,
         persist_failed_in_call: false,
+        dirty: false,
+        dirty_foreign: false,
+        held_sends: Vec::new(),
+        held_reply: None,
     };
     d.metrics.store_ok.set(1);
     d.carry_out(first);
     d.policy_changed();
     d.drain();
+    d.commit();
     let (stop_tx, stop_rx) = oneshot::channel();
     let handle = Handle { tx, metrics };
     Ok((handle, d.run(rx, apply_rx, stop_rx), stop_tx))
@@ -446,6 +464,17 @@ impl Daemon {
                 _ = tick.tick() => self.on_tick(),
             }
             self.drain();
+            // Take whatever else is ready before paying for one flush.
+            for _ in 0..READY_BATCH_MAX {
+                match futures::FutureExt::now_or_never(self.swarm.select_next_some()) {
+                    Some(ev) => {
+                        self.on_swarm(ev);
+                        self.drain();
+                    }
+                    None => break,
+                }
+            }
+            self.commit();
         }
         tracing::info!("shutting down: flushing the store and closing connections");
         if let Err(e) = self.store.flush() {
@@ -454,6 +483,44 @@ impl Daemon {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    /// Group commit: flush what was written, then carry out the sends and
+    /// acknowledgements that waited for it. A failed flush drops them.
+    fn commit(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let foreign = std::mem::replace(&mut self.dirty_foreign, false);
+        let sends = std::mem::take(&mut self.held_sends);
+        let reply = self.held_reply.take();
+        match self.store.flush() {
+            Ok(()) => {
+                for (to, bytes) in sends {
+                    self.send(to, bytes);
+                }
+                if let Some((tx, result)) = reply {
+                    let _ = tx.send(result);
+                }
+            }
+            Err(e) => {
+                self.store_failed(e);
+                if !foreign {
+                    // Only this node's own status: it may go out unstored (see
+                    // `carry_out`), so the fleet learns the store is failing.
+                    for (to, bytes) in sends {
+                        self.send(to, bytes);
+                    }
+                }
+                if let Some((tx, _)) = reply {
+                    let _ = tx.send(Err(PublishError::Unavailable(
+                        self.store_error.clone().unwrap_or_default(),
+                    )));
+                }
+                self.drain();
+            }
         }
     }
 
@@ -507,6 +574,8 @@ impl Daemon {
                     // was sent can be contradicted later.
                     let own_only = matches!(&p, Persist::Changes(cs) if cs.iter().all(
                         |c| matches!(c.doc, DocId::Status { node, .. } if node == self.me)));
+                    self.dirty = true;
+                    self.dirty_foreign |= !own_only;
                     if let Err(e) = self.persist(p) {
                         let tolerable = own_only && matches!(e, StoreError::Write(_));
                         self.store_failed(e);
@@ -515,11 +584,10 @@ impl Daemon {
                         }
                     }
                 }
-                Output::Send { to, bytes } => {
-                    if !self.persist_failed_in_call {
-                        self.send(to, bytes);
-                    }
-                }
+                // After a failed write, the sends of this call are dropped.
+                Output::Send { .. } if self.persist_failed_in_call => {}
+                Output::Send { to, bytes } if self.dirty => self.held_sends.push((to, bytes)),
+                Output::Send { to, bytes } => self.send(to, bytes),
                 Output::SetTimer { timer, at } => {
                     self.timers.insert(timer, at);
                 }
@@ -605,7 +673,7 @@ impl Daemon {
             for root in self.engine.replica().trust().roots() {
                 self.store.put_root(root)?;
             }
-            Ok(())
+            self.store.flush()
         });
         match result {
             Ok(()) => {
@@ -678,7 +746,11 @@ impl Daemon {
                     }
                 }
                 if let Some(tx) = reply {
-                    let _ = tx.send(result);
+                    if self.dirty && result.is_ok() {
+                        self.held_reply = Some((tx, result));
+                    } else {
+                        let _ = tx.send(result);
+                    }
                 }
             }
             Event::PolicyChanged => self.policy_changed(),

@@ -9,9 +9,11 @@
 //! | `peers` | node id (32 bytes) | JSON list of multiaddrs |
 //! | `meta` | `format` | `dcloud-store-v1` |
 //!
-//! The private key is never stored here: it lives in its own 0600 file. Every
-//! write is flushed before the call returns, so a change is durable before the
-//! daemon forwards or acknowledges it.
+//! The private key is never stored here: it lives in its own 0600 file. Writes
+//! become durable at [`Store::flush`]; the daemon flushes once per batch of
+//! engine outputs and holds that batch's sends and acknowledgements until the
+//! flush succeeds (group commit), so a change is durable before it is
+//! forwarded or acknowledged.
 //!
 //! Opening checks integrity: sled's own checks, the format marker, and every
 //! entry decoding and matching its key. A store that fails is moved aside
@@ -274,7 +276,7 @@ impl Store {
         &self.path
     }
 
-    /// Store changes durably (inserted, then flushed).
+    /// Write changes (durable after the next [`Store::flush`]).
     pub fn put_changes(&self, changes: &[SignedChange]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for sc in changes {
@@ -285,17 +287,17 @@ impl Store {
             .changes
             .apply_batch(batch)
             .map_err(write_err)?;
-        self.flush()
+        Ok(())
     }
 
-    /// Store a trust root durably.
+    /// Write a trust root (durable after the next [`Store::flush`]).
     pub fn put_root(&self, root: &SignedTrustRoot) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(root).map_err(write_err)?;
         self.inner()?
             .roots
             .insert(root.root.version.to_be_bytes(), bytes)
             .map_err(write_err)?;
-        self.flush()
+        Ok(())
     }
 
     /// Delete the status changes of `node` in epochs before `epoch`.
@@ -316,7 +318,7 @@ impl Store {
             .changes
             .apply_batch(batch)
             .map_err(write_err)?;
-        self.flush()
+        Ok(())
     }
 
     /// Delete every status change of `node`, and its addresses.
@@ -333,7 +335,7 @@ impl Store {
             .apply_batch(batch)
             .map_err(write_err)?;
         self.inner()?.peers.remove(node.0).map_err(write_err)?;
-        self.flush()
+        Ok(())
     }
 
     /// Remember a peer's addresses (not flushed: losing them costs a rediscovery).
