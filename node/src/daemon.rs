@@ -127,6 +127,9 @@ pub enum PublishError {
     Gone(String),
 }
 
+/// Where a publish verdict goes.
+type PublishReply = oneshot::Sender<Result<PublishView, PublishError>>;
+
 /// A request to the actor.
 pub enum Command {
     /// `/v1/node`.
@@ -256,10 +259,7 @@ struct Daemon {
     /// Sends waiting for the flush that makes their changes durable.
     held_sends: Vec<(NodeId, Vec<u8>)>,
     /// A publish verdict waiting for that flush.
-    held_reply: Option<(
-        oneshot::Sender<Result<PublishView, PublishError>>,
-        Result<PublishView, PublishError>,
-    )>,
+    held_reply: Option<(PublishReply, Result<PublishView, PublishError>)>,
 }
 
 fn now_ms(started: Instant) -> Millis {
