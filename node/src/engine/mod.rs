@@ -30,14 +30,21 @@
 //! [`EngineConfig::penalty_max`], disconnected.
 //!
 //! **Dissemination** (fast path). Status changes follow PlumTree (Leitão,
-//! Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007): a new change is
-//! pushed whole to the *eager* peers and announced by an 8-byte short id,
-//! batched every [`EngineConfig::lazy_flush_interval_ms`], to the *lazy* ones.
-//! A change received again by eager push means a redundant link: the receiver
-//! sends `Prune` and both ends make it lazy. An announced change still missing
-//! after [`EngineConfig::graft_timeout_ms`] is grafted from an announcer, which
-//! makes that link eager again: the tree repairs itself around lost links and
-//! dead nodes. Policy changes (rare, small, urgent) are pushed eagerly to every
+//! Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007) with one tree
+//! per status owner: a new change is pushed whole to the peers that are
+//! *eager* for its owner and announced by an 8-byte short id, batched every
+//! [`EngineConfig::lazy_flush_interval_ms`], to the *lazy* ones. A change
+//! received again by eager push, whose first copy also came down the tree,
+//! means a redundant link: the receiver sends `Prune` for that owner and the
+//! sender stops pushing that owner's changes on it. An announced change still
+//! missing after [`EngineConfig::graft_timeout_ms`] is grafted from an
+//! announcer, which puts that link back on the owner's tree: trees repair
+//! themselves around lost links and dead nodes. (A single tree shared by all
+//! owners, as in the paper, never settles when a thousand nodes each send:
+//! every sender re-optimises it and the grafts and prunes cost more than
+//! flooding saves; one tree per owner settles after the owner's first change,
+//! at the price of a set of pruned owners per peer, bounded by
+//! [`EngineConfig::pruned_origins_max`].) Policy changes (rare, small, urgent) are pushed eagerly to every
 //! peer ([`EngineConfig::policy_flood`]), so they travel the overlay's shortest
 //! paths whatever the tree looks like. A change that arrives without its
 //! dependencies is held pending and its sender asked for them (`Want`).
