@@ -155,11 +155,12 @@ pub struct Report {
 struct StatusDoc {
     epoch: u32,
     changes: Vec<SignedChange>,
-    index: HashMap<ChangeHash, usize>,
+    /// The hash of `changes[i]` (linear search: an epoch holds at most a few dozen).
+    hashes: Vec<ChangeHash>,
     deps: Vec<Vec<ChangeHash>>,
     heads: Vec<ChangeHash>,
-    /// field -> (op counter, change hash, JSON text; None when deleted)
-    fields: BTreeMap<String, (u64, ChangeHash, Option<String>)>,
+    /// Last-writer-wins clock of each field of [`STATUS_FIELDS`]: (op counter, change hash).
+    clocks: [(u64, ChangeHash); STATUS_FIELDS.len()],
     status: NodeStatus,
 }
 
@@ -168,12 +169,16 @@ impl StatusDoc {
         StatusDoc {
             epoch,
             changes: Vec::new(),
-            index: HashMap::new(),
+            hashes: Vec::new(),
             deps: Vec::new(),
             heads: Vec::new(),
-            fields: BTreeMap::new(),
+            clocks: [(0, ChangeHash([0; 32])); STATUS_FIELDS.len()],
             status: NodeStatus::default(),
         }
+    }
+
+    fn position(&self, h: &ChangeHash) -> Option<usize> {
+        self.hashes.iter().position(|x| x == h)
     }
 }
 
@@ -488,7 +493,7 @@ impl Replica {
             DocId::Status { node, epoch } => self
                 .statuses
                 .get(node)
-                .is_some_and(|s| s.epoch == *epoch && s.index.contains_key(h)),
+                .is_some_and(|s| s.epoch == *epoch && s.position(h).is_some()),
         }
     }
 
@@ -636,7 +641,7 @@ impl Replica {
             for (idx, sc, change) in waiting {
                 let deps_ok = match &next_doc {
                     None => change.deps().is_empty(),
-                    Some(d) => change.deps().iter().all(|h| d.index.contains_key(h)),
+                    Some(d) => change.deps().iter().all(|h| d.position(h).is_some()),
                 };
                 if !deps_ok {
                     rest.push((idx, sc, change));
@@ -664,7 +669,7 @@ impl Replica {
                 break;
             }
         }
-        if let Some(mut d) = next_doc {
+        if let Some(d) = next_doc {
             if newer {
                 // Changes waiting for an epoch this one replaces will never apply.
                 for old in self.pending.docs_of_node(&node) {
@@ -673,12 +678,6 @@ impl Replica {
                     }
                 }
             }
-            let (status, _bad) = NodeStatus::from_fields(
-                d.fields
-                    .iter()
-                    .filter_map(|(k, (_, _, v))| v.as_deref().map(|v| (k.as_str(), v))),
-            );
-            d.status = status;
             self.statuses.insert(node, d);
         }
         for (idx, sc, change) in waiting {
@@ -762,7 +761,7 @@ impl Replica {
                 .statuses
                 .get(node)
                 .filter(|s| s.epoch == *epoch)
-                .and_then(|s| s.index.get(h).map(|i| &s.changes[*i])),
+                .and_then(|s| s.position(h).map(|i| &s.changes[i])),
         }
     }
 
@@ -797,7 +796,7 @@ impl Replica {
                 let Some(s) = self.statuses.get(node).filter(|s| s.epoch == *epoch) else {
                     return Vec::new();
                 };
-                let have = ancestors(their_heads, |h| s.index.get(h).map(|i| s.deps[*i].clone()));
+                let have = ancestors(their_heads, |h| s.position(h).map(|i| s.deps[i].clone()));
                 s.changes
                     .iter()
                     .zip(s.changes.iter().map(|c| c.hash().ok()))
@@ -868,23 +867,23 @@ fn apply_status_change(d: &mut StatusDoc, sc: SignedChange, change: &Change) {
     let mut counter = change.start_op().get();
     for op in &expanded.operations {
         if let Key::Map(k) = &op.key {
-            let value = match &op.action {
-                OpType::Put(automerge::ScalarValue::Str(s)) => Some(s.to_string()),
-                _ => None,
-            };
-            let newer = d
-                .fields
-                .get(k.as_str())
-                .is_none_or(|(c, fh, _)| (counter, h) > (*c, *fh));
-            if newer {
-                d.fields.insert(k.to_string(), (counter, h, value));
+            if let Some(f) = STATUS_FIELDS.iter().position(|x| *x == k.as_str()) {
+                if (counter, h) > d.clocks[f] {
+                    d.clocks[f] = (counter, h);
+                    let value = match &op.action {
+                        OpType::Put(automerge::ScalarValue::Str(s)) => Some(s.as_str()),
+                        _ => None,
+                    };
+                    // A value that does not parse leaves the field at its default.
+                    d.status.set_field(STATUS_FIELDS[f], value);
+                }
             }
         }
         counter += 1;
     }
     d.heads.retain(|x| !change.deps().contains(x));
     d.heads.push(h);
-    d.index.insert(h, d.changes.len());
+    d.hashes.push(h);
     d.deps.push(change.deps().to_vec());
     d.changes.push(sc);
 }

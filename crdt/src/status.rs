@@ -84,6 +84,37 @@ impl NodeStatus {
         m
     }
 
+    /// Set one field from its JSON text (`None`: deleted). A text that does not
+    /// parse resets the field to its default; returns whether it parsed.
+    pub fn set_field(&mut self, key: &str, value: Option<&str>) -> bool {
+        fn parse<T: serde::de::DeserializeOwned + Default>(slot: &mut T, v: Option<&str>) -> bool {
+            match v.map(serde_json::from_str::<T>) {
+                Some(Ok(x)) => {
+                    *slot = x;
+                    true
+                }
+                Some(Err(_)) => {
+                    *slot = T::default();
+                    false
+                }
+                None => {
+                    *slot = T::default();
+                    true
+                }
+            }
+        }
+        match key {
+            "name" => parse(&mut self.name, value),
+            "region" => parse(&mut self.region, value),
+            "addrs" => parse(&mut self.addrs, value),
+            "version" => parse(&mut self.version, value),
+            "health" => parse(&mut self.health, value),
+            "applied" => parse(&mut self.applied, value),
+            "hb" => parse(&mut self.hb, value),
+            _ => false,
+        }
+    }
+
     /// Read fields back; a field that does not parse is left at its default and
     /// named in the returned list.
     pub fn from_fields<'a>(
@@ -92,17 +123,7 @@ impl NodeStatus {
         let mut s = NodeStatus::default();
         let mut bad = Vec::new();
         for (k, v) in fields {
-            let ok = match k {
-                "name" => serde_json::from_str(v).map(|x| s.name = x).is_ok(),
-                "region" => serde_json::from_str(v).map(|x| s.region = x).is_ok(),
-                "addrs" => serde_json::from_str(v).map(|x| s.addrs = x).is_ok(),
-                "version" => serde_json::from_str(v).map(|x| s.version = x).is_ok(),
-                "health" => serde_json::from_str(v).map(|x| s.health = x).is_ok(),
-                "applied" => serde_json::from_str(v).map(|x| s.applied = x).is_ok(),
-                "hb" => serde_json::from_str(v).map(|x| s.hb = x).is_ok(),
-                _ => false,
-            };
-            if !ok {
+            if !s.set_field(k, Some(v)) {
                 bad.push(k.to_string());
             }
         }

@@ -1,0 +1,120 @@
+//! A fleet of realistic signed status changes, shared by the benchmarks.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use dcloud_crdt::status::{AppliedPolicy, HealthCheck};
+use dcloud_crdt::{
+    Edit, Limits, Member, NodeStatus, PolicyEditor, Replica, SecretKey, SignedChange,
+    SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+};
+
+pub(crate) struct Bench {
+    pub(crate) chain: TrustChain,
+    pub(crate) policy: Vec<SignedChange>,
+    pub(crate) writers: Vec<StatusWriter>,
+}
+
+/// A status as a real site reports it.
+pub(crate) fn realistic_status(i: usize, hb: u64) -> NodeStatus {
+    let mut health = BTreeMap::new();
+    for (name, ok) in [("disk", true), ("apply", true), ("peers", i % 17 != 0)] {
+        health.insert(
+            name.to_string(),
+            HealthCheck {
+                ok,
+                detail: if ok {
+                    "ok".into()
+                } else {
+                    "2 of 8 peers reachable".into()
+                },
+            },
+        );
+    }
+    NodeStatus {
+        name: format!("site-{i:05}"),
+        region: format!("region-{}", i % 12),
+        addrs: vec![
+            format!("/ip4/10.{}.{}.7/tcp/7700", i / 250 % 250, i % 250),
+            format!("/ip4/10.{}.{}.7/udp/7700/quic-v1", i / 250 % 250, i % 250),
+        ],
+        version: "dcloud 0.1.0".into(),
+        health,
+        applied: AppliedPolicy {
+            heads: vec!["4b1c7e0a9d2f3b8c6e5a1d0f9b8c7a6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a".into()],
+            error: None,
+            exit_code: Some(0),
+        },
+        hb,
+    }
+}
+
+impl Bench {
+    /// An authority and `n` enrolled nodes (enrolled in changes of 1,000).
+    pub(crate) fn new(n: usize) -> Bench {
+        let auth = SecretKey::from_seed([200; 32]);
+        let root = TrustRoot {
+            version: 1,
+            threshold: 1,
+            keys: vec![auth.public()],
+        };
+        let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&auth])]).unwrap();
+        let keys: Vec<SecretKey> = (0..n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                SecretKey::from_seed(seed)
+            })
+            .collect();
+        let mut policy: Vec<SignedChange> = Vec::new();
+        for chunk in keys.chunks(1000).enumerate() {
+            let (c, ks) = chunk;
+            let mut ed = PolicyEditor::new(&policy).unwrap();
+            for (j, k) in ks.iter().enumerate() {
+                let i = c * 1000 + j;
+                let mut labels = BTreeMap::new();
+                labels.insert("tier".to_string(), (i % 3).to_string());
+                ed.push(Edit::Enrol(
+                    k.public(),
+                    Member {
+                        name: format!("site-{i:05}"),
+                        region: format!("region-{}", i % 12),
+                        labels,
+                    },
+                ))
+                .unwrap();
+            }
+            policy.push(ed.finish(&auth, 1).unwrap());
+        }
+        let writers = keys
+            .into_iter()
+            .map(|k| StatusWriter::new(k, 1, 16))
+            .collect();
+        Bench {
+            chain,
+            policy,
+            writers,
+        }
+    }
+
+    /// A replica holding the policy.
+    pub(crate) fn replica(&self) -> Replica {
+        let mut r = Replica::new(self.chain.clone(), Limits::default());
+        r.ingest(self.policy.clone());
+        r
+    }
+
+    /// One full status change per node.
+    pub(crate) fn genesis(&mut self) -> Vec<SignedChange> {
+        self.writers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, w)| w.update(&realistic_status(i, 0)).unwrap())
+            .collect()
+    }
+
+    /// One heartbeat change per node.
+    pub(crate) fn heartbeats(&mut self) -> Vec<SignedChange> {
+        self.writers.iter_mut().map(|w| w.heartbeat()).collect()
+    }
+}
