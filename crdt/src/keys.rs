@@ -252,12 +252,12 @@ impl SecretKey {
         hex::decode_to_slice(hexline.trim(), &mut seed)
             .map_err(|_| malformed("the key line is not 64 hex digits"))?;
         let key = SecretKey::from_seed(seed);
-        if let Some(pubs) = lines.next().and_then(|l| l.strip_prefix("public ")) {
-            if pubs.trim() != key.public().to_hex() {
-                return Err(malformed(
-                    "the public key line does not match the secret key",
-                ));
-            }
+        if let Some(pubs) = lines.next().and_then(|l| l.strip_prefix("public "))
+            && pubs.trim() != key.public().to_hex()
+        {
+            return Err(malformed(
+                "the public key line does not match the secret key",
+            ));
         }
         Ok(key)
     }

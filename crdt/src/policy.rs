@@ -357,6 +357,8 @@ pub enum Edit {
 /// Makes signed policy changes against a base snapshot, offline.
 pub struct PolicyEditor {
     doc: Automerge,
+    /// The base, materialised once: edits are checked against it.
+    base: Policy,
     edits: Vec<Edit>,
 }
 
@@ -379,6 +381,7 @@ impl PolicyEditor {
             return Err(EditError::Base("the snapshot is missing changes".into()));
         }
         Ok(PolicyEditor {
+            base: Policy::from_doc(&doc),
             doc,
             edits: Vec::new(),
         })
@@ -386,7 +389,7 @@ impl PolicyEditor {
 
     /// The policy of the base plus nothing (before the edits).
     pub fn base_policy(&self) -> Policy {
-        Policy::from_doc(&self.doc)
+        self.base.clone()
     }
 
     /// The heads of the base.
@@ -396,7 +399,7 @@ impl PolicyEditor {
 
     /// Queue an edit, checking it against the base.
     pub fn push(&mut self, edit: Edit) -> Result<(), EditError> {
-        let policy = self.base_policy();
+        let policy = &self.base;
         let check_level = |level: &Level| -> Result<(), EditError> {
             match level {
                 Level::Fleet => Ok(()),

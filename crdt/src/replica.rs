@@ -319,10 +319,10 @@ impl Replica {
     /// if this replica already holds that version (same content), and an error for
     /// anything else.
     pub fn ingest_root(&mut self, root: SignedTrustRoot) -> Result<bool, RootError> {
-        if let Some(held) = self.chain.get(root.root.version) {
-            if *held == root.root {
-                return Ok(false);
-            }
+        if let Some(held) = self.chain.get(root.root.version)
+            && *held == root.root
+        {
+            return Ok(false);
         }
         self.chain.advance(root)?;
         Ok(true)
@@ -864,22 +864,19 @@ fn ancestors(
 fn apply_status_change(d: &mut StatusDoc, sc: SignedChange, change: &Change) {
     let h = change.hash();
     let expanded = change.decode();
-    let mut counter = change.start_op().get();
-    for op in &expanded.operations {
-        if let Key::Map(k) = &op.key {
-            if let Some(f) = STATUS_FIELDS.iter().position(|x| *x == k.as_str()) {
-                if (counter, h) > d.clocks[f] {
-                    d.clocks[f] = (counter, h);
-                    let value = match &op.action {
-                        OpType::Put(automerge::ScalarValue::Str(s)) => Some(s.as_str()),
-                        _ => None,
-                    };
-                    // A value that does not parse leaves the field at its default.
-                    d.status.set_field(STATUS_FIELDS[f], value);
-                }
-            }
+    for (counter, op) in (change.start_op().get()..).zip(expanded.operations.iter()) {
+        if let Key::Map(k) = &op.key
+            && let Some(f) = STATUS_FIELDS.iter().position(|x| *x == k.as_str())
+            && (counter, h) > d.clocks[f]
+        {
+            d.clocks[f] = (counter, h);
+            let value = match &op.action {
+                OpType::Put(automerge::ScalarValue::Str(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            // A value that does not parse leaves the field at its default.
+            d.status.set_field(STATUS_FIELDS[f], value);
         }
-        counter += 1;
     }
     d.heads.retain(|x| !change.deps().contains(x));
     d.heads.push(h);

@@ -183,10 +183,10 @@ impl StatusWriter {
         }
         w.changes_in_epoch = changes.len();
         for k in STATUS_FIELDS {
-            if let Ok(Some((automerge::Value::Scalar(s), _))) = w.doc.get(ROOT, *k) {
-                if let automerge::ScalarValue::Str(v) = s.as_ref() {
-                    w.fields.insert((*k).to_string(), v.to_string());
-                }
+            if let Ok(Some((automerge::Value::Scalar(s), _))) = w.doc.get(ROOT, *k)
+                && let automerge::ScalarValue::Str(v) = s.as_ref()
+            {
+                w.fields.insert((*k).to_string(), v.to_string());
             }
         }
         w

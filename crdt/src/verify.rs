@@ -144,8 +144,8 @@ mod tests {
         // s + l is the same scalar mod l but not canonical.
         let l: [u8; 32] = GROUP_ORDER;
         let mut carry = 0u16;
-        for i in 0..32 {
-            let v = sig.sig.0[32 + i] as u16 + l[i] as u16 + carry;
+        for (i, li) in l.iter().enumerate() {
+            let v = sig.sig.0[32 + i] as u16 + *li as u16 + carry;
             sig.sig.0[32 + i] = v as u8;
             carry = v >> 8;
         }

@@ -376,7 +376,7 @@ fn policy_under_rotated_root_needs_new_keys() {
     let new: Vec<&SecretKey> = n.iter().collect();
     r.ingest_root(next_root(&fleet, 2, &new, &both)).unwrap();
     // Old keys claiming v2: not in v2's key set.
-    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol.clone()]).unwrap();
+    let mut ed = dcloud_crdt::PolicyEditor::new(std::slice::from_ref(&enrol)).unwrap();
     ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
         .unwrap();
     let mut sc = ed.finish(&fleet.authorities[0], 2).unwrap();
