@@ -62,8 +62,12 @@ async fn bench_32_nodes_publish_to_all_applied() {
     let mut f = Fleet::new(nodes, 100);
     // DCLOUD_BENCH_CONFIG: a config file (e.g. with an [engine] section) for every node.
     let extra_config = std::env::var("DCLOUD_BENCH_CONFIG").ok();
+    let heartbeat_ms: u64 = std::env::var("DCLOUD_BENCH_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15_000);
     for n in &mut f.nodes {
-        n.heartbeat_ms = 5000;
+        n.heartbeat_ms = heartbeat_ms;
         if let Some(c) = &extra_config {
             n.extra = vec!["--config".into(), c.clone()];
         }

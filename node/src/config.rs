@@ -8,7 +8,7 @@
 //! listen = ["/ip4/0.0.0.0/tcp/7700", "/ip4/0.0.0.0/udp/7700/quic-v1"]
 //! bootstrap = ["/ip4/192.0.2.10/tcp/7700"]
 //! api = "127.0.0.1:7780"
-//! heartbeat_ms = 5000
+//! heartbeat_ms = 15000
 //! mdns = false
 //!
 //! [apply]
@@ -31,7 +31,7 @@ use serde::Deserialize;
 /// Default local API address.
 pub const API_DEFAULT: &str = "127.0.0.1:7780";
 /// Default heartbeat period.
-pub const HEARTBEAT_DEFAULT_MS: u64 = 5000;
+pub const HEARTBEAT_DEFAULT_MS: u64 = 15_000;
 /// Default apply command timeout.
 pub const APPLY_TIMEOUT_DEFAULT_MS: u64 = 30_000;
 /// Default number of peers the daemon tries to stay connected to.
