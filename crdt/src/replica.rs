@@ -100,6 +100,19 @@ pub enum Rejection {
     /// The operations do not fit the document's schema.
     #[error("schema violation: {0}")]
     Schema(String),
+    /// An authority key signed two different changes with one sequence number.
+    #[error(
+        "authority actor {actor} signed two different changes with sequence number {seq} (a forked key); the later one is refused"
+    )]
+    Fork {
+        /// The actor (hex).
+        actor: String,
+        /// The reused sequence number.
+        seq: u64,
+    },
+    /// Authorised, yet automerge refuses to apply it.
+    #[error("authorised change cannot be applied: {0}")]
+    Unappliable(String),
     /// The status epoch already holds the most changes allowed.
     #[error("status epoch {epoch} of {node} is full ({max} changes)")]
     EpochFull {
@@ -119,7 +132,11 @@ impl Rejection {
     pub fn is_misbehaviour(&self) -> bool {
         !matches!(
             self,
-            Rejection::Unenrolled(_) | Rejection::Revoked(_) | Rejection::UnknownRoot { .. }
+            Rejection::Unenrolled(_)
+                | Rejection::Revoked(_)
+                | Rejection::UnknownRoot { .. }
+                | Rejection::Fork { .. }
+                | Rejection::Unappliable(_)
         )
     }
 }
@@ -285,6 +302,8 @@ pub struct Replica {
     policy_doc: Automerge,
     policy_changes: HashMap<ChangeHash, SignedChange>,
     policy_order: Vec<ChangeHash>,
+    /// (actor, seq) of every applied policy change, to refuse forks.
+    policy_seqs: HashMap<(Vec<u8>, u64), ChangeHash>,
     policy: Policy,
     statuses: BTreeMap<NodeId, StatusDoc>,
     pending: PendingBuffer,
@@ -299,6 +318,7 @@ impl Replica {
             policy_doc: Automerge::new(),
             policy_changes: HashMap::new(),
             policy_order: Vec::new(),
+            policy_seqs: HashMap::new(),
             policy: Policy::default(),
             statuses: BTreeMap::new(),
             pending: PendingBuffer::default(),
@@ -520,12 +540,30 @@ impl Replica {
         // Order so that every change follows its dependencies; what cannot be
         // ordered waits for dependencies that have not arrived.
         let mut known: HashSet<ChangeHash> = self.policy_changes.keys().copied().collect();
+        let mut seqs = self.policy_seqs.clone();
         let mut ready: Vec<(Option<usize>, SignedChange, Change)> = Vec::new();
         loop {
             let before = waiting.len();
             let mut rest = Vec::new();
             for w in waiting {
                 if w.2.deps().iter().all(|d| known.contains(d)) {
+                    // One authority key that signed two different changes with the
+                    // same sequence number (a forked key): automerge refuses the
+                    // second, so it is rejected here, and its dependents wait.
+                    let slot = (w.2.actor_id().to_bytes().to_vec(), w.2.seq());
+                    match seqs.get(&slot) {
+                        Some(h) if *h != w.2.hash() => {
+                            if let Some(i) = w.0 {
+                                reports[i].outcome = Outcome::Rejected(Rejection::Fork {
+                                    actor: hex::encode(&slot.0),
+                                    seq: slot.1,
+                                });
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    seqs.insert(slot, w.2.hash());
                     known.insert(w.2.hash());
                     ready.push(w);
                 } else {
@@ -553,13 +591,15 @@ impl Replica {
             tracing::error!(error = %e, "automerge refused a batch of authorised policy changes");
             for (idx, _, _) in ready {
                 if let Some(i) = idx {
-                    reports[i].outcome = Outcome::Rejected(Rejection::Malformed(e.to_string()));
+                    reports[i].outcome = Outcome::Rejected(Rejection::Unappliable(e.to_string()));
                 }
             }
             return;
         }
         for (idx, sc, change) in ready {
             let h = change.hash();
+            self.policy_seqs
+                .insert((change.actor_id().to_bytes().to_vec(), change.seq()), h);
             self.policy_order.push(h);
             self.policy_changes.insert(h, sc);
             if let Some(i) = idx {

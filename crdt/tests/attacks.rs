@@ -533,3 +533,17 @@ fn site_edit_of_unenrolled_node_is_refused_by_the_editor() {
         .unwrap_err();
     assert!(err.to_string().contains("region"), "{err}");
 }
+
+#[test]
+fn forked_authority_key_is_refused_without_blaming_the_relay() {
+    let (fleet, mut r, enrol) = setup();
+    // Two different changes by the same authority actor on the same base: both
+    // have sequence number 2 for that actor.
+    let a = fleet.set(std::slice::from_ref(&enrol), "a", json!(1));
+    let b = fleet.set(std::slice::from_ref(&enrol), "a", json!(2));
+    assert_ne!(a.hash().unwrap(), b.hash().unwrap());
+    assert_eq!(r.ingest(vec![a])[0].outcome, Outcome::Applied);
+    let why = assert_rejected(&mut r, b);
+    assert!(matches!(why, Rejection::Fork { seq: 2, .. }), "{why}");
+    assert!(!why.is_misbehaviour());
+}
