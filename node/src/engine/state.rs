@@ -123,6 +123,8 @@ fn rejection_kind(r: &Rejection) -> &'static str {
         Rejection::Revoked(_) => "revoked",
         Rejection::Schema(_) => "schema",
         Rejection::EpochFull { .. } => "epoch_full",
+        Rejection::Fork { .. } => "fork",
+        Rejection::Unappliable(_) => "unappliable",
     }
 }
 
