@@ -126,6 +126,26 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// A short stable label, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::SignatureCount { .. } => "signature_count",
+            Rejection::Signature(_) => "signature",
+            Rejection::ActorNotAuthor { .. } => "actor_not_author",
+            Rejection::Threshold { .. } => "threshold",
+            Rejection::UnknownRoot { .. } => "unknown_root",
+            Rejection::NotOwner { .. } => "not_owner",
+            Rejection::Unenrolled(_) => "unenrolled",
+            Rejection::Revoked(_) => "revoked",
+            Rejection::Schema(_) => "schema",
+            Rejection::EpochFull { .. } => "epoch_full",
+            Rejection::Fork { .. } => "fork",
+            Rejection::Unappliable(_) => "unappliable",
+        }
+    }
+
     /// Whether the sender is at fault: it sent something no honest node would
     /// relay (bad signature, malformed, oversized). Unenrolled, revoked and
     /// unknown-root rejections can be honest races and are not.

@@ -1312,21 +1312,7 @@ impl Daemon {
 }
 
 fn rejection_label(r: &dcloud_crdt::Rejection) -> &'static str {
-    use dcloud_crdt::Rejection as R;
-    match r {
-        R::Malformed(_) => "malformed",
-        R::TooLarge { .. } => "too_large",
-        R::SignatureCount { .. } => "signature_count",
-        R::Signature(_) => "signature",
-        R::ActorNotAuthor { .. } => "actor_not_author",
-        R::Threshold { .. } => "threshold",
-        R::UnknownRoot { .. } => "unknown_root",
-        R::NotOwner { .. } => "not_owner",
-        R::Unenrolled(_) => "unenrolled",
-        R::Revoked(_) => "revoked",
-        R::Schema(_) => "schema",
-        R::EpochFull { .. } => "epoch_full",
-    }
+    r.kind()
 }
 
 fn publish_view(root_errors: Vec<String>, reports: &[dcloud_crdt::Report]) -> PublishView {

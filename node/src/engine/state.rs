@@ -110,22 +110,7 @@ pub struct Engine {
 }
 
 fn rejection_kind(r: &Rejection) -> &'static str {
-    match r {
-        Rejection::Malformed(_) => "malformed",
-        Rejection::TooLarge { .. } => "too_large",
-        Rejection::SignatureCount { .. } => "signature_count",
-        Rejection::Signature(_) => "signature",
-        Rejection::ActorNotAuthor { .. } => "actor_not_author",
-        Rejection::Threshold { .. } => "threshold",
-        Rejection::UnknownRoot { .. } => "unknown_root",
-        Rejection::NotOwner { .. } => "not_owner",
-        Rejection::Unenrolled(_) => "unenrolled",
-        Rejection::Revoked(_) => "revoked",
-        Rejection::Schema(_) => "schema",
-        Rejection::EpochFull { .. } => "epoch_full",
-        Rejection::Fork { .. } => "fork",
-        Rejection::Unappliable(_) => "unappliable",
-    }
+    r.kind()
 }
 
 /// The owner of a status document: the root of its dissemination tree.
