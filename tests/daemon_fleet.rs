@@ -89,9 +89,10 @@ async fn five_nodes_converge_and_the_api_answers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["reports"][0]["outcome"], "applied", "{body}");
     f.wait(
-        "rollout of policy 2 complete",
+        "rollout of policy 2 complete, as nodes 0 and 2 see it",
         Duration::from_secs(30),
-        async |f| f.rollout_complete(0, &h2, 5).await,
+        // Node 2 answers the CLI below: its view must be complete too.
+        async |f| f.rollout_complete(0, &h2, 5).await && f.rollout_complete(2, &h2, 5).await,
     )
     .await;
     // Publishing it again is a duplicate, still 200.

@@ -1063,8 +1063,12 @@ impl Daemon {
                 Some(p) => DialOpts::peer_id(p)
                     .addresses(vec![without_p2p(&b.addr)])
                     .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .allocate_new_port()
                     .build(),
-                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(b.addr.clone())
+                    .allocate_new_port()
+                    .build(),
             };
             let addr = b.addr.clone();
             self.bootstrap[i].redial.dialed(now, &mut self.rng);
@@ -1118,6 +1122,10 @@ impl Daemon {
             let opts = DialOpts::peer_id(pid)
                 .addresses(addrs)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
+                // A fresh source port: reusing the listen port would give a
+                // restarted node the 4-tuple of its old connection, still in
+                // TIME_WAIT, and every redial would fail with EADDRINUSE.
+                .allocate_new_port()
                 .build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(peer = %pid, error = %e, "dial refused");
