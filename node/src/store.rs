@@ -150,6 +150,17 @@ impl Store {
             path: path.to_path_buf(),
             reason,
         };
+        // A full disk is not damage: moving the store aside would lose nothing
+        // but would pile copies onto the full disk at every retry. Report it as
+        // a write failure, which the daemon retries until space returns.
+        let sled_err = |e: sled::Error| match &e {
+            sled::Error::Io(io)
+                if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+            {
+                StoreError::Write(format!("cannot open {}: {io}", path.display()))
+            }
+            _ => open_err(e.to_string()),
+        };
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.to_path_buf(),
             reason,
@@ -164,8 +175,8 @@ impl Store {
                 .open()
         }))
         .map_err(|_| open_err("sled panicked while opening".into()))?
-        .map_err(|e| open_err(e.to_string()))?;
-        let tree = |name: &str| opened.open_tree(name).map_err(|e| open_err(e.to_string()));
+        .map_err(sled_err)?;
+        let tree = |name: &str| opened.open_tree(name).map_err(sled_err);
         let store = Store {
             path: path.to_path_buf(),
             change_max_bytes,
@@ -188,9 +199,8 @@ impl Store {
                 )));
             }
             None if fresh || inner.changes.is_empty() && inner.roots.is_empty() => {
-                meta.insert("format", FORMAT)
-                    .map_err(|e| open_err(e.to_string()))?;
-                opened.flush().map_err(|e| open_err(e.to_string()))?;
+                meta.insert("format", FORMAT).map_err(sled_err)?;
+                opened.flush().map_err(sled_err)?;
             }
             None => return Err(corrupt("format marker missing".into())),
         }

@@ -574,7 +574,11 @@ impl Engine {
                         .or_default() += 1;
                     if rej.is_misbehaviour() {
                         offences.push(format!("change for {} rejected: {rej}", sc.doc));
-                    } else if matches!(rej, Rejection::Unenrolled(_) | Rejection::Revoked(_))
+                    } else if matches!(rej, Rejection::Revoked(_))
+                        // Not Unenrolled: a newly enrolled peer's status can
+                        // overtake its enrolment on another stream. Unenrolled
+                        // peers are refused by the daemon's admission check,
+                        // which runs again on every policy change.
                         && from.is_some()
                         && matches!(sc.doc, DocId::Status { node, .. } if Some(node) == from)
                     {
