@@ -4,41 +4,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dcloud_crdt::Bundle;
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
+#[path = "admin_support.rs"]
+mod support;
 
-impl Out {
-    fn text(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-fn admin(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_dcloud-admin"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("dcloud-admin runs");
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
-#[track_caller]
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = admin(dir, args);
-    assert!(o.ok, "dcloud-admin {args:?} failed:\n{}", o.text());
-    o.stdout
-}
+use support::{admin, ok};
 
 /// Runs `args`, expects failure with `needle` in the error, and checks that
 /// `out` (the file the command would write) was not written.
