@@ -741,7 +741,7 @@ impl Daemon {
                         Outcome::Applied => {
                             self.metrics.changes_applied.inc();
                         }
-                        Outcome::Rejected(rej) => self.metrics.rejected(rejection_label(rej)),
+                        Outcome::Rejected(rej) => self.metrics.rejected(rej.kind()),
                         _ => {}
                     }
                 }
@@ -1317,10 +1317,6 @@ impl Daemon {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
-}
-
-fn rejection_label(r: &dcloud_crdt::Rejection) -> &'static str {
-    r.kind()
 }
 
 fn publish_view(root_errors: Vec<String>, reports: &[dcloud_crdt::Report]) -> PublishView {

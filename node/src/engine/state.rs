@@ -109,10 +109,6 @@ pub struct Engine {
     stats: EngineStats,
 }
 
-fn rejection_kind(r: &Rejection) -> &'static str {
-    r.kind()
-}
-
 /// The owner of a status document: the root of its dissemination tree.
 fn origin(doc: &DocId) -> Option<NodeId> {
     match doc {
@@ -570,7 +566,7 @@ impl Engine {
                     *self
                         .stats
                         .rejected
-                        .entry(rejection_kind(rej).to_string())
+                        .entry(rej.kind().to_string())
                         .or_default() += 1;
                     if rej.is_misbehaviour() {
                         offences.push(format!("change for {} rejected: {rej}", sc.doc));
