@@ -2,8 +2,7 @@
 //! disconnected (and kept away for a while), and the fleet keeps converging.
 //!
 //! "Mallory" is an enrolled node key driven by a bare libp2p swarm in the
-//! test (the daemon's own behaviour, with a frame bound large enough to send
-//! what the daemons refuse).
+//! test (the daemon's own behaviour), writing raw bytes on an engine stream.
 
 #[path = "daemon_support.rs"]
 mod support;
@@ -15,7 +14,7 @@ use dcloud_crdt::{DocId, SecretKey, SignedChange};
 use dcloud_node::engine::Message;
 use dcloud_node::engine::wire::Push;
 use dcloud_node::net;
-use futures::StreamExt;
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use support::Fleet;
@@ -55,6 +54,44 @@ async fn connect(swarm: &mut Swarm<net::Behaviour>, addr: &str, peer: PeerId) {
     .await;
 }
 
+/// Open an engine stream to `peer` and write `bytes` on it, driving the swarm
+/// meanwhile. The stream is returned so that it stays open until the daemon
+/// acts. A write that fails because the daemon already closed the connection
+/// is fine: that is what the test waits for next.
+async fn send_raw(
+    swarm: &mut Swarm<net::Behaviour>,
+    peer: PeerId,
+    bytes: Vec<u8>,
+) -> Option<libp2p::Stream> {
+    let mut control = swarm.behaviour().streams.new_control();
+    let write = async move {
+        let mut s = control
+            .open_stream(peer, net::PROTOCOL)
+            .await
+            .map_err(std::io::Error::other)?;
+        s.write_all(&bytes).await?;
+        s.flush().await?;
+        Ok::<_, std::io::Error>(s)
+    };
+    tokio::pin!(write);
+    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = &mut write => return r.ok(),
+            _ = swarm.select_next_some() => {}
+            _ = &mut deadline => panic!("mallory timed out writing to {peer}"),
+        }
+    }
+}
+
+/// Frames, each length-prefixed, back to back.
+fn frames(msgs: &[Vec<u8>]) -> Vec<u8> {
+    msgs.iter()
+        .flat_map(|m| net::encode_frame(m).unwrap())
+        .collect()
+}
+
 async fn wait_closed(swarm: &mut Swarm<net::Behaviour>, peer: PeerId, what: &str) {
     drive(swarm, what, Duration::from_secs(20), |ev| {
         matches!(ev, SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if *peer_id == peer)
@@ -86,18 +123,14 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     })
     .await;
 
-    let mut swarm = net::build_swarm(&mallory, false, 64 << 20).unwrap();
+    let mut swarm = net::build_swarm(&mallory, false).unwrap();
     let peer = |i: usize| net::peer_id(&f.nodes[i].id).unwrap();
 
     // 1. Garbage frames at node 0: penalised until disconnected.
     let p0 = peer(0);
     connect(&mut swarm, &f.nodes[0].addr(), p0).await;
-    for k in 0..8u8 {
-        swarm
-            .behaviour_mut()
-            .engine
-            .send_request(&p0, net::Frame::Data(vec![0xEE ^ k; 300]));
-    }
+    let garbage: Vec<Vec<u8>> = (0..8u8).map(|k| vec![0xEE ^ k; 300]).collect();
+    let _s0 = send_raw(&mut swarm, p0, frames(&garbage)).await;
     wait_closed(&mut swarm, p0, "node 0 cuts off the garbage sender").await;
     // While blocked, node 0 refuses it at once.
     swarm
@@ -117,10 +150,11 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     // 2. An oversized frame at node 1: refused before its body is read.
     let p1 = peer(1);
     connect(&mut swarm, &f.nodes[1].addr(), p1).await;
-    swarm.behaviour_mut().engine.send_request(
-        &p1,
-        net::Frame::Data(vec![0u8; net::FRAME_SIZE_MAX_BYTES + 1]),
-    );
+    // Only the header: the daemon must act on the announced length alone.
+    let header = ((net::FRAME_SIZE_MAX_BYTES + 1) as u32)
+        .to_be_bytes()
+        .to_vec();
+    let _s1 = send_raw(&mut swarm, p1, header).await;
     wait_closed(&mut swarm, p1, "node 1 cuts off the oversized sender").await;
 
     // 3. Forged policy changes (signed by a key outside the trust root) at node 2.
@@ -134,17 +168,18 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     }
     f.policy.truncate(f.policy.len() - 6);
     f.auth = real;
-    for c in &forged {
-        assert_eq!(c.doc, DocId::Policy);
-        let msg = Message::Changes {
-            push: Push::Eager,
-            changes: vec![c.clone()],
-        };
-        swarm
-            .behaviour_mut()
-            .engine
-            .send_request(&p2, net::Frame::Data(msg.encode()));
-    }
+    let msgs: Vec<Vec<u8>> = forged
+        .iter()
+        .map(|c| {
+            assert_eq!(c.doc, DocId::Policy);
+            Message::Changes {
+                push: Push::Eager,
+                changes: vec![c.clone()],
+            }
+            .encode()
+        })
+        .collect();
+    let _s2 = send_raw(&mut swarm, p2, frames(&msgs)).await;
     wait_closed(&mut swarm, p2, "node 2 cuts off the forger").await;
 
     // The fleet keeps converging, and nothing forged was taken.

@@ -240,7 +240,11 @@ impl Fleet {
             cmd.arg("--bootstrap").arg(b);
         }
         cmd.args(&n.extra)
-            .env("DCLOUD_LOG", "info,dcloud_node=debug,libp2p=warn")
+            .env(
+                "DCLOUD_LOG",
+                std::env::var("DCLOUD_TEST_LOG")
+                    .unwrap_or_else(|_| "info,dcloud_node=debug,libp2p=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

@@ -40,7 +40,6 @@ use dcloud_crdt::{
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
@@ -52,22 +51,22 @@ use tokio::time::Instant;
 use crate::apply::{Applier, ApplyRequest, ApplyResult};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
+use crate::links::{LinkEvent, Links, SendError};
 use crate::metrics::Metrics;
-use crate::net::{self, Behaviour, BehaviourEvent, Frame};
+use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::store::{EpochFile, Store, StoreError};
 use crate::view::{self, FleetCtx, PublishView, ReportView, StoreView};
 
 /// Commands queued from the API to the actor.
 pub const COMMAND_QUEUE_MAX: usize = 64;
-/// Engine requests in flight to one peer before more are dropped.
-pub const INFLIGHT_PER_PEER_MAX: usize = 256;
 /// First redial delay.
 pub const REDIAL_BACKOFF_MIN_MS: u64 = 500;
 /// Longest redial delay.
 pub const REDIAL_BACKOFF_MAX_MS: u64 = 30_000;
 /// How long a misbehaving peer stays blocked.
 pub const MISBEHAVIOUR_BLOCK_MS: u64 = 60_000;
-/// Ready swarm events taken before one group-commit flush.
+/// Ready swarm events (and, separately, inbound frames) taken before one
+/// group-commit flush.
 pub const READY_BATCH_MAX: usize = 64;
 /// Housekeeping period (dialing, unblocking, store probes, gauges).
 pub const TICK_MS: u64 = 500;
@@ -240,8 +239,8 @@ struct Daemon {
     queue: VecDeque<Input>,
     /// Admitted peers with at least one connection (the engine knows them).
     up: HashSet<PeerId>,
-    inflight: HashMap<OutboundRequestId, PeerId>,
-    inflight_per_peer: HashMap<PeerId, usize>,
+    /// The engine streams to admitted peers.
+    links: Links,
     bootstrap: Vec<Bootstrap>,
     redial: HashMap<PeerId, Redial>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
@@ -357,7 +356,12 @@ pub async fn start(
     epoch_file.raise(epoch)?;
     let writer = StatusWriter::new(key.clone(), epoch, EPOCH_CHANGES_DEFAULT);
 
-    let mut swarm = net::build_swarm(&key, cfg.mdns, net::FRAME_SIZE_MAX_BYTES)?;
+    let mut swarm = net::build_swarm(&key, cfg.mdns)?;
+    let (links, link_rx) = Links::start(
+        swarm.behaviour().streams.new_control(),
+        net::FRAME_SIZE_MAX_BYTES,
+    )
+    .map_err(|e| net::NetError::Transport(e.to_string()))?;
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
@@ -410,8 +414,7 @@ pub async fn start(
         timers: BTreeMap::new(),
         queue: VecDeque::new(),
         up: HashSet::new(),
-        inflight: HashMap::new(),
-        inflight_per_peer: HashMap::new(),
+        links,
         bootstrap,
         redial: HashMap::new(),
         addrs,
@@ -434,7 +437,7 @@ pub async fn start(
     d.commit();
     let (stop_tx, stop_rx) = oneshot::channel();
     let handle = Handle { tx, metrics };
-    Ok((handle, d.run(rx, apply_rx, stop_rx), stop_tx))
+    Ok((handle, d.run(rx, apply_rx, link_rx, stop_rx), stop_tx))
 }
 
 impl Daemon {
@@ -446,6 +449,7 @@ impl Daemon {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut apply_rx: mpsc::Receiver<ApplyResult>,
+        mut link_rx: mpsc::Receiver<LinkEvent>,
         mut stop: oneshot::Receiver<()>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -458,6 +462,7 @@ impl Daemon {
             tokio::select! {
                 _ = &mut stop => break,
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(ev) = link_rx.recv() => self.on_link(ev),
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 Some(res) = apply_rx.recv() => self.on_applied(res),
                 _ = tokio::time::sleep_until(sleep_until), if next_timer.is_some() => self.fire_timers(),
@@ -472,6 +477,15 @@ impl Daemon {
                         self.drain();
                     }
                     None => break,
+                }
+            }
+            for _ in 0..READY_BATCH_MAX {
+                match link_rx.try_recv() {
+                    Ok(ev) => {
+                        self.on_link(ev);
+                        self.drain();
+                    }
+                    Err(_) => break,
                 }
             }
             self.commit();
@@ -496,7 +510,14 @@ impl Daemon {
         let foreign = std::mem::replace(&mut self.dirty_foreign, false);
         let sends = std::mem::take(&mut self.held_sends);
         let reply = self.held_reply.take();
-        match self.store.flush() {
+        let t0 = std::time::Instant::now();
+        let flushed = self.store.flush();
+        tracing::trace!(
+            flush_us = t0.elapsed().as_micros() as u64,
+            sends = sends.len(),
+            "store flushed"
+        );
+        match flushed {
             Ok(()) => {
                 for (to, bytes) in sends {
                     self.send(to, bytes);
@@ -693,27 +714,20 @@ impl Daemon {
         if !self.up.contains(&pid) {
             return;
         }
-        let n = self.inflight_per_peer.entry(pid).or_default();
-        if *n >= INFLIGHT_PER_PEER_MAX {
-            tracing::debug!(peer = %to.short(), "too many requests in flight; dropping a message");
-            return;
-        }
-        *n += 1;
-        self.metrics.messages_out.inc();
-        self.metrics.bytes_out.inc_by(bytes.len() as u64);
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .engine
-            .send_request(&pid, Frame::Data(bytes));
-        self.inflight.insert(id, pid);
-    }
-
-    fn request_done(&mut self, id: &OutboundRequestId) {
-        if let Some(pid) = self.inflight.remove(id)
-            && let Some(n) = self.inflight_per_peer.get_mut(&pid)
-        {
-            *n = n.saturating_sub(1);
+        let len = bytes.len() as u64;
+        match self.links.send(pid, bytes) {
+            Ok(()) => {
+                self.metrics.messages_out.inc();
+                self.metrics.bytes_out.inc_by(len);
+            }
+            Err(SendError::Full) => {
+                tracing::debug!(peer = %to.short(), "send queue full; dropping a message (anti-entropy repairs it)");
+                self.metrics.messages_dropped.inc();
+            }
+            Err(e) => {
+                tracing::warn!(peer = %to.short(), error = %e, "message not sent");
+                self.metrics.messages_dropped.inc();
+            }
         }
     }
 
@@ -1188,6 +1202,7 @@ impl Daemon {
                 }
                 if self.up.insert(peer_id) {
                     tracing::debug!(peer = %peer_id, "peer up");
+                    self.links.open(peer_id);
                     self.metrics.peers.set(self.up.len() as i64);
                     self.feed(Input::PeerUp {
                         peer: node.expect("checked above"),
@@ -1201,12 +1216,11 @@ impl Daemon {
             } if num_established == 0 && self.up.remove(&peer_id) => {
                 tracing::debug!(peer = %peer_id, "peer down");
                 self.metrics.peers.set(self.up.len() as i64);
-                self.inflight_per_peer.remove(&peer_id);
+                self.links.close(&peer_id);
                 if let Some(n) = net::node_id(&peer_id) {
                     self.feed(Input::PeerDown { peer: n });
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Engine(ev)) => self.on_engine_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1228,94 +1242,67 @@ impl Daemon {
         }
     }
 
-    fn on_engine_event(&mut self, ev: request_response::Event<Frame, ()>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let request = match request {
-                        Frame::Data(bytes) => bytes,
-                        Frame::Oversized { len } => {
-                            tracing::warn!(%peer, len, max = net::FRAME_SIZE_MAX_BYTES,
-                                "peer sent an oversized frame; disconnecting and blocking it");
-                            self.metrics.disconnected("bad_frame");
-                            let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
-                            self.block(peer, Some(until));
-                            return;
-                        }
-                    };
-                    let _ = self.swarm.behaviour_mut().engine.send_response(channel, ());
-                    if !self.up.contains(&peer) {
-                        return;
-                    }
-                    // The peer talks to us: it admitted us; reset its redial backoff.
-                    if let Some(r) = self.redial.get_mut(&peer) {
-                        r.reset();
-                    }
-                    for b in &mut self.bootstrap {
-                        if b.peer == Some(peer) {
-                            b.redial.reset();
-                        }
-                    }
-                    self.metrics.messages_in.inc();
-                    self.metrics.bytes_in.inc_by(request.len() as u64);
-                    if self.store_error.is_some() {
-                        // Not accepting changes: the peer's anti-entropy retries later.
-                        return;
-                    }
-                    let Some(from) = net::node_id(&peer) else {
-                        return;
-                    };
-                    let before = self.engine.stats();
-                    self.feed(Input::Message {
-                        from,
-                        bytes: request,
-                    });
-                    let after = self.engine.stats();
-                    self.metrics
-                        .changes_applied
-                        .inc_by(after.changes_applied.saturating_sub(before.changes_applied));
-                    let received = (after.changes_applied
-                        - before.changes_applied.min(after.changes_applied))
-                        + after
-                            .duplicates_received
-                            .saturating_sub(before.duplicates_received)
-                        + after.stale_received.saturating_sub(before.stale_received)
-                        + after.changes_pending.saturating_sub(before.changes_pending);
-                    let mut rejected = 0;
-                    for (k, v) in &after.rejected {
-                        let d = v.saturating_sub(before.rejected.get(k).copied().unwrap_or(0));
-                        if d > 0 {
-                            rejected += d;
-                            self.metrics
-                                .changes_rejected
-                                .get_or_create(&vec![("reason".to_string(), k.clone())])
-                                .inc_by(d);
-                        }
-                    }
-                    self.metrics.changes_received.inc_by(received + rejected);
-                }
-                request_response::Message::Response { request_id, .. } => {
-                    self.request_done(&request_id);
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "engine request failed");
-                self.request_done(&request_id);
+    fn on_link(&mut self, ev: LinkEvent) {
+        let (peer, request) = match ev {
+            LinkEvent::Frame { peer, bytes } => (peer, bytes),
+            LinkEvent::Oversized { peer, len } => {
+                tracing::warn!(%peer, len, max = net::FRAME_SIZE_MAX_BYTES,
+                    "peer sent an oversized frame; disconnecting and blocking it");
+                self.metrics.disconnected("bad_frame");
+                let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
+                self.block(peer, Some(until));
+                return;
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                // Resets and timeouts happen to honest peers; frames that break
-                // the protocol arrive as `Frame::Oversized` or fail in the engine.
-                tracing::debug!(%peer, %error, "inbound engine request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
+        };
+        if !self.up.contains(&peer) {
+            return;
         }
+        // The peer talks to us: it admitted us; reset its redial backoff.
+        if let Some(r) = self.redial.get_mut(&peer) {
+            r.reset();
+        }
+        for b in &mut self.bootstrap {
+            if b.peer == Some(peer) {
+                b.redial.reset();
+            }
+        }
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.inc_by(request.len() as u64);
+        if self.store_error.is_some() {
+            // Not accepting changes: the peer's anti-entropy retries later.
+            return;
+        }
+        let Some(from) = net::node_id(&peer) else {
+            return;
+        };
+        tracing::trace!(peer = %from.short(), bytes = request.len(), "engine message");
+        let before = self.engine.stats();
+        self.feed(Input::Message {
+            from,
+            bytes: request,
+        });
+        let after = self.engine.stats();
+        self.metrics
+            .changes_applied
+            .inc_by(after.changes_applied.saturating_sub(before.changes_applied));
+        let received = (after.changes_applied - before.changes_applied.min(after.changes_applied))
+            + after
+                .duplicates_received
+                .saturating_sub(before.duplicates_received)
+            + after.stale_received.saturating_sub(before.stale_received)
+            + after.changes_pending.saturating_sub(before.changes_pending);
+        let mut rejected = 0;
+        for (k, v) in &after.rejected {
+            let d = v.saturating_sub(before.rejected.get(k).copied().unwrap_or(0));
+            if d > 0 {
+                rejected += d;
+                self.metrics
+                    .changes_rejected
+                    .get_or_create(&vec![("reason".to_string(), k.clone())])
+                    .inc_by(d);
+            }
+        }
+        self.metrics.changes_received.inc_by(received + rejected);
     }
 }
 

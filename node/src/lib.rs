@@ -1,5 +1,5 @@
 //! The dcloud node: the sans-IO replication [`engine`], and around it the real
-//! world: the libp2p driver ([`net`], [`daemon`]), the sled [`store`], applying
+//! world: the libp2p driver ([`net`], [`links`], [`daemon`]), the sled [`store`], applying
 //! policy to the site ([`apply`]), the local HTTP [`api`] and its JSON shapes
 //! ([`view`]), [`metrics`], configuration ([`config`]) and the site-side query
 //! commands ([`cli`]).
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod links;
 pub mod metrics;
 pub mod net;
 pub mod store;

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub messages_in: Counter,
     /// Engine messages sent.
     pub messages_out: Counter,
+    /// Engine messages dropped unsent (a peer's send queue was full).
+    pub messages_dropped: Counter,
     /// Anti-entropy rounds started.
     pub anti_entropy_rounds: Counter,
     /// Changes held.
@@ -66,6 +68,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
+            messages_dropped: Counter::default(),
             anti_entropy_rounds: Counter::default(),
             replica_changes: Gauge::default(),
             replica_bytes: Gauge::default(),
@@ -102,6 +105,11 @@ impl Metrics {
             "messages_out",
             "Engine messages sent",
             m.messages_out.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Engine messages dropped unsent because a peer's send queue was full",
+            m.messages_dropped.clone(),
         );
         r.register(
             "anti_entropy_rounds",

@@ -2,11 +2,12 @@
 //! mapping between node ids and peer ids.
 //!
 //! Transports are TCP (noise + yamux) and QUIC. The engine's messages travel on
-//! `/dcloud/engine/1`, a request-response protocol whose request is one
-//! length-prefixed frame (a 4-byte big-endian length, then the bytes) bounded by
-//! [`FRAME_SIZE_MAX_BYTES`], and whose response is a single acknowledgement
-//! byte. A frame over the bound fails the stream with an I/O error before its
-//! body is read; the daemon then disconnects and penalises the sender.
+//! `/dcloud/engine/2`: one long-lived stream per direction and peer (see
+//! [`crate::links`]), carrying length-prefixed frames (a 4-byte big-endian
+//! length, then the bytes) bounded by [`FRAME_SIZE_MAX_BYTES`]. A frame
+//! announced over the bound ends the stream before its body is read; the
+//! daemon then disconnects and penalises the sender. (Version 1 was
+//! request-response, one stream per message.)
 //!
 //! A node's libp2p identity is its dcloud key: an ed25519 key whose public half
 //! is the [`NodeId`], so the peer id known after the noise/TLS handshake says
@@ -22,17 +23,13 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, mdns,
-    noise, ping, request_response, tcp, yamux,
+    noise, ping, tcp, yamux,
 };
 
 /// The engine protocol's name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dcloud/engine/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dcloud/engine/2");
 /// The largest engine frame accepted or sent.
 pub const FRAME_SIZE_MAX_BYTES: usize = 8 << 20;
-/// Bound on one engine request's round trip.
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
-/// Concurrent engine streams per connection.
-pub const STREAMS_PER_CONNECTION_MAX: usize = 128;
 /// Established connections in all.
 pub const CONNECTIONS_MAX: u32 = 256;
 /// Incoming connections still in their handshake.
@@ -54,27 +51,6 @@ pub enum NetError {
     Mdns(String),
 }
 
-/// The engine protocol's codec: one bounded frame per request, one byte back.
-#[derive(Clone, Debug)]
-pub struct FrameCodec {
-    frame_max_bytes: usize,
-}
-
-impl Default for FrameCodec {
-    fn default() -> Self {
-        FrameCodec {
-            frame_max_bytes: FRAME_SIZE_MAX_BYTES,
-        }
-    }
-}
-
-impl FrameCodec {
-    /// A codec with a custom bound (tests).
-    pub fn with_frame_max_bytes(frame_max_bytes: usize) -> Self {
-        FrameCodec { frame_max_bytes }
-    }
-}
-
 /// A frame announced over the bound.
 #[derive(Debug, thiserror::Error)]
 #[error("frame of {len} bytes is over the {max}-byte limit")]
@@ -85,7 +61,14 @@ pub struct OversizedFrame {
     pub max: usize,
 }
 
-/// Read one length-prefixed frame, refusing one over `max` before reading its body.
+/// The [`OversizedFrame`] inside an error of [`read_frame`], if that is what it is.
+pub fn oversized(e: &io::Error) -> Option<&OversizedFrame> {
+    e.get_ref()?.downcast_ref::<OversizedFrame>()
+}
+
+/// Read one length-prefixed frame, refusing one over `max` before reading its
+/// body. The buffer grows as bytes arrive, so a peer that announces a large
+/// frame and stalls holds no more memory than it sent.
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
@@ -99,103 +82,31 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
             OversizedFrame { len, max },
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("stream ended {} bytes into a {len}-byte frame", buf.len()),
+        ));
+    }
     Ok(buf)
+}
+
+/// The bytes of one length-prefixed frame.
+pub fn encode_frame(bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(out)
 }
 
 /// Write one length-prefixed frame.
 pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await?;
+    io.write_all(&encode_frame(bytes)?).await?;
     io.flush().await
-}
-
-/// One engine frame as received.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// The bytes of a frame within the bound.
-    Data(Vec<u8>),
-    /// A frame announced over the bound: its body was not read. (Reported
-    /// rather than failed, because request-response does not tell the
-    /// behaviour about requests that fail to read, and the sender must be
-    /// penalised.)
-    Oversized {
-        /// The announced length.
-        len: usize,
-    },
-}
-
-impl request_response::Codec for FrameCodec {
-    type Protocol = StreamProtocol;
-    type Request = Frame;
-    type Response = ();
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        match read_frame(io, self.frame_max_bytes).await {
-            Ok(bytes) => Ok(Frame::Data(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let len = e
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<OversizedFrame>())
-                    .map(|o| o.len)
-                    .unwrap_or(usize::MAX);
-                Ok(Frame::Oversized { len })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut ack = [0u8; 1];
-        io.read_exact(&mut ack).await?;
-        Ok(())
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Frame,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        let Frame::Data(req) = req else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "an oversized frame marker cannot be sent",
-            ));
-        };
-        if req.len() > self.frame_max_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "frame of {} bytes is over the {}-byte limit",
-                    req.len(),
-                    self.frame_max_bytes
-                ),
-            ));
-        }
-        write_frame(io, &req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, _: ()) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&[0u8]).await?;
-        io.close().await
-    }
 }
 
 /// The daemon's network behaviour.
@@ -209,8 +120,8 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Keep connections alive and measure them.
     pub ping: ping::Behaviour,
-    /// The engine protocol.
-    pub engine: request_response::Behaviour<FrameCodec>,
+    /// Streams of the engine protocol (see [`crate::links`]).
+    pub streams: libp2p_stream::Behaviour,
     /// LAN discovery, when enabled.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -238,12 +149,8 @@ pub fn node_id(peer: &PeerId) -> Option<NodeId> {
     Some(PublicKey(ed.to_bytes()))
 }
 
-/// Build the swarm for a node key, with `frame_max_bytes` as the engine frame bound.
-pub fn build_swarm(
-    key: &SecretKey,
-    mdns_enabled: bool,
-    frame_max_bytes: usize,
-) -> Result<Swarm<Behaviour>, NetError> {
+/// Build the swarm for a node key.
+pub fn build_swarm(key: &SecretKey, mdns_enabled: bool) -> Result<Swarm<Behaviour>, NetError> {
     let kp = keypair(key)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
         .with_tokio()
@@ -267,9 +174,6 @@ pub fn build_swarm(
             } else {
                 None
             };
-            let rr_config = request_response::Config::default()
-                .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-                .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 blocked: allow_block_list::Behaviour::default(),
@@ -278,11 +182,7 @@ pub fn build_swarm(
                         .with_agent_version(format!("dcloud/{}", env!("CARGO_PKG_VERSION"))),
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),
-                engine: request_response::Behaviour::with_codec(
-                    FrameCodec::with_frame_max_bytes(frame_max_bytes),
-                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                    rr_config,
-                ),
+                streams: libp2p_stream::Behaviour::new(),
                 mdns: Toggle::from(mdns),
             })
         })

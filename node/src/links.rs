@@ -1,0 +1,234 @@
+//! Long-lived engine streams: one outbound stream per admitted peer, carrying
+//! length-prefixed frames (see [`net::write_frame`]) for as long as the peer
+//! is up.
+//!
+//! A request-response exchange per engine message cost a new yamux stream, a
+//! protocol negotiation, an acknowledgement and a timeout timer for every
+//! announcement and every change; on a busy fleet that overhead, not the
+//! replication work, used most of the CPU. Here a message costs one frame, and
+//! the frames queued for a peer while its writer was busy go out in one write.
+//!
+//! The tasks (all on the daemon's runtime):
+//!
+//! * a writer per peer: opens the stream, then writes whatever its bounded
+//!   queue holds. The daemon's [`Links::send`] never waits: when the queue is
+//!   full the message is dropped and counted (anti-entropy repairs it), and
+//!   when the writer has died (stream reset) it is started again once.
+//! * one acceptor: takes inbound streams of [`net::PROTOCOL`] and starts a
+//!   reader for each, at most [`INBOUND_STREAMS_PER_PEER_MAX`] per peer.
+//! * a reader per inbound stream: reads frames within the bound and hands them
+//!   to the daemon over one bounded channel. When that channel is full the
+//!   reader waits, so a peer that sends faster than the daemon ingests is
+//!   slowed down by yamux flow control instead of growing a queue. A frame
+//!   announced over the bound is reported (the daemon blocks the sender) and
+//!   its body is never read.
+//!
+//! Admission is the daemon's: it opens writers only to admitted peers, closes
+//! connections of the others right after the handshake, and ignores frames
+//! from peers it has not admitted.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::mpsc;
+
+use crate::net;
+
+/// Messages queued for one peer's writer before more are dropped.
+pub const SEND_QUEUE_PER_PEER_MAX: usize = 256;
+/// Frames (from all peers) read but not yet taken by the daemon.
+pub const INBOUND_QUEUE_MAX: usize = 1024;
+/// Inbound engine streams one peer may hold open (one per connection, with room
+/// for a stream being replaced).
+pub const INBOUND_STREAMS_PER_PEER_MAX: usize = 4;
+/// Most bytes of queued frames gathered into one write.
+pub const WRITE_BATCH_MAX_BYTES: usize = 256 << 10;
+
+/// What the stream tasks hand to the daemon.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A frame from `peer`.
+    Frame {
+        /// The sender.
+        peer: PeerId,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// `peer` announced a frame over the bound; its stream was dropped unread.
+    Oversized {
+        /// The sender.
+        peer: PeerId,
+        /// The announced length.
+        len: usize,
+    },
+}
+
+/// Why a message was not queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// No writer: the peer is not up.
+    #[error("no stream to this peer")]
+    NotUp,
+    /// The peer's queue is full.
+    #[error("the send queue of this peer is full")]
+    Full,
+    /// The message is over the frame bound.
+    #[error("message of {0} bytes is over the frame bound")]
+    TooLarge(usize),
+}
+
+/// The daemon's side of the streams.
+pub struct Links {
+    control: libp2p_stream::Control,
+    writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    frame_max_bytes: usize,
+}
+
+impl Links {
+    /// Register the engine protocol on `control` and start the acceptor.
+    /// Frames arrive on the returned receiver.
+    pub fn start(
+        mut control: libp2p_stream::Control,
+        frame_max_bytes: usize,
+    ) -> Result<(Links, mpsc::Receiver<LinkEvent>), libp2p_stream::AlreadyRegistered> {
+        let incoming = control.accept(net::PROTOCOL)?;
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+        tokio::spawn(accept(incoming, tx, frame_max_bytes));
+        Ok((
+            Links {
+                control,
+                writers: HashMap::new(),
+                frame_max_bytes,
+            },
+            rx,
+        ))
+    }
+
+    /// Start a writer to `peer` (it just came up), unless one runs.
+    pub fn open(&mut self, peer: PeerId) {
+        if self.writers.get(&peer).is_some_and(|w| !w.is_closed()) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(SEND_QUEUE_PER_PEER_MAX);
+        tokio::spawn(write(self.control.clone(), peer, rx));
+        self.writers.insert(peer, tx);
+    }
+
+    /// Stop the writer to `peer` (it went down or was cut off).
+    pub fn close(&mut self, peer: &PeerId) {
+        self.writers.remove(peer);
+    }
+
+    /// Queue `bytes` for `peer` without waiting.
+    pub fn send(&mut self, peer: PeerId, bytes: Vec<u8>) -> Result<(), SendError> {
+        if bytes.len() > self.frame_max_bytes {
+            return Err(SendError::TooLarge(bytes.len()));
+        }
+        let Some(w) = self.writers.get(&peer) else {
+            return Err(SendError::NotUp);
+        };
+        match w.try_send(bytes) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Full),
+            Err(mpsc::error::TrySendError::Closed(bytes)) => {
+                // The stream broke (reset, or the connection it was on
+                // closed while another stays up): open a new one, once.
+                tracing::debug!(%peer, "engine stream closed; opening a new one");
+                self.writers.remove(&peer);
+                self.open(peer);
+                self.writers[&peer]
+                    .try_send(bytes)
+                    .map_err(|_| SendError::Full)
+            }
+        }
+    }
+}
+
+/// Append one length-prefixed frame to `buf`.
+fn push_frame(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+async fn write(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut stream = match control.open_stream(peer, net::PROTOCOL).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot open an engine stream");
+            return;
+        }
+    };
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        push_frame(&mut buf, &first);
+        while buf.len() < WRITE_BATCH_MAX_BYTES {
+            match rx.try_recv() {
+                Ok(more) => push_frame(&mut buf, &more),
+                Err(_) => break,
+            }
+        }
+        let written = async {
+            stream.write_all(&buf).await?;
+            stream.flush().await
+        };
+        if let Err(e) = written.await {
+            tracing::debug!(%peer, error = %e, "engine stream failed");
+            return;
+        }
+    }
+    let _ = stream.close().await;
+}
+
+async fn accept(
+    mut incoming: libp2p_stream::IncomingStreams,
+    tx: mpsc::Sender<LinkEvent>,
+    frame_max_bytes: usize,
+) {
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        {
+            let mut open = open.lock().expect("not poisoned");
+            let n = open.entry(peer).or_default();
+            if *n >= INBOUND_STREAMS_PER_PEER_MAX {
+                tracing::debug!(%peer, "too many engine streams from one peer; dropping one");
+                continue;
+            }
+            *n += 1;
+        }
+        let open = open.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            read(peer, stream, &tx, frame_max_bytes).await;
+            let mut open = open.lock().expect("not poisoned");
+            if let Some(n) = open.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&peer);
+                }
+            }
+        });
+    }
+}
+
+async fn read(peer: PeerId, mut stream: Stream, tx: &mpsc::Sender<LinkEvent>, max: usize) {
+    loop {
+        let ev = match net::read_frame(&mut stream, max).await {
+            Ok(bytes) => LinkEvent::Frame { peer, bytes },
+            Err(e) => {
+                if let Some(o) = net::oversized(&e) {
+                    let _ = tx.send(LinkEvent::Oversized { peer, len: o.len }).await;
+                } else if e.kind() != io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%peer, error = %e, "engine stream ended");
+                }
+                return;
+            }
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
