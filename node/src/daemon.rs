@@ -491,7 +491,7 @@ impl Daemon {
             self.commit();
         }
         tracing::info!("shutting down: flushing the store and closing connections");
-        if let Err(e) = self.store.flush() {
+        if let Err(e) = self.store.checkpoint(true) {
             tracing::error!(error = %e, "final flush failed");
         }
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -1051,6 +1051,11 @@ impl Daemon {
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
         }
         self.try_recover_store(now);
+        if self.store_error.is_none()
+            && let Err(e) = self.store.checkpoint(false)
+        {
+            self.store_failed(e);
+        }
         self.dial(now);
         let stats = self.engine.replica().stats();
         self.metrics.replica_changes.set(stats.changes as i64);

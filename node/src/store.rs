@@ -15,6 +15,19 @@
 //! flush succeeds (group commit), so a change is durable before it is
 //! forwarded or acknowledged.
 //!
+//! A flush of new changes only does not flush sled: it appends the changes to
+//! a write-ahead log beside the store (`<data_dir>/store.wal`) and syncs that
+//! file. sled's own flush hands the write to its I/O thread pool, which wakes
+//! every idle pool thread each time; at one flush per received change that was
+//! most of a busy node's CPU. sled is flushed, and the log emptied, at a
+//! checkpoint ([`Store::checkpoint`]: every [`WAL_CHECKPOINT_MS`] or
+//! [`WAL_CHECKPOINT_BYTES`], and at shutdown), and at once after any other
+//! kind of write (roots, deletions), so the log only ever holds changes
+//! written after everything sled has made durable. Opening the store replays
+//! the log into sled. A log record is `[u32 length][u32 crc32][encoded
+//! change]`; a torn or damaged tail (a crash during an append, whose flush
+//! never returned) is cut off at the first bad record.
+//!
 //! Opening checks integrity: sled's own checks, the format marker, and every
 //! entry decoding and matching its key. A store that fails is moved aside
 //! (renamed to `store.corrupt-<unix seconds>`, never deleted) and a fresh one is
@@ -29,6 +42,13 @@ use std::path::{Path, PathBuf};
 use dcloud_crdt::{DocId, NodeId, SignedChange, SignedTrustRoot};
 
 const FORMAT: &[u8] = b"dcloud-store-v1";
+
+/// Checkpoint when the write-ahead log is about this old (and not empty; each
+/// interval is drawn within a quarter either side, so that a fleet started at
+/// once does not checkpoint in step)...
+pub const WAL_CHECKPOINT_MS: u64 = 10_000;
+/// ...or this large.
+pub const WAL_CHECKPOINT_BYTES: u64 = 4 << 20;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +103,132 @@ pub struct Loaded {
     pub peers: Vec<(NodeId, Vec<String>)>,
     /// Where a damaged store was moved, if it was.
     pub moved_aside: Option<PathBuf>,
+    /// Changes replayed from the write-ahead log (already in `changes`).
+    pub replayed: usize,
+}
+
+/// A write held for the next checkpoint.
+enum Deferred {
+    /// Insert a change entry.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a node's status entries: of epochs before `before`, or all of
+    /// them and its addresses (None).
+    DropStatus { node: NodeId, before: Option<u32> },
+}
+
+/// Most deferred writes held before a checkpoint is forced.
+pub const DEFERRED_MAX: usize = 16_384;
+
+/// The write-ahead log of changes not yet flushed to sled.
+struct Wal {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Bytes of whole records in the file.
+    len: u64,
+    /// Records written to sled but not yet to the file.
+    pending: Vec<u8>,
+    /// A write failed part-way and the tail could not be cut: only a
+    /// checkpoint (which empties the file) may write again.
+    torn: bool,
+    /// When the log is next due to be emptied.
+    due_at: std::time::Instant,
+}
+
+fn next_checkpoint() -> std::time::Instant {
+    let ms = rand::random_range(WAL_CHECKPOINT_MS * 3 / 4..=WAL_CHECKPOINT_MS * 5 / 4);
+    std::time::Instant::now() + std::time::Duration::from_millis(ms)
+}
+
+impl Wal {
+    fn open(path: &Path) -> Result<Wal, StoreError> {
+        let err = |e: std::io::Error| StoreError::Write(format!("{}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(err)?;
+        let len = file.metadata().map_err(err)?.len();
+        Ok(Wal {
+            path: path.to_path_buf(),
+            file,
+            len,
+            pending: Vec::new(),
+            torn: false,
+            due_at: next_checkpoint(),
+        })
+    }
+
+    fn push(&mut self, encoded: &[u8]) {
+        self.pending
+            .extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        self.pending
+            .extend_from_slice(&crc32fast::hash(encoded).to_be_bytes());
+        self.pending.extend_from_slice(encoded);
+    }
+
+    /// Append the pending records and sync them.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        use std::io::Write as _;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // Cut off what part of the records made it, so that later
+                // appends do not sit behind a torn record.
+                if self.file.set_len(self.len).is_err() {
+                    self.torn = true;
+                }
+                Err(StoreError::Write(format!("{}: {e}", self.path.display())))
+            }
+        }
+    }
+
+    /// Empty the log (everything in it is durable in sled).
+    fn empty(&mut self) -> Result<(), StoreError> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StoreError::Write(format!("{}: {e}", self.path.display())))?;
+        self.len = 0;
+        self.pending.clear();
+        self.torn = false;
+        self.due_at = next_checkpoint();
+        Ok(())
+    }
+}
+
+/// Parse the records of a log: the changes of the whole records, and the
+/// length of those records (a bad tail starts there).
+fn parse_wal(bytes: &[u8], change_max_bytes: usize) -> (Vec<SignedChange>, usize) {
+    let mut changes = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 8 {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if len > change_max_bytes || crc32fast::hash(body) != crc {
+            break;
+        }
+        let Ok(sc) = SignedChange::decode(body, change_max_bytes) else {
+            break;
+        };
+        changes.push(sc);
+        at += 8 + len;
+    }
+    (changes, at)
 }
 
 /// The open sled database and its trees.
@@ -99,6 +245,12 @@ pub struct Store {
     change_max_bytes: usize,
     /// None only while [`Store::reopen`] runs.
     inner: Option<Inner>,
+    wal: Wal,
+    /// Writes not yet given to sled (at the next checkpoint): the changes of
+    /// the log, and deletions.
+    unflushed: Vec<Deferred>,
+    /// Something other than changes was written since sled's last flush.
+    sled_dirty: bool,
 }
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
@@ -177,7 +329,7 @@ impl Store {
         .map_err(|_| open_err("sled panicked while opening".into()))?
         .map_err(sled_err)?;
         let tree = |name: &str| opened.open_tree(name).map_err(sled_err);
-        let store = Store {
+        let mut store = Store {
             path: path.to_path_buf(),
             change_max_bytes,
             inner: Some(Inner {
@@ -186,6 +338,9 @@ impl Store {
                 peers: tree("peers")?,
                 db: opened.clone(),
             }),
+            wal: Wal::open(&path.with_extension("wal"))?,
+            unflushed: Vec::new(),
+            sled_dirty: false,
         };
         let meta = tree("meta")?;
         let inner = store.inner.as_ref().expect("just opened");
@@ -204,9 +359,51 @@ impl Store {
             }
             None => return Err(corrupt("format marker missing".into())),
         }
-        let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| store.load(change_max_bytes)))
-            .map_err(|_| corrupt("sled panicked while reading".into()))??;
+        let mut loaded =
+            std::panic::catch_unwind(AssertUnwindSafe(|| store.load(change_max_bytes)))
+                .map_err(|_| corrupt("sled panicked while reading".into()))??;
+        loaded.replayed = store.replay_wal(&mut loaded.changes)?;
         Ok((store, loaded))
+    }
+
+    /// Put the log's changes that sled lacks into sled, flush, empty the log.
+    fn replay_wal(&mut self, loaded: &mut Vec<SignedChange>) -> Result<usize, StoreError> {
+        let bytes = std::fs::read(&self.wal.path)
+            .map_err(|e| StoreError::Write(format!("{}: {e}", self.wal.path.display())))?;
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        let (changes, good) = parse_wal(&bytes, self.change_max_bytes);
+        if good < bytes.len() {
+            tracing::warn!(
+                wal = %self.wal.path.display(),
+                cut_bytes = bytes.len() - good,
+                "the write-ahead log ends in a torn or damaged record (a crash during a write that was never acknowledged); cutting it off"
+            );
+        }
+        let mut replayed = Vec::new();
+        for sc in changes {
+            let Ok(hash) = sc.hash() else { continue };
+            let key = change_key(&sc.doc, &hash.0);
+            if !self
+                .inner()?
+                .changes
+                .contains_key(&key)
+                .map_err(write_err)?
+            {
+                replayed.push(sc);
+            }
+        }
+        self.put_changes(&replayed)?;
+        self.checkpoint(true)?;
+        let n = replayed.len();
+        if n > 0 {
+            tracing::info!(changes = n, "replayed changes from the write-ahead log");
+        }
+        // Policy first, as `load` orders them.
+        loaded.extend(replayed);
+        loaded.sort_by_key(|c| !matches!(c.doc, DocId::Policy));
+        Ok(n)
     }
 
     fn inner(&self) -> Result<&Inner, StoreError> {
@@ -278,6 +475,7 @@ impl Store {
             roots,
             peers,
             moved_aside: None,
+            replayed: 0,
         })
     }
 
@@ -286,22 +484,57 @@ impl Store {
         &self.path
     }
 
-    /// Write changes (durable after the next [`Store::flush`]).
-    pub fn put_changes(&self, changes: &[SignedChange]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+    /// Write changes (durable after the next [`Store::flush`]; in sled's
+    /// tree after the next checkpoint).
+    pub fn put_changes(&mut self, changes: &[SignedChange]) -> Result<(), StoreError> {
+        self.inner()?;
         for sc in changes {
             let hash = sc.hash().map_err(write_err)?;
-            batch.insert(change_key(&sc.doc, &hash.0), sc.encode());
+            let encoded = sc.encode();
+            self.wal.push(&encoded);
+            self.unflushed
+                .push(Deferred::Put(change_key(&sc.doc, &hash.0), encoded));
         }
-        self.inner()?
-            .changes
-            .apply_batch(batch)
-            .map_err(write_err)?;
         Ok(())
     }
 
+    /// Carry out in sled, in order, the writes held for the next checkpoint.
+    fn apply_unflushed(&mut self) -> Result<(), StoreError> {
+        let ops = std::mem::take(&mut self.unflushed);
+        let inner = self.inner()?;
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Deferred::Put(k, v) => batch.insert(k, v),
+                Deferred::DropStatus { node, before } => {
+                    // Earlier puts first: the scan must see them.
+                    inner
+                        .changes
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(write_err)?;
+                    let mut prefix = vec![1u8];
+                    prefix.extend_from_slice(&node.0);
+                    for item in inner.changes.scan_prefix(&prefix) {
+                        let (k, _) = item.map_err(write_err)?;
+                        let epoch = k
+                            .get(33..37)
+                            .map(|e| u32::from_be_bytes(e.try_into().expect("4 bytes")));
+                        if before.is_none_or(|b| epoch.is_some_and(|e| e < b)) {
+                            batch.remove(k);
+                        }
+                    }
+                    if before.is_none() {
+                        inner.peers.remove(node.0).map_err(write_err)?;
+                    }
+                }
+            }
+        }
+        inner.changes.apply_batch(batch).map_err(write_err)
+    }
+
     /// Write a trust root (durable after the next [`Store::flush`]).
-    pub fn put_root(&self, root: &SignedTrustRoot) -> Result<(), StoreError> {
+    pub fn put_root(&mut self, root: &SignedTrustRoot) -> Result<(), StoreError> {
+        self.sled_dirty = true;
         let bytes = postcard::to_allocvec(root).map_err(write_err)?;
         self.inner()?
             .roots
@@ -310,41 +543,26 @@ impl Store {
         Ok(())
     }
 
-    /// Delete the status changes of `node` in epochs before `epoch`.
-    pub fn drop_status_before(&self, node: &NodeId, epoch: u32) -> Result<(), StoreError> {
-        let mut prefix = vec![1u8];
-        prefix.extend_from_slice(&node.0);
-        let mut batch = sled::Batch::default();
-        for item in self.inner()?.changes.scan_prefix(&prefix) {
-            let (k, _) = item.map_err(write_err)?;
-            if k.len() >= 37 {
-                let e = u32::from_be_bytes(k[33..37].try_into().expect("4 bytes"));
-                if e < epoch {
-                    batch.remove(k);
-                }
-            }
-        }
-        self.inner()?
-            .changes
-            .apply_batch(batch)
-            .map_err(write_err)?;
+    /// Delete the status changes of `node` in epochs before `epoch` (at the
+    /// next checkpoint: a deletion lost in a crash only brings back changes
+    /// the replica drops again when it loads them).
+    pub fn drop_status_before(&mut self, node: &NodeId, epoch: u32) -> Result<(), StoreError> {
+        self.inner()?;
+        self.unflushed.push(Deferred::DropStatus {
+            node: *node,
+            before: Some(epoch),
+        });
         Ok(())
     }
 
-    /// Delete every status change of `node`, and its addresses.
-    pub fn drop_node(&self, node: &NodeId) -> Result<(), StoreError> {
-        let mut prefix = vec![1u8];
-        prefix.extend_from_slice(&node.0);
-        let mut batch = sled::Batch::default();
-        for item in self.inner()?.changes.scan_prefix(&prefix) {
-            let (k, _) = item.map_err(write_err)?;
-            batch.remove(k);
-        }
-        self.inner()?
-            .changes
-            .apply_batch(batch)
-            .map_err(write_err)?;
-        self.inner()?.peers.remove(node.0).map_err(write_err)?;
+    /// Delete every status change of `node`, and its addresses (at the next
+    /// checkpoint, as [`Store::drop_status_before`]).
+    pub fn drop_node(&mut self, node: &NodeId) -> Result<(), StoreError> {
+        self.inner()?;
+        self.unflushed.push(Deferred::DropStatus {
+            node: *node,
+            before: None,
+        });
         Ok(())
     }
 
@@ -356,7 +574,7 @@ impl Store {
     }
 
     /// Write and flush a probe key: succeeds once the disk takes writes again.
-    pub fn probe(&self) -> Result<(), StoreError> {
+    pub fn probe(&mut self) -> Result<(), StoreError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -366,12 +584,40 @@ impl Store {
         v.resize(64 << 10, 0);
         let meta = self.inner()?.db.open_tree("meta").map_err(write_err)?;
         meta.insert("probe", v).map_err(write_err)?;
-        self.flush()
+        self.checkpoint(true)
     }
 
-    /// Flush everything to disk.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    /// Make everything written so far durable: new changes go to the
+    /// write-ahead log; any other write flushes sled itself.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.sled_dirty
+            || self.wal.torn
+            || self.wal.len >= WAL_CHECKPOINT_BYTES
+            || self.unflushed.len() >= DEFERRED_MAX
+        {
+            return self.checkpoint(true);
+        }
+        self.inner()?;
+        self.wal.sync()
+    }
+
+    /// Flush sled and empty the write-ahead log, when `force` or when the log
+    /// is due ([`WAL_CHECKPOINT_MS`], [`WAL_CHECKPOINT_BYTES`]).
+    pub fn checkpoint(&mut self, force: bool) -> Result<(), StoreError> {
+        let wal_used =
+            self.wal.len > 0 || !self.wal.pending.is_empty() || !self.unflushed.is_empty();
+        let due = wal_used
+            && (self.wal.len >= WAL_CHECKPOINT_BYTES
+                || std::time::Instant::now() >= self.wal.due_at);
+        if !(force || due) {
+            return Ok(());
+        }
+        self.apply_unflushed()?;
         self.inner()?.db.flush().map_err(write_err)?;
+        self.sled_dirty = false;
+        if wal_used || self.wal.torn {
+            self.wal.empty()?;
+        }
         Ok(())
     }
 
@@ -451,12 +697,94 @@ mod tests {
         assert_eq!(EpochFile::open(&p).unwrap().get(), 5);
     }
 
+    fn heartbeats(n: usize) -> Vec<SignedChange> {
+        let mut w =
+            dcloud_crdt::StatusWriter::new(dcloud_crdt::SecretKey::from_seed([4; 32]), 1, 64);
+        (0..n).map(|_| w.heartbeat()).collect()
+    }
+
+    #[test]
+    fn flushed_changes_are_in_the_log_and_replayed_into_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        let changes = heartbeats(5);
+        let (mut s, _) = Store::open(&p, 1 << 20).unwrap();
+        s.put_changes(&changes[..3]).unwrap();
+        s.flush().unwrap();
+        s.put_changes(&changes[3..]).unwrap();
+        s.flush().unwrap();
+        // The log alone carries them: give it to a store whose sled is empty
+        // (as after a crash before any checkpoint).
+        let q = dir.path().join("other");
+        std::fs::copy(p.with_extension("wal"), q.with_extension("wal")).unwrap();
+        let (_q, loaded) = Store::open(&q, 1 << 20).unwrap();
+        assert_eq!(loaded.replayed, 5);
+        assert_eq!(loaded.changes, changes);
+        assert_eq!(std::fs::metadata(q.with_extension("wal")).unwrap().len(), 0);
+        // A checkpoint empties the log and the changes stay in sled.
+        s.checkpoint(true).unwrap();
+        assert_eq!(std::fs::metadata(p.with_extension("wal")).unwrap().len(), 0);
+        drop(s);
+        let (_s, loaded) = Store::open(&p, 1 << 20).unwrap();
+        assert_eq!(loaded.replayed, 0);
+        assert_eq!(loaded.changes.len(), 5);
+    }
+
+    #[test]
+    fn a_torn_log_tail_is_cut_off_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        let changes = heartbeats(3);
+        {
+            let (mut s, _) = Store::open(&p, 1 << 20).unwrap();
+            s.put_changes(&changes).unwrap();
+            s.flush().unwrap();
+        }
+        let wal = p.with_extension("wal");
+        let mut bytes = std::fs::read(&wal).unwrap();
+        let whole = bytes.len();
+        // A crash in the middle of appending a fourth record...
+        bytes.extend_from_slice(&[0, 0, 1, 0, 9, 9]);
+        let (parsed, good) = parse_wal(&bytes, 1 << 20);
+        assert_eq!((parsed.len(), good), (3, whole));
+        // ...and a flipped byte inside the third.
+        bytes.truncate(whole);
+        bytes[whole - 3] ^= 0x40;
+        let (parsed, _) = parse_wal(&bytes, 1 << 20);
+        assert_eq!(parsed, changes[..2].to_vec());
+        let q = dir.path().join("other");
+        std::fs::write(q.with_extension("wal"), &bytes).unwrap();
+        let (_q, loaded) = Store::open(&q, 1 << 20).unwrap();
+        assert_eq!(loaded.changes, changes[..2].to_vec());
+    }
+
+    #[test]
+    fn deferred_deletions_apply_in_order_at_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        let node = dcloud_crdt::SecretKey::from_seed([4; 32]).public();
+        let changes = heartbeats(2);
+        let (mut s, _) = Store::open(&p, 1 << 20).unwrap();
+        s.put_changes(&changes).unwrap();
+        s.drop_status_before(&node, 1).unwrap(); // epoch 1 stays
+        s.flush().unwrap();
+        s.checkpoint(true).unwrap();
+        drop(s);
+        let (mut s, loaded) = Store::open(&p, 1 << 20).unwrap();
+        assert_eq!(loaded.changes.len(), 2);
+        s.drop_node(&node).unwrap();
+        s.checkpoint(true).unwrap();
+        drop(s);
+        let (_s, loaded) = Store::open(&p, 1 << 20).unwrap();
+        assert!(loaded.changes.is_empty());
+    }
+
     #[test]
     fn damaged_store_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("store");
         {
-            let (s, loaded) = Store::open(&p, 1 << 20).unwrap();
+            let (mut s, loaded) = Store::open(&p, 1 << 20).unwrap();
             assert!(loaded.moved_aside.is_none());
             s.put_peer(
                 &dcloud_crdt::PublicKey([9; 32]),

@@ -170,10 +170,15 @@ impl Engine {
             at: now + engine.config.anti_entropy_interval_ms,
         }];
         engine.publish_own(first_heartbeat, now, &mut out);
-        if engine.config.heartbeat_interval_ms > 0 {
+        let interval = engine.config.heartbeat_interval_ms;
+        if interval > 0 {
+            // The first heartbeat comes somewhere in the second half of the
+            // interval, spread by node id, so that a fleet started at once
+            // does not beat in step (later beats are jittered too).
+            let spread = u64::from(u16::from_be_bytes([id.0[0], id.0[1]]));
             out.push(Output::SetTimer {
                 timer: Timer::Heartbeat,
-                at: now + engine.config.heartbeat_interval_ms,
+                at: now + interval / 2 + spread * (interval / 2) / u64::from(u16::MAX),
             });
         }
         (engine, out)
@@ -419,9 +424,12 @@ impl Engine {
                 if self.config.heartbeat_interval_ms > 0 {
                     let hb = self.writer.heartbeat();
                     self.publish_own(hb, now, out);
+                    // Within a tenth either side of the interval.
+                    let base = self.config.heartbeat_interval_ms;
+                    let jitter = rng.random_range(0..=base / 5);
                     out.push(Output::SetTimer {
                         timer: Timer::Heartbeat,
-                        at: now + self.config.heartbeat_interval_ms,
+                        at: now + base - base / 10 + jitter,
                     });
                 }
             }
