@@ -13,7 +13,9 @@
 //! is the [`NodeId`], so the peer id known after the noise/TLS handshake says
 //! which node is on the other end.
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use dcloud_crdt::{NodeId, PublicKey, SecretKey};
@@ -132,14 +134,55 @@ pub fn keypair(key: &SecretKey) -> Result<identity::Keypair, NetError> {
         .map_err(|e| NetError::Key(e.to_string()))
 }
 
+/// Conversions remembered: each one decompresses a curve point (about 10 µs),
+/// and the daemon converts on every message sent and received.
+struct IdCache {
+    to_peer: HashMap<NodeId, Option<PeerId>>,
+    to_node: HashMap<PeerId, Option<NodeId>>,
+}
+
+/// Most conversions remembered each way (the cache starts over when full, so
+/// peers that come and go cannot grow it).
+const ID_CACHE_MAX: usize = 4096;
+
+static IDS: LazyLock<Mutex<IdCache>> = LazyLock::new(|| {
+    Mutex::new(IdCache {
+        to_peer: HashMap::new(),
+        to_node: HashMap::new(),
+    })
+});
+
 /// The peer id of a node.
 pub fn peer_id(node: &NodeId) -> Option<PeerId> {
-    let pk = identity::ed25519::PublicKey::try_from_bytes(&node.0).ok()?;
-    Some(identity::PublicKey::from(pk).to_peer_id())
+    let mut ids = IDS.lock().expect("not poisoned");
+    if let Some(p) = ids.to_peer.get(node) {
+        return *p;
+    }
+    let p = identity::ed25519::PublicKey::try_from_bytes(&node.0)
+        .ok()
+        .map(|pk| identity::PublicKey::from(pk).to_peer_id());
+    if ids.to_peer.len() >= ID_CACHE_MAX {
+        ids.to_peer.clear();
+    }
+    ids.to_peer.insert(*node, p);
+    p
 }
 
 /// The node id of a peer, when its peer id embeds an ed25519 key.
 pub fn node_id(peer: &PeerId) -> Option<NodeId> {
+    let mut ids = IDS.lock().expect("not poisoned");
+    if let Some(n) = ids.to_node.get(peer) {
+        return *n;
+    }
+    let n = node_id_uncached(peer);
+    if ids.to_node.len() >= ID_CACHE_MAX {
+        ids.to_node.clear();
+    }
+    ids.to_node.insert(*peer, n);
+    n
+}
+
+fn node_id_uncached(peer: &PeerId) -> Option<NodeId> {
     let mh = peer.as_ref();
     if mh.code() != 0 {
         return None;
