@@ -38,6 +38,8 @@ pub struct Node {
     pub ip: String,
     /// libp2p TCP port.
     pub p2p_port: u16,
+    /// When set, the node listens on QUIC at this UDP port instead of TCP.
+    pub quic_port: Option<u16>,
     /// API address.
     pub api: String,
     /// File the effective config is rendered to.
@@ -57,7 +59,10 @@ pub struct Node {
 impl Node {
     /// Its libp2p address.
     pub fn addr(&self) -> String {
-        format!("/ip4/{}/tcp/{}", self.ip, self.p2p_port)
+        match self.quic_port {
+            Some(port) => format!("/ip4/{}/udp/{port}/quic-v1", self.ip),
+            None => format!("/ip4/{}/tcp/{}", self.ip, self.p2p_port),
+        }
     }
 
     /// Is its process running?
@@ -166,8 +171,14 @@ impl Fleet {
         for i in 0..n {
             fleet.add_node(&format!("site-{i}"), first_ip + i as u8);
         }
-        let boot: Vec<String> = fleet.nodes.iter().take(2).map(|n| n.addr()).collect();
-        for (i, node) in fleet.nodes.iter_mut().enumerate() {
+        fleet.set_bootstrap();
+        fleet
+    }
+
+    /// Node 0 and node 1 are everyone else's bootstrap peers.
+    fn set_bootstrap(&mut self) {
+        let boot: Vec<String> = self.nodes.iter().take(2).map(|n| n.addr()).collect();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
             node.bootstrap = boot
                 .iter()
                 .enumerate()
@@ -175,7 +186,19 @@ impl Fleet {
                 .map(|(_, a)| a.clone())
                 .collect();
         }
-        fleet
+    }
+
+    /// Make every node listen (and so be dialled) on QUIC only (before start).
+    pub fn use_quic(&mut self) {
+        for n in &mut self.nodes {
+            let port = std::net::UdpSocket::bind((n.ip.as_str(), 0))
+                .expect("bind a free UDP port")
+                .local_addr()
+                .unwrap()
+                .port();
+            n.quic_port = Some(port);
+        }
+        self.set_bootstrap();
     }
 
     /// Add a node (not started, not enrolled) on 127.0.0.`ip`.
@@ -193,6 +216,7 @@ impl Fleet {
             data_dir,
             ip,
             p2p_port,
+            quic_port: None,
             api,
             apply_file,
             extra: Vec::new(),
