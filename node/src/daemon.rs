@@ -720,6 +720,10 @@ impl Daemon {
                 self.metrics.messages_out.inc();
                 self.metrics.bytes_out.inc_by(len);
             }
+            Err(SendError::Reopening) => {
+                tracing::debug!(peer = %to.short(), "engine stream being reopened; dropping a message (anti-entropy repairs it)");
+                self.metrics.messages_dropped.inc();
+            }
             Err(SendError::Full) => {
                 tracing::debug!(peer = %to.short(), "send queue full; dropping a message (anti-entropy repairs it)");
                 self.metrics.messages_dropped.inc();

@@ -46,6 +46,10 @@ pub const INBOUND_QUEUE_MAX: usize = 1024;
 pub const INBOUND_STREAMS_PER_PEER_MAX: usize = 4;
 /// Most bytes of queued frames gathered into one write.
 pub const WRITE_BATCH_MAX_BYTES: usize = 256 << 10;
+/// A peer's stream is opened again at most this often (a peer that refuses
+/// the protocol, e.g. one running another protocol version, would otherwise
+/// cost a negotiation per message).
+pub const REOPEN_MIN_INTERVAL_MS: u64 = 1_000;
 
 /// What the stream tasks hand to the daemon.
 #[derive(Debug)]
@@ -75,6 +79,9 @@ pub enum SendError {
     /// The peer's queue is full.
     #[error("the send queue of this peer is full")]
     Full,
+    /// The stream to this peer broke less than [`REOPEN_MIN_INTERVAL_MS`] ago.
+    #[error("the stream to this peer broke; it is opened again shortly")]
+    Reopening,
     /// The message is over the frame bound.
     #[error("message of {0} bytes is over the frame bound")]
     TooLarge(usize),
@@ -84,6 +91,8 @@ pub enum SendError {
 pub struct Links {
     control: libp2p_stream::Control,
     writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    /// When each peer's writer was last started.
+    opened_at: HashMap<PeerId, std::time::Instant>,
     frame_max_bytes: usize,
 }
 
@@ -101,6 +110,7 @@ impl Links {
             Links {
                 control,
                 writers: HashMap::new(),
+                opened_at: HashMap::new(),
                 frame_max_bytes,
             },
             rx,
@@ -115,11 +125,13 @@ impl Links {
         let (tx, rx) = mpsc::channel(SEND_QUEUE_PER_PEER_MAX);
         tokio::spawn(write(self.control.clone(), peer, rx));
         self.writers.insert(peer, tx);
+        self.opened_at.insert(peer, std::time::Instant::now());
     }
 
     /// Stop the writer to `peer` (it went down or was cut off).
     pub fn close(&mut self, peer: &PeerId) {
         self.writers.remove(peer);
+        self.opened_at.remove(peer);
     }
 
     /// Queue `bytes` for `peer` without waiting.
@@ -135,7 +147,14 @@ impl Links {
             Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Full),
             Err(mpsc::error::TrySendError::Closed(bytes)) => {
                 // The stream broke (reset, or the connection it was on
-                // closed while another stays up): open a new one, once.
+                // closed while another stays up, or the peer refused it):
+                // open a new one, at most once a second.
+                let recent = self.opened_at.get(&peer).is_some_and(|t| {
+                    t.elapsed() < std::time::Duration::from_millis(REOPEN_MIN_INTERVAL_MS)
+                });
+                if recent {
+                    return Err(SendError::Reopening);
+                }
                 tracing::debug!(%peer, "engine stream closed; opening a new one");
                 self.writers.remove(&peer);
                 self.open(peer);
