@@ -251,3 +251,95 @@ async fn read(peer: PeerId, mut stream: Stream, tx: &mpsc::Sender<LinkEvent>, ma
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dcloud_crdt::SecretKey;
+    use futures::AsyncWriteExt;
+    use libp2p::swarm::SwarmEvent;
+
+    use super::*;
+
+    /// Run a swarm until `done` says so (bounded), then keep it running in a task.
+    async fn drive_until(
+        mut swarm: libp2p::Swarm<net::Behaviour>,
+        mut done: impl FnMut(&SwarmEvent<net::BehaviourEvent>) -> bool,
+    ) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if done(&swarm.select_next_some().await) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("swarm event within 10 s");
+        tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_and_an_oversized_one_is_reported() {
+        let (ka, kb) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        let mut a = net::build_swarm(&ka, false).unwrap();
+        let mut b = net::build_swarm(&kb, false).unwrap();
+        let pid_b = *b.local_peer_id();
+        let (mut links_a, _rx_a) = Links::start(a.behaviour().streams.new_control(), 1024).unwrap();
+        let (_links_b, mut rx_b) = Links::start(b.behaviour().streams.new_control(), 1024).unwrap();
+        let mut raw = a.behaviour().streams.new_control();
+        b.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let mut addr_tx = Some(addr_tx);
+        drive_until(b, move |ev| {
+            if let SwarmEvent::NewListenAddr { address, .. } = ev {
+                let _ = addr_tx.take().map(|t| t.send(address.clone()));
+                return true;
+            }
+            false
+        })
+        .await;
+        a.dial(addr_rx.await.unwrap()).unwrap();
+        drive_until(a, |ev| {
+            matches!(ev, SwarmEvent::ConnectionEstablished { .. })
+        })
+        .await;
+
+        links_a.open(pid_b);
+        for k in 0..100u8 {
+            links_a.send(pid_b, vec![k; 1 + k as usize]).unwrap();
+        }
+        assert_eq!(
+            links_a.send(pid_b, vec![0; 1025]),
+            Err(SendError::TooLarge(1025))
+        );
+        for k in 0..100u8 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), rx_b.recv())
+                .await
+                .expect("a frame within 10 s")
+                .expect("channel open");
+            match ev {
+                LinkEvent::Frame { bytes, .. } => assert_eq!(bytes, vec![k; 1 + k as usize]),
+                other => panic!("expected frame {k}, got {other:?}"),
+            }
+        }
+
+        // A frame announced over the bound: reported without its body.
+        let mut s = raw.open_stream(pid_b, net::PROTOCOL).await.unwrap();
+        s.write_all(&5000u32.to_be_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx_b.recv())
+            .await
+            .expect("a report within 10 s")
+            .expect("channel open");
+        assert!(
+            matches!(ev, LinkEvent::Oversized { len: 5000, .. }),
+            "{ev:?}"
+        );
+    }
+}
