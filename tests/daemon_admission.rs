@@ -36,12 +36,8 @@ async fn unenrolled_refused_and_revoked_cut_off() {
     f.start_all();
     let c = f.enrol_at(0, &MEMBERS).await;
     let h = Fleet::head(&c);
-    f.wait(
-        "members applied the enrolment",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&MEMBERS, &h).await,
-    )
-    .await;
+    f.wait_applied("members applied the enrolment", &MEMBERS, &h)
+        .await;
     let outsider = f.nodes[4].id.to_hex();
 
     // The outsider is refused: members cut it off after the handshake, it

@@ -51,12 +51,8 @@ async fn corrupted_store_is_moved_aside_and_rebuilt() {
     assert!(scribbled > 0);
 
     f.start(2);
-    f.wait(
-        "node 2 rebuilt from its peers",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&[2], &h).await,
-    )
-    .await;
+    f.wait_applied("node 2 rebuilt from its peers", &[2], &h)
+        .await;
     let aside: Vec<_> = std::fs::read_dir(&f.nodes[2].data_dir)
         .unwrap()
         .filter_map(|e| e.ok())

@@ -126,12 +126,8 @@ async fn disk_full_refuses_changes_serves_reads_and_recovers() {
     .await;
     let (status, body) = f.publish(1, bundle).await;
     assert_eq!(status, 200, "{body}");
-    f.wait(
-        "the change reaches both nodes",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&[0, 1], &h2).await,
-    )
-    .await;
+    f.wait_applied("the change reaches both nodes", &[0, 1], &h2)
+        .await;
     f.wait(
         "node 0 sees node 1 healthy again",
         Duration::from_secs(30),

@@ -43,12 +43,8 @@ async fn five_nodes_converge_and_the_api_answers() {
     // Enrol everyone at node 0: the policy spreads, every node applies it.
     let c1 = f.enrol_at(0, &ALL).await;
     let h1 = Fleet::head(&c1);
-    f.wait(
-        "policy 1 applied everywhere",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&ALL, &h1).await,
-    )
-    .await;
+    f.wait_applied("policy 1 applied everywhere", &ALL, &h1)
+        .await;
     for n in &f.nodes {
         let rendered: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&n.apply_file).unwrap()).unwrap();

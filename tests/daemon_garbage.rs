@@ -187,12 +187,8 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     let h2 = Fleet::head(&c);
     let (status, body) = f.publish(2, f.bundle(vec![c])).await;
     assert_eq!(status, 200, "{body}");
-    f.wait(
-        "the fleet applied the next change",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&NODES, &h2).await,
-    )
-    .await;
+    f.wait_applied("the fleet applied the next change", &NODES, &h2)
+        .await;
     for i in NODES {
         let p = f.get(i, "/v1/policy").await.unwrap();
         assert!(p["fleet"].get("forged.k0").is_none(), "{p}");

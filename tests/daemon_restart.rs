@@ -22,12 +22,8 @@ async fn sigkill_loses_nothing_and_restart_catches_up() {
     f.start_all();
     let c = f.enrol_at(0, &ALL).await;
     let h = Fleet::head(&c);
-    f.wait(
-        "enrolment applied everywhere",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&ALL, &h).await,
-    )
-    .await;
+    f.wait_applied("enrolment applied everywhere", &ALL, &h)
+        .await;
 
     // 1. Acknowledged means durable: publish at node 2, SIGKILL it right after
     // the last 200, kill everyone else too (nothing to fetch back), restart

@@ -433,6 +433,15 @@ impl Fleet {
         panic!("{msg}");
     }
 
+    /// Wait (at most 30 s) until every node of `which` applied the policy
+    /// whose only head is `head`.
+    pub async fn wait_applied(&self, what: &str, which: &[usize], head: &str) {
+        self.wait(what, Duration::from_secs(30), async |f| {
+            f.applied_everywhere(which, head).await
+        })
+        .await;
+    }
+
     /// Poll `cond` every 50 ms until it holds, or fail after `within`.
     pub async fn wait(
         &self,

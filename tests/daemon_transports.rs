@@ -8,8 +8,6 @@
 #[path = "daemon_support.rs"]
 mod support;
 
-use std::time::Duration;
-
 use support::Fleet;
 
 const ALL: [usize; 3] = [0, 1, 2];
@@ -23,22 +21,14 @@ async fn a_quic_only_fleet_converges_and_json_logs_parse() {
     f.ready(&ALL).await;
     let c = f.enrol_at(0, &ALL).await;
     let h = Fleet::head(&c);
-    f.wait(
-        "enrolment applied everywhere over QUIC",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&ALL, &h).await,
-    )
-    .await;
+    f.wait_applied("enrolment applied everywhere over QUIC", &ALL, &h)
+        .await;
     let c = f.sign(vec![Fleet::set_fleet("over.quic", true.into())]);
     let h = Fleet::head(&c);
     let (status, body) = f.publish(2, f.bundle(vec![c])).await;
     assert_eq!(status, 200, "{body}");
-    f.wait(
-        "a change published at node 2 applied everywhere",
-        Duration::from_secs(30),
-        async |f| f.applied_everywhere(&ALL, &h).await,
-    )
-    .await;
+    f.wait_applied("a change published at node 2 applied everywhere", &ALL, &h)
+        .await;
     for i in ALL {
         let v = f.get(i, "/v1/node").await.unwrap();
         let listen: Vec<&str> = v["listen_addrs"]
