@@ -105,6 +105,9 @@ pub struct Loaded {
     pub moved_aside: Option<PathBuf>,
     /// Changes replayed from the write-ahead log (already in `changes`).
     pub replayed: usize,
+    /// The log was not empty: the last run did not stop cleanly, and
+    /// deletions it deferred may be lost (the caller issues them again).
+    pub unclean: bool,
 }
 
 /// A write held for the next checkpoint.
@@ -142,12 +145,19 @@ fn next_checkpoint() -> std::time::Instant {
 impl Wal {
     fn open(path: &Path) -> Result<Wal, StoreError> {
         let err = |e: std::io::Error| StoreError::Write(format!("{}: {e}", path.display()));
+        let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
             .map_err(err)?;
+        if !existed && let Some(dir) = path.parent() {
+            // The new file's directory entry must survive a power loss too.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
+        }
         let len = file.metadata().map_err(err)?.len();
         Ok(Wal {
             path: path.to_path_buf(),
@@ -196,39 +206,63 @@ impl Wal {
 
     /// Empty the log (everything in it is durable in sled).
     fn empty(&mut self) -> Result<(), StoreError> {
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| StoreError::Write(format!("{}: {e}", self.path.display())))?;
+        let err = |e: std::io::Error| StoreError::Write(format!("{}: {e}", self.path.display()));
+        self.file.set_len(0).map_err(err)?;
+        // From here the file is empty whatever the sync says.
         self.len = 0;
         self.pending.clear();
+        self.file.sync_data().map_err(err)?;
         self.torn = false;
         self.due_at = next_checkpoint();
         Ok(())
     }
 }
 
-/// Parse the records of a log: the changes of the whole records, and the
-/// length of those records (a bad tail starts there).
-fn parse_wal(bytes: &[u8], change_max_bytes: usize) -> (Vec<SignedChange>, usize) {
+/// What the records of a log parse to.
+struct ParsedWal {
+    /// The changes of the whole, valid records at its start.
+    changes: Vec<SignedChange>,
+    /// The length of those records.
+    good: usize,
+    /// What follows them is a torn append (an incomplete record, or zeros),
+    /// not damage to a complete record.
+    torn: bool,
+}
+
+/// Parse the records of a log.
+fn parse_wal(bytes: &[u8], change_max_bytes: usize) -> ParsedWal {
     let mut changes = Vec::new();
     let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
-            break;
+    let incomplete = loop {
+        let rest = &bytes[at..];
+        if rest.is_empty() {
+            break false;
+        }
+        if rest.len() < 8 {
+            break true;
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len > change_max_bytes {
+            break false;
+        }
+        let Some(body) = rest.get(8..8 + len) else {
+            break true;
         };
-        if len > change_max_bytes || crc32fast::hash(body) != crc {
-            break;
+        if crc32fast::hash(body) != crc {
+            break false;
         }
         let Ok(sc) = SignedChange::decode(body, change_max_bytes) else {
-            break;
+            break false;
         };
         changes.push(sc);
         at += 8 + len;
+    };
+    ParsedWal {
+        changes,
+        good: at,
+        torn: incomplete || bytes[at..].iter().all(|b| *b == 0),
     }
-    (changes, at)
 }
 
 /// The open sled database and its trees.
@@ -362,27 +396,56 @@ impl Store {
         let mut loaded =
             std::panic::catch_unwind(AssertUnwindSafe(|| store.load(change_max_bytes)))
                 .map_err(|_| corrupt("sled panicked while reading".into()))??;
+        loaded.unclean = store.wal.len > 0;
         loaded.replayed = store.replay_wal(&mut loaded.changes)?;
         Ok((store, loaded))
     }
 
-    /// Put the log's changes that sled lacks into sled, flush, empty the log.
+    /// Queue the log's changes that sled lacks for the next checkpoint (they
+    /// stay in the log until then, so opening needs no disk space). A torn
+    /// tail is cut off; a damaged record (complete, but its checksum or
+    /// encoding is wrong) moves the whole log aside and keeps the records
+    /// before it.
     fn replay_wal(&mut self, loaded: &mut Vec<SignedChange>) -> Result<usize, StoreError> {
-        let bytes = std::fs::read(&self.wal.path)
-            .map_err(|e| StoreError::Write(format!("{}: {e}", self.wal.path.display())))?;
+        let path = self.wal.path.clone();
+        let io = |e: std::io::Error| StoreError::Write(format!("{}: {e}", path.display()));
+        let bytes = std::fs::read(&path).map_err(io)?;
         if bytes.is_empty() {
             return Ok(0);
         }
-        let (changes, good) = parse_wal(&bytes, self.change_max_bytes);
-        if good < bytes.len() {
+        let parsed = parse_wal(&bytes, self.change_max_bytes);
+        if parsed.good < bytes.len() && parsed.torn {
             tracing::warn!(
-                wal = %self.wal.path.display(),
-                cut_bytes = bytes.len() - good,
-                "the write-ahead log ends in a torn or damaged record (a crash during a write that was never acknowledged); cutting it off"
+                wal = %path.display(),
+                cut_bytes = bytes.len() - parsed.good,
+                "the write-ahead log ends in a torn record (a crash during an append that was never acknowledged); cutting it off"
             );
+            self.wal.file.set_len(parsed.good as u64).map_err(io)?;
+            self.wal.file.sync_data().map_err(io)?;
+        } else if parsed.good < bytes.len() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = path.with_extension(format!("wal.corrupt-{secs}"));
+            tracing::error!(
+                wal = %path.display(),
+                moved_to = %aside.display(),
+                at_byte = parsed.good,
+                "the write-ahead log has a damaged record; moving it aside and keeping the records before it (peers resend the rest)"
+            );
+            std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside {
+                from: path.clone(),
+                to: aside.clone(),
+                source,
+            })?;
+            self.wal = Wal::open(&path)?;
+            self.wal.pending = bytes[..parsed.good].to_vec();
+            self.wal.sync()?;
         }
+        self.wal.len = parsed.good as u64;
         let mut replayed = Vec::new();
-        for sc in changes {
+        for sc in parsed.changes {
             let Ok(hash) = sc.hash() else { continue };
             let key = change_key(&sc.doc, &hash.0);
             if !self
@@ -391,11 +454,10 @@ impl Store {
                 .contains_key(&key)
                 .map_err(write_err)?
             {
+                self.unflushed.push(Deferred::Put(key, sc.encode()));
                 replayed.push(sc);
             }
         }
-        self.put_changes(&replayed)?;
-        self.checkpoint(true)?;
         let n = replayed.len();
         if n > 0 {
             tracing::info!(changes = n, "replayed changes from the write-ahead log");
@@ -476,6 +538,7 @@ impl Store {
             peers,
             moved_aside: None,
             replayed: 0,
+            unclean: false,
         })
     }
 
@@ -499,13 +562,14 @@ impl Store {
     }
 
     /// Carry out in sled, in order, the writes held for the next checkpoint.
-    fn apply_unflushed(&mut self) -> Result<(), StoreError> {
-        let ops = std::mem::take(&mut self.unflushed);
+    /// They stay held until sled has flushed them (see [`Store::checkpoint`]);
+    /// applying them again after a failure gives the same result.
+    fn apply_unflushed(&self) -> Result<(), StoreError> {
         let inner = self.inner()?;
         let mut batch = sled::Batch::default();
-        for op in ops {
+        for op in &self.unflushed {
             match op {
-                Deferred::Put(k, v) => batch.insert(k, v),
+                Deferred::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
                 Deferred::DropStatus { node, before } => {
                     // Earlier puts first: the scan must see them.
                     inner
@@ -523,6 +587,7 @@ impl Store {
                             batch.remove(k);
                         }
                     }
+
                     if before.is_none() {
                         inner.peers.remove(node.0).map_err(write_err)?;
                     }
@@ -614,6 +679,8 @@ impl Store {
         }
         self.apply_unflushed()?;
         self.inner()?.db.flush().map_err(write_err)?;
+        // Durable in sled: only now may they leave memory and the log.
+        self.unflushed.clear();
         self.sled_dirty = false;
         if wal_used || self.wal.torn {
             self.wal.empty()?;
@@ -717,10 +784,27 @@ mod tests {
         // (as after a crash before any checkpoint).
         let q = dir.path().join("other");
         std::fs::copy(p.with_extension("wal"), q.with_extension("wal")).unwrap();
-        let (_q, loaded) = Store::open(&q, 1 << 20).unwrap();
+        let wal_len = std::fs::metadata(q.with_extension("wal")).unwrap().len();
+        let (mut q_store, loaded) = Store::open(&q, 1 << 20).unwrap();
         assert_eq!(loaded.replayed, 5);
+        assert!(loaded.unclean);
         assert_eq!(loaded.changes, changes);
-        assert_eq!(std::fs::metadata(q.with_extension("wal")).unwrap().len(), 0);
+        // Still in the log until sled has them (opening needs no space)...
+        assert_eq!(
+            std::fs::metadata(q.with_extension("wal")).unwrap().len(),
+            wal_len
+        );
+        q_store.checkpoint(true).unwrap();
+        drop(q_store);
+        // ...and in sled after the checkpoint.
+        let (_q, loaded) = Store::open(&q, 1 << 20).unwrap();
+        assert_eq!((loaded.replayed, loaded.unclean), (0, false));
+        // (sled returns them in key order)
+        let sorted = |mut v: Vec<SignedChange>| {
+            v.sort_by_key(|c| c.encode());
+            v
+        };
+        assert_eq!(sorted(loaded.changes), sorted(changes.clone()));
         // A checkpoint empties the log and the changes stay in sled.
         s.checkpoint(true).unwrap();
         assert_eq!(std::fs::metadata(p.with_extension("wal")).unwrap().len(), 0);
@@ -743,19 +827,44 @@ mod tests {
         let wal = p.with_extension("wal");
         let mut bytes = std::fs::read(&wal).unwrap();
         let whole = bytes.len();
-        // A crash in the middle of appending a fourth record...
+        // A crash in the middle of appending a fourth record: cut off.
         bytes.extend_from_slice(&[0, 0, 1, 0, 9, 9]);
-        let (parsed, good) = parse_wal(&bytes, 1 << 20);
-        assert_eq!((parsed.len(), good), (3, whole));
-        // ...and a flipped byte inside the third.
-        bytes.truncate(whole);
-        bytes[whole - 3] ^= 0x40;
-        let (parsed, _) = parse_wal(&bytes, 1 << 20);
-        assert_eq!(parsed, changes[..2].to_vec());
-        let q = dir.path().join("other");
+        let parsed = parse_wal(&bytes, 1 << 20);
+        assert_eq!(
+            (parsed.changes.len(), parsed.good, parsed.torn),
+            (3, whole, true)
+        );
+        let q = dir.path().join("torn");
         std::fs::write(q.with_extension("wal"), &bytes).unwrap();
         let (_q, loaded) = Store::open(&q, 1 << 20).unwrap();
-        assert_eq!(loaded.changes, changes[..2].to_vec());
+        assert_eq!(loaded.changes, changes);
+        assert_eq!(
+            std::fs::metadata(q.with_extension("wal")).unwrap().len(),
+            whole as u64
+        );
+
+        // A flipped byte inside the second record: damage, not a torn
+        // append. The log is moved aside and the first record kept.
+        bytes.truncate(whole);
+        let second_end = whole - (whole / 3);
+        bytes[second_end - 3] ^= 0x40;
+        let parsed = parse_wal(&bytes, 1 << 20);
+        assert_eq!((parsed.changes.len(), parsed.torn), (1, false));
+        let q = dir.path().join("damaged");
+        std::fs::write(q.with_extension("wal"), &bytes).unwrap();
+        let (_q, loaded) = Store::open(&q, 1 << 20).unwrap();
+        assert_eq!(loaded.changes, changes[..1].to_vec());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("damaged.wal.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged log is kept aside");
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), bytes);
     }
 
     #[test]
