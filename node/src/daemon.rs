@@ -328,6 +328,7 @@ pub async fn start(
         }
     }
     let mut replica = Replica::new(chain, limits);
+    let mut store = store;
     let stored = loaded.changes.len();
     let mut own_epoch_max = 0u32;
     for c in &loaded.changes {
@@ -337,6 +338,7 @@ pub async fn start(
             own_epoch_max = own_epoch_max.max(epoch);
         }
     }
+    let unclean = loaded.unclean;
     let reports = replica.ingest(loaded.changes);
     let refused = reports
         .iter()
@@ -349,6 +351,16 @@ pub async fn start(
         policy_heads = ?view::hex_heads(&replica.policy_heads()),
         "replica restored from the store"
     );
+    if unclean {
+        // The last run did not stop cleanly: deletions it deferred to a
+        // checkpoint may be lost. Issue them again (old epochs, revoked nodes).
+        for (node, _, epoch) in replica.statuses() {
+            store.drop_status_before(node, epoch)?;
+        }
+        for node in replica.policy().revoked.keys() {
+            store.drop_node(node)?;
+        }
+    }
     // A new status epoch at every start: above anything this node ever wrote
     // (the epoch file survives a lost store), so its status never goes back.
     let mut epoch_file = EpochFile::open(&cfg.data_dir.join("status-epoch"))?;
@@ -728,8 +740,9 @@ impl Daemon {
                 tracing::debug!(peer = %to.short(), "send queue full; dropping a message (anti-entropy repairs it)");
                 self.metrics.messages_dropped.inc();
             }
-            Err(e) => {
-                tracing::warn!(peer = %to.short(), error = %e, "message not sent");
+            Err(SendError::NotUp) => {}
+            Err(e @ SendError::TooLarge(_)) => {
+                tracing::error!(peer = %to.short(), error = %e, "message not sent");
                 self.metrics.messages_dropped.inc();
             }
         }
@@ -738,6 +751,18 @@ impl Daemon {
     fn block(&mut self, pid: PeerId, until: Option<Millis>) {
         self.blocked_until.insert(pid, until);
         self.swarm.behaviour_mut().blocked.block_peer(pid);
+        // Nothing more to it, even before its connections are reported closed.
+        self.links.close(&pid);
+    }
+
+    /// A connected, admitted peer becomes known to the engine (once).
+    fn peer_up(&mut self, pid: PeerId, node: NodeId) {
+        if self.up.insert(pid) {
+            tracing::debug!(peer = %pid, "peer up");
+            self.links.open(pid);
+            self.metrics.peers.set(self.up.len() as i64);
+            self.feed(Input::PeerUp { peer: node });
+        }
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -801,6 +826,7 @@ impl Daemon {
             tracing::info!(peer = %pid, "peer is revoked: cutting it off for good");
             self.block(pid, None);
         } else {
+            self.links.close(&pid);
             let _ = self.swarm.disconnect_peer_id(pid);
         }
     }
@@ -1209,14 +1235,7 @@ impl Daemon {
                     }
                     self.remember_addr(peer_id, address.clone());
                 }
-                if self.up.insert(peer_id) {
-                    tracing::debug!(peer = %peer_id, "peer up");
-                    self.links.open(peer_id);
-                    self.metrics.peers.set(self.up.len() as i64);
-                    self.feed(Input::PeerUp {
-                        peer: node.expect("checked above"),
-                    });
-                }
+                self.peer_up(peer_id, node.expect("checked above"));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -1253,7 +1272,7 @@ impl Daemon {
 
     fn on_link(&mut self, ev: LinkEvent) {
         let (peer, request) = match ev {
-            LinkEvent::Frame { peer, bytes } => (peer, bytes),
+            LinkEvent::Frame { peer, bytes, .. } => (peer, bytes),
             LinkEvent::Oversized { peer, len } => {
                 tracing::warn!(%peer, len, max = net::FRAME_SIZE_MAX_BYTES,
                     "peer sent an oversized frame; disconnecting and blocking it");
@@ -1263,8 +1282,18 @@ impl Daemon {
                 return;
             }
         };
-        if !self.up.contains(&peer) {
+        if self.blocked_until.contains_key(&peer) {
             return;
+        }
+        if !self.up.contains(&peer) {
+            // Its stream can be handed over before the swarm reports the
+            // connection: admit it now rather than drop its first messages.
+            match net::node_id(&peer) {
+                Some(n) if n != self.me && self.swarm.is_connected(&peer) && self.admitted(&n) => {
+                    self.peer_up(peer, n);
+                }
+                _ => return,
+            }
         }
         // The peer talks to us: it admitted us; reset its redial backoff.
         if let Some(r) = self.redial.get_mut(&peer) {

@@ -1,5 +1,5 @@
 //! Long-lived engine streams: one outbound stream per admitted peer, carrying
-//! length-prefixed frames (see [`net::write_frame`]) for as long as the peer
+//! length-prefixed frames (see [`net::encode_frame`]) for as long as the peer
 //! is up.
 //!
 //! A request-response exchange per engine message cost a new yamux stream, a
@@ -29,6 +29,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::{AsyncWriteExt, StreamExt};
@@ -37,10 +38,18 @@ use tokio::sync::mpsc;
 
 use crate::net;
 
-/// Messages queued for one peer's writer before more are dropped.
+/// Messages queued for one peer's writer before more are dropped...
 pub const SEND_QUEUE_PER_PEER_MAX: usize = 256;
-/// Frames (from all peers) read but not yet taken by the daemon.
+/// ...or bytes of them.
+pub const SEND_QUEUE_PER_PEER_MAX_BYTES: usize = 16 << 20;
+/// Frames (from all peers) read but not yet taken by the daemon...
 pub const INBOUND_QUEUE_MAX: usize = 1024;
+/// ...or bytes of them (a reader waits for room before it reads a frame's
+/// body, so this bounds what peers can make this node hold).
+pub const INBOUND_QUEUE_MAX_BYTES: usize = 64 << 20;
+/// Opening a stream, or one write, may take this long; then the stream is
+/// given up (and opened again by the next message).
+pub const STREAM_IO_TIMEOUT_MS: u64 = 10_000;
 /// Inbound engine streams one peer may hold open (one per connection, with room
 /// for a stream being replaced).
 pub const INBOUND_STREAMS_PER_PEER_MAX: usize = 4;
@@ -60,6 +69,8 @@ pub enum LinkEvent {
         peer: PeerId,
         /// Its bytes.
         bytes: Vec<u8>,
+        /// Its share of [`INBOUND_QUEUE_MAX_BYTES`], given back when dropped.
+        budget: Budget,
     },
     /// `peer` announced a frame over the bound; its stream was dropped unread.
     Oversized {
@@ -69,6 +80,10 @@ pub enum LinkEvent {
         len: usize,
     },
 }
+
+/// A frame's share of the inbound byte budget.
+#[derive(Debug)]
+pub struct Budget(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 /// Why a message was not queued.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,10 +102,17 @@ pub enum SendError {
     TooLarge(usize),
 }
 
+/// The daemon's handle on one peer's writer.
+struct Writer {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// The daemon's side of the streams.
 pub struct Links {
     control: libp2p_stream::Control,
-    writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    writers: HashMap<PeerId, Writer>,
     /// When each peer's writer was last started.
     opened_at: HashMap<PeerId, std::time::Instant>,
     frame_max_bytes: usize,
@@ -105,7 +127,8 @@ impl Links {
     ) -> Result<(Links, mpsc::Receiver<LinkEvent>), libp2p_stream::AlreadyRegistered> {
         let incoming = control.accept(net::PROTOCOL)?;
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE_MAX);
-        tokio::spawn(accept(incoming, tx, frame_max_bytes));
+        let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_QUEUE_MAX_BYTES));
+        tokio::spawn(accept(incoming, tx, budget, frame_max_bytes));
         Ok((
             Links {
                 control,
@@ -119,12 +142,13 @@ impl Links {
 
     /// Start a writer to `peer` (it just came up), unless one runs.
     pub fn open(&mut self, peer: PeerId) {
-        if self.writers.get(&peer).is_some_and(|w| !w.is_closed()) {
+        if self.writers.get(&peer).is_some_and(|w| !w.tx.is_closed()) {
             return;
         }
         let (tx, rx) = mpsc::channel(SEND_QUEUE_PER_PEER_MAX);
-        tokio::spawn(write(self.control.clone(), peer, rx));
-        self.writers.insert(peer, tx);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(write(self.control.clone(), peer, rx, queued.clone()));
+        self.writers.insert(peer, Writer { tx, queued });
         self.opened_at.insert(peer, std::time::Instant::now());
     }
 
@@ -142,8 +166,15 @@ impl Links {
         let Some(w) = self.writers.get(&peer) else {
             return Err(SendError::NotUp);
         };
-        match w.try_send(bytes) {
-            Ok(()) => Ok(()),
+        let len = bytes.len();
+        if w.queued.load(Ordering::Relaxed) + len > SEND_QUEUE_PER_PEER_MAX_BYTES {
+            return Err(SendError::Full);
+        }
+        match w.tx.try_send(bytes) {
+            Ok(()) => {
+                w.queued.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Full),
             Err(mpsc::error::TrySendError::Closed(bytes)) => {
                 // The stream broke (reset, or the connection it was on
@@ -158,9 +189,10 @@ impl Links {
                 tracing::debug!(%peer, "engine stream closed; opening a new one");
                 self.writers.remove(&peer);
                 self.open(peer);
-                self.writers[&peer]
-                    .try_send(bytes)
-                    .map_err(|_| SendError::Full)
+                let w = &self.writers[&peer];
+                w.tx.try_send(bytes).map_err(|_| SendError::Full)?;
+                w.queued.fetch_add(len, Ordering::Relaxed);
+                Ok(())
             }
         }
     }
@@ -172,31 +204,61 @@ fn push_frame(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-async fn write(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut stream = match control.open_stream(peer, net::PROTOCOL).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot open an engine stream");
-            return;
-        }
-    };
+async fn write(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let timeout = std::time::Duration::from_millis(STREAM_IO_TIMEOUT_MS);
+    // Closed before it started: do not open (libp2p-stream would dial a
+    // peer that is gone).
+    if rx.is_closed() {
+        return;
+    }
+    let mut stream =
+        match tokio::time::timeout(timeout, control.open_stream(peer, net::PROTOCOL)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "cannot open an engine stream");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "opening an engine stream timed out");
+                return;
+            }
+        };
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
         push_frame(&mut buf, &first);
+        let mut taken = first.len();
         while buf.len() < WRITE_BATCH_MAX_BYTES {
             match rx.try_recv() {
-                Ok(more) => push_frame(&mut buf, &more),
+                Ok(more) => {
+                    taken += more.len();
+                    push_frame(&mut buf, &more);
+                }
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(taken, Ordering::Relaxed);
         let written = async {
             stream.write_all(&buf).await?;
             stream.flush().await
         };
-        if let Err(e) = written.await {
-            tracing::debug!(%peer, error = %e, "engine stream failed");
-            return;
+        match tokio::time::timeout(timeout, written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "engine stream failed");
+                return;
+            }
+            Err(_) => {
+                // The peer stopped reading: give the stream up (it is reset
+                // when dropped); the next message opens a new one.
+                tracing::debug!(%peer, "engine stream write timed out");
+                return;
+            }
         }
     }
     let _ = stream.close().await;
@@ -205,6 +267,7 @@ async fn write(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mpsc::
 async fn accept(
     mut incoming: libp2p_stream::IncomingStreams,
     tx: mpsc::Sender<LinkEvent>,
+    budget: Arc<tokio::sync::Semaphore>,
     frame_max_bytes: usize,
 ) {
     let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
@@ -220,8 +283,9 @@ async fn accept(
         }
         let open = open.clone();
         let tx = tx.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
-            read(peer, stream, &tx, frame_max_bytes).await;
+            read(peer, stream, &tx, &budget, frame_max_bytes).await;
             let mut open = open.lock().expect("not poisoned");
             if let Some(n) = open.get_mut(&peer) {
                 *n -= 1;
@@ -233,18 +297,44 @@ async fn accept(
     }
 }
 
-async fn read(peer: PeerId, mut stream: Stream, tx: &mpsc::Sender<LinkEvent>, max: usize) {
+async fn read(
+    peer: PeerId,
+    mut stream: Stream,
+    tx: &mpsc::Sender<LinkEvent>,
+    budget: &Arc<tokio::sync::Semaphore>,
+    max: usize,
+) {
+    use futures::AsyncReadExt;
     loop {
-        let ev = match net::read_frame(&mut stream, max).await {
-            Ok(bytes) => LinkEvent::Frame { peer, bytes },
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > max {
+            let _ = tx.send(LinkEvent::Oversized { peer, len }).await;
+            return;
+        }
+        // Room for the body first: when the daemon is behind, this reader
+        // waits and yamux flow control slows the sender.
+        let Ok(permit) = budget.clone().acquire_many_owned(len.max(1) as u32).await else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(len.min(64 << 10));
+        match (&mut stream).take(len as u64).read_to_end(&mut bytes).await {
+            Ok(n) if n == len => {}
+            Ok(_) => return,
             Err(e) => {
-                if let Some(o) = net::oversized(&e) {
-                    let _ = tx.send(LinkEvent::Oversized { peer, len: o.len }).await;
-                } else if e.kind() != io::ErrorKind::UnexpectedEof {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
                     tracing::debug!(%peer, error = %e, "engine stream ended");
                 }
                 return;
             }
+        }
+        let ev = LinkEvent::Frame {
+            peer,
+            bytes,
+            budget: Budget(permit),
         };
         if tx.send(ev).await.is_err() {
             return;

@@ -19,8 +19,6 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use dcloud_crdt::{NodeId, PublicKey, SecretKey};
-use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::futures::{AsyncRead, AsyncWrite};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -53,48 +51,6 @@ pub enum NetError {
     Mdns(String),
 }
 
-/// A frame announced over the bound.
-#[derive(Debug, thiserror::Error)]
-#[error("frame of {len} bytes is over the {max}-byte limit")]
-pub struct OversizedFrame {
-    /// Announced length.
-    pub len: usize,
-    /// The bound.
-    pub max: usize,
-}
-
-/// The [`OversizedFrame`] inside an error of [`read_frame`], if that is what it is.
-pub fn oversized(e: &io::Error) -> Option<&OversizedFrame> {
-    e.get_ref()?.downcast_ref::<OversizedFrame>()
-}
-
-/// Read one length-prefixed frame, refusing one over `max` before reading its
-/// body. The buffer grows as bytes arrive, so a peer that announces a large
-/// frame and stalls holds no more memory than it sent.
-pub async fn read_frame<T: AsyncRead + Unpin + Send>(
-    io: &mut T,
-    max: usize,
-) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            OversizedFrame { len, max },
-        ));
-    }
-    let mut buf = Vec::with_capacity(len.min(64 << 10));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() < len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("stream ended {} bytes into a {len}-byte frame", buf.len()),
-        ));
-    }
-    Ok(buf)
-}
-
 /// The bytes of one length-prefixed frame.
 pub fn encode_frame(bytes: &[u8]) -> io::Result<Vec<u8>> {
     let len = u32::try_from(bytes.len())
@@ -103,12 +59,6 @@ pub fn encode_frame(bytes: &[u8]) -> io::Result<Vec<u8>> {
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
     Ok(out)
-}
-
-/// Write one length-prefixed frame.
-pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(&encode_frame(bytes)?).await?;
-    io.flush().await
 }
 
 /// The daemon's network behaviour.
@@ -250,16 +200,8 @@ mod tests {
         assert_eq!(node_id(&pid), Some(key.public()));
     }
 
-    #[tokio::test]
-    async fn oversized_frame_is_refused_before_its_body() {
-        let mut bytes = Vec::new();
-        write_frame(&mut futures::io::Cursor::new(&mut bytes), &[7u8; 100])
-            .await
-            .unwrap();
-        let mut r = futures::io::Cursor::new(bytes.clone());
-        assert_eq!(read_frame(&mut r, 100).await.unwrap(), vec![7u8; 100]);
-        let mut r = futures::io::Cursor::new(bytes);
-        let err = read_frame(&mut r, 99).await.unwrap_err();
-        assert!(err.to_string().contains("over the 99-byte limit"), "{err}");
+    #[test]
+    fn a_frame_is_its_length_then_its_bytes() {
+        assert_eq!(encode_frame(&[7, 8]).unwrap(), vec![0, 0, 0, 2, 7, 8]);
     }
 }
