@@ -657,7 +657,7 @@ impl Store {
     pub fn flush(&mut self) -> Result<(), StoreError> {
         if self.sled_dirty
             || self.wal.torn
-            || self.wal.len >= WAL_CHECKPOINT_BYTES
+            || self.wal.len + self.wal.pending.len() as u64 >= WAL_CHECKPOINT_BYTES
             || self.unflushed.len() >= DEFERRED_MAX
         {
             return self.checkpoint(true);
