@@ -416,6 +416,29 @@ fn threshold_two_edits_are_cosigned_verified_published_and_rolled_out() {
     assert_eq!(node["trust_root_version"], 2, "{node}");
 }
 
+/// Enrol sites 0 and 1 (eu) under `names`, signed by a and b: bundles `e1`
+/// and `e2` (the second on top of the first), not yet published.
+fn enrol_both(d: &Path, fleet: &Fleet, names: [&str; 2]) {
+    let url = fleet.url();
+    for (i, (name, out)) in names.iter().zip(["e1", "e2"]).enumerate() {
+        let mut args = vec![
+            "enrol",
+            &fleet.sites[i].id,
+            "--name",
+            name,
+            "--region",
+            "eu",
+            "--from",
+            &url,
+        ];
+        if i == 1 {
+            args.extend(["--base", "e1"]);
+        }
+        args.extend(["--key", "a.key", "--key", "b.key", "--out", out]);
+        ok(d, &args);
+    }
+}
+
 #[test]
 fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -424,46 +447,7 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
     let fleet = Fleet::start(d, 2, &d.join("chain"));
     let url = fleet.url();
     // Enrol both sites (a and b sign).
-    ok(
-        d,
-        &[
-            "enrol",
-            &fleet.sites[0].id,
-            "--name",
-            "one",
-            "--region",
-            "eu",
-            "--from",
-            &url,
-            "--key",
-            "a.key",
-            "--key",
-            "b.key",
-            "--out",
-            "e1",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "enrol",
-            &fleet.sites[1].id,
-            "--name",
-            "two",
-            "--region",
-            "eu",
-            "--from",
-            &url,
-            "--base",
-            "e1",
-            "--key",
-            "a.key",
-            "--key",
-            "b.key",
-            "--out",
-            "e2",
-        ],
-    );
+    enrol_both(d, &fleet, ["one", "two"]);
     let text = ok(
         d,
         &[
@@ -622,46 +606,7 @@ fn a_site_failing_to_apply_is_named_and_publish_wait_fails() {
     authority(d);
     let fleet = Fleet::start_with(d, 2, &d.join("chain"), &[None, Some("exit 3".to_string())]);
     let url = fleet.url();
-    ok(
-        d,
-        &[
-            "enrol",
-            &fleet.sites[0].id,
-            "--name",
-            "good",
-            "--region",
-            "eu",
-            "--from",
-            &url,
-            "--key",
-            "a.key",
-            "--key",
-            "b.key",
-            "--out",
-            "e1",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "enrol",
-            &fleet.sites[1].id,
-            "--name",
-            "broken",
-            "--region",
-            "eu",
-            "--from",
-            &url,
-            "--base",
-            "e1",
-            "--key",
-            "a.key",
-            "--key",
-            "b.key",
-            "--out",
-            "e2",
-        ],
-    );
+    enrol_both(d, &fleet, ["good", "broken"]);
     let o = admin(
         d,
         &[

@@ -313,7 +313,7 @@ pub async fn start(
     let me = key.public();
     let mut chain = read_trust_chain(&cfg.trust_root)?;
     let limits = Limits::default();
-    let (store, loaded) = Store::open(
+    let (mut store, loaded) = Store::open(
         &cfg.data_dir.join("store"),
         limits.encoded_change_size_max_bytes(),
     )?;
@@ -328,7 +328,6 @@ pub async fn start(
         }
     }
     let mut replica = Replica::new(chain, limits);
-    let mut store = store;
     let stored = loaded.changes.len();
     let mut own_epoch_max = 0u32;
     for c in &loaded.changes {
@@ -733,12 +732,8 @@ impl Daemon {
                 self.metrics.messages_out.inc();
                 self.metrics.bytes_out.inc_by(len);
             }
-            Err(SendError::Reopening) => {
-                tracing::debug!(peer = %to.short(), "engine stream being reopened; dropping a message (anti-entropy repairs it)");
-                self.metrics.messages_dropped.inc();
-            }
-            Err(SendError::Full) => {
-                tracing::debug!(peer = %to.short(), "send queue full; dropping a message (anti-entropy repairs it)");
+            Err(e @ (SendError::Reopening | SendError::Full)) => {
+                tracing::debug!(peer = %to.short(), error = %e, "dropping a message (anti-entropy repairs it)");
                 self.metrics.messages_dropped.inc();
             }
             Err(SendError::NotUp) => {}

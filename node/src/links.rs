@@ -160,48 +160,38 @@ impl Links {
 
     /// Queue `bytes` for `peer` without waiting.
     pub fn send(&mut self, peer: PeerId, bytes: Vec<u8>) -> Result<(), SendError> {
-        if bytes.len() > self.frame_max_bytes {
-            return Err(SendError::TooLarge(bytes.len()));
-        }
-        let Some(w) = self.writers.get(&peer) else {
-            return Err(SendError::NotUp);
-        };
         let len = bytes.len();
+        if len > self.frame_max_bytes {
+            return Err(SendError::TooLarge(len));
+        }
+        let closed = self
+            .writers
+            .get(&peer)
+            .ok_or(SendError::NotUp)?
+            .tx
+            .is_closed();
+        if closed {
+            // The stream broke (reset, or the connection it was on closed
+            // while another stays up, or the peer refused it): open a new
+            // one, at most once a second.
+            let recent = self.opened_at.get(&peer).is_some_and(|t| {
+                t.elapsed() < std::time::Duration::from_millis(REOPEN_MIN_INTERVAL_MS)
+            });
+            if recent {
+                return Err(SendError::Reopening);
+            }
+            tracing::debug!(%peer, "engine stream closed; opening a new one");
+            self.writers.remove(&peer);
+            self.open(peer);
+        }
+        let w = &self.writers[&peer];
         if w.queued.load(Ordering::Relaxed) + len > SEND_QUEUE_PER_PEER_MAX_BYTES {
             return Err(SendError::Full);
         }
-        match w.tx.try_send(bytes) {
-            Ok(()) => {
-                w.queued.fetch_add(len, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Full),
-            Err(mpsc::error::TrySendError::Closed(bytes)) => {
-                // The stream broke (reset, or the connection it was on
-                // closed while another stays up, or the peer refused it):
-                // open a new one, at most once a second.
-                let recent = self.opened_at.get(&peer).is_some_and(|t| {
-                    t.elapsed() < std::time::Duration::from_millis(REOPEN_MIN_INTERVAL_MS)
-                });
-                if recent {
-                    return Err(SendError::Reopening);
-                }
-                tracing::debug!(%peer, "engine stream closed; opening a new one");
-                self.writers.remove(&peer);
-                self.open(peer);
-                let w = &self.writers[&peer];
-                w.tx.try_send(bytes).map_err(|_| SendError::Full)?;
-                w.queued.fetch_add(len, Ordering::Relaxed);
-                Ok(())
-            }
-        }
+        w.tx.try_send(bytes).map_err(|_| SendError::Full)?;
+        w.queued.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
-}
-
-/// Append one length-prefixed frame to `buf`.
-fn push_frame(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    buf.extend_from_slice(bytes);
 }
 
 async fn write(
@@ -231,13 +221,13 @@ async fn write(
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
-        push_frame(&mut buf, &first);
+        net::push_frame(&mut buf, &first);
         let mut taken = first.len();
         while buf.len() < WRITE_BATCH_MAX_BYTES {
             match rx.try_recv() {
                 Ok(more) => {
                     taken += more.len();
-                    push_frame(&mut buf, &more);
+                    net::push_frame(&mut buf, &more);
                 }
                 Err(_) => break,
             }

@@ -53,12 +53,22 @@ pub enum NetError {
 
 /// The bytes of one length-prefixed frame.
 pub fn encode_frame(bytes: &[u8]) -> io::Result<Vec<u8>> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    if u32::try_from(bytes.len()).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
     let mut out = Vec::with_capacity(4 + bytes.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
+    push_frame(&mut out, bytes);
     Ok(out)
+}
+
+/// Append one length-prefixed frame to `buf` (`bytes` within the frame bound,
+/// which is far below 4 GiB).
+pub fn push_frame(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(bytes);
 }
 
 /// The daemon's network behaviour.

@@ -144,7 +144,7 @@ fn next_checkpoint() -> std::time::Instant {
 
 impl Wal {
     fn open(path: &Path) -> Result<Wal, StoreError> {
-        let err = |e: std::io::Error| StoreError::Write(format!("{}: {e}", path.display()));
+        let err = |e| file_err(path, e);
         let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -199,14 +199,14 @@ impl Wal {
                 if self.file.set_len(self.len).is_err() {
                     self.torn = true;
                 }
-                Err(StoreError::Write(format!("{}: {e}", self.path.display())))
+                Err(file_err(&self.path, e))
             }
         }
     }
 
     /// Empty the log (everything in it is durable in sled).
     fn empty(&mut self) -> Result<(), StoreError> {
-        let err = |e: std::io::Error| StoreError::Write(format!("{}: {e}", self.path.display()));
+        let err = |e| file_err(&self.path, e);
         self.file.set_len(0).map_err(err)?;
         // From here the file is empty whatever the sync says.
         self.len = 0;
@@ -285,6 +285,11 @@ pub struct Store {
     unflushed: Vec<Deferred>,
     /// Something other than changes was written since sled's last flush.
     sled_dirty: bool,
+}
+
+/// A failed write to a file of the store (the log).
+fn file_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Write(format!("{}: {e}", path.display()))
 }
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
@@ -408,7 +413,7 @@ impl Store {
     /// before it.
     fn replay_wal(&mut self, loaded: &mut Vec<SignedChange>) -> Result<usize, StoreError> {
         let path = self.wal.path.clone();
-        let io = |e: std::io::Error| StoreError::Write(format!("{}: {e}", path.display()));
+        let io = |e| file_err(&path, e);
         let bytes = std::fs::read(&path).map_err(io)?;
         if bytes.is_empty() {
             return Ok(0);
