@@ -61,6 +61,12 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
+    /// Another process (or an instance still closing) holds the store's lock.
+    #[error("store {path} is in use (is another dcloud running on this data directory?)")]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// An entry failed the integrity check.
     #[error("store {path}: integrity check failed: {reason}")]
     Corrupt {
@@ -118,6 +124,9 @@ enum Deferred {
     /// them and its addresses (None).
     DropStatus { node: NodeId, before: Option<u32> },
 }
+
+/// How long opening waits for a store another instance holds.
+pub const LOCK_WAIT_MS: u64 = 2_000;
 
 /// Most deferred writes held before a checkpoint is forced.
 pub const DEFERRED_MAX: usize = 16_384;
@@ -306,7 +315,25 @@ fn change_key(doc: &DocId, hash: &[u8; 32]) -> Vec<u8> {
 impl Store {
     /// Open the store at `path`, moving a damaged one aside and starting fresh.
     /// `change_max_bytes` bounds an entry (the replica's limit).
+    /// A store held by another instance is waited for up to
+    /// [`LOCK_WAIT_MS`] (sled releases its lock when the last of its threads
+    /// lets go of a closed database, which can lag the close a little).
     pub fn open(path: &Path, change_max_bytes: usize) -> Result<(Store, Loaded), StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS);
+        loop {
+            match Self::open_or_move_aside(path, change_max_bytes) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_or_move_aside(
+        path: &Path,
+        change_max_bytes: usize,
+    ) -> Result<(Store, Loaded), StoreError> {
         match Self::open_checked(path, change_max_bytes) {
             Ok(ok) => Ok(ok),
             Err(e @ (StoreError::Open { .. } | StoreError::Corrupt { .. })) => {
@@ -349,6 +376,13 @@ impl Store {
                 if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
             {
                 StoreError::Write(format!("cannot open {}: {io}", path.display()))
+            }
+            // A lock held elsewhere is not damage either: moving the store
+            // aside would take it from under its owner.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked {
+                    path: path.to_path_buf(),
+                }
             }
             _ => open_err(e.to_string()),
         };
@@ -891,6 +925,26 @@ mod tests {
         drop(s);
         let (_s, loaded) = Store::open(&p, 1 << 20).unwrap();
         assert!(loaded.changes.is_empty());
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        let (mut held, _) = Store::open(&p, 1 << 20).unwrap();
+        held.put_changes(&heartbeats(1)).unwrap();
+        held.checkpoint(true).unwrap();
+        let err = Store::open(&p, 1 << 20).err().expect("the store is in use");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another dcloud"), "{err}");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        drop(held);
+        let (_s, loaded) = Store::open(&p, 1 << 20).unwrap();
+        assert_eq!(loaded.changes.len(), 1);
     }
 
     #[test]
