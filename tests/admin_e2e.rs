@@ -562,6 +562,7 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
             version: 2,
             threshold: 1,
             keys: vec![dkey.public()],
+            ..Default::default()
         },
         &[&dkey],
     );

@@ -149,6 +149,7 @@ impl Fleet {
                 version: 1,
                 threshold: 1,
                 keys: vec![auth.public(), auth2.public()],
+                ..Default::default()
             },
             &[&auth],
         );

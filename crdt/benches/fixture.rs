@@ -61,6 +61,7 @@ impl Bench {
             version: 1,
             threshold: 1,
             keys: vec![auth.public()],
+            ..Default::default()
         };
         let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&auth])]).unwrap();
         let keys: Vec<SecretKey> = (0..n)

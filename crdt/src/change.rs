@@ -9,21 +9,56 @@
 
 use std::fmt;
 
-use automerge::{Change, ChangeHash};
+use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeySignature, NodeId, SecretKey};
+use crate::keys::{KeySignature, NodeId, PublicKey, SecretKey};
 use crate::root::SignedTrustRoot;
 
 /// Domain separation for change signatures.
-const CHANGE_CONTEXT: &[u8] = b"dcloud/change/v1\0";
+const CHANGE_CONTEXT: &[u8] = b"dcloud/change/v2\0";
 
-/// Version byte of the signed-change encoding.
-pub const CHANGE_FORMAT_VERSION: u8 = 1;
+/// Version byte of the signed-change encoding. Version 2: the automerge actor
+/// of every change is its signer's key followed by a per-edit nonce
+/// ([`edit_actor`]); version-1 changes (actor = key alone) are refused.
+pub const CHANGE_FORMAT_VERSION: u8 = 2;
 /// Magic of a bundle file.
 pub const BUNDLE_MAGIC: &[u8; 8] = b"DCBUNDLE";
-/// Version byte of the bundle encoding.
-pub const BUNDLE_FORMAT_VERSION: u8 = 1;
+/// Version byte of the bundle encoding (2: changes of format 2).
+pub const BUNDLE_FORMAT_VERSION: u8 = 2;
+
+/// Bytes of the random nonce that follows the signer's key in an actor id.
+pub const ACTOR_NONCE_BYTES: usize = 16;
+/// Bytes of an actor id: the signer's 32-byte key, then the nonce.
+pub const ACTOR_BYTES: usize = 32 + ACTOR_NONCE_BYTES;
+
+/// A fresh automerge actor for one edit (one signing run, one status
+/// document) by `signer`: its key followed by a random nonce.
+///
+/// Why: automerge identifies a change by (actor, sequence number). If the
+/// actor were the key alone, two edits by one key on one base would share
+/// (actor, seq) and every replica would refuse the second as a fork. With a
+/// nonce each edit is its own actor, so any number of them merge; the key
+/// prefix keeps authorship checkable, since a replica accepts a change only
+/// if a key that signed it is the actor's prefix ([`actor_signer`]).
+pub fn edit_actor(signer: &PublicKey) -> ActorId {
+    let nonce: [u8; ACTOR_NONCE_BYTES] = rand::random();
+    let mut a = Vec::with_capacity(ACTOR_BYTES);
+    a.extend_from_slice(&signer.0);
+    a.extend_from_slice(&nonce);
+    ActorId::from(a.as_slice())
+}
+
+/// The signer key an actor id names, or `None` if it is not of the shape
+/// [`edit_actor`] makes (key followed by a nonce).
+pub fn actor_signer(actor: &[u8]) -> Option<PublicKey> {
+    if actor.len() != ACTOR_BYTES {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&actor[..32]);
+    Some(PublicKey(k))
+}
 
 /// Which document a change belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -117,7 +152,9 @@ pub enum DecodeError {
     #[error("empty input")]
     Empty,
     /// The format version is not one this build reads.
-    #[error("unknown format version {0}")]
+    #[error(
+        "format version {0} is not read by this build (it reads the current version only; re-make the file with this release's tools)"
+    )]
     UnknownVersion(u8),
     /// The bytes are not a bundle file.
     #[error("not a dcloud bundle (bad magic)")]

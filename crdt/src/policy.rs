@@ -463,17 +463,28 @@ impl PolicyEditor {
     }
 
     /// Commit every queued edit as one change, signed by `author` under trust-root
-    /// `root_version`. The automerge actor is the author's key.
-    pub fn finish(
+    /// `root_version`. The automerge actor is the author's key followed by a
+    /// fresh nonce ([`crate::change::edit_actor`]), so that edits by one key on
+    /// one base never collide.
+    pub fn finish(self, author: &SecretKey, root_version: u64) -> Result<SignedChange, EditError> {
+        let actor = crate::change::edit_actor(&author.public());
+        self.finish_as(author, root_version, actor)
+    }
+
+    /// [`PolicyEditor::finish`] with a chosen actor. Only for tests that need
+    /// a real fork (one actor, one sequence number, two changes): an actor
+    /// must never be reused across edits.
+    #[doc(hidden)]
+    pub fn finish_as(
         mut self,
         author: &SecretKey,
         root_version: u64,
+        actor: automerge::ActorId,
     ) -> Result<SignedChange, EditError> {
         if self.edits.is_empty() {
             return Err(EditError::Empty);
         }
-        self.doc
-            .set_actor(automerge::ActorId::from(author.public().0.as_slice()));
+        self.doc.set_actor(actor);
         let existing: Vec<String> = self.doc.keys(ROOT).collect();
         let mut tx = self.doc.transaction();
         let put = |tx: &mut automerge::transaction::Transaction<'_>, k: String, v: String| {

@@ -21,9 +21,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
-use crate::change::{DocId, Limits, SignedChange, parse_change, signing_message};
+use crate::change::{DocId, Limits, SignedChange, actor_signer, parse_change, signing_message};
 use crate::keys::NodeId;
 use crate::policy::Policy;
 use crate::root::{RootError, SignedTrustRoot, TrustChain};
@@ -110,6 +110,17 @@ pub enum Rejection {
         /// The reused sequence number.
         seq: u64,
     },
+    /// Signed under a trust root that a rotation has superseded, and not among
+    /// the changes that rotation grandfathers: a rotated-out key's change.
+    #[error(
+        "signed under trust root v{version}, superseded by the rotation to v{rotation}, which does not grandfather this change; re-sign it under the current root"
+    )]
+    RotatedOut {
+        /// The version it was signed under.
+        version: u64,
+        /// The rotation that superseded that version.
+        rotation: u64,
+    },
     /// Authorised, yet automerge refuses to apply it.
     #[error("authorised change cannot be applied: {0}")]
     Unappliable(String),
@@ -143,6 +154,7 @@ impl Rejection {
             Rejection::EpochFull { .. } => "epoch_full",
             Rejection::Fork { .. } => "fork",
             Rejection::Unappliable(_) => "unappliable",
+            Rejection::RotatedOut { .. } => "rotated_out",
         }
     }
 
@@ -157,6 +169,8 @@ impl Rejection {
                 | Rejection::UnknownRoot { .. }
                 | Rejection::Fork { .. }
                 | Rejection::Unappliable(_)
+                // A peer that has not yet heard of the rotation relays it honestly.
+                | Rejection::RotatedOut { .. }
         )
     }
 }
@@ -327,6 +341,8 @@ pub struct Replica {
     policy: Policy,
     statuses: BTreeMap<NodeId, StatusDoc>,
     pending: PendingBuffer,
+    /// Policy changes dropped because a rotation did not grandfather them.
+    rotated_out: u64,
 }
 
 impl Replica {
@@ -342,6 +358,7 @@ impl Replica {
             policy: Policy::default(),
             statuses: BTreeMap::new(),
             pending: PendingBuffer::default(),
+            rotated_out: 0,
         }
     }
 
@@ -358,14 +375,157 @@ impl Replica {
     /// Offer a trust root. Returns `Ok(true)` if it advanced the chain, `Ok(false)`
     /// if this replica already holds that version (same content), and an error for
     /// anything else.
+    ///
+    /// A root of a version already held must be an exact, validly signed copy:
+    /// a different root for that version is [`RootError::Conflict`], a copy
+    /// with a bad signature [`RootError::Signature`]. Advancing the chain
+    /// enforces the rotation at once: policy changes signed under the older
+    /// version that it does not grandfather are dropped from the replica
+    /// ([`Replica::rotated_out`] counts them).
     pub fn ingest_root(&mut self, root: SignedTrustRoot) -> Result<bool, RootError> {
-        if let Some(held) = self.chain.get(root.root.version)
-            && *held == root.root
-        {
+        let v = root.root.version;
+        if let Some(held) = self.chain.get(v) {
+            if *held != root.root {
+                return Err(RootError::Conflict { version: v });
+            }
+            root.check_signatures()?;
             return Ok(false);
         }
+        if v < self.chain.roots()[0].root.version {
+            // Older than this node's anchor: it cannot be checked, and it is
+            // never needed (the anchor was installed by the operator).
+            return Err(RootError::Rollback {
+                current: self.chain.current().version,
+                got: v,
+            });
+        }
         self.chain.advance(root)?;
+        self.enforce_rotation();
         Ok(true)
+    }
+
+    /// Policy changes dropped because a rotation did not grandfather them, ever.
+    pub fn rotated_out(&self) -> u64 {
+        self.rotated_out
+    }
+
+    /// For each superseded root version `v`, the policy changes the rotation
+    /// to `v + 1` grandfathers (its heads and every ancestor reachable through
+    /// the changes known here, applied or in `extra`), and whether that walk
+    /// was complete (every hash it reached is known). An incomplete walk means
+    /// some grandfathered change has not arrived yet.
+    fn coverage(
+        &self,
+        extra: &HashMap<ChangeHash, Vec<ChangeHash>>,
+    ) -> HashMap<u64, (HashSet<ChangeHash>, bool)> {
+        let mut out = HashMap::new();
+        for r in self.chain.roots().iter().skip(1) {
+            let mut seen = HashSet::new();
+            let mut complete = true;
+            let mut stack: Vec<ChangeHash> = r
+                .root
+                .grandfathered_heads
+                .iter()
+                .map(|h| ChangeHash(*h))
+                .collect();
+            while let Some(h) = stack.pop() {
+                if !seen.insert(h) {
+                    continue;
+                }
+                if let Some(m) = self.policy_doc.get_change_meta_by_hash(&h) {
+                    stack.extend(m.deps.iter().copied());
+                } else if let Some(d) = extra.get(&h) {
+                    stack.extend(d.iter().copied());
+                } else {
+                    complete = false;
+                }
+            }
+            out.insert(r.root.version - 1, (seen, complete));
+        }
+        out
+    }
+
+    /// Drop the applied policy changes that a rotation in force does not
+    /// grandfather (they were applied before this node held the rotation),
+    /// with every change that depends on them, and rebuild the policy
+    /// document from the rest. Only decided once the grandfathered history is
+    /// complete here, so that every replica drops the same changes.
+    fn enforce_rotation(&mut self) {
+        let current = self.chain.current().version;
+        if current <= self.chain.roots()[0].root.version {
+            return;
+        }
+        let old: Vec<ChangeHash> = self
+            .policy_order
+            .iter()
+            .filter(|h| self.policy_changes[*h].root_version < current)
+            .copied()
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        let extra: HashMap<ChangeHash, Vec<ChangeHash>> = self
+            .pending
+            .by_doc
+            .get(&DocId::Policy)
+            .map(|m| {
+                m.iter()
+                    .map(|(h, e)| (*h, e.change.deps().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cov = self.coverage(&extra);
+        let mut drop: HashSet<ChangeHash> = HashSet::new();
+        for h in old {
+            let v = self.policy_changes[&h].root_version;
+            if let Some((set, true)) = cov.get(&v)
+                && !set.contains(&h)
+            {
+                drop.insert(h);
+            }
+        }
+        if drop.is_empty() {
+            return;
+        }
+        // Descendants of a dropped change can never apply anywhere.
+        for h in &self.policy_order {
+            if let Some(m) = self.policy_doc.get_change_meta_by_hash(h)
+                && m.deps.iter().any(|d| drop.contains(d))
+            {
+                drop.insert(*h);
+            }
+        }
+        tracing::warn!(
+            dropped = drop.len(),
+            version = current,
+            "policy changes signed under a superseded trust root, not grandfathered by its rotation, are dropped"
+        );
+        self.rotated_out += drop.len() as u64;
+        let keep: Vec<ChangeHash> = self
+            .policy_order
+            .iter()
+            .filter(|h| !drop.contains(h))
+            .copied()
+            .collect();
+        let changes: Vec<Change> = keep
+            .iter()
+            .filter_map(|h| self.policy_doc.get_change_by_hash(h))
+            .collect();
+        let mut doc = Automerge::new();
+        if let Err(e) = doc.apply_changes(changes) {
+            tracing::error!(error = %e, "rebuilding the policy after a rotation failed; keeping it as it was");
+            return;
+        }
+        self.policy_doc = doc;
+        self.policy_changes.retain(|h, _| !drop.contains(h));
+        self.policy_order = keep;
+        self.policy_seqs = self
+            .policy_order
+            .iter()
+            .filter_map(|h| self.policy_doc.get_change_meta_by_hash(h))
+            .map(|m| ((m.actor.to_bytes().to_vec(), m.seq), m.hash))
+            .collect();
+        self.policy = Policy::from_doc(&self.policy_doc);
     }
 
     /// Verify, authorise and apply a batch of signed changes. The report at index
@@ -489,10 +649,11 @@ impl Replica {
                         first: chain_first,
                         current: self.chain.current().version,
                     })?;
-                if !sc.sigs.iter().any(|s| s.key.0.as_slice() == actor) {
+                let author = actor_signer(&actor);
+                if !sc.sigs.iter().any(|s| Some(s.key) == author) {
                     return Err(Rejection::ActorNotAuthor {
                         actor: hex::encode(actor),
-                        expected: "one of the signers".into(),
+                        expected: "one of the signers' keys followed by a 16-byte nonce".into(),
                     });
                 }
                 let got = distinct_signers(sc.sigs.iter().map(|s| &s.key), &root.keys);
@@ -513,10 +674,13 @@ impl Replica {
                         signer: signer.short(),
                     });
                 }
-                if actor != node.0.as_slice() {
+                if actor_signer(&actor) != Some(node) {
                     return Err(Rejection::ActorNotAuthor {
                         actor: hex::encode(actor),
-                        expected: format!("owner {}", node.short()),
+                        expected: format!(
+                            "owner {}'s key followed by a 16-byte nonce",
+                            node.short()
+                        ),
                     });
                 }
                 check_status_schema(change, self.limits.status_value_size_max_bytes)
@@ -557,6 +721,38 @@ impl Replica {
         for e in self.pending.take_doc(&DocId::Policy) {
             waiting.push((None, e.sc, e.change));
         }
+        // Rotation revokes: a change signed under a superseded root must be
+        // grandfathered by the rotation that superseded it. While the
+        // grandfathered history has not all arrived, it waits.
+        let current = self.chain.current().version;
+        let mut unproven = Vec::new();
+        if waiting.iter().any(|w| w.1.root_version < current) {
+            let extra: HashMap<ChangeHash, Vec<ChangeHash>> = waiting
+                .iter()
+                .map(|w| (w.2.hash(), w.2.deps().to_vec()))
+                .collect();
+            let cov = self.coverage(&extra);
+            let mut rest = Vec::new();
+            for w in waiting {
+                let v = w.1.root_version;
+                match cov.get(&v) {
+                    Some((set, complete)) if v < current && !set.contains(&w.2.hash()) => {
+                        if *complete {
+                            if let Some(i) = w.0 {
+                                reports[i].outcome = Outcome::Rejected(Rejection::RotatedOut {
+                                    version: v,
+                                    rotation: v + 1,
+                                });
+                            }
+                        } else {
+                            unproven.push(w);
+                        }
+                    }
+                    _ => rest.push(w),
+                }
+            }
+            waiting = rest;
+        }
         // Order so that every change follows its dependencies; what cannot be
         // ordered waits for dependencies that have not arrived.
         let mut known: HashSet<ChangeHash> = self.policy_changes.keys().copied().collect();
@@ -595,7 +791,7 @@ impl Replica {
                 break;
             }
         }
-        for (idx, sc, change) in waiting {
+        for (idx, sc, change) in waiting.into_iter().chain(unproven) {
             if let Some(i) = idx {
                 reports[i].outcome = Outcome::Pending;
             }
@@ -627,6 +823,7 @@ impl Replica {
             }
         }
         self.policy = Policy::from_doc(&self.policy_doc);
+        self.enforce_rotation();
         // Revocation cuts a node off: its status is dropped everywhere.
         let revoked: Vec<NodeId> = self.policy.revoked.keys().copied().collect();
         for n in revoked {

@@ -12,7 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{KeySignature, PublicKey};
 use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
 
-const ROOT_CONTEXT: &[u8] = b"dcloud/root/v1\0";
+const ROOT_CONTEXT: &[u8] = b"dcloud/root/v2\0";
+
+/// Version byte of a trust-chain file ([`encode_chain`]). Version 2 added the
+/// grandfathered heads and the timestamp keys; a version-1 file is refused.
+pub const CHAIN_FORMAT_VERSION: u8 = 2;
+/// Most grandfathered heads one rotation may record.
+pub const GRANDFATHERED_HEADS_MAX: usize = 1024;
 
 /// Most keys one root may list.
 pub const ROOT_KEYS_MAX: usize = 64;
@@ -20,7 +26,7 @@ pub const ROOT_KEYS_MAX: usize = 64;
 pub const ROOT_SIGNATURES_MAX: usize = 64;
 
 /// The content of a trust root.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustRoot {
     /// Starts at 1; each rotation adds exactly one.
     pub version: u64,
@@ -28,6 +34,19 @@ pub struct TrustRoot {
     pub threshold: u32,
     /// The authority keys.
     pub keys: Vec<PublicKey>,
+    /// Rotation revokes: the policy heads (automerge change hashes) this root
+    /// grandfathers. Once a node holds this root, a policy change signed under
+    /// an older version is accepted only if it is one of these heads or one of
+    /// their ancestors; every other old-version change is refused, naming this
+    /// rotation. Empty for the anchor (v1) and for a rotation made before any
+    /// policy existed.
+    pub grandfathered_heads: Vec<[u8; 32]>,
+    /// Timestamp keys: online, low-value keys that may sign only freshness
+    /// statements ("the newest policy is H, valid until T"), never policy.
+    pub timestamp_keys: Vec<PublicKey>,
+    /// How many distinct timestamp keys a freshness statement needs; 0 when
+    /// `timestamp_keys` is empty (freshness is then not checked).
+    pub timestamp_threshold: u32,
 }
 
 /// A trust root with its signatures.
@@ -89,6 +108,15 @@ pub enum RootError {
     /// The anchor (first root) is not version 1... unless a whole chain is given.
     #[error("trust chain is empty")]
     EmptyChain,
+    /// A root of a version this node already holds, with different content:
+    /// either a tampered copy or a second root signed for one version.
+    #[error(
+        "trust root v{version} differs from the v{version} this node holds (a tampered or conflicting copy); refused"
+    )]
+    Conflict {
+        /// The version.
+        version: u64,
+    },
 }
 
 impl TrustRoot {
@@ -128,11 +156,48 @@ impl TrustRoot {
                 self.threshold
             )));
         }
-        for k in &self.keys {
+        for k in self.keys.iter().chain(&self.timestamp_keys) {
             k.verifying_key().map_err(|e| malformed(e.to_string()))?;
+        }
+        if self.grandfathered_heads.len() > GRANDFATHERED_HEADS_MAX {
+            return Err(malformed(format!(
+                "more than {GRANDFATHERED_HEADS_MAX} grandfathered heads"
+            )));
+        }
+        if self.version == 1 && !self.grandfathered_heads.is_empty() {
+            return Err(malformed("the anchor (v1) cannot grandfather heads".into()));
+        }
+        if self.timestamp_keys.len() > ROOT_KEYS_MAX {
+            return Err(malformed(format!(
+                "more than {ROOT_KEYS_MAX} timestamp keys"
+            )));
+        }
+        if self.timestamp_keys.iter().any(|k| self.keys.contains(k)) {
+            return Err(malformed(
+                "a timestamp key is also an authority key; they must differ".into(),
+            ));
+        }
+        let ts_distinct = distinct_count(&self.timestamp_keys);
+        if (ts_distinct == 0) != (self.timestamp_threshold == 0)
+            || self.timestamp_threshold as usize > ts_distinct
+        {
+            return Err(malformed(format!(
+                "timestamp threshold {} with {ts_distinct} distinct timestamp keys",
+                self.timestamp_threshold
+            )));
         }
         Ok(())
     }
+}
+
+fn distinct_count(keys: &[PublicKey]) -> usize {
+    let mut seen: Vec<&PublicKey> = Vec::new();
+    for k in keys {
+        if !seen.contains(&k) {
+            seen.push(k);
+        }
+    }
+    seen.len()
 }
 
 impl SignedTrustRoot {
@@ -150,6 +215,12 @@ impl SignedTrustRoot {
         if !self.sigs.iter().any(|s| s.key == key.public()) {
             self.sigs.push(key.sign(&self.root.signing_message()));
         }
+    }
+
+    /// Check that every signature verifies (a copy of a held root whose
+    /// signatures were tampered with is refused, not silently ignored).
+    pub fn check_signatures(&self) -> Result<(), RootError> {
+        self.valid_signers().map(|_| ())
     }
 
     /// The distinct keys whose signatures verify. A bad signature is an error:
@@ -264,7 +335,7 @@ impl TrustChain {
 
 /// Encode a chain for a file: a version byte, then postcard.
 pub fn encode_chain(roots: &[SignedTrustRoot]) -> Vec<u8> {
-    let mut out = vec![1u8];
+    let mut out = vec![CHAIN_FORMAT_VERSION];
     postcard::to_io(&roots.to_vec(), &mut out).expect("writing to a Vec cannot fail");
     out
 }
@@ -273,7 +344,7 @@ pub fn encode_chain(roots: &[SignedTrustRoot]) -> Vec<u8> {
 pub fn decode_chain(bytes: &[u8]) -> Result<Vec<SignedTrustRoot>, crate::change::DecodeError> {
     use crate::change::DecodeError;
     let (&v, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if v != 1 {
+    if v != CHAIN_FORMAT_VERSION {
         return Err(DecodeError::UnknownVersion(v));
     }
     if bytes.len() > 1 << 20 {

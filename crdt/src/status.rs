@@ -16,10 +16,10 @@
 use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ROOT, ReadDoc};
+use automerge::{Automerge, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
-use crate::change::{DocId, SignedChange};
+use crate::change::{DocId, SignedChange, edit_actor};
 use crate::keys::SecretKey;
 
 /// The fields a status document may hold.
@@ -149,7 +149,7 @@ impl StatusWriter {
     /// A writer starting a fresh document at `epoch`. After a restart, pass an
     /// epoch above any this node has used (see [`StatusWriter::resume`]).
     pub fn new(key: SecretKey, epoch: u32, epoch_changes_max: usize) -> Self {
-        let doc = Automerge::new().with_actor(ActorId::from(key.public().0.as_slice()));
+        let doc = Automerge::new().with_actor(edit_actor(&key.public()));
         StatusWriter {
             key,
             epoch,
@@ -253,9 +253,27 @@ impl StatusWriter {
         self.update(&s).expect("the heartbeat counter changed")
     }
 
+    /// Move past a history this writer did not write: peers hold this node's
+    /// status at `seen_epoch` from an earlier life (a store lost or restored
+    /// from a backup, only `node.key` kept). The writer starts epoch
+    /// `seen_epoch + 1` (if it is not already past it) and returns the new
+    /// epoch's first change, holding the whole current status; `None` if the
+    /// writer was already past `seen_epoch`.
+    pub fn move_past(&mut self, seen_epoch: u32) -> Option<SignedChange> {
+        if seen_epoch < self.epoch {
+            return None;
+        }
+        self.epoch = seen_epoch;
+        self.start_epoch();
+        let mut status = self.current();
+        // The heartbeat counter moves too, so the change is never empty.
+        status.hb += 1;
+        self.update(&status)
+    }
+
     fn start_epoch(&mut self) {
         self.epoch += 1;
-        self.doc = Automerge::new().with_actor(ActorId::from(self.key.public().0.as_slice()));
+        self.doc = Automerge::new().with_actor(edit_actor(&self.key.public()));
         self.changes_in_epoch = 0;
     }
 }

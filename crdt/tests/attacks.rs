@@ -137,8 +137,7 @@ fn weak_key_is_rejected() {
     let mut weak = [0u8; 32];
     weak[0] = 1;
     let weak = PublicKey(weak);
-    let mut doc =
-        automerge::Automerge::new().with_actor(automerge::ActorId::from(weak.0.as_slice()));
+    let mut doc = automerge::Automerge::new().with_actor(dcloud_crdt::change::edit_actor(&weak));
     let mut tx = doc.transaction();
     tx.put(automerge::ROOT, "name", "\"x\"").unwrap();
     tx.commit();
@@ -234,6 +233,7 @@ fn one_key_signing_twice_counts_once() {
         version: 1,
         threshold: 2,
         keys: vec![a.public(), a.public()],
+        ..Default::default()
     };
     let err = dcloud_crdt::TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&a, &a])])
         .unwrap_err();
@@ -304,13 +304,111 @@ fn next_root(
     new_keys: &[&SecretKey],
     signers: &[&SecretKey],
 ) -> SignedTrustRoot {
+    next_root_over(fleet, version, new_keys, signers, &[])
+}
+
+/// A rotation that grandfathers the policy heads `heads`.
+fn next_root_over(
+    fleet: &Fleet,
+    version: u64,
+    new_keys: &[&SecretKey],
+    signers: &[&SecretKey],
+    heads: &[dcloud_crdt::ChangeHash],
+) -> SignedTrustRoot {
     let _ = fleet;
     let root = TrustRoot {
         version,
         threshold: 2,
         keys: new_keys.iter().map(|k| k.public()).collect(),
+        grandfathered_heads: heads.iter().map(|h| h.0).collect(),
+        ..Default::default()
     };
     SignedTrustRoot::sign(root, signers)
+}
+
+#[test]
+fn rotated_out_key_no_longer_governs() {
+    // v1 (keys A) -> v2 (keys B), grandfathering the heads at rotation time.
+    // A change signed by A's keys under v1 afterwards is refused, naming the
+    // rotation; the grandfathered history stays valid, also for a replica that
+    // receives it only after the rotation.
+    let (fleet, mut r, enrol) = setup();
+    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([70 + i; 32])).collect();
+    let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
+    let new: Vec<&SecretKey> = n.iter().collect();
+    let before_rotation = fleet.set(std::slice::from_ref(&enrol), "a", json!(1));
+    assert_eq!(
+        r.ingest(vec![before_rotation.clone()])[0].outcome,
+        Outcome::Applied
+    );
+    let v2 = next_root_over(&fleet, 2, &new, &both, &r.policy_heads());
+    assert_eq!(r.ingest_root(v2.clone()), Ok(true));
+    assert_eq!(
+        r.policy().fleet.get("a"),
+        Some(&json!(1)),
+        "grandfathered history kept"
+    );
+    let late = fleet.set(&[enrol.clone(), before_rotation.clone()], "b", json!(2));
+    let why = assert_rejected(&mut r, late.clone());
+    assert_eq!(
+        why,
+        Rejection::RotatedOut {
+            version: 1,
+            rotation: 2
+        }
+    );
+    assert!(
+        !why.is_misbehaviour(),
+        "a relay that missed the rotation is honest"
+    );
+    assert!(why.to_string().contains("v2"), "{why}");
+
+    // A replica that learns the rotation first, then the history.
+    let mut fresh = fleet.replica();
+    fresh.ingest_root(v2).unwrap();
+    let rep = fresh.ingest(vec![enrol.clone()]);
+    assert_eq!(
+        rep[0].outcome,
+        Outcome::Pending,
+        "not yet proven grandfathered"
+    );
+    let rep = fresh.ingest(vec![before_rotation, late]);
+    assert_eq!(rep[0].outcome, Outcome::Applied);
+    assert_eq!(
+        rep[1].outcome,
+        Outcome::Rejected(Rejection::RotatedOut {
+            version: 1,
+            rotation: 2
+        })
+    );
+    assert_eq!(fresh.policy(), r.policy());
+    assert_eq!(fresh.policy_heads(), r.policy_heads());
+}
+
+#[test]
+fn rotation_drops_old_changes_it_does_not_grandfather() {
+    // A partition held an old-version change the rotation's author never saw.
+    // Once the rotation arrives there, that change and what builds on it are
+    // dropped, so both sides agree; the admin re-signs it under v2.
+    let (fleet, mut a, enrol) = setup();
+    let mut b = fleet.replica();
+    b.ingest(vec![enrol.clone()]);
+    let hidden = fleet.set(std::slice::from_ref(&enrol), "hidden", json!(true));
+    let on_top = fleet.set(&[enrol.clone(), hidden.clone()], "on_top", json!(true));
+    assert!(
+        b.ingest(vec![hidden, on_top])
+            .iter()
+            .all(|x| x.outcome == Outcome::Applied)
+    );
+    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([80 + i; 32])).collect();
+    let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
+    let new: Vec<&SecretKey> = n.iter().collect();
+    let v2 = next_root_over(&fleet, 2, &new, &both, &a.policy_heads());
+    a.ingest_root(v2.clone()).unwrap();
+    b.ingest_root(v2).unwrap();
+    assert_eq!(b.rotated_out(), 2);
+    assert_eq!(b.policy().fleet.get("hidden"), None);
+    assert_eq!(fingerprint(&a), fingerprint(&b));
 }
 
 #[test]
@@ -353,9 +451,16 @@ fn trust_root_rotation_attacks_are_refused() {
         "{err}"
     );
     let other_v2 = next_root(&fleet, 2, &old, &old);
-    assert!(matches!(
+    assert_eq!(
         r.ingest_root(other_v2).unwrap_err(),
-        RootError::Rollback { .. }
+        RootError::Conflict { version: 2 }
+    );
+    // A copy of the held v1 with a tampered signature is refused, not ignored.
+    let mut tampered = fleet.root.clone();
+    tampered.sigs[0].sig.0[5] ^= 1;
+    assert!(matches!(
+        r.ingest_root(tampered).unwrap_err(),
+        RootError::Signature { .. }
     ));
     assert_eq!(r.trust().current().version, 2);
 
@@ -374,7 +479,8 @@ fn policy_under_rotated_root_needs_new_keys() {
     let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([60 + i; 32])).collect();
     let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
     let new: Vec<&SecretKey> = n.iter().collect();
-    r.ingest_root(next_root(&fleet, 2, &new, &both)).unwrap();
+    r.ingest_root(next_root_over(&fleet, 2, &new, &both, &r.policy_heads()))
+        .unwrap();
     // Old keys claiming v2: not in v2's key set.
     let mut ed = dcloud_crdt::PolicyEditor::new(std::slice::from_ref(&enrol)).unwrap();
     ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
@@ -459,12 +565,15 @@ fn malformed_and_truncated_bytes_are_rejected() {
             "cut at {cut}"
         );
     }
-    let mut v2 = bytes.clone();
-    v2[0] = 2;
-    assert_eq!(
-        SignedChange::decode(&v2, 1 << 20).unwrap_err(),
-        DecodeError::UnknownVersion(2)
-    );
+    // Format 1 (before per-edit actors) and unknown later versions are refused.
+    for v in [1u8, 3] {
+        let mut other = bytes.clone();
+        other[0] = v;
+        assert_eq!(
+            SignedChange::decode(&other, 1 << 20).unwrap_err(),
+            DecodeError::UnknownVersion(v)
+        );
+    }
     assert!(matches!(
         SignedChange::decode(&bytes, 10).unwrap_err(),
         DecodeError::TooLarge { .. }
@@ -537,13 +646,58 @@ fn site_edit_of_unenrolled_node_is_refused_by_the_editor() {
 #[test]
 fn forked_authority_key_is_refused_without_blaming_the_relay() {
     let (fleet, mut r, enrol) = setup();
-    // Two different changes by the same authority actor on the same base: both
-    // have sequence number 2 for that actor.
-    let a = fleet.set(std::slice::from_ref(&enrol), "a", json!(1));
-    let b = fleet.set(std::slice::from_ref(&enrol), "a", json!(2));
+    // Two different changes by the same authority actor (key and nonce) on the
+    // same base: both have sequence number 1 for that actor. Honest tools never
+    // do this (each edit draws a fresh nonce); a forked tool or key could.
+    let actor = dcloud_crdt::change::edit_actor(&fleet.authorities[0].public());
+    let make = |v: i64| {
+        let mut ed = dcloud_crdt::PolicyEditor::new(std::slice::from_ref(&enrol)).unwrap();
+        ed.push(Edit::Set(Level::Fleet, "a".into(), json!(v)))
+            .unwrap();
+        let mut sc = ed
+            .finish_as(&fleet.authorities[0], 1, actor.clone())
+            .unwrap();
+        sc.cosign(&fleet.authorities[1]).unwrap();
+        sc
+    };
+    let (a, b) = (make(1), make(2));
     assert_ne!(a.hash().unwrap(), b.hash().unwrap());
     assert_eq!(r.ingest(vec![a])[0].outcome, Outcome::Applied);
     let why = assert_rejected(&mut r, b);
-    assert!(matches!(why, Rejection::Fork { seq: 2, .. }), "{why}");
+    assert!(matches!(why, Rejection::Fork { seq: 1, .. }), "{why}");
     assert!(!why.is_misbehaviour());
+}
+
+#[test]
+fn two_edits_by_one_key_on_one_base_both_merge() {
+    // The operator's path: `dcloud-admin set ... --base S --key admin.key`
+    // twice, published anywhere. Each edit is its own actor, so both apply.
+    let (fleet, mut r, enrol) = setup();
+    let a = fleet.set(std::slice::from_ref(&enrol), "acc.p", json!(1));
+    let b = fleet.set(std::slice::from_ref(&enrol), "acc.q", json!(2));
+    let mut other = fleet.replica();
+    other.ingest(vec![enrol]);
+    assert_eq!(r.ingest(vec![a.clone()])[0].outcome, Outcome::Applied);
+    assert_eq!(r.ingest(vec![b.clone()])[0].outcome, Outcome::Applied);
+    assert_eq!(other.ingest(vec![b])[0].outcome, Outcome::Applied);
+    assert_eq!(other.ingest(vec![a])[0].outcome, Outcome::Applied);
+    assert_eq!(fingerprint(&r), fingerprint(&other));
+    assert_eq!(r.policy().fleet.get("acc.p"), Some(&json!(1)));
+    assert_eq!(r.policy().fleet.get("acc.q"), Some(&json!(2)));
+}
+
+#[test]
+fn actor_without_nonce_is_refused() {
+    // Format 1's actor (the key alone) is refused: it is what made edits fork.
+    let (fleet, mut r, enrol) = setup();
+    let key = &fleet.authorities[0];
+    let mut ed = dcloud_crdt::PolicyEditor::new(std::slice::from_ref(&enrol)).unwrap();
+    ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
+        .unwrap();
+    let mut sc = ed
+        .finish_as(key, 1, automerge::ActorId::from(key.public().0.as_slice()))
+        .unwrap();
+    sc.cosign(&fleet.authorities[1]).unwrap();
+    let why = assert_rejected(&mut r, sc);
+    assert!(matches!(why, Rejection::ActorNotAuthor { .. }), "{why}");
 }

@@ -58,7 +58,27 @@ fn corpus() -> &'static Corpus {
             vec![Edit::Set(Level::Fleet, "dns".into(), json!(["9.9.9.9"]))],
             &[0, 2],
         );
+        // One admin key, several edits on one base (each its own actor), and one
+        // more on top of two of them: all merge everywhere.
+        let same_key: Vec<SignedChange> = ["one.a", "one.b", "one.c"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                fleet.sign_policy_by(
+                    &base,
+                    vec![Edit::Set(Level::Fleet, (*k).into(), json!(i))],
+                    &[0, 1],
+                )
+            })
+            .collect();
+        let on_two = fleet.sign_policy_by(
+            &[enrol.clone(), same_key[0].clone(), same_key[1].clone()],
+            vec![Edit::Set(Level::Fleet, "one.d".into(), json!("top"))],
+            &[0, 1],
+        );
         let mut changes = vec![enrol, p1, p2, p3, p4];
+        changes.extend(same_key);
+        changes.push(on_two);
         // Node 0 rolls its epoch (3 changes per epoch): 1, 1, 1, 2, 2.
         let mut w0 = fleet.writer(0, 3);
         for v in 0..5 {
@@ -82,6 +102,9 @@ fn corpus() -> &'static Corpus {
         let reference = fingerprint(&r);
         // The reference itself is what we expect.
         assert_eq!(r.policy().revoked.len(), 1);
+        for k in ["one.a", "one.b", "one.c", "one.d"] {
+            assert!(r.policy().fleet.contains_key(k), "{k} merged");
+        }
         assert_eq!(r.policy().conflicts.len(), 1, "{:?}", r.policy().conflicts);
         assert_eq!(r.statuses().count(), 3);
         let (s0, e0) = r.status(&fleet.node(0)).unwrap();

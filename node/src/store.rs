@@ -7,7 +7,7 @@
 //! | `changes` | `DocId::to_bytes()` ++ change hash (32 bytes) | `SignedChange::encode()` |
 //! | `roots` | trust-root version, big-endian u64 | postcard `SignedTrustRoot` |
 //! | `peers` | node id (32 bytes) | JSON list of multiaddrs |
-//! | `meta` | `format` | `dcloud-store-v1` |
+//! | `meta` | `format` | `dcloud-store-v2` |
 //!
 //! The private key is never stored here: it lives in its own 0600 file. Writes
 //! become durable at [`Store::flush`]; the daemon flushes once per batch of
@@ -41,7 +41,9 @@ use std::path::{Path, PathBuf};
 
 use dcloud_crdt::{DocId, NodeId, SignedChange, SignedTrustRoot};
 
-const FORMAT: &[u8] = b"dcloud-store-v1";
+/// Version 2: changes of signed-change format 2 (per-edit actors), trust
+/// roots with grandfathered heads and timestamp keys.
+const FORMAT: &[u8] = b"dcloud-store-v2";
 
 /// Checkpoint when the write-ahead log is about this old (and not empty; each
 /// interval is drawn within a quarter either side, so that a fleet started at

@@ -239,6 +239,7 @@ impl Sim {
             version: 1,
             threshold: 1,
             keys: vec![authority.public()],
+            ..Default::default()
         };
         let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])])
             .expect("a self-signed first root");

@@ -23,6 +23,7 @@ impl Fleet {
             version: 1,
             threshold,
             keys: authorities.iter().map(|k| k.public()).collect(),
+            ..Default::default()
         };
         let signers: Vec<&SecretKey> = authorities.iter().collect();
         let root = SignedTrustRoot::sign(root, &signers);

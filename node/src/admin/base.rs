@@ -192,6 +192,7 @@ mod tests {
                 version,
                 threshold: 1,
                 keys: vec![key.public()],
+                ..Default::default()
             },
             &[key],
         )

@@ -288,6 +288,7 @@ mod tests {
                 version: 1,
                 threshold: 1,
                 keys: vec![key.public()],
+                ..Default::default()
             },
             &[key],
         );

@@ -229,6 +229,7 @@ pub fn init(
         version: 1,
         threshold,
         keys: distinct,
+        ..Default::default()
     };
     let refs: Vec<&SecretKey> = signers.iter().collect();
     let signed = SignedTrustRoot::sign(root, &refs);
@@ -263,6 +264,7 @@ pub fn rotate(
         version: current.version + 1,
         threshold,
         keys: distinct,
+        ..Default::default()
     };
     for s in signers {
         let p = s.public();

@@ -38,6 +38,7 @@ impl Fleet {
             version: 1,
             threshold: 1,
             keys: vec![authority.public()],
+            ..Default::default()
         };
         let chain =
             TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
