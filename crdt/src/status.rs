@@ -197,6 +197,16 @@ impl StatusWriter {
         self.epoch
     }
 
+    /// Whether the document being written holds the change `h`.
+    pub fn knows(&self, h: &automerge::ChangeHash) -> bool {
+        self.doc.get_change_meta_by_hash(h).is_some()
+    }
+
+    /// The heads of the document being written.
+    pub fn heads(&self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
     /// The status as last written.
     pub fn current(&self) -> NodeStatus {
         NodeStatus::from_fields(self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))).0

@@ -38,6 +38,9 @@ pub struct EngineStats {
     pub reply_duplicates_received: u64,
     /// Changes received for an older status epoch than held.
     pub stale_received: u64,
+    /// Times this node's writer moved past its own status from an earlier
+    /// life (a lost store, a backup) that peers still held.
+    pub earlier_lives_passed: u64,
     /// Rejected changes, by reason.
     pub rejected: BTreeMap<String, u64>,
     /// Reconciliation rounds started.
@@ -252,7 +255,38 @@ impl Engine {
                 }
             }
         }
+        self.move_past_earlier_life(now, &mut out);
         out
+    }
+
+    /// A node that lost its store (or came back from a backup, or with only
+    /// `node.key`) starts writing at a low epoch while its peers hold its
+    /// status from an earlier life, which replicas prefer. Once this node's
+    /// replica holds its own status at the writer's epoch or later with
+    /// changes the writer did not make, the writer moves past that history:
+    /// a new epoch above it, holding the whole current status.
+    fn move_past_earlier_life(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let Some((_, held)) = self.replica.status(&self.id) else {
+            return;
+        };
+        let mine = self.writer.epoch();
+        let foreign = held > mine
+            || held == mine
+                && self
+                    .replica
+                    .heads(&DocId::Status {
+                        node: self.id,
+                        epoch: held,
+                    })
+                    .iter()
+                    .any(|h| !self.writer.knows(h));
+        if !foreign {
+            return;
+        }
+        if let Some(c) = self.writer.move_past(held) {
+            self.stats.earlier_lives_passed += 1;
+            self.publish_own(c, now, out);
+        }
     }
 
     // ---- inputs ----

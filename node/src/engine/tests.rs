@@ -435,3 +435,51 @@ mod wire_fuzz {
         }
     }
 }
+
+#[test]
+fn node_back_with_only_its_key_moves_past_its_earlier_epochs() {
+    let mut f = Fleet::new(3, 0, true, EngineConfig::default());
+    f.run();
+    let n2 = f.id(2);
+    // Node 2 lived through epochs 1..=5 and is down; its peers hold epoch 5.
+    let trust = f.engines[&n2].replica().trust().clone();
+    f.engines.remove(&n2);
+    let mut w = StatusWriter::new(f.keys[2].clone(), 5, 16);
+    let old = w.heartbeat();
+    f.input(
+        f.id(0),
+        Input::Publish {
+            roots: vec![],
+            changes: vec![old],
+        },
+    );
+    f.run();
+    assert_eq!(f.engines[&f.id(1)].replica().status(&n2).unwrap().1, 5);
+    // It comes back with only its key: a replica holding only the policy
+    // (fetched from peers), its writer at epoch 1.
+    let mut replica = Replica::new(trust, Limits::default());
+    replica.ingest(f.policy.clone());
+    let (e, outs) = Engine::new(
+        EngineConfig::default(),
+        replica,
+        StatusWriter::new(f.keys[2].clone(), 1, 16),
+        f.now,
+    );
+    f.engines.insert(n2, e);
+    f.apply(n2, outs);
+    for i in [0, 1] {
+        let p = f.id(i);
+        f.queue.push_back((n2, Input::PeerUp { peer: p }));
+        f.queue.push_back((p, Input::PeerDown { peer: n2 }));
+        f.queue.push_back((p, Input::PeerUp { peer: n2 }));
+    }
+    f.run();
+    for _ in 0..4 {
+        f.fire_all(Timer::AntiEntropy);
+    }
+    for i in 0..3 {
+        let (_, epoch) = f.engines[&f.id(i)].replica().status(&n2).unwrap();
+        assert_eq!(epoch, 6, "node {i} sees node 2 past its earlier life");
+    }
+    assert_eq!(f.engines[&n2].stats().earlier_lives_passed, 1);
+}
