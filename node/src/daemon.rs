@@ -55,6 +55,7 @@ use crate::links::{LinkEvent, Links, SendError};
 use crate::metrics::Metrics;
 use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::store::{EpochFile, Store, StoreError};
+use crate::trustfile::TrustFile;
 use crate::view::{self, FleetCtx, PublishView, ReportView, StoreView};
 
 /// Commands queued from the API to the actor.
@@ -94,6 +95,9 @@ pub enum StartError {
     /// The store could not be opened, even after moving it aside.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The durable trust chain could not be read, or disagrees.
+    #[error(transparent)]
+    TrustFile(#[from] crate::trustfile::TrustFileError),
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] net::NetError),
@@ -231,6 +235,7 @@ struct Daemon {
     swarm: Swarm<Behaviour>,
     store: Store,
     epoch_file: EpochFile,
+    trust_file: TrustFile,
     store_error: Option<String>,
     store_retry_at: Millis,
     metrics: Arc<Metrics>,
@@ -320,6 +325,18 @@ pub async fn start(
     if let Some(aside) = &loaded.moved_aside {
         tracing::warn!(moved_to = %aside.display(), "started with an empty store; rebuilding from peers");
     }
+    // The root never goes back: the durable trust-chain file (outside the
+    // store) raises an older --trust-root file, and must agree with it.
+    let mut trust_file = TrustFile::open(&cfg.data_dir.join("trust-chain"))?;
+    let given = chain.current().version;
+    trust_file.raise_chain(&mut chain)?;
+    if chain.current().version > given {
+        tracing::info!(
+            given,
+            held = chain.current().version,
+            "the trust-root file is older than the chain this node holds; the newer chain stays in force"
+        );
+    }
     for root in loaded.roots {
         if root.root.version > chain.current().version
             && let Err(e) = chain.advance(root)
@@ -327,6 +344,7 @@ pub async fn start(
             tracing::warn!(error = %e, "a stored trust root does not extend the chain; ignored");
         }
     }
+    trust_file.record(&chain)?;
     let mut replica = Replica::new(chain, limits);
     let stored = loaded.changes.len();
     let mut own_epoch_max = 0u32;
@@ -418,6 +436,7 @@ pub async fn start(
         swarm,
         store,
         epoch_file,
+        trust_file,
         store_error: None,
         store_retry_at: 0,
         metrics: metrics.clone(),
@@ -670,7 +689,11 @@ impl Daemon {
                 }
                 self.store.put_changes(&changes)
             }
-            Persist::Root(root) => self.store.put_root(&root),
+            Persist::Root(root) => {
+                // The durable chain file first: it must never be behind.
+                self.trust_file.record(self.engine.replica().trust())?;
+                self.store.put_root(&root)
+            }
             Persist::DropStatusBefore { node, epoch } => {
                 self.store.drop_status_before(&node, epoch)
             }

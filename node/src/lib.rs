@@ -15,4 +15,5 @@ pub mod links;
 pub mod metrics;
 pub mod net;
 pub mod store;
+pub mod trustfile;
 pub mod view;

@@ -90,6 +90,9 @@ pub enum StoreError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The durable trust-chain file could not be written.
+    #[error(transparent)]
+    TrustChain(#[from] crate::trustfile::TrustFileError),
     /// The epoch file could not be read or written.
     #[error("epoch file {path}: {reason}")]
     Epoch {
