@@ -18,6 +18,7 @@ fn check(name: &str, extra: &[u64]) {
     let mut seeds = vec![sc.seed];
     seeds.extend_from_slice(extra);
     for seed in seeds {
+        println!("scenario {name} seed {seed}");
         let r = run(sc.clone(), seed);
         assert!(
             r.ok(),
@@ -53,6 +54,11 @@ fn overlapping_partitions_restore_every_link() {
     // Failed before the simulator modelled concurrent partitions: the links
     // only the first one cut stayed down in the engines' view.
     check("ci-overlap-pair", &[1, 2, 3]);
+}
+
+#[test]
+fn three_overlapping_partitions_with_every_other_fault() {
+    check("ci-overlap", &[1, 2, 3]);
 }
 
 #[test]
