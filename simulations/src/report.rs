@@ -103,6 +103,9 @@ pub struct Report {
     pub safety_violations: Vec<String>,
     /// Liveness checker finding.
     pub liveness_failure: Option<String>,
+    /// Where the simulator's link model and the engines' peer sets disagreed
+    /// at a partition start or heal (a simulator bug).
+    pub link_model_violations: Vec<String>,
 }
 
 fn ms(x: Option<u64>) -> String {
@@ -189,6 +192,16 @@ impl Report {
             "liveness: {}",
             self.liveness_failure.as_deref().unwrap_or("ok")
         );
+        if self.link_model_violations.is_empty() {
+            let _ = writeln!(s, "link model: ok");
+        } else {
+            let _ = writeln!(
+                s,
+                "link model: {} SIMULATOR BUGS (not engine faults), first: {}",
+                self.link_model_violations.len(),
+                self.link_model_violations[0]
+            );
+        }
         s
     }
 

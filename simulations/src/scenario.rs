@@ -305,28 +305,115 @@ impl Scenario {
                 return bad(format!("probability {p} outside 0..=1"));
             }
         }
-        for p in &self.partition {
-            if p.from_ms >= p.until_ms || !(0.0..1.0).contains(&p.fraction) {
-                return bad("partition needs from_ms < until_ms and 0 <= fraction < 1".into());
+        if self.check_interval_ms == 0 {
+            return bad("check_interval_ms must be > 0".into());
+        }
+        if self.enrolled.is_some_and(|e| e > self.nodes) {
+            return bad(format!(
+                "enrolled {} exceeds the fleet of {} nodes",
+                self.enrolled.unwrap_or(0),
+                self.nodes
+            ));
+        }
+        // Partitions may overlap in time: a link is cut while any active
+        // partition separates its ends.
+        for (i, p) in self.partition.iter().enumerate() {
+            if p.until_ms <= p.from_ms {
+                return bad(format!(
+                    "partition {i}: until_ms {} must be after from_ms {}",
+                    p.until_ms, p.from_ms
+                ));
+            }
+            if !(0.0..1.0).contains(&p.fraction) {
+                return bad(format!(
+                    "partition {i}: fraction {} outside 0..1",
+                    p.fraction
+                ));
+            }
+            let far = (p.fraction * self.nodes as f64).round() as usize;
+            if far == 0 || far >= self.nodes {
+                return bad(format!(
+                    "partition {i}: fraction {} of {} nodes leaves a side empty",
+                    p.fraction, self.nodes
+                ));
             }
         }
-        for m in &self.malicious {
+        for (i, p) in self.policy.iter().enumerate() {
+            if p.node >= self.nodes {
+                return bad(format!("policy {i}: node {} out of range", p.node));
+            }
+        }
+        for (i, m) in self.malicious.iter().enumerate() {
             if m.node >= self.nodes {
-                return bad(format!("malicious node {} out of range", m.node));
+                return bad(format!("malicious {i}: node {} out of range", m.node));
+            }
+            if self.malicious[..i].iter().any(|o| o.node == m.node) {
+                return bad(format!(
+                    "malicious {i}: node {} is already malicious (one entry per node)",
+                    m.node
+                ));
+            }
+            if m.interval_ms == 0 {
+                return bad(format!("malicious {i}: interval_ms must be > 0"));
+            }
+            if self.enrolled.is_some_and(|e| m.node >= e) {
+                return bad(format!(
+                    "malicious {i}: node {} is not enrolled (malicious nodes are enrolled ones)",
+                    m.node
+                ));
             }
         }
-        for c in &self.crash {
-            if c.nodes.iter().any(|n| *n >= self.nodes) || c.count > self.nodes {
-                return bad("crash node out of range".into());
+        for (i, c) in self.crash.iter().enumerate() {
+            if let Some(n) = c.nodes.iter().find(|n| **n >= self.nodes) {
+                return bad(format!("crash {i}: node {n} out of range"));
+            }
+            let up = (0..self.nodes)
+                .filter(|&n| self.join_ms(n).is_none_or(|j| j < c.at_ms))
+                .count();
+            if c.count > up {
+                return bad(format!(
+                    "crash {i}: count {} exceeds the {up} nodes up at {} ms",
+                    c.count, c.at_ms
+                ));
             }
             if c.restart_ms.is_some_and(|r| r <= c.at_ms) {
-                return bad("crash restart_ms must be after at_ms".into());
+                return bad(format!("crash {i}: restart_ms must be after at_ms"));
+            }
+            if let Some(n) = c
+                .nodes
+                .iter()
+                .find(|&&n| self.join_ms(n).is_some_and(|j| j >= c.at_ms))
+            {
+                return bad(format!(
+                    "crash {i}: node {n} joins late, at {} ms, not before the crash at {} ms",
+                    self.join_ms(*n).unwrap_or(0),
+                    c.at_ms
+                ));
+            }
+            if c.wipe_store && c.restart_ms.is_none() {
+                return bad(format!(
+                    "crash {i}: wipe_store needs restart_ms (a node that leaves for good has no store to wipe)"
+                ));
             }
         }
         if self.join.iter().map(|j| j.count).sum::<usize>() >= self.nodes {
             return bad("joins must leave some nodes at the start".into());
         }
         Ok(())
+    }
+
+    /// When node `i` joins, if it is a late joiner (the highest indexes, in
+    /// the order of the `join` entries).
+    pub fn join_ms(&self, i: usize) -> Option<u64> {
+        let late: usize = self.join.iter().map(|j| j.count).sum();
+        let mut next = self.nodes.checked_sub(late)?;
+        for j in &self.join {
+            if (next..next + j.count).contains(&i) {
+                return Some(j.at_ms);
+            }
+            next += j.count;
+        }
+        None
     }
 
     /// When the last fault ends (liveness is judged from here).

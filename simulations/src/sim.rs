@@ -130,12 +130,15 @@ pub struct RunResult {
     pub safety: Vec<Violation>,
     /// Why liveness failed, if it did.
     pub liveness: Option<Violation>,
+    /// Where the simulator's own link model and the engines' peer sets
+    /// disagreed (a simulator bug, not an engine one; empty on a correct run).
+    pub model: Vec<Violation>,
 }
 
 impl RunResult {
     /// Whether every checker passed.
     pub fn ok(&self) -> bool {
-        self.safety.is_empty() && self.liveness.is_none()
+        self.safety.is_empty() && self.liveness.is_none() && self.model.is_empty()
     }
 }
 
@@ -158,9 +161,15 @@ pub struct Sim {
     index: HashMap<NodeId, usize>,
     adj: Vec<Vec<usize>>,
     links: HashMap<(usize, usize), LinkDir>,
+    /// Links an engine disconnected (misbehaviour, revocation): down for good.
     down_links: BTreeSet<(usize, usize)>,
-    side: Option<Vec<bool>>,
+    /// Partitions now in force (indexes into `partitions`). With `cut` the
+    /// single source of truth for what the partitions do to a link.
+    active: BTreeSet<usize>,
+    /// Each partition's far side.
     partitions: Vec<Vec<bool>>,
+    /// The link model and the engines' peer sets disagreed (a simulator bug).
+    model: Vec<Violation>,
     chain: TrustChain,
     limits: Limits,
     config: EngineConfig,
@@ -367,7 +376,8 @@ impl Sim {
             let mut nodes = c.nodes.clone();
             while nodes.len() < c.count {
                 let x = rng.random_range(0..n);
-                if !nodes.contains(&x) {
+                // Not a late joiner that is not up yet (draw again).
+                if !nodes.contains(&x) && sc.join_ms(x).is_none_or(|j| j < c.at_ms) {
                     nodes.push(x);
                 }
             }
@@ -428,8 +438,9 @@ impl Sim {
             adj,
             links,
             down_links: BTreeSet::new(),
-            side: None,
+            active: BTreeSet::new(),
             partitions,
+            model: Vec::new(),
             chain,
             limits: Limits::default(),
             config,
@@ -549,11 +560,22 @@ impl Sim {
 
     /// Run to the end; `progress` is called with the simulated time now and then.
     pub fn run(mut self, mut progress: impl FnMut(u64)) -> RunResult {
+        self.advance(self.sc.duration_ms, &mut progress);
+        self.now = self.sc.duration_ms;
+        progress(self.now);
+        self.finish()
+    }
+
+    /// Carry out every event up to and including time `until`.
+    fn advance(&mut self, until: u64, progress: &mut impl FnMut(u64)) {
         let mut next_tick = 0;
-        while let Some(Reverse(q)) = self.queue.pop() {
-            if q.at > self.sc.duration_ms {
+        while let Some(Reverse(q)) = self.queue.peek() {
+            if q.at > until {
                 break;
             }
+            let Some(Reverse(q)) = self.queue.pop() else {
+                break;
+            };
             self.now = q.at;
             self.events += 1;
             if self.now >= next_tick {
@@ -562,26 +584,71 @@ impl Sim {
             }
             self.dispatch(q.ev);
         }
-        self.now = self.sc.duration_ms;
-        progress(self.now);
-        self.finish()
     }
 
     fn live(&self, i: usize) -> bool {
         self.slots[i].engine.is_some()
     }
 
+    /// Whether some active partition separates `a` and `b` (messages between
+    /// them are lost, and with `partition_drops_connections` the connection
+    /// is down).
+    fn cut(&self, a: usize, b: usize) -> bool {
+        self.active
+            .iter()
+            .any(|&p| self.partitions[p][a] != self.partitions[p][b])
+    }
+
+    /// Whether the connection a-b should be up (as far as the links go; both
+    /// ends must also be live).
     fn connected(&self, a: usize, b: usize) -> bool {
-        if self.down_links.contains(&(a.min(b), a.max(b))) {
-            return false;
+        let severed = self.down_links.contains(&(a.min(b), a.max(b)));
+        let partitioned = self.sc.partition_drops_connections && self.cut(a, b);
+        !severed && !partitioned
+    }
+
+    /// The peers `a`'s engine should have: live overlay neighbours over
+    /// connected links.
+    fn expected_peers(&self, a: usize) -> BTreeSet<usize> {
+        self.adj[a]
+            .iter()
+            .copied()
+            .filter(|&b| self.live(b) && self.connected(a, b))
+            .collect()
+    }
+
+    /// The link model against every live engine's peer set, at a partition
+    /// start or heal. A mismatch is a simulator bug, reported with the seed.
+    fn check_links(&mut self, what: &str) {
+        let mut bad = Vec::new();
+        for a in 0..self.sc.nodes {
+            let Some(engine) = &self.slots[a].engine else {
+                continue;
+            };
+            let have: BTreeSet<usize> = engine
+                .peers()
+                .iter()
+                .filter_map(|p| self.index.get(p).copied())
+                .collect();
+            let want = self.expected_peers(a);
+            if have != want {
+                let missing: Vec<usize> = want.difference(&have).copied().collect();
+                let extra: Vec<usize> = have.difference(&want).copied().collect();
+                bad.push(format!("node {a} lacks {missing:?}, has extra {extra:?}"));
+            }
         }
-        if let Some(side) = &self.side
-            && side[a] != side[b]
-            && self.sc.partition_drops_connections
-        {
-            return false;
+        if !bad.is_empty() {
+            let v = Violation(format!(
+                "simulator link model and engine peers disagree at {} ({} ms, seed {}) on {} nodes; first: {}",
+                what,
+                self.now,
+                self.seed,
+                bad.len(),
+                bad[0]
+            ));
+            eprintln!("dcloud-sim: SIMULATOR BUG: {}", v.0);
+            self.model.push(v);
         }
-        true
     }
 
     fn dispatch(&mut self, ev: Ev) {
@@ -635,19 +702,12 @@ impl Sim {
             }
             Ev::Restart { node, wipe } => self.start(node, wipe),
             Ev::PartitionStart(p) => {
-                let side = self.partitions[p].clone();
-                if self.sc.partition_drops_connections {
-                    self.set_cut(&side, true);
-                }
-                self.side = Some(side);
+                self.set_partition(p, true);
+                self.check_links(&format!("the start of partition {p}"));
             }
             Ev::PartitionEnd(p) => {
-                if self.side.as_ref() == Some(&self.partitions[p]) {
-                    let side = self.side.take().expect("active");
-                    if self.sc.partition_drops_connections {
-                        self.set_cut(&side, false);
-                    }
-                }
+                self.set_partition(p, false);
+                self.check_links(&format!("the end of partition {p}"));
             }
             Ev::Publish(p) => {
                 let n = self.sc.nodes;
@@ -704,21 +764,44 @@ impl Sim {
         }
     }
 
-    /// Connections across a partition go down (or come back up).
-    fn set_cut(&mut self, side: &[bool], cut: bool) {
-        let n = self.sc.nodes;
-        for a in 0..n {
+    /// Partition `p` starts (or ends). Exactly the links whose state changes
+    /// go down (or come back up) in the engines' view: those `p` cuts that
+    /// were up until now (or that no other active partition still cuts).
+    fn set_partition(&mut self, p: usize, on: bool) {
+        let drops = self.sc.partition_drops_connections;
+        let side = self.partitions[p].clone();
+        // The links `p` separates that are up (at a start) or down (at an
+        // end) before the change: the candidates for flipping.
+        let mut flips = BTreeSet::new();
+        if drops {
+            for a in 0..self.sc.nodes {
+                for &b in &self.adj[a] {
+                    if a < b && side[a] != side[b] && self.connected(a, b) == on {
+                        flips.insert((a, b));
+                    }
+                }
+            }
+        }
+        if on {
+            self.active.insert(p);
+        } else {
+            self.active.remove(&p);
+        }
+        // Without dropped connections only the network's view (`cut`) changes.
+        for a in 0..self.sc.nodes {
             for bi in 0..self.adj[a].len() {
                 let b = self.adj[a][bi];
-                if side[a] == side[b]
+                // Still there, both ends live, and its state did change (an
+                // input earlier in this loop may have disconnected it).
+                if !flips.contains(&(a.min(b), a.max(b)))
                     || !self.live(a)
                     || !self.live(b)
-                    || self.down_links.contains(&(a.min(b), a.max(b)))
+                    || self.connected(a, b) == on
                 {
                     continue;
                 }
                 let peer = self.slots[b].key.public();
-                let input = if cut {
+                let input = if on {
                     Input::PeerDown { peer }
                 } else {
                     Input::PeerUp { peer }
@@ -973,12 +1056,7 @@ impl Sim {
         let Some(link) = self.links.get(&(from, to)).copied() else {
             return;
         };
-        if !self.connected(from, to) || !self.live(to) {
-            return;
-        }
-        if let Some(side) = &self.side
-            && side[from] != side[to]
-        {
+        if !self.connected(from, to) || !self.live(to) || self.cut(from, to) {
             return;
         }
         let lm = &self.sc.link;
@@ -1299,12 +1377,14 @@ impl Sim {
             disconnects: self.disconnects,
             safety_violations: self.safety.iter().map(|v| v.0.clone()).collect(),
             liveness_failure: liveness.as_ref().map(|v| v.0.clone()),
+            link_model_violations: self.model.iter().map(|v| v.0.clone()).collect(),
         };
         self.safety.truncate(100);
         RunResult {
             report,
             safety: self.safety,
             liveness,
+            model: self.model,
         }
     }
 
@@ -1333,5 +1413,45 @@ impl Sim {
             .filter(|d| *d != u64::MAX)
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The link checker catches a link model that the engines were not told
+    /// about (here: a link taken down behind their backs).
+    #[test]
+    fn link_checker_reports_a_model_mismatch_with_the_seed() {
+        let sc = Scenario::parse(
+            "name = \"t\"\nnodes = 12\nduration_ms = 3000\n\
+             [[partition]]\nfrom_ms = 1000\nuntil_ms = 2000\nfraction = 0.3\n",
+            "inline",
+        )
+        .expect("valid");
+        let mut sim = Sim::new(sc.clone(), 42);
+        sim.advance(1500, &mut |_| {});
+        sim.check_links("a healthy run");
+        assert!(sim.model.is_empty(), "{:?}", sim.model);
+        let (a, b) = (0..sim.sc.nodes)
+            .flat_map(|a| sim.adj[a].iter().map(move |&b| (a, b)))
+            .find(|&(a, b)| sim.connected(a, b) && sim.live(a) && sim.live(b))
+            .expect("an up link");
+        sim.down_links.insert((a.min(b), a.max(b)));
+        sim.check_links("a tampered model");
+        assert_eq!(sim.model.len(), 1);
+        assert!(sim.model[0].0.contains("seed 42"), "{}", sim.model[0].0);
+        // The same at a heal, through a whole run.
+        let mut sim = Sim::new(sc, 42);
+        sim.advance(1500, &mut |_| {});
+        sim.down_links.insert((a.min(b), a.max(b)));
+        let r = sim.run(|_| {});
+        assert!(!r.ok());
+        assert!(
+            r.model[0].0.contains("end of partition 0"),
+            "{}",
+            r.model[0].0
+        );
     }
 }
