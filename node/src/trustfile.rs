@@ -167,7 +167,9 @@ mod tests {
     use dcloud_crdt::{SecretKey, TrustRoot};
 
     fn chain_of(n: u64) -> (TrustChain, Vec<SignedTrustRoot>) {
-        let keys: Vec<SecretKey> = (0..=n).map(|i| SecretKey::from_seed([i as u8 + 1; 32])).collect();
+        let keys: Vec<SecretKey> = (0..=n)
+            .map(|i| SecretKey::from_seed([i as u8 + 1; 32]))
+            .collect();
         let mut roots = Vec::new();
         for v in 1..=n {
             let k = &keys[v as usize];
