@@ -169,11 +169,13 @@ impl fmt::Debug for SignedChange {
 /// uncompressed change chunk (a compressed chunk inflates without bound), a
 /// checksum that is not the change hash's (automerge itself ignores it, so a
 /// flipped checksum byte would otherwise yield a second byte string for the same
-/// change), and columns that would decode to more than [`chunk::CHANGE_OPS_MAX`]
-/// ops or claim strings longer than their bytes. Only then does automerge parse
+/// change), and columns that would decode to more than [`chunk::ops_max_for`]
+/// ops (at most [`chunk::CHANGE_OPS_MAX`], and no more ops than bytes) or claim
+/// strings longer than their bytes. Only then does automerge parse
 /// them, so its allocation is bounded by the input and that op bound.
 pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
-    let info = chunk::inspect(bytes).map_err(|e| e.to_string())?;
+    let info =
+        chunk::inspect_with(bytes, chunk::ops_max_for(bytes.len())).map_err(|e| e.to_string())?;
     let change = Change::from_bytes(bytes.to_vec()).map_err(|e| e.to_string())?;
     if change.hash() != info.hash || change.len() as u64 != info.ops {
         return Err("change chunk inspection disagrees with automerge".into());

@@ -58,10 +58,27 @@ pub const CHUNK_TYPE_BUNDLE: u8 = 3;
 /// [`Limits::policy_change_size_max_bytes`](crate::Limits) = 4 MiB, so a
 /// legitimate change holds at most 4 MiB / 8 B = 512 Ki ops. 1 Mi ops is twice
 /// that. What automerge then allocates per op when it decodes a change is of the
-/// order of 150 bytes (`ExpandedChange` operations), so the bound caps a change's
+/// order of 150-180 bytes (`ExpandedChange` operations), so the bound caps a change's
 /// decoding at roughly 150 MiB instead of the unbounded 2^64 ops (or a
-/// decompressed gigabyte) it could otherwise claim.
+/// decompressed gigabyte) it could otherwise claim. (Measured: 176 bytes per op,
+/// 176 MiB peak for a change at the bound, in
+/// `crdt/tests/bomb.rs::ops_at_the_bound_cost_bounded_allocation`; see also
+/// [`ops_max_for`], which bounds small changes tighter.)
 pub const CHANGE_OPS_MAX: u64 = 1 << 20;
+
+/// The op bound for a change of `len` bytes: [`CHANGE_OPS_MAX`], and no more ops
+/// than bytes.
+///
+/// Every op in a dcloud document carries its own map key of at least 8 bytes of
+/// key column, so a legitimate dcloud change has well under one op per byte
+/// (measured: 17 bytes per op for a policy change of 20,000 small sets). Tying
+/// the bound to the size keeps small changes cheap: a 16 KiB status change may
+/// make automerge decode at most 16 Ki ops, not [`CHANGE_OPS_MAX`]. (General
+/// automerge changes can have more ops than bytes, e.g. a run of list deletes;
+/// [`inspect`] alone does not assume dcloud's schemas.)
+pub fn ops_max_for(len: usize) -> u64 {
+    CHANGE_OPS_MAX.min(len as u64)
+}
 
 /// Column id of the op action column: automerge decodes one op per item in it.
 const ACTION_COLUMN_ID: u32 = 4;

@@ -155,6 +155,11 @@ fn seal(typ: u8, body: &[u8], checksum_of: Option<&[u8]>) -> Vec<u8> {
 
 /// A change body by `actor` (seq 1, start op 1, no deps) with these columns.
 fn change_body(actor: &[u8], columns: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    change_body_extra(actor, columns, &[])
+}
+
+/// As [`change_body`], followed by `extra` bytes (automerge keeps them).
+fn change_body_extra(actor: &[u8], columns: &[(u32, Vec<u8>)], extra: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     uleb(&mut b, 0); // deps
     uleb(&mut b, actor.len() as u64);
@@ -172,6 +177,7 @@ fn change_body(actor: &[u8], columns: &[(u32, Vec<u8>)]) -> Vec<u8> {
     for (_, data) in columns {
         b.extend_from_slice(data);
     }
+    b.extend_from_slice(extra);
     b
 }
 
@@ -204,6 +210,11 @@ const PRED_GROUP: u32 = 7 << 4;
 
 /// A change of `n` puts of null to the root key `fleet/a`, every column one run.
 fn rle_bomb(actor: &[u8], n: i64) -> Vec<u8> {
+    rle_bomb_padded(actor, n, 0)
+}
+
+/// As [`rle_bomb`], padded with `pad` extra bytes.
+fn rle_bomb_padded(actor: &[u8], n: i64, pad: usize) -> Vec<u8> {
     let cols = vec![
         (KEY_STR, rle_run(n, &string_value("fleet/a"))),
         (INSERT, uleb_bytes(n as u64)),
@@ -211,7 +222,7 @@ fn rle_bomb(actor: &[u8], n: i64) -> Vec<u8> {
         (VAL_META, rle_run(n, &uleb_bytes(0))),
         (PRED_GROUP, rle_run(n, &uleb_bytes(0))),
     ];
-    seal(1, &change_body(actor, &cols), None)
+    seal(1, &change_body_extra(actor, &cols, &vec![0; pad]), None)
 }
 
 /// Sign raw change bytes as a policy change by `key`, whatever they contain.
@@ -237,7 +248,7 @@ fn assert_bomb_refused(name: &str, fleet: &Fleet, sc: SignedChange) -> Rejection
     let before = fingerprint(&r);
     let (rep, peak) = peak_during(|| r.ingest(vec![sc]));
     println!(
-        "{name}: peak allocation during ingest {:.1} MiB",
+        "{name}: peak allocation during ingest {peak} bytes ({:.1} MiB)",
         peak as f64 / MIB as f64
     );
     let Outcome::Rejected(why) = rep[0].outcome.clone() else {
@@ -313,6 +324,94 @@ fn rle_run_of_4_mi_ops_is_refused_before_decoding() {
         "rle 4 Mi",
         &fleet,
         signed_policy(bytes, &fleet.authorities[0]),
+    );
+}
+
+/// The worst a change can cost once the inspector accepts it: every column one
+/// run of exactly [`CHANGE_OPS_MAX`] ops, padded to as many bytes (a replica
+/// allows no more ops than bytes). automerge decodes them all (and the schema
+/// check refuses them), within a bounded allocation. Unpadded, the same change
+/// is refused before decoding.
+#[test]
+fn ops_at_the_bound_cost_bounded_allocation() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fleet = Fleet::new(1, 1, 1);
+    let actor = fleet.authorities[0].public().0;
+    let n = CHANGE_OPS_MAX as i64;
+    let bytes = rle_bomb_padded(&actor, n, CHANGE_OPS_MAX as usize);
+    let info = chunk::inspect(&bytes).expect("at the bound passes");
+    assert_eq!(info.ops, CHANGE_OPS_MAX);
+    assert!(matches!(
+        chunk::inspect(&rle_bomb(&actor, n + 1)),
+        Err(ChunkError::TooManyOps { .. })
+    ));
+    assert!(chunk::inspect(&rle_bomb(&actor, n)).is_ok());
+    assert!(dcloud_crdt::change::parse_change(&rle_bomb(&actor, n)).is_err());
+    let mut r = fleet.replica();
+    r.ingest(vec![fleet.enrolment()]);
+    let sc = signed_policy(bytes, &fleet.authorities[0]);
+    let (rep, peak) = peak_during(|| r.ingest(vec![sc]));
+    println!(
+        "{CHANGE_OPS_MAX} ops (the bound) in a {} KiB change: peak allocation during ingest {:.1} MiB, {:.0} bytes per op",
+        CHANGE_OPS_MAX >> 10,
+        peak as f64 / MIB as f64,
+        peak as f64 / CHANGE_OPS_MAX as f64
+    );
+    assert!(
+        matches!(rep[0].outcome, Outcome::Rejected(Rejection::Schema(_))),
+        "{:?}",
+        rep[0].outcome
+    );
+    assert!(peak < 256 * MIB, "peak {peak} bytes");
+}
+
+/// A status change (16 KiB at most) claiming as many ops as it may: a few MiB.
+#[test]
+fn status_change_ops_are_bounded_by_its_size() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fleet = Fleet::new(1, 1, 1);
+    let node = &fleet.nodes[0];
+    let size = 16 << 10;
+    let bytes = rle_bomb_padded(&node.public().0, (size - 200) as i64, size - 200);
+    assert!(bytes.len() <= size);
+    let info = chunk::inspect(&bytes).expect("well-formed");
+    let msg = signing_message(
+        &DocId::Status {
+            node: node.public(),
+            epoch: 1,
+        },
+        0,
+        &info.hash,
+    );
+    let sc = SignedChange {
+        doc: DocId::Status {
+            node: node.public(),
+            epoch: 1,
+        },
+        root_version: 0,
+        change: bytes,
+        sigs: vec![node.sign(&msg)],
+    };
+    let mut r = fleet.replica();
+    r.ingest(vec![fleet.enrolment()]);
+    let (rep, peak) = peak_during(|| r.ingest(vec![sc]));
+    println!(
+        "status change of {} ops: peak allocation during ingest {:.1} MiB",
+        info.ops,
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        matches!(rep[0].outcome, Outcome::Rejected(_)),
+        "{:?}",
+        rep[0].outcome
+    );
+    assert!(peak < 8 * MIB, "peak {peak} bytes");
+    // One op more than bytes is refused before decoding.
+    let over = rle_bomb(&node.public().0, 1000);
+    assert!(
+        dcloud_crdt::change::parse_change(&over)
+            .unwrap_err()
+            .contains("ops")
     );
 }
 
