@@ -12,6 +12,7 @@ use std::fmt;
 use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
+use crate::chunk;
 use crate::keys::{KeySignature, NodeId, PublicKey, SecretKey};
 use crate::root::SignedTrustRoot;
 
@@ -199,16 +200,30 @@ impl fmt::Debug for SignedChange {
     }
 }
 
-/// Parse raw automerge change bytes, checking the chunk checksum (automerge
-/// itself ignores it, so a flipped checksum byte would otherwise yield a second
-/// byte string for the same change).
+/// Parse raw automerge change bytes from a stranger.
+///
+/// [`chunk::inspect`] reads them first, bounded: it refuses anything but one
+/// uncompressed change chunk (a compressed chunk inflates without bound), a
+/// checksum that is not the change hash's (automerge itself ignores it, so a
+/// flipped checksum byte would otherwise yield a second byte string for the same
+/// change), and columns that would decode to more than [`chunk::ops_max_for`]
+/// ops (at most [`chunk::CHANGE_OPS_MAX`], and no more ops than bytes) or claim
+/// strings longer than their bytes. Only then does automerge parse
+/// them, so its allocation is bounded by the input and that op bound.
 pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    let info =
+        chunk::inspect_with(bytes, chunk::ops_max_for(bytes.len())).map_err(|e| e.to_string())?;
     let change = Change::from_bytes(bytes.to_vec()).map_err(|e| e.to_string())?;
-    let hash = change.hash();
-    if bytes.len() < 8 || bytes[4..8] != hash.0[..4] {
-        return Err("checksum does not match the change".into());
+    if change.hash() != info.hash || change.len() as u64 != info.ops {
+        return Err("change chunk inspection disagrees with automerge".into());
     }
     Ok(change)
+}
+
+/// An inspection error in the shape [`SignedChange::hash`] and
+/// [`SignedChange::cosign`] have always returned.
+fn load_error(e: chunk::ChunkError) -> automerge::LoadChangeError {
+    automerge::LoadChangeError::Parse(Box::new(e))
 }
 
 /// The message a signature on a change covers.
@@ -235,18 +250,20 @@ impl SignedChange {
 
     /// Add a signature (a cosigner). Returns false if `key` had already signed.
     pub fn cosign(&mut self, key: &SecretKey) -> Result<bool, automerge::LoadChangeError> {
-        let change = Change::from_bytes(self.change.clone())?;
+        let hash = self.hash()?;
         if self.sigs.iter().any(|s| s.key == key.public()) {
             return Ok(false);
         }
-        let msg = signing_message(&self.doc, self.root_version, &change.hash());
+        let msg = signing_message(&self.doc, self.root_version, &hash);
         self.sigs.push(key.sign(&msg));
         Ok(true)
     }
 
-    /// The automerge change hash, parsing the change.
+    /// The automerge change hash, computed from the raw bytes by
+    /// [`chunk::inspect`] (no automerge decoding); an error if they are not an
+    /// acceptable change chunk.
     pub fn hash(&self) -> Result<ChangeHash, automerge::LoadChangeError> {
-        Ok(Change::from_bytes(self.change.clone())?.hash())
+        chunk::change_hash(&self.change).map_err(load_error)
     }
 
     /// Encode: one version byte, then the fields (postcard).

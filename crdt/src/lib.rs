@@ -8,6 +8,7 @@
 //! files, no async runtime, no networking.
 
 pub mod change;
+pub mod chunk;
 pub mod keys;
 pub mod policy;
 pub mod replica;
