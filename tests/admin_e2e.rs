@@ -118,6 +118,7 @@ impl Fleet {
         self.rt.block_on(async {
             let resp = reqwest::Client::new()
                 .post(&url)
+                .header("content-type", "application/octet-stream")
                 .body(body)
                 .send()
                 .await

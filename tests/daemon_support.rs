@@ -360,6 +360,7 @@ impl Fleet {
         let r = self
             .http
             .post(format!("http://{}/v1/bundles", self.nodes[i].api))
+            .header("content-type", "application/octet-stream")
             .body(bytes)
             .send()
             .await

@@ -125,6 +125,17 @@ pub enum PublishError {
     /// The store does not take writes.
     #[error("this node is not accepting changes: {0}")]
     Unavailable(String),
+    /// Verified and applied to the in-memory replica, but the store failed to
+    /// write it: it is written when the store recovers, and the node may pass
+    /// it on (anti-entropy) before then; a restart before recovery loses it
+    /// here. Publishing the same bundle again is harmless.
+    #[error(
+        "the store failed to write this bundle ({0}): its changes are held in this node's memory, \
+         are written once the store recovers and may reach the fleet before then; if this daemon \
+         stops first they are lost here, so publish the bundle again once the node accepts \
+         changes (a repeat is harmless)"
+    )]
+    NotDurable(String),
     /// The daemon is shutting down or busy.
     #[error("the daemon did not answer: {0}")]
     Gone(String),
@@ -566,7 +577,7 @@ impl Daemon {
                     }
                 }
                 if let Some((tx, _)) = reply {
-                    let _ = tx.send(Err(PublishError::Unavailable(
+                    let _ = tx.send(Err(PublishError::NotDurable(
                         self.store_error.clone().unwrap_or_default(),
                     )));
                 }
@@ -792,7 +803,7 @@ impl Daemon {
             } => {
                 let reply = self.publish_reply.take();
                 let result = if self.persist_failed_in_call {
-                    Err(PublishError::Unavailable(
+                    Err(PublishError::NotDurable(
                         self.store_error.clone().unwrap_or_default(),
                     ))
                 } else {

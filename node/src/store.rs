@@ -788,6 +788,15 @@ impl EpochFile {
         f.write_all(format!("{epoch}\n").as_bytes()).map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)?;
+        // The rename is durable only once its directory is: without this, a
+        // power loss can bring back the older epoch the node already signed past.
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         self.value = epoch;
         Ok(())
     }

@@ -195,10 +195,22 @@ async fn run(args: RunArgs) -> Result<()> {
             addr: api_addr,
             source,
         })?;
+    // The address as bound (port 0 resolved): the one `Host` it answers to.
+    let bound = listener
+        .local_addr()
+        .context("the local API's bound address")?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            api = %bound,
+            "the local API listens on a non-loopback address: anyone who can reach it can read \
+             the fleet's state and publish signed bundles; bind 127.0.0.1 unless a firewall \
+             limits who reaches it"
+        );
+    }
     let (handle, actor, stop) = daemon::start(cfg).await?;
-    tracing::info!(api = %api_addr, "local API listening");
+    tracing::info!(api = %bound, "local API listening");
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, api::router(handle)).with_graceful_shutdown(async {
+    let server = axum::serve(listener, api::router(handle, bound)).with_graceful_shutdown(async {
         let _ = api_stop_rx.await;
     });
     let server = tokio::spawn(async move {
