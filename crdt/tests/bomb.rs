@@ -298,7 +298,9 @@ fn compressed_change_chunk_is_refused_before_inflating() {
 fn rle_run_of_2_pow_40_ops_is_refused_before_decoding() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fleet = Fleet::new(1, 1, 1);
-    let actor = fleet.authorities[0].public().0;
+    let actor = dcloud_crdt::change::edit_actor(&fleet.authorities[0].public())
+        .to_bytes()
+        .to_vec();
     let bytes = rle_bomb(&actor, 1 << 40);
     println!("RLE bomb: {} bytes claiming 2^40 ops", bytes.len());
     assert!(matches!(
@@ -318,7 +320,9 @@ fn rle_run_of_2_pow_40_ops_is_refused_before_decoding() {
 fn rle_run_of_4_mi_ops_is_refused_before_decoding() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fleet = Fleet::new(1, 1, 1);
-    let actor = fleet.authorities[0].public().0;
+    let actor = dcloud_crdt::change::edit_actor(&fleet.authorities[0].public())
+        .to_bytes()
+        .to_vec();
     let bytes = rle_bomb(&actor, 4 << 20);
     assert_bomb_refused(
         "rle 4 Mi",
@@ -336,7 +340,9 @@ fn rle_run_of_4_mi_ops_is_refused_before_decoding() {
 fn ops_at_the_bound_cost_bounded_allocation() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fleet = Fleet::new(1, 1, 1);
-    let actor = fleet.authorities[0].public().0;
+    let actor = dcloud_crdt::change::edit_actor(&fleet.authorities[0].public())
+        .to_bytes()
+        .to_vec();
     let n = CHANGE_OPS_MAX as i64;
     let bytes = rle_bomb_padded(&actor, n, CHANGE_OPS_MAX as usize);
     let info = chunk::inspect(&bytes).expect("at the bound passes");
@@ -421,7 +427,9 @@ fn status_change_ops_are_bounded_by_its_size() {
 fn string_length_claim_is_refused_before_allocating() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fleet = Fleet::new(1, 1, 1);
-    let actor = fleet.authorities[0].public().0;
+    let actor = dcloud_crdt::change::edit_actor(&fleet.authorities[0].public())
+        .to_bytes()
+        .to_vec();
     let mut key = uleb_bytes(900_000_000);
     key.extend_from_slice(b"fleet/a");
     let cols = vec![
@@ -487,7 +495,9 @@ fn trailing_bytes_length_mismatch_and_checksum_are_refused() {
 #[test]
 fn compressed_column_is_refused() {
     let fleet = Fleet::new(1, 1, 1);
-    let actor = fleet.authorities[0].public().0;
+    let actor = dcloud_crdt::change::edit_actor(&fleet.authorities[0].public())
+        .to_bytes()
+        .to_vec();
     let z = deflated_zeros(MIB);
     let bytes = seal(1, &change_body(&actor, &[(ACTION | 0b1000, z)]), None);
     assert!(matches!(
