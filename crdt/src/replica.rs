@@ -4,15 +4,21 @@
 //! A batch of signed changes goes through five steps, and a change that fails
 //! one changes nothing:
 //!
-//! 1. **Parse and bound**: size, signature count, automerge decoding, duplicates
-//!    (skipped before any signature is checked), stale epochs.
+//! 1. **Parse and bound**: size, signature count, a bounded inspection of the
+//!    raw chunk ([`crate::chunk`]: uncompressed only, op and column bounds,
+//!    hash from the raw bytes) before automerge parses it, duplicates (skipped
+//!    before any signature is checked), stale epochs, and the checks that need
+//!    no decoding of operations (actor, root version, signer set).
 //! 2. **Verify** every signature of the batch at once (batch verification, with a
-//!    strict one-by-one fallback that names the bad signature).
+//!    strict one-by-one fallback that names the bad signature). Only then are
+//!    the operations decoded, for the schema check.
 //! 3. **Authorise**: a policy change needs a threshold of distinct authority keys
-//!    of the trust root it names, and its automerge actor must be one of them; a
-//!    status change must be signed by its owner, who must be enrolled and not
-//!    revoked, and its actor must be the owner. The operations must fit the
-//!    document's schema.
+//!    of the trust root it names, and its automerge actor must be one of them
+//!    followed by a per-edit nonce; a change signed under a root a rotation
+//!    superseded must be grandfathered by that rotation; a status change must
+//!    be signed by its owner, who must be enrolled and not revoked, and its
+//!    actor must be the owner's key followed by a nonce. The operations must
+//!    fit the document's schema.
 //! 4. **Apply**, batched per document: policy changes go to automerge in one
 //!    call; status changes update last-writer-wins registers.
 //! 5. **Buffer** changes whose dependencies have not arrived (bounded); they are
@@ -597,6 +603,10 @@ impl Replica {
         for (ci, c) in candidates.into_iter().enumerate() {
             if let Some(e) = bad.remove(&ci) {
                 reports[c.idx].outcome = Outcome::Rejected(Rejection::Signature(e));
+            } else if let Err(r) = self.check_schema(&c) {
+                // Decoding the operations comes only after the signatures
+                // verified (and the chunk inspection bounded their count).
+                reports[c.idx].outcome = Outcome::Rejected(r);
             } else if c.sc.doc == DocId::Policy {
                 policy_batch.push(c);
             } else {
@@ -634,8 +644,9 @@ impl Replica {
         parse_change(&sc.change).map_err(|e| Outcome::Rejected(Rejection::Malformed(e)))
     }
 
-    /// Checks that need no signature verification: actor, signer set, root
-    /// version, threshold (counting keys, not yet signatures), schema.
+    /// Checks that need no signature verification and no decoding of the
+    /// operations: actor, signer set, root version, threshold (counting keys,
+    /// not yet signatures).
     fn check_static(&self, sc: &SignedChange, change: &Change) -> Result<(), Rejection> {
         let actor = change.actor_id().to_bytes();
         match sc.doc {
@@ -664,7 +675,7 @@ impl Replica {
                         needed: root.threshold as usize,
                     });
                 }
-                check_policy_schema(change)
+                Ok(())
             }
             DocId::Status { node, .. } => {
                 let signer = sc.sigs[0].key;
@@ -683,7 +694,18 @@ impl Replica {
                         ),
                     });
                 }
-                check_status_schema(change, self.limits.status_value_size_max_bytes)
+                Ok(())
+            }
+        }
+    }
+
+    /// The operations fit the document's schema (decodes them: run after
+    /// verification).
+    fn check_schema(&self, c: &Candidate) -> Result<(), Rejection> {
+        match c.sc.doc {
+            DocId::Policy => check_policy_schema(&c.change),
+            DocId::Status { .. } => {
+                check_status_schema(&c.change, self.limits.status_value_size_max_bytes)
             }
         }
     }
