@@ -11,6 +11,8 @@
 //!   a node, verified here before anything is signed on top of it);
 //! * [`edit`]: policy edits (`set`, `unset`, `enrol`, `revoke`) signed into a
 //!   bundle, and `cosign` for thresholds above one;
+//! * [`sites`]: batch enrolment, a TOML file of sites checked row by row and
+//!   enrolled in one signed change;
 //! * [`inspect`]: `verify`: who signed a bundle, whether it meets the threshold,
 //!   and the effective config of every affected site before and after;
 //! * [`client`] and [`publish`]: the only network step, handing a signed bundle
@@ -25,4 +27,5 @@ pub mod files;
 pub mod inspect;
 pub mod keys;
 pub mod publish;
+pub mod sites;
 pub mod trust;
