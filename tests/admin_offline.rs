@@ -586,6 +586,40 @@ fn a_sites_file_with_a_bad_row_is_named_by_line_and_writes_nothing() {
         o.text()
     );
     assert!(!d.join("more.bundle").exists());
+    // A rotation made from a snapshot without the enrolments would drop them:
+    // verify (and publish) refuse it against a base that holds them.
+    ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "chain",
+            "--new-key",
+            "b.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--base",
+            "base",
+            "--out",
+            "chain-x",
+        ],
+    );
+    ok(d, &["root", "bundle", "--chain", "chain-x", "--out", "rx"]);
+    let o = admin(
+        d,
+        &["verify", "rx", "--base", "base", "--base", "sites.bundle"],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stdout.contains("does not grandfather 1 policy change(s)"),
+        "{}",
+        o.text()
+    );
     // The single-site form still works, and cannot be mixed with a file.
     ok(
         d,
