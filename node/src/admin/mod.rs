@@ -6,7 +6,8 @@
 //! * [`keys`]: key files and public-key arguments;
 //! * [`files`]: bundle and trust-chain files (written atomically);
 //! * [`trust`]: the trust root: `init` (version 1) and `rotate` (version N+1,
-//!   signed by a threshold of the old keys and of the new), cosigning either;
+//!   signed by a threshold of the old keys and of the new, grandfathering the
+//!   policy heads of a verified snapshot), cosigning either;
 //! * [`base`]: the base snapshot an edit is made against (a bundle exported by
 //!   a node, verified here before anything is signed on top of it);
 //! * [`edit`]: policy edits (`set`, `unset`, `enrol`, `revoke`) signed into a
