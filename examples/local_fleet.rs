@@ -340,58 +340,61 @@ pub(crate) fn run(bins: &Bins, dir: &Path, out: &mut Transcript) -> Result<()> {
     }
     out.say("all five daemons answer on their local API");
 
-    out.step("3. Enrol the five sites (signed offline against site-1's snapshot)");
+    out.step(
+        "3. Enrol the five sites: one batch file, one signed change (against site-1's snapshot)",
+    );
     let url1 = sites[0].url();
+    // One row per site; all five are enrolled in one signed change.
+    let mut sites_toml = String::new();
+    for site in &sites {
+        sites_toml.push_str(&format!(
+            "[[site]]\nid = \"{}\"\nname = \"{}\"\nregion = \"{}\"\n\n",
+            site.id, site.name, site.region
+        ));
+    }
+    std::fs::write(dir.join("sites.toml"), &sites_toml)?;
+    out.say(format!(
+        "sites.toml ({} [[site]] tables: id, name, region):",
+        sites.len()
+    ));
+    for line in sites_toml.lines().take(4) {
+        let line = match line.strip_prefix("id = \"") {
+            Some(id) => format!("id = \"{}…\"", &id[..8]),
+            None => line.to_string(),
+        };
+        out.say(format!("    {line}"));
+    }
+    out.say("    ...");
     run_cmd(
         out,
         dir,
         admin,
-        &["snapshot", "--from", &url1, "--out", "base.bundle"],
-    )?;
-    let mut enrol_bundles: Vec<String> = Vec::new();
-    for (i, site) in sites.iter().enumerate() {
-        let file = format!("enrol-{}.bundle", i + 1);
-        let mut args = vec![
+        &[
             "enrol",
-            site.id.as_str(),
-            "--name",
-            site.name.as_str(),
-            "--region",
-            site.region,
-            "--base",
-            "base.bundle",
-        ];
-        // Each enrolment builds on the ones signed before it.
-        for prev in &enrol_bundles {
-            args.push("--base");
-            args.push(prev);
-        }
-        args.extend(["--key", "admin.key", "--out", &file]);
-        let (text, ok) = run_cmd_status(
-            &mut Transcript {
-                quiet: true,
-                ..Default::default()
-            },
-            dir,
-            admin,
-            &args,
-        )?;
-        if !ok {
-            bail!("enrol {} failed:\n{text}", site.name);
-        }
-        out.say(format!(
-            "$ dcloud-admin enrol {}… --name {} --region {} --base base.bundle{} --key admin.key --out {file}",
-            &site.id[..8],
-            site.name,
-            site.region,
-            enrol_bundles.iter().map(|b| format!(" --base {b}")).collect::<String>()
-        ));
-        enrol_bundles.push(file);
-    }
-    let mut args = vec!["publish"];
-    args.extend(enrol_bundles.iter().map(String::as_str));
-    args.extend(["--to", &url1, "--wait", "--timeout", "60s"]);
-    run_cmd(out, dir, admin, &args)?;
+            "--from-file",
+            "sites.toml",
+            "--from",
+            &url1,
+            "--key",
+            "admin.key",
+            "--out",
+            "enrol.bundle",
+        ],
+    )?;
+    run_cmd(
+        out,
+        dir,
+        admin,
+        &[
+            "publish",
+            "enrol.bundle",
+            "--to",
+            &url1,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    )?;
 
     out.step("4. Sign a policy, check what it does, publish it, watch the rollout");
     run_cmd(

@@ -380,6 +380,8 @@ fn threshold_two_edits_are_cosigned_verified_published_and_rolled_out() {
             "b.key",
             "--key",
             "c.key",
+            "--from",
+            &url,
             "--out",
             "chain2",
         ],
@@ -406,12 +408,12 @@ fn threshold_two_edits_are_cosigned_verified_published_and_rolled_out() {
         &["publish", "z", "--to", &url, "--wait", "--timeout", "60s"],
     );
     assert!(text.contains("rollout complete: 2/2"), "{text}");
-    // After the rotation, a change signed under the superseded root is refused
-    // by the tool (nodes still hold v1 to verify history).
+    // After the rotation, a change signed under the superseded root that the
+    // rotation does not grandfather (it was never published) is refused.
     refused(
         d,
         &["publish", "old-keys", "--to", &url, "--allow-stale-base"],
-        "superseded by v2",
+        "superseded by the rotation to v2",
     );
     let node = get_json(&fleet.rt, &format!("{}/v1/node", fleet.sites[1].url())).unwrap();
     assert_eq!(node["trust_root_version"], 2, "{node}");
@@ -630,4 +632,535 @@ fn a_site_failing_to_apply_is_named_and_publish_wait_fails() {
     );
     assert!(o.stderr.contains("failed: broken ("), "{}", o.text());
     assert!(o.stdout.contains("failed: broken ("), "{}", o.text());
+}
+
+/// Write `sites.toml` enrolling every site of the fleet (region eu).
+fn sites_file(d: &Path, fleet: &Fleet) {
+    let mut text = String::new();
+    for s in &fleet.sites {
+        text.push_str(&format!(
+            "[[site]]\nid = \"{}\"\nname = \"{}\"\nregion = \"eu\"\n\n",
+            s.id, s.name
+        ));
+    }
+    std::fs::write(d.join("sites.toml"), text).unwrap();
+}
+
+/// Wait until every node holds trust root `version`.
+fn all_hold_root(fleet: &Fleet, version: u64) {
+    wait_until(&format!("every node to hold trust root v{version}"), || {
+        Ok(fleet.sites.iter().all(|s| {
+            get_json(&fleet.rt, &format!("{}/v1/node", s.url()))
+                .is_some_and(|n| n["trust_root_version"] == version)
+        }))
+    })
+    .unwrap();
+}
+
+/// The rotation exactly as README.md and docs/operator-guide.md give it:
+/// `root rotate --from URL` records the policy it keeps, `root bundle` and
+/// `publish --wait` publish it (a bundle of roots only has no base to be
+/// stale against), enrolments survive, the old key alone is refused naming
+/// the rotation, the new key governs, and a conflicting v2 is refused.
+#[test]
+fn documented_rotation_keeps_the_policy_and_revokes_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen", "--out", "alice.key"]);
+    ok(
+        d,
+        &[
+            "root",
+            "init",
+            "--key",
+            "alice.key",
+            "--threshold",
+            "1",
+            "--out",
+            "trust.chain",
+        ],
+    );
+    std::fs::copy(d.join("trust.chain"), d.join("v1.chain")).unwrap();
+    let fleet = Fleet::start(d, 2, &d.join("trust.chain"));
+    let url = fleet.url();
+    sites_file(d, &fleet);
+    ok(
+        d,
+        &[
+            "enrol",
+            "--from-file",
+            "sites.toml",
+            "--from",
+            &url,
+            "--key",
+            "alice.key",
+            "--out",
+            "enrol.bundle",
+        ],
+    );
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "enrol.bundle",
+            "--to",
+            &url,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("rollout complete: 2/2"), "{text}");
+    // Saved before the rotation: the old key signs against it below.
+    ok(d, &["snapshot", "--from", &url, "--out", "before.bundle"]);
+
+    // A rotation that does not name the policy it keeps is refused.
+    ok(d, &["keygen", "--out", "bob.key"]);
+    let o = admin(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "trust.chain",
+            "--new-key",
+            "bob.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "alice.key",
+            "--key",
+            "bob.key",
+            "--out",
+            "trust.chain",
+        ],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stderr
+            .contains("a rotation must name the policy it keeps"),
+        "{}",
+        o.text()
+    );
+    assert_eq!(
+        std::fs::read(d.join("trust.chain")).unwrap(),
+        std::fs::read(d.join("v1.chain")).unwrap(),
+        "the chain file changed although the rotation was refused"
+    );
+    let text = ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "trust.chain",
+            "--new-key",
+            "bob.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "alice.key",
+            "--key",
+            "bob.key",
+            "--from",
+            &url,
+            "--out",
+            "trust.chain",
+        ],
+    );
+    assert!(text.contains("grandfathered: 1 policy head(s)"), "{text}");
+    assert!(text.contains("covering the 1 policy change(s)"), "{text}");
+    ok(
+        d,
+        &[
+            "root",
+            "bundle",
+            "--chain",
+            "trust.chain",
+            "--out",
+            "root.bundle",
+        ],
+    );
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "root.bundle",
+            "--to",
+            &url,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("holds trust root v2"), "{text}");
+    assert!(text.contains("rollout complete: 2/2"), "{text}");
+    all_hold_root(&fleet, 2);
+    // The enrolments were kept: both sites are still members everywhere.
+    for s in &fleet.sites {
+        let p = get_json(&fleet.rt, &format!("{}/v1/policy", s.url())).unwrap();
+        assert_eq!(
+            p["members"].as_object().unwrap().len(),
+            2,
+            "{}: {p}",
+            s.name
+        );
+    }
+    // Publishing the same rotation again changes nothing and succeeds.
+    ok(d, &["publish", "root.bundle", "--to", &url]);
+
+    // The old key alone, under v1 (against the saved snapshot): refused,
+    // by the tool and by the node, naming the rotation.
+    ok(
+        d,
+        &[
+            "set",
+            "fleet",
+            "log.level",
+            "\"debug\"",
+            "--base",
+            "before.bundle",
+            "--key",
+            "alice.key",
+            "--out",
+            "old.bundle",
+        ],
+    );
+    let o = admin(d, &["publish", "old.bundle", "--to", &url, "--wait"]);
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stderr.contains("superseded by the rotation to v2"),
+        "{}",
+        o.text()
+    );
+    let (status, body) = fleet.post(std::fs::read(d.join("old.bundle")).unwrap());
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("superseded by the rotation to v2"),
+        "{body}"
+    );
+    // Nor can the old key sign against the current policy.
+    let o = admin(
+        d,
+        &[
+            "set",
+            "fleet",
+            "log.level",
+            "\"debug\"",
+            "--from",
+            &url,
+            "--key",
+            "alice.key",
+            "--out",
+            "old2.bundle",
+        ],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stderr.contains("not an authority key of trust root v2"),
+        "{}",
+        o.text()
+    );
+
+    // The new key governs.
+    ok(
+        d,
+        &[
+            "set",
+            "fleet",
+            "log.level",
+            "\"info\"",
+            "--from",
+            &url,
+            "--key",
+            "bob.key",
+            "--out",
+            "log.bundle",
+        ],
+    );
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "log.bundle",
+            "--to",
+            &url,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("rollout complete: 2/2"), "{text}");
+    for s in &fleet.sites {
+        let c = get_json(&fleet.rt, &format!("{}/v1/config", s.url())).unwrap();
+        assert_eq!(c["config"]["log"]["level"], "info", "{}: {c}", s.name);
+    }
+
+    // A second, different v2 (made from the v1 chain): refused with a
+    // non-zero exit by the tool, and by the node itself.
+    ok(d, &["keygen", "--out", "mallory.key"]);
+    ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "v1.chain",
+            "--new-key",
+            "mallory.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "alice.key",
+            "--key",
+            "mallory.key",
+            "--base",
+            "before.bundle",
+            "--out",
+            "other.chain",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "root",
+            "bundle",
+            "--chain",
+            "other.chain",
+            "--out",
+            "other.bundle",
+        ],
+    );
+    let heads = fleet.heads()[0].clone();
+    let o = admin(d, &["publish", "other.bundle", "--to", &url, "--wait"]);
+    assert!(!o.ok, "{}", o.text());
+    assert!(o.stderr.contains("trust root v2 differs"), "{}", o.text());
+    let (status, body) = fleet.post(std::fs::read(d.join("other.bundle")).unwrap());
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["root_errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("conflicting")),
+        "{body}"
+    );
+    assert!(fleet.heads().iter().all(|h| *h == heads), "a node changed");
+    all_hold_root(&fleet, 2);
+}
+
+/// One thousand sites in one signed change: the file is checked, signed and
+/// published at once, and every site becomes a member.
+#[test]
+fn a_thousand_sites_are_enrolled_in_one_bundle() {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    authority(d);
+    let fleet = Fleet::start(d, 1, &d.join("chain"));
+    let url = fleet.url();
+    let mut text = String::from("# generated\n");
+    let mut ids = vec![fleet.sites[0].id.clone()];
+    for i in 1..N {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        ids.push(SecretKey::from_seed(seed).public().to_string());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[site]]\nid = \"{id}\"\nname = \"site-{i:04}\"\nregion = \"r{}\"\nlabels = {{ rack = \"{}\" }}\n",
+            i % 7,
+            i % 40
+        ));
+    }
+    std::fs::write(d.join("sites.toml"), text).unwrap();
+    let start = std::time::Instant::now();
+    let out = ok(
+        d,
+        &[
+            "enrol",
+            "--from-file",
+            "sites.toml",
+            "--from",
+            &url,
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "sites.bundle",
+        ],
+    );
+    let signed_ms = start.elapsed().as_millis();
+    assert!(
+        out.contains(&format!(
+            "enrolled {N} site(s) from sites.toml in one change"
+        )),
+        "{}",
+        out.lines().last().unwrap_or_default()
+    );
+    let bundle = Bundle::decode(&std::fs::read(d.join("sites.bundle")).unwrap(), 64 << 20).unwrap();
+    assert_eq!(bundle.changes.len(), 1);
+    let size = bundle.encode().len();
+    let start = std::time::Instant::now();
+    ok(d, &["publish", "sites.bundle", "--to", &url]);
+    wait_until("the node to list every site", || {
+        Ok(get_json(&fleet.rt, &format!("{url}/v1/policy"))
+            .is_some_and(|p| p["members"].as_object().is_some_and(|m| m.len() == N)))
+    })
+    .unwrap();
+    let published_ms = start.elapsed().as_millis();
+    let p = get_json(&fleet.rt, &format!("{url}/v1/policy")).unwrap();
+    for id in &ids {
+        assert!(p["members"].get(id).is_some(), "{id} is not a member");
+    }
+    println!(
+        "batch enrolment: {N} sites signed in one change in {signed_ms} ms (dcloud-admin enrol --from-file, --from a node, two keys), bundle {size} bytes, published and listed by the node in {published_ms} ms"
+    );
+    // Enrolling the same file again is refused by line: the first site is a member.
+    let o = admin(
+        d,
+        &[
+            "enrol",
+            "--from-file",
+            "sites.toml",
+            "--from",
+            &url,
+            "--key",
+            "a.key",
+            "--out",
+            "again.bundle",
+        ],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stderr.contains("sites.toml line 4: node") && o.stderr.contains("already enrolled"),
+        "{}",
+        o.text()
+    );
+    assert!(!d.join("again.bundle").exists());
+}
+
+/// Two edits by one key against one base, published at two different nodes,
+/// merge (each edit has its own automerge actor): both reach every node, and
+/// a later `publish --wait` completes.
+#[test]
+fn two_edits_by_one_key_on_one_base_merge_across_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    authority(d);
+    let fleet = Fleet::start(d, 3, &d.join("chain"));
+    let url = fleet.url();
+    sites_file(d, &fleet);
+    ok(
+        d,
+        &[
+            "enrol",
+            "--from-file",
+            "sites.toml",
+            "--from",
+            &url,
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "enrol",
+        ],
+    );
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "enrol",
+            "--to",
+            &url,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("rollout complete: 3/3"), "{text}");
+    let heads = fleet.heads()[0].clone();
+    fleet.converged_on(&heads);
+    ok(d, &["snapshot", "--from", &url, "--out", "base"]);
+    for (path, value, out) in [("a", "1", "edit-a"), ("b", "2", "edit-b")] {
+        ok(
+            d,
+            &[
+                "set", "fleet", path, value, "--base", "base", "--key", "a.key", "--key", "b.key",
+                "--out", out,
+            ],
+        );
+    }
+    ok(d, &["publish", "edit-a", "--to", &fleet.sites[0].url()]);
+    // By now site-2 may already hold edit-a, which edit-b's base lacks: it is
+    // merged as the concurrent edit it is.
+    ok(
+        d,
+        &[
+            "publish",
+            "edit-b",
+            "--to",
+            &fleet.sites[1].url(),
+            "--allow-stale-base",
+        ],
+    );
+    wait_until("both edits on every node", || {
+        Ok(fleet.sites.iter().all(|s| {
+            get_json(&fleet.rt, &format!("{}/v1/policy", s.url())).is_some_and(|p| {
+                p["fleet"]["a"] == 1
+                    && p["fleet"]["b"] == 2
+                    && p["heads"].as_array().is_some_and(|h| h.len() == 2)
+            })
+        }))
+    })
+    .unwrap();
+    let both = fleet.heads()[0].clone();
+    fleet.converged_on(&both);
+    let text = ok(
+        d,
+        &[
+            "set",
+            "fleet",
+            "c",
+            "3",
+            "--from",
+            &fleet.sites[2].url(),
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "edit-c",
+        ],
+    );
+    assert!(text.contains("would apply"), "{text}");
+    let text = ok(
+        d,
+        &[
+            "publish",
+            "edit-c",
+            "--to",
+            &fleet.sites[2].url(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(text.contains("rollout complete: 3/3"), "{text}");
+    for s in &fleet.sites {
+        let c = get_json(&fleet.rt, &format!("{}/v1/config", s.url())).unwrap();
+        assert_eq!(
+            (&c["config"]["a"], &c["config"]["b"], &c["config"]["c"]),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(2),
+                &serde_json::json!(3)
+            ),
+            "{}: {c}",
+            s.name
+        );
+    }
 }

@@ -275,11 +275,14 @@ fn keys_are_rotated_with_thresholds_of_old_and_new() {
             "2",
             "--key",
             "b.key",
+            "--base",
+            "base",
             "--out",
             "chain2",
         ],
     );
     assert!(text.contains("INCOMPLETE"), "{text}");
+    assert!(text.contains("grandfathered: 0 policy head(s)"), "{text}");
     refused(
         d,
         &["root", "show", "--chain", "chain2"],
@@ -320,7 +323,8 @@ fn keys_are_rotated_with_thresholds_of_old_and_new() {
     let text = ok(d, &["verify", "e", "--base", "base"]);
     assert!(text.contains("rotation: trust root v2"), "{text}");
     assert!(text.contains("signed under trust root v2"), "{text}");
-    // A change signed under v1 by keys v2 dropped: flagged once v2 is known.
+    // A change signed under v1 after the rotation (v2 grandfathers nothing of
+    // it): refused once v2 is known, naming the rotation.
     ok(
         d,
         &[
@@ -334,7 +338,11 @@ fn keys_are_rotated_with_thresholds_of_old_and_new() {
     );
     let o = admin(d, &["verify", "old", "--base", "base", "--base", "root2"]);
     assert!(!o.ok, "{}", o.text());
-    assert!(o.stdout.contains("superseded by v2"), "{}", o.text());
+    assert!(
+        o.stdout.contains("superseded by the rotation to v2"),
+        "{}",
+        o.text()
+    );
     // Threshold zero or above the key count is refused at once.
     refused(
         d,
@@ -349,11 +357,296 @@ fn keys_are_rotated_with_thresholds_of_old_and_new() {
             "2",
             "--key",
             "d.key",
+            "--base",
+            "base",
             "--out",
             "chain3",
         ],
         "threshold 2 with 1 distinct key",
         Some("chain3"),
+    );
+    // A rotation must name the policy it keeps.
+    refused(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "chain2",
+            "--new-key",
+            "d.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "d.key",
+            "--out",
+            "chain3",
+        ],
+        "a rotation must name the policy it keeps: pass --from URL of a node that holds the whole policy, or --base FILE",
+        Some("chain3"),
+    );
+    // The kept heads are shown by `root show`.
+    ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "chain2",
+            "--new-key",
+            "d.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "d.key",
+            "--key",
+            "c.key",
+            "--base",
+            "base",
+            "--base",
+            "e",
+            "--out",
+            "chain3",
+        ],
+    );
+    let text = ok(d, &["root", "show", "--chain", "chain3"]);
+    assert!(
+        text.contains("trust root v3: threshold 1 of 1 keys")
+            && text.contains("grandfathers 1 policy head(s)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_sites_file_with_a_bad_row_is_named_by_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    authority(d);
+    let ids: Vec<String> = (0..4).map(|i| node_id(d, &format!("n{i}.key"))).collect();
+    let row = |id: &str, name: &str| {
+        format!("[[site]]\nid = \"{id}\"\nname = \"{name}\"\nregion = \"eu\"\n\n")
+    };
+    let enrol = [
+        "enrol",
+        "--from-file",
+        "sites.toml",
+        "--base",
+        "base",
+        "--key",
+        "a.key",
+        "--out",
+        "sites.bundle",
+    ];
+    // Each row is 5 lines; row k's id is on line 5k+2 (k from 0).
+    let cases: Vec<(String, usize, &str)> = vec![
+        (
+            format!(
+                "{}{}[[site]]\nid = \"zz\"\nname = \"x\"\nregion = \"eu\"\n",
+                row(&ids[0], "a"),
+                row(&ids[1], "b")
+            ),
+            12,
+            "is not 64 hex digits",
+        ),
+        (
+            format!(
+                "{}{}{}",
+                row(&ids[0], "a"),
+                row(&ids[1], "b"),
+                row(&ids[0], "c")
+            ),
+            12,
+            "listed twice (first on line 2)",
+        ),
+        (
+            format!(
+                "{}{}{}",
+                row(&ids[0], "a"),
+                row(&ids[1], "b"),
+                row(&ids[2], "a")
+            ),
+            13,
+            "given twice (first on line 3)",
+        ),
+        (
+            format!(
+                "{}{}",
+                row(&ids[0], "a"),
+                row(&ids[1], "b").replace("\"eu\"", "\"e/u\"")
+            ),
+            9,
+            "invalid region",
+        ),
+        (
+            format!(
+                "{}[[site]]\nid = \"{}\"\nname = \"b\"\nregion = \"eu\"\nlabels = {{ \"t ier\" = \"x\" }}\n",
+                row(&ids[0], "a"),
+                ids[1]
+            ),
+            10,
+            "invalid label",
+        ),
+        (
+            format!(
+                "{}[[site]]\nid = \"{}\"\nname = \"b\"\nzone = \"eu\"\n",
+                row(&ids[0], "a"),
+                ids[1]
+            ),
+            9,
+            "zone",
+        ),
+    ];
+    for (text, line, needle) in cases {
+        std::fs::write(d.join("sites.toml"), &text).unwrap();
+        let o = admin(d, &enrol);
+        assert!(!o.ok, "{}\n{text}", o.text());
+        assert!(
+            o.stderr.contains(&format!("sites.toml line {line}: ")) && o.stderr.contains(needle),
+            "expected line {line} and {needle:?}:\n{}\n{text}",
+            o.text()
+        );
+        assert!(
+            !d.join("sites.bundle").exists(),
+            "a bundle was written:\n{text}"
+        );
+    }
+    // A missing field names the row's table.
+    std::fs::write(
+        d.join("sites.toml"),
+        format!(
+            "{}[[site]]\nid = \"{}\"\nname = \"b\"\n",
+            row(&ids[0], "a"),
+            ids[1]
+        ),
+    )
+    .unwrap();
+    let o = admin(d, &enrol);
+    assert!(
+        !o.ok && o.stderr.contains("sites.toml line ") && o.stderr.contains("region"),
+        "{}",
+        o.text()
+    );
+    assert!(!d.join("sites.bundle").exists());
+    // A good file: one change enrolling all four; a revoked site is refused by line.
+    let good: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| row(id, &format!("s{i}")))
+        .collect();
+    std::fs::write(d.join("sites.toml"), &good).unwrap();
+    let text = ok(d, &[&enrol[..], &["--key", "b.key"]].concat());
+    assert!(
+        text.contains("enrolled 4 site(s) from sites.toml in one change"),
+        "{text}"
+    );
+    let b = Bundle::decode(&std::fs::read(d.join("sites.bundle")).unwrap(), 1 << 20).unwrap();
+    assert_eq!(b.changes.len(), 1);
+    ok(
+        d,
+        &[
+            "revoke",
+            &ids[3],
+            "--reason",
+            "lost",
+            "--base",
+            "base",
+            "--base",
+            "sites.bundle",
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--out",
+            "rev",
+        ],
+    );
+    std::fs::write(d.join("more.toml"), row(&ids[3], "again")).unwrap();
+    let o = admin(
+        d,
+        &[
+            "enrol",
+            "--from-file",
+            "more.toml",
+            "--base",
+            "base",
+            "--base",
+            "sites.bundle",
+            "--base",
+            "rev",
+            "--key",
+            "a.key",
+            "--out",
+            "more.bundle",
+        ],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stderr.contains("more.toml line 2: node") && o.stderr.contains("was revoked"),
+        "{}",
+        o.text()
+    );
+    assert!(!d.join("more.bundle").exists());
+    // A rotation made from a snapshot without the enrolments would drop them:
+    // verify (and publish) refuse it against a base that holds them.
+    ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--chain",
+            "chain",
+            "--new-key",
+            "b.key.pub",
+            "--threshold",
+            "1",
+            "--key",
+            "a.key",
+            "--key",
+            "b.key",
+            "--base",
+            "base",
+            "--out",
+            "chain-x",
+        ],
+    );
+    ok(d, &["root", "bundle", "--chain", "chain-x", "--out", "rx"]);
+    let o = admin(
+        d,
+        &["verify", "rx", "--base", "base", "--base", "sites.bundle"],
+    );
+    assert!(!o.ok, "{}", o.text());
+    assert!(
+        o.stdout.contains("does not grandfather 1 policy change(s)"),
+        "{}",
+        o.text()
+    );
+    // The single-site form still works, and cannot be mixed with a file.
+    ok(
+        d,
+        &[
+            "enrol", &ids[2], "--name", "solo", "--region", "eu", "--base", "base", "--key",
+            "a.key", "--out", "solo",
+        ],
+    );
+    let o = admin(
+        d,
+        &[
+            "enrol",
+            &ids[2],
+            "--from-file",
+            "sites.toml",
+            "--base",
+            "base",
+            "--key",
+            "a.key",
+            "--out",
+            "mixed",
+        ],
+    );
+    assert!(
+        !o.ok && o.stderr.contains("cannot be used with"),
+        "{}",
+        o.text()
     );
 }
 

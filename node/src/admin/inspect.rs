@@ -17,7 +17,8 @@ use dcloud_crdt::change::signing_message;
 use dcloud_crdt::replica::Outcome;
 use dcloud_crdt::verify::verify_one;
 use dcloud_crdt::{
-    Bundle, ChangeHash, DocId, Limits, NodeId, Policy, PublicKey, Replica, SignedChange, TrustChain,
+    Bundle, ChangeHash, DocId, Limits, NodeId, Policy, PublicKey, Rejection, Replica, SignedChange,
+    TrustChain,
 };
 use serde_json::Value as Json;
 
@@ -167,7 +168,24 @@ pub fn inspect(
     // A scratch replica holding the base: what a node would say.
     let mut scratch = Replica::new(chain.clone(), Limits::default());
     if let Some(b) = base {
-        let _ = scratch.ingest(b.changes());
+        let reports = scratch.ingest(b.changes());
+        // A rotation the bundle carries drops every change of the base signed
+        // under an older root that it does not grandfather.
+        let dropped: Vec<String> = reports
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Rejected(Rejection::RotatedOut { .. })))
+            .map(|r| r.hash.map_or("?".to_string(), |h| short_hash(&h)))
+            .collect();
+        if !dropped.is_empty() {
+            let shown: Vec<&str> = dropped.iter().take(8).map(String::as_str).collect();
+            problems.push(format!(
+                "the rotation to trust root v{} does not grandfather {} policy change(s) {anchor} holds ({}{}): publishing it would drop them; rotate again from a snapshot that holds them (`dcloud-admin root rotate --from URL`)",
+                chain.current().version,
+                dropped.len(),
+                shown.join(", "),
+                if dropped.len() > shown.len() { ", ..." } else { "" }
+            ));
+        }
     }
     let reports = scratch.ingest(bundle.changes.clone());
     let mut changes = Vec::new();

@@ -6,11 +6,14 @@
 //! * [`keys`]: key files and public-key arguments;
 //! * [`files`]: bundle and trust-chain files (written atomically);
 //! * [`trust`]: the trust root: `init` (version 1) and `rotate` (version N+1,
-//!   signed by a threshold of the old keys and of the new), cosigning either;
+//!   signed by a threshold of the old keys and of the new, grandfathering the
+//!   policy heads of a verified snapshot), cosigning either;
 //! * [`base`]: the base snapshot an edit is made against (a bundle exported by
 //!   a node, verified here before anything is signed on top of it);
 //! * [`edit`]: policy edits (`set`, `unset`, `enrol`, `revoke`) signed into a
 //!   bundle, and `cosign` for thresholds above one;
+//! * [`sites`]: batch enrolment, a TOML file of sites checked row by row and
+//!   enrolled in one signed change;
 //! * [`inspect`]: `verify`: who signed a bundle, whether it meets the threshold,
 //!   and the effective config of every affected site before and after;
 //! * [`client`] and [`publish`]: the only network step, handing a signed bundle
@@ -25,4 +28,5 @@ pub mod files;
 pub mod inspect;
 pub mod keys;
 pub mod publish;
+pub mod sites;
 pub mod trust;

@@ -148,7 +148,15 @@ pub async fn check(
     if !inspection.ok() {
         return Err(PublishError::Refused(inspection.problems.clone()));
     }
-    let stale = stale_heads(&node, bundle);
+    // A bundle of trust roots only was made against no base: nothing of the
+    // node's policy can be stale for it (whether a rotation keeps the node's
+    // policy was checked above, by `inspect`).
+    let has_policy = bundle.changes.iter().any(|c| c.doc == DocId::Policy);
+    let stale = if has_policy {
+        stale_heads(&node, bundle)
+    } else {
+        Vec::new()
+    };
     if !stale.is_empty() && !allow_stale_base {
         return Err(PublishError::StaleBase {
             missing: stale.iter().map(short_hash).collect(),
@@ -162,7 +170,7 @@ pub async fn check(
 /// Post the bundle; an answer with any refusal is an error.
 pub async fn post(client: &Client, bundle: &Bundle) -> Result<PostReply, PublishError> {
     let reply = client.post_bundle(bundle).await?;
-    if !reply.accepted {
+    if !reply.accepted || !reply.root_errors.is_empty() {
         let mut why = reply.error.clone().unwrap_or_default();
         if why.is_empty() {
             why = reply
@@ -177,6 +185,13 @@ pub async fn post(client: &Client, bundle: &Bundle) -> Result<PostReply, Publish
     }
     tracing::info!(changes = reply.reports.len(), "bundle accepted");
     Ok(reply)
+}
+
+/// The trust-root version the node holds and its policy heads, from its snapshot.
+pub async fn node_state(client: &Client) -> Result<(u64, Vec<ChangeHash>), PublishError> {
+    let snapshot = client.snapshot().await?;
+    let node = Base::from_bundles(std::slice::from_ref(&snapshot))?;
+    Ok((node.chain().current().version, node.heads()))
 }
 
 fn site_name(id: &str, name: &str) -> String {

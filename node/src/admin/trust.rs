@@ -10,10 +10,11 @@
 
 use std::path::Path;
 
-use dcloud_crdt::root::RootError;
+use dcloud_crdt::root::{GRANDFATHERED_HEADS_MAX, RootError};
 use dcloud_crdt::verify::verify_one;
-use dcloud_crdt::{PublicKey, SecretKey, SignedTrustRoot, TrustChain, TrustRoot};
+use dcloud_crdt::{ChangeHash, PublicKey, SecretKey, SignedTrustRoot, TrustChain, TrustRoot};
 
+use crate::admin::base::{Base, BaseError};
 use crate::admin::files::{self, FileError};
 
 /// Errors managing the trust root.
@@ -25,6 +26,9 @@ pub enum TrustError {
     /// The chain (or the root being made) does not verify.
     #[error("{0}")]
     Root(#[from] RootError),
+    /// The policy snapshot the rotation keeps does not fit the chain file.
+    #[error(transparent)]
+    Base(#[from] BaseError),
     /// The chain file holds no root.
     #[error("the trust chain file holds no root")]
     Empty,
@@ -39,7 +43,9 @@ pub enum TrustError {
         version: u64,
     },
     /// Rotating a chain whose last root is not yet fully signed.
-    #[error("trust root v{version} is not fully signed yet ({missing}); cosign it before rotating")]
+    #[error(
+        "trust root v{version} is not fully signed yet ({missing}); cosign it first (`dcloud-admin root cosign`)"
+    )]
     Incomplete {
         /// The incomplete root.
         version: u64,
@@ -49,6 +55,21 @@ pub enum TrustError {
     /// No signing key was given.
     #[error("no signing key given (--key FILE)")]
     NoSigner,
+    /// The policy snapshot a rotation keeps has too many heads to record.
+    #[error(
+        "the policy snapshot has {0} heads, more than the {GRANDFATHERED_HEADS_MAX} a rotation can grandfather; publish any edit made against it first (it depends on every head and merges them), then take the snapshot again"
+    )]
+    TooManyHeads(usize),
+    /// The snapshot's trust chain is already past the chain file's.
+    #[error(
+        "the policy snapshot already holds trust root v{held}, newer than your chain file's v{file}; get the current chain file before rotating"
+    )]
+    ChainBehind {
+        /// The version the snapshot holds.
+        held: u64,
+        /// The last version of the chain file.
+        file: u64,
+    },
 }
 
 /// How far a trust root is from being accepted.
@@ -242,12 +263,17 @@ pub fn init(
 }
 
 /// Append version N+1 with `keys` and `threshold`, signed by `signers` (each
-/// must be a key of version N or of N+1).
+/// must be a key of version N or of N+1), grandfathering `grandfathered`: the
+/// policy heads it keeps. Once a node holds N+1, a policy change signed under
+/// version N or older is accepted only if it is one of these heads or one of
+/// their ancestors, so they must be the heads of the whole policy (see
+/// [`dcloud_crdt::TrustRoot::grandfathered_heads`]).
 pub fn rotate(
     file: &mut ChainFile,
     keys: &[PublicKey],
     threshold: u32,
     signers: &[SecretKey],
+    grandfathered: &[ChangeHash],
 ) -> Result<RootProgress, TrustError> {
     if signers.is_empty() {
         return Err(TrustError::NoSigner);
@@ -260,10 +286,17 @@ pub fn rotate(
             distinct.push(*k);
         }
     }
+    let mut heads: Vec<[u8; 32]> = grandfathered.iter().map(|h| h.0).collect();
+    heads.sort();
+    heads.dedup();
+    if heads.len() > GRANDFATHERED_HEADS_MAX {
+        return Err(TrustError::TooManyHeads(heads.len()));
+    }
     let next = TrustRoot {
         version: current.version + 1,
         threshold,
         keys: distinct,
+        grandfathered_heads: heads,
         ..Default::default()
     };
     for s in signers {
@@ -280,6 +313,20 @@ pub fn rotate(
     check_shape(&signed)?;
     file.roots.push(signed);
     Ok(file.last_progress())
+}
+
+/// The policy heads a rotation of `file` keeps: those of `base`, a verified
+/// snapshot of the whole policy, whose trust chain must be the chain file's
+/// (or a prefix of it: a rotation not yet published).
+pub fn kept_heads(file: &ChainFile, base: &Base) -> Result<Vec<ChangeHash>, TrustError> {
+    let own = file.verified()?;
+    base.signing_chain(Some(&own))?;
+    let held = base.chain().current().version;
+    let last = own.current().version;
+    if held > last {
+        return Err(TrustError::ChainBehind { held, file: last });
+    }
+    Ok(base.heads())
 }
 
 /// Refuse a malformed root (threshold zero or above the key count, bad keys)

@@ -15,7 +15,7 @@ use dcloud_node::admin::base::{Base, merge_roots};
 use dcloud_node::admin::client::Client;
 use dcloud_node::admin::inspect::{inspect, short_hash};
 use dcloud_node::admin::trust::ChainFile;
-use dcloud_node::admin::{edit, files, keys, publish, trust};
+use dcloud_node::admin::{edit, files, keys, publish, sites, trust};
 
 /// Print a line to stdout; a closed pipe (`dcloud-admin ... | head`) ends the
 /// program quietly instead of panicking (outputs are written before they are
@@ -51,19 +51,24 @@ enum Cmd {
     /// Manage the trust root (the authority keys nodes trust, and the threshold).
     #[command(subcommand)]
     Root(RootCmd),
-    /// Enrol a node (site) in the fleet.
+    /// Enrol a node (site) in the fleet, or many at once with --from-file.
     Enrol {
         /// The node's id (its public key, shown by `dcloud status` or `dcloud id`).
-        node: String,
+        #[arg(required_unless_present = "from_file")]
+        node: Option<String>,
         /// Site name.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "from_file")]
+        name: Option<String>,
         /// Region.
-        #[arg(long)]
-        region: String,
+        #[arg(long, required_unless_present = "from_file")]
+        region: Option<String>,
         /// Label KEY=VALUE (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// A TOML file of `[[site]]` tables (id, name, region, optional
+        /// labels), all enrolled in one signed change.
+        #[arg(long, conflicts_with_all = ["node", "name", "region", "labels"])]
+        from_file: Option<PathBuf>,
         #[command(flatten)]
         sign: SignArgs,
     },
@@ -190,6 +195,12 @@ enum RootCmd {
         /// Key files that sign the rotation (old and new keys; repeatable).
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
+        /// The policy the rotation keeps (its heads are grandfathered; every
+        /// other change signed under an older root is refused once the fleet
+        /// holds the new one): --from a node that holds the whole policy,
+        /// and/or --base FILE (a saved snapshot, plus unpublished bundles to keep).
+        #[command(flatten)]
+        base: BaseArgs,
         /// The chain file to write (may be the same as --chain).
         #[arg(long)]
         out: PathBuf,
@@ -338,7 +349,7 @@ fn parse_public_keys(args: &[String]) -> Result<Vec<PublicKey>> {
         .collect()
 }
 
-fn root_cmd(cmd: RootCmd) -> Result<()> {
+async fn root_cmd(cmd: RootCmd) -> Result<()> {
     match cmd {
         RootCmd::Init {
             keys: key_files,
@@ -365,14 +376,31 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
             new_keys,
             threshold,
             keys: key_files,
+            base,
             out,
         } => {
             let signers = read_keys(&key_files)?;
             let new_keys = parse_public_keys(&new_keys)?;
             let mut file = ChainFile::read(&chain)?;
-            let progress = trust::rotate(&mut file, &new_keys, threshold, &signers)?;
+            if base.from.is_none() && base.base.is_empty() {
+                bail!(
+                    "a rotation must name the policy it keeps: pass --from URL of a node that holds the whole policy, or --base FILE"
+                );
+            }
+            let base = load_base(&base).await?;
+            let heads = trust::kept_heads(&file, &base)?;
+            let progress = trust::rotate(&mut file, &new_keys, threshold, &signers, &heads)?;
             file.write(&out)?;
             print_root(&file);
+            let v = file.roots.last().map_or(0, |r| r.root.version);
+            let shown: Vec<String> = heads.iter().map(short_hash).collect();
+            say!(
+                "grandfathered: {} policy head(s) [{}], covering the {} policy change(s) of the snapshot; any other change signed under v{} or older is refused once a node holds v{v}",
+                heads.len(),
+                shown.join(", "),
+                base.changes().len(),
+                v - 1
+            );
             say!("{progress}");
             if !progress.complete() {
                 say!(
@@ -418,8 +446,16 @@ fn root_cmd(cmd: RootCmd) -> Result<()> {
 fn print_root(file: &ChainFile) {
     for r in &file.roots {
         let keys: Vec<String> = r.root.keys.iter().map(|k| k.short()).collect();
+        let kept = if r.root.version > 1 {
+            format!(
+                "; grandfathers {} policy head(s)",
+                r.root.grandfathered_heads.len()
+            )
+        } else {
+            String::new()
+        };
         say!(
-            "trust root v{}: threshold {} of {} keys [{}]",
+            "trust root v{}: threshold {} of {} keys [{}]{kept}",
             r.root.version,
             r.root.threshold,
             r.root.keys.len(),
@@ -457,10 +493,33 @@ async fn publish_cmd(
         say!("change {h}: {}", r.outcome);
     }
     say!("published to {}", client.url());
-    if !wait || checked.heads.is_empty() {
-        return Ok(());
+    if !checked.heads.is_empty() {
+        return if wait {
+            watch(&client, &checked.heads, timeout).await
+        } else {
+            Ok(())
+        };
     }
-    watch(&client, &checked.heads, timeout).await
+    // Trust roots only: the node must now hold the newest, and with --wait
+    // every site must hold the policy the rotation kept.
+    let newest = bundle
+        .roots
+        .iter()
+        .map(|r| r.root.version)
+        .max()
+        .unwrap_or(0);
+    let (held, heads) = publish::node_state(&client).await?;
+    if held < newest {
+        bail!("the node still holds trust root v{held} after publishing v{newest}");
+    }
+    say!(
+        "{} holds trust root v{held}; peers learn it by gossip (`dcloud status` shows the version a site holds)",
+        client.url()
+    );
+    if wait && !heads.is_empty() {
+        watch(&client, &heads, timeout).await?;
+    }
+    Ok(())
 }
 
 async fn watch_cmd(path: &Path, to: &str, timeout: Duration) -> Result<()> {
@@ -533,14 +592,44 @@ async fn run(cli: Cli) -> Result<()> {
                 keys::public_path(&out).display()
             );
         }
-        Cmd::Root(cmd) => root_cmd(cmd)?,
+        Cmd::Root(cmd) => root_cmd(cmd).await?,
         Cmd::Enrol {
             node,
             name,
             region,
             labels,
+            from_file: Some(path),
             sign: s,
         } => {
+            let _ = (node, name, region, labels);
+            // The whole file is checked before anything is fetched or signed.
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let file = path.display().to_string();
+            let rows = sites::parse(&file, &text)?;
+            let start = std::time::Instant::now();
+            sign(&s, |base| {
+                Ok(sites::enrol_edits(&file, &rows, base.policy())?)
+            })
+            .await?;
+            say!(
+                "enrolled {} site(s) from {} in one change ({} ms)",
+                rows.len(),
+                file,
+                start.elapsed().as_millis()
+            );
+        }
+        Cmd::Enrol {
+            node,
+            name,
+            region,
+            labels,
+            from_file: None,
+            sign: s,
+        } => {
+            let (Some(node), Some(name), Some(region)) = (node, name, region) else {
+                bail!("enrol needs NODE_ID --name NAME --region REGION, or --from-file FILE");
+            };
             let id = edit::parse_node(&node)?;
             let member = edit::member(&name, &region, &labels)?;
             sign(&s, |_| Ok(vec![Edit::Enrol(id, member)])).await?;
