@@ -208,11 +208,10 @@ async fn split_three_two_publish_both_sides_heal_converge() {
     net.attach(3, "br1");
     net.attach(4, "br1");
     let a = f.sign(vec![Fleet::set_fleet("side.a", true.into())]);
-    // A second admin edits concurrently on side B, from the same base (without `a`).
+    // The SAME admin key edits on side B, from the same base (without `a`):
+    // each edit is its own automerge actor, so the two never fork.
     let a_signed = f.policy.pop().unwrap();
-    std::mem::swap(&mut f.auth, &mut f.auth2);
     let b = f.sign(vec![Fleet::set_fleet("side.b", true.into())]);
-    std::mem::swap(&mut f.auth, &mut f.auth2);
     f.policy.push(a_signed);
     publish(&f, &ns[0], f.bundle(vec![a]));
     publish(&f, &ns[3], f.bundle(vec![b]));
@@ -246,6 +245,21 @@ async fn split_three_two_publish_both_sides_heal_converge() {
                 .map(|p| p["heads"].clone())
                 .collect();
             heads.len() == N && heads.iter().all(|h| *h == heads[0])
+        },
+    )
+    .await;
+
+    // A later change on top of both applies everywhere (the rollout completes).
+    let c = f.sign(vec![Fleet::set_fleet("after.heal", true.into())]);
+    let h = Fleet::head(&c);
+    publish(&f, &ns[4], f.bundle(vec![c]));
+    f.wait(
+        "a change built on both edits is applied on every site",
+        Duration::from_secs(60),
+        async |_| {
+            ns.iter().all(|n| {
+                query(n, &["status"]).is_some_and(|v| v["policy_heads"] == serde_json::json!([h]))
+            })
         },
     )
     .await;

@@ -43,7 +43,13 @@ pub const ACTOR_BYTES: usize = 32 + ACTOR_NONCE_BYTES;
 /// prefix keeps authorship checkable, since a replica accepts a change only
 /// if a key that signed it is the actor's prefix ([`actor_signer`]).
 pub fn edit_actor(signer: &PublicKey) -> ActorId {
-    let nonce: [u8; ACTOR_NONCE_BYTES] = rand::random();
+    actor_with_nonce(signer, rand::random())
+}
+
+/// The actor for `signer` with a given nonce. The nonce must never repeat for
+/// one signer (that would fork); only a deterministic simulation, which draws
+/// nonces from its seeded generator, should call this directly.
+pub fn actor_with_nonce(signer: &PublicKey, nonce: [u8; ACTOR_NONCE_BYTES]) -> ActorId {
     let mut a = Vec::with_capacity(ACTOR_BYTES);
     a.extend_from_slice(&signer.0);
     a.extend_from_slice(&nonce);

@@ -471,10 +471,10 @@ impl PolicyEditor {
         self.finish_as(author, root_version, actor)
     }
 
-    /// [`PolicyEditor::finish`] with a chosen actor. Only for tests that need
-    /// a real fork (one actor, one sequence number, two changes): an actor
-    /// must never be reused across edits.
-    #[doc(hidden)]
+    /// [`PolicyEditor::finish`] with a chosen actor: for a deterministic
+    /// simulation (nonces from its seeded generator, see
+    /// [`crate::change::actor_with_nonce`]) and for tests that need a real
+    /// fork. An actor must never be reused across edits.
     pub fn finish_as(
         mut self,
         author: &SecretKey,

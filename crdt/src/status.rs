@@ -139,6 +139,9 @@ pub struct StatusWriter {
     changes_in_epoch: usize,
     fields: BTreeMap<String, String>,
     epoch_changes_max: usize,
+    /// Where actor nonces come from: the OS (a daemon), or a seeded generator
+    /// (a deterministic simulation).
+    nonces: Option<rand::rngs::StdRng>,
 }
 
 /// Changes per epoch before the writer starts a new one (replicas accept up to
@@ -157,6 +160,29 @@ impl StatusWriter {
             changes_in_epoch: 0,
             fields: BTreeMap::new(),
             epoch_changes_max: epoch_changes_max.max(2),
+            nonces: None,
+        }
+    }
+
+    /// A writer whose actor nonces come from a generator seeded with `seed`:
+    /// for deterministic simulation only. A daemon must use
+    /// [`StatusWriter::new`]: a node that reused a seed across lives would
+    /// write two histories with one actor.
+    pub fn seeded(key: SecretKey, epoch: u32, epoch_changes_max: usize, seed: u64) -> Self {
+        use rand::SeedableRng;
+        let mut w = StatusWriter::new(key, epoch, epoch_changes_max);
+        w.nonces = Some(rand::rngs::StdRng::seed_from_u64(seed));
+        w.doc = Automerge::new().with_actor(w.fresh_actor());
+        w
+    }
+
+    fn fresh_actor(&mut self) -> automerge::ActorId {
+        match &mut self.nonces {
+            None => edit_actor(&self.key.public()),
+            Some(rng) => {
+                use rand::RngExt;
+                crate::change::actor_with_nonce(&self.key.public(), rng.random())
+            }
         }
     }
 
@@ -283,7 +309,8 @@ impl StatusWriter {
 
     fn start_epoch(&mut self) {
         self.epoch += 1;
-        self.doc = Automerge::new().with_actor(edit_actor(&self.key.public()));
+        let actor = self.fresh_actor();
+        self.doc = Automerge::new().with_actor(actor);
         self.changes_in_epoch = 0;
     }
 }

@@ -7,6 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
+use dcloud_crdt::change::actor_with_nonce;
 use dcloud_crdt::{
     ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
     SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
@@ -154,6 +155,8 @@ pub struct Sim {
     sc: Scenario,
     seed: u64,
     rng: StdRng,
+    /// Actor nonces (a stream of its own, so they do not shift `rng`).
+    nonces: StdRng,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Queued>>,
@@ -242,6 +245,9 @@ impl Sim {
     /// Build the fleet of `sc` with `seed` (keys, overlay, links, signed changes).
     pub fn new(sc: Scenario, seed: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
+        // Actor nonces come from their own seeded stream (a daemon draws them
+        // from the OS), so that a seed replays a run exactly.
+        let mut nonces = StdRng::seed_from_u64(seed ^ 0x6e6f_6e63_6573);
         let n = sc.nodes;
         let authority = SecretKey::from_seed([0xa1; 32]);
         let root = TrustRoot {
@@ -272,7 +278,13 @@ impl Sim {
             ))
             .expect("valid enrolment");
         }
-        let bootstrap = ed.finish(&authority, 1).expect("signed bootstrap");
+        let bootstrap = ed
+            .finish_as(
+                &authority,
+                1,
+                actor_with_nonce(&authority.public(), nonces.random()),
+            )
+            .expect("signed bootstrap");
         // Policy changes under measurement, each on top of the previous (one
         // authority actor makes no concurrent changes), signed once and shared.
         let mut base = vec![bootstrap.clone()];
@@ -285,7 +297,13 @@ impl Sim {
                 serde_json::json!(i),
             ))
             .expect("valid edit");
-            let c = ed.finish(&authority, 1).expect("signed");
+            let c = ed
+                .finish_as(
+                    &authority,
+                    1,
+                    actor_with_nonce(&authority.public(), nonces.random()),
+                )
+                .expect("signed");
             base.push(c.clone());
             policy_changes.push(c);
         }
@@ -430,6 +448,7 @@ impl Sim {
         let mut sim = Sim {
             seed,
             rng,
+            nonces,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -855,7 +874,13 @@ impl Sim {
         }
         let mut heads = replica.policy_heads();
         heads.sort();
-        let writer = StatusWriter::new(key, epoch, dcloud_crdt::status::EPOCH_CHANGES_DEFAULT);
+        let nonce_seed = self.nonces.random();
+        let writer = StatusWriter::seeded(
+            key,
+            epoch,
+            dcloud_crdt::status::EPOCH_CHANGES_DEFAULT,
+            nonce_seed,
+        );
         let (engine, outs) = Engine::new(self.config.clone(), replica, writer, self.now);
         let slot = &mut self.slots[i];
         slot.engine = Some(engine);
@@ -1112,10 +1137,16 @@ impl Sim {
                 serde_json::json!("owned"),
             ))
             .expect("edit");
-            batch.push(ed.finish(&key, 1).expect("signed"));
+            let actor = actor_with_nonce(&key.public(), self.nonces.random());
+            batch.push(ed.finish_as(&key, 1, actor).expect("signed"));
             // A status change of another node, signed by this one.
             let victim = (i + 1) % self.sc.nodes;
-            let mut w = StatusWriter::new(key.clone(), 1_000 + self.now as u32, 4);
+            let mut w = StatusWriter::seeded(
+                key.clone(),
+                1_000 + self.now as u32,
+                4,
+                self.nonces.random(),
+            );
             let mut c = w.heartbeat();
             c.doc = DocId::Status {
                 node: self.slots[victim].key.public(),
