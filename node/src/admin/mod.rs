@@ -25,4 +25,5 @@ pub mod files;
 pub mod inspect;
 pub mod keys;
 pub mod publish;
+pub mod timestamp;
 pub mod trust;
