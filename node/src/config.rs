@@ -452,5 +452,7 @@ mod tests {
         assert_eq!(c.api.to_string(), API_DEFAULT);
         assert_eq!(c.heartbeat_ms, HEARTBEAT_DEFAULT_MS);
         assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.freshness, crate::freshness::FreshnessConfig::default());
+        assert_eq!(c.freshness.skew_ms, 60_000);
     }
 }
