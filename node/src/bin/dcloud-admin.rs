@@ -678,6 +678,17 @@ impl RootTimestampArgs {
             Some(&keys[..])
         };
         timestamp::set_keys(file, keys, self.timestamp_threshold, signers)?;
+        if let Some(last) = file.roots.last()
+            && !last.root.timestamp_keys.is_empty()
+        {
+            let listed: Vec<String> = last.root.timestamp_keys.iter().map(|k| k.short()).collect();
+            say!(
+                "trust root v{}: timestamp keys [{}], threshold {}",
+                last.root.version,
+                listed.join(", "),
+                last.root.timestamp_threshold
+            );
+        }
         Ok(())
     }
 }
