@@ -109,6 +109,9 @@ pub struct Fleet {
     pub policy: Vec<SignedChange>,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The timestamp key the trust root lists ([`Fleet::with_timestamp_key`]
+    /// only; None otherwise, and the root lists none).
+    pub timestamp: Option<SecretKey>,
 }
 
 impl Drop for Fleet {
@@ -141,6 +144,16 @@ impl Fleet {
     /// `n` nodes on 127.0.0.`first_ip`.. (not started). Node 0 is everyone's
     /// bootstrap peer, node 1 a second one.
     pub fn new(n: usize, first_ip: u8) -> Fleet {
+        Fleet::build(n, first_ip, None)
+    }
+
+    /// [`Fleet::new`], with a trust root that also lists one timestamp key
+    /// (threshold 1), kept in [`Fleet::timestamp`].
+    pub fn with_timestamp_key(n: usize, first_ip: u8) -> Fleet {
+        Fleet::build(n, first_ip, Some(SecretKey::generate()))
+    }
+
+    fn build(n: usize, first_ip: u8, timestamp: Option<SecretKey>) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
         let auth = SecretKey::generate();
         let auth2 = SecretKey::generate();
@@ -149,6 +162,8 @@ impl Fleet {
                 version: 1,
                 threshold: 1,
                 keys: vec![auth.public(), auth2.public()],
+                timestamp_keys: timestamp.iter().map(|k| k.public()).collect(),
+                timestamp_threshold: u32::from(timestamp.is_some()),
                 ..Default::default()
             },
             &[&auth],
@@ -168,6 +183,7 @@ impl Fleet {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            timestamp,
         };
         for i in 0..n {
             fleet.add_node(&format!("site-{i}"), first_ip + i as u8);

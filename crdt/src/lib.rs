@@ -2,13 +2,15 @@
 //!
 //! Everything a node decides about a byte string from a stranger lives here: keys
 //! and ids ([`keys`]), signature verification ([`verify`]), the signed change and
-//! its encoding ([`change`]), the trust-root chain ([`root`]), the policy and
+//! its encoding ([`change`]), the trust-root chain ([`root`]), signed freshness
+//! statements ([`freshness`]), the policy and
 //! status schemas ([`policy`], [`status`]) and the replica that verifies,
 //! authorises and applies batches of changes ([`replica`]). No I/O beyond key
 //! files, no async runtime, no networking.
 
 pub mod change;
 pub mod chunk;
+pub mod freshness;
 pub mod keys;
 pub mod policy;
 pub mod replica;
@@ -18,6 +20,7 @@ pub mod verify;
 
 pub use automerge::ChangeHash;
 pub use change::{Bundle, DecodeError, DocId, Limits, SignedChange};
+pub use freshness::{FreshnessError, FreshnessStatement, SignedFreshness};
 pub use keys::{KeySignature, NodeId, PublicKey, SecretKey};
 pub use policy::{Edit, Level, Member, Policy, PolicyEditor};
 pub use replica::{Outcome, Rejection, Replica, Report};

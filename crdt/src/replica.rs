@@ -660,7 +660,7 @@ impl Replica {
                         first: chain_first,
                         current: self.chain.current().version,
                     })?;
-                let author = actor_signer(&actor);
+                let author = actor_signer(actor);
                 if !sc.sigs.iter().any(|s| Some(s.key) == author) {
                     return Err(Rejection::ActorNotAuthor {
                         actor: hex::encode(actor),
@@ -685,7 +685,7 @@ impl Replica {
                         signer: signer.short(),
                     });
                 }
-                if actor_signer(&actor) != Some(node) {
+                if actor_signer(actor) != Some(node) {
                     return Err(Rejection::ActorNotAuthor {
                         actor: hex::encode(actor),
                         expected: format!(

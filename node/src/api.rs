@@ -6,7 +6,7 @@
 //!
 //! Every request first passes [`guard`]: its `Host` must name this API (DNS
 //! rebinding), and at most [`API_IN_FLIGHT_MAX`] requests are served at once.
-//! The one write, `POST /v1/bundles`, also passes [`write_guard`]: no `Origin`
+//! The writes, `POST /v1/bundles` and `POST /v1/freshness`, also pass [`write_guard`]: no `Origin`
 //! (a browser page) and `Content-Type: application/octet-stream` (which no
 //! form and no "simple" cross-site request can send).
 
@@ -70,6 +70,10 @@ pub fn router(handle: Handle, bound: SocketAddr) -> Router {
         .route(
             "/v1/bundles",
             post(publish).layer(middleware::from_fn(write_guard)),
+        )
+        .route(
+            "/v1/freshness",
+            post(publish_freshness).layer(middleware::from_fn(write_guard)),
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
@@ -285,6 +289,23 @@ async fn publish(State(h): State<Handle>, body: Bytes) -> Response {
         Ok(Ok(v)) if v.accepted => Json(v).into_response(),
         Ok(Ok(v)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response(),
         Ok(Err(e)) | Err(e) => gone(e),
+    }
+}
+
+async fn publish_freshness(State(h): State<Handle>, body: Bytes) -> Response {
+    if body.len() > dcloud_crdt::freshness::FRESHNESS_SIZE_MAX_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a freshness statement is at most {} bytes",
+                dcloud_crdt::freshness::FRESHNESS_SIZE_MAX_BYTES
+            ),
+        );
+    }
+    match h.ask(|tx| Command::Freshness(body.to_vec(), tx)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => gone(e),
     }
 }
 

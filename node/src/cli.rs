@@ -255,6 +255,16 @@ pub fn render_node(v: &NodeView) -> String {
             ""
         }
     );
+    let _ = writeln!(
+        s,
+        "freshness   {}{}",
+        if v.policy_fresh { "fresh" } else { "NOT FRESH" },
+        if v.policy_fresh_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", v.policy_fresh_reason)
+        }
+    );
     let _ = writeln!(s, "uptime      {}", ago(Some(v.uptime_ms)));
     s
 }
@@ -535,10 +545,22 @@ pub async fn run(api: &str, q: Query, json: bool) -> Result<Printed, CliError> {
     match q {
         Query::Status => {
             let v = c.get_json("/v1/node").await?;
+            // Exits non-zero when the policy is not known to be fresh (signed
+            // freshness; always fresh without timestamp keys).
+            let fresh = v
+                .get("policy_fresh")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
             if json {
-                return ok(pretty(&v));
+                return Ok(Printed {
+                    text: pretty(&v),
+                    ok: fresh,
+                });
             }
-            ok(render_node(&parse(v)?))
+            Ok(Printed {
+                text: render_node(&parse(v)?),
+                ok: fresh,
+            })
         }
         Query::Fleet => {
             let v = c.get_json("/v1/fleet").await?;

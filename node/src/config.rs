@@ -10,6 +10,9 @@
 //! api = "127.0.0.1:7780"
 //! heartbeat_ms = 15000
 //! mdns = false
+//! freshness_skew_ms = 60000       # timestamp keys only (docs/operator-guide.md)
+//! freshness_grace_ms = 120000
+//! freshness_lag_max_ms = 300000
 //!
 //! [apply]
 //! file = "/etc/site/dcloud.json"
@@ -136,6 +139,12 @@ pub struct RawConfig {
     pub apply: Option<RawApply>,
     /// Replication tuning.
     pub engine: Option<RawEngine>,
+    /// Clock skew allowed past a freshness statement's expiry.
+    pub freshness_skew_ms: Option<u64>,
+    /// How long after start a node may hold no freshness statement.
+    pub freshness_grace_ms: Option<u64>,
+    /// How long a node may lack policy heads a freshness statement names.
+    pub freshness_lag_max_ms: Option<u64>,
     #[serde(skip)]
     origin: Option<PathBuf>,
 }
@@ -194,6 +203,8 @@ pub struct Config {
     pub apply: ApplyConfig,
     /// Replication tuning.
     pub engine: EngineTuning,
+    /// The freshness verdict's bounds.
+    pub freshness: crate::freshness::FreshnessConfig,
 }
 
 impl Config {
@@ -352,8 +363,33 @@ impl RawConfig {
                 60_000,
             )?,
         };
+        let fd = crate::freshness::FreshnessConfig::default();
+        let freshness = crate::freshness::FreshnessConfig {
+            skew_ms: ranged(
+                "freshness_skew_ms",
+                self.freshness_skew_ms,
+                fd.skew_ms,
+                0,
+                86_400_000,
+            )?,
+            grace_ms: ranged(
+                "freshness_grace_ms",
+                self.freshness_grace_ms,
+                fd.grace_ms,
+                0,
+                86_400_000,
+            )?,
+            lag_max_ms: ranged(
+                "freshness_lag_max_ms",
+                self.freshness_lag_max_ms,
+                fd.lag_max_ms,
+                0,
+                86_400_000,
+            )?,
+        };
         Ok(Config {
             engine,
+            freshness,
             data_dir,
             trust_root,
             listen,
@@ -416,5 +452,7 @@ mod tests {
         assert_eq!(c.api.to_string(), API_DEFAULT);
         assert_eq!(c.heartbeat_ms, HEARTBEAT_DEFAULT_MS);
         assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.freshness, crate::freshness::FreshnessConfig::default());
+        assert_eq!(c.freshness.skew_ms, 60_000);
     }
 }

@@ -35,7 +35,8 @@ use std::time::Duration;
 use dcloud_crdt::root::{TrustChain, decode_chain};
 use dcloud_crdt::status::{EPOCH_CHANGES_DEFAULT, HealthCheck};
 use dcloud_crdt::{
-    Bundle, DocId, Limits, NodeId, NodeStatus, Outcome, Replica, SecretKey, StatusWriter,
+    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, Replica, SecretKey,
+    SignedFreshness, StatusWriter,
 };
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
@@ -51,6 +52,7 @@ use tokio::time::Instant;
 use crate::apply::{Applier, ApplyRequest, ApplyResult};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
+use crate::freshness::{self, FreshnessTracker, Verdict};
 use crate::links::{LinkEvent, Links, SendError};
 use crate::metrics::Metrics;
 use crate::net::{self, Behaviour, BehaviourEvent};
@@ -159,12 +161,15 @@ pub enum Command {
     /// `/v1/config`.
     Config(oneshot::Sender<view::ConfigView>),
     /// `/v1/rollout` (None: current heads).
-    Rollout(
-        Option<Vec<dcloud_crdt::ChangeHash>>,
-        oneshot::Sender<view::RolloutView>,
-    ),
+    Rollout(Option<Vec<ChangeHash>>, oneshot::Sender<view::RolloutView>),
     /// `POST /v1/bundles`.
     Publish(Bundle, oneshot::Sender<Result<PublishView, PublishError>>),
+    /// `POST /v1/freshness`: an encoded [`dcloud_crdt::SignedFreshness`];
+    /// `Err` names why it was refused.
+    Freshness(
+        Vec<u8>,
+        oneshot::Sender<Result<view::FreshnessView, String>>,
+    ),
 }
 
 /// The cloneable handle to the actor.
@@ -275,6 +280,10 @@ struct Daemon {
     held_sends: Vec<(NodeId, Vec<u8>)>,
     /// A publish verdict waiting for that flush.
     held_reply: Option<(PublishReply, Result<PublishView, PublishError>)>,
+    /// Since when heads a freshness statement names have been missing.
+    freshness: FreshnessTracker,
+    /// The latest freshness verdict.
+    freshness_verdict: Verdict,
 }
 
 fn now_ms(started: Instant) -> Millis {
@@ -470,7 +479,14 @@ pub async fn start(
         dirty_foreign: false,
         held_sends: Vec::new(),
         held_reply: None,
+        freshness: FreshnessTracker::default(),
+        freshness_verdict: Verdict {
+            fresh: true,
+            reason: String::new(),
+            code: "",
+        },
     };
+    d.update_freshness();
     d.metrics.store_ok.set(1);
     d.carry_out(first);
     d.policy_changed();
@@ -959,6 +975,22 @@ impl Daemon {
                 detail: self.apply.applied.error.clone().unwrap_or_default(),
             },
         );
+        // Only fleets with timestamp keys report it: without them the status
+        // is what it always was.
+        if !replica.trust().current().timestamp_keys.is_empty() {
+            let v = &self.freshness_verdict;
+            health.insert(
+                "policy_fresh".to_string(),
+                HealthCheck {
+                    ok: v.fresh,
+                    detail: if v.fresh {
+                        String::new()
+                    } else {
+                        v.code.to_string()
+                    },
+                },
+            );
+        }
         let mut addrs: Vec<String> = self
             .listen_addrs
             .iter()
@@ -992,6 +1024,9 @@ impl Daemon {
     }
 
     fn on_command(&mut self, cmd: Command) {
+        if self.update_freshness() {
+            self.refresh_status();
+        }
         let now = self.now();
         let stale_after_ms = self.cfg.heartbeat_ms * 3 + 2000;
         let engine = &self.engine;
@@ -1042,6 +1077,8 @@ impl Daemon {
                     stale: fleet_size > 1
                         && last_heard_any_ms_ago.is_none_or(|a| a > stale_after_ms),
                     uptime_ms: now,
+                    policy_fresh: self.freshness_verdict.fresh,
+                    policy_fresh_reason: self.freshness_verdict.reason.clone(),
                 });
             }
             Command::Fleet(tx) => {
@@ -1094,6 +1131,52 @@ impl Daemon {
                     let _ = tx.send(Err(PublishError::Gone("the engine gave no verdict".into())));
                 }
             }
+            Command::Freshness(bytes, tx) => {
+                let st = match SignedFreshness::decode(&bytes) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("freshness statement does not decode: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = st.verify(replica.trust()) {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+                let current = replica.trust().current().version;
+                if st.statement.root_version < current {
+                    let _ = tx.send(Err(format!(
+                        "freshness statement is under trust root v{}, older than v{current} in force; sign it under v{current}",
+                        st.statement.root_version
+                    )));
+                    return;
+                }
+                tracing::info!(
+                    issued_ms = st.statement.issued_ms,
+                    expires_ms = st.statement.expires_ms,
+                    "freshness statement from the local API"
+                );
+                let already = self.engine.freshness() == Some(&st);
+                self.feed(Input::Freshness { statement: bytes });
+                let kept = !already && self.engine.freshness() == Some(&st);
+                let newest = self.engine.freshness().map(|f| f.statement.issued_ms);
+                if self.update_freshness() {
+                    self.refresh_status();
+                }
+                let _ = tx.send(Ok(view::FreshnessView {
+                    kept,
+                    message: if kept {
+                        "kept; forwarded to peers".into()
+                    } else {
+                        format!(
+                            "valid, but not newer than the statement held (issued_ms {})",
+                            newest.unwrap_or(0)
+                        )
+                    },
+                    policy_fresh: self.freshness_verdict.fresh,
+                    policy_fresh_reason: self.freshness_verdict.reason.clone(),
+                }));
+            }
         }
     }
 
@@ -1124,6 +1207,35 @@ impl Daemon {
             .replica_status_docs
             .set(stats.status_docs as i64);
         self.metrics.peers.set(self.up.len() as i64);
+        if self.update_freshness() {
+            self.refresh_status();
+        }
+    }
+
+    /// Recompute the freshness verdict (wall clock for expiry, this daemon's
+    /// monotonic clock for the grace period and lag). True when it changed
+    /// (fresh or not, or its code).
+    fn update_freshness(&mut self) -> bool {
+        let now = self.now();
+        let replica = self.engine.replica();
+        let v = self.freshness.verdict(
+            replica.trust().current(),
+            self.engine.freshness(),
+            |h| replica.get(&DocId::Policy, &ChangeHash(*h)).is_some(),
+            now,
+            freshness::unix_ms(),
+            &self.cfg.freshness,
+        );
+        let changed =
+            (v.fresh, v.code) != (self.freshness_verdict.fresh, self.freshness_verdict.code);
+        if changed && !v.fresh {
+            tracing::warn!(reason = %v.reason, "policy is not known to be fresh");
+        } else if changed {
+            tracing::info!(reason = %v.reason, "policy freshness");
+        }
+        self.metrics.policy_fresh.set(i64::from(v.fresh));
+        self.freshness_verdict = v;
+        changed
     }
 
     fn dial(&mut self, now: Millis) {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod freshness;
 pub mod links;
 pub mod metrics;
 pub mod net;

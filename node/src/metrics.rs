@@ -46,6 +46,8 @@ pub struct Metrics {
     pub apply_runs: Family<Labels, Counter>,
     /// 1 when the store accepts writes.
     pub store_ok: Gauge,
+    /// 1 when the policy is known to be fresh (always 1 without timestamp keys).
+    pub policy_fresh: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             peers_disconnected: Family::default(),
             apply_runs: Family::default(),
             store_ok: Gauge::default(),
+            policy_fresh: Gauge::default(),
         };
         let r = &mut registry;
         r.register("peers", "Connected, admitted peers", m.peers.clone());
@@ -145,6 +148,11 @@ impl Metrics {
             "store_ok",
             "1 when the store accepts writes",
             m.store_ok.clone(),
+        );
+        r.register(
+            "policy_fresh",
+            "1 when this node's policy is known to be current (signed freshness; 1 without timestamp keys)",
+            m.policy_fresh.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -54,6 +54,31 @@ pub struct NodeView {
     pub stale: bool,
     /// Since the daemon started.
     pub uptime_ms: u64,
+    /// The policy is known to be current: false when the trust root lists
+    /// timestamp keys and this node's newest freshness statement is missing,
+    /// expired, or names policy heads it has lacked too long.
+    #[serde(default = "yes")]
+    pub policy_fresh: bool,
+    /// Why `policy_fresh` is what it is.
+    #[serde(default)]
+    pub policy_fresh_reason: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/freshness` answer (a valid statement).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FreshnessView {
+    /// Newer than the one held: kept and forwarded.
+    pub kept: bool,
+    /// What happened.
+    pub message: String,
+    /// The node's verdict after it.
+    pub policy_fresh: bool,
+    /// Why.
+    pub policy_fresh_reason: String,
 }
 
 /// One node of the fleet.

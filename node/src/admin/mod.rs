@@ -29,4 +29,5 @@ pub mod inspect;
 pub mod keys;
 pub mod publish;
 pub mod sites;
+pub mod timestamp;
 pub mod trust;

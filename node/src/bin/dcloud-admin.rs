@@ -15,7 +15,7 @@ use dcloud_node::admin::base::{Base, merge_roots};
 use dcloud_node::admin::client::Client;
 use dcloud_node::admin::inspect::{inspect, short_hash};
 use dcloud_node::admin::trust::ChainFile;
-use dcloud_node::admin::{edit, files, keys, publish, sites, trust};
+use dcloud_node::admin::{edit, files, keys, publish, sites, timestamp, trust};
 
 /// Print a line to stdout; a closed pipe (`dcloud-admin ... | head`) ends the
 /// program quietly instead of panicking (outputs are written before they are
@@ -153,6 +153,8 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Sign a freshness statement with a timestamp key (for cron on an online machine).
+    Timestamp(TimestampArgs),
     /// Save a node's policy snapshot (trust chain and policy changes) as a base file.
     Snapshot {
         /// The node's local API, for example http://127.0.0.1:7780.
@@ -180,6 +182,8 @@ enum RootCmd {
         /// The chain file to write.
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        ts: RootTimestampArgs,
     },
     /// Append the next trust root version (rotate the authority keys).
     Rotate {
@@ -204,6 +208,8 @@ enum RootCmd {
         /// The chain file to write (may be the same as --chain).
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        ts: RootTimestampArgs,
     },
     /// Add your signature to the last root of a chain file.
     Cosign {
@@ -356,6 +362,7 @@ async fn root_cmd(cmd: RootCmd) -> Result<()> {
             others,
             threshold,
             out,
+            ts,
         } => {
             let signers = read_keys(&key_files)?;
             let others = parse_public_keys(&others)?;
@@ -365,7 +372,8 @@ async fn root_cmd(cmd: RootCmd) -> Result<()> {
                     out.display()
                 );
             }
-            let (file, progress) = trust::init(&signers, &others, threshold)?;
+            let (mut file, progress) = trust::init(&signers, &others, threshold)?;
+            ts.apply(&mut file, &signers)?;
             file.write(&out)?;
             print_root(&file);
             say!("{progress}");
@@ -378,6 +386,7 @@ async fn root_cmd(cmd: RootCmd) -> Result<()> {
             keys: key_files,
             base,
             out,
+            ts,
         } => {
             let signers = read_keys(&key_files)?;
             let new_keys = parse_public_keys(&new_keys)?;
@@ -390,6 +399,7 @@ async fn root_cmd(cmd: RootCmd) -> Result<()> {
             let base = load_base(&base).await?;
             let heads = trust::kept_heads(&file, &base)?;
             let progress = trust::rotate(&mut file, &new_keys, threshold, &signers, &heads)?;
+            ts.apply(&mut file, &signers)?;
             file.write(&out)?;
             print_root(&file);
             let v = file.roots.last().map_or(0, |r| r.root.version);
@@ -714,6 +724,7 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             timeout,
         } => watch_cmd(&bundle, &to, timeout).await?,
+        Cmd::Timestamp(args) => timestamp_cmd(args).await?,
         Cmd::Snapshot { from, out } => {
             let client = Client::new(&from)?;
             let snap = client.snapshot().await?;
@@ -725,6 +736,98 @@ async fn run(cli: Cli) -> Result<()> {
                 snap.roots.len(),
                 snap.changes.len()
             );
+        }
+    }
+    Ok(())
+}
+
+/// `root init` / `root rotate`: the timestamp keys of the new root.
+#[derive(Args)]
+struct RootTimestampArgs {
+    /// A timestamp key (hex or FILE.pub; repeatable): it may sign only
+    /// freshness statements. A rotation keeps the previous root's unless given.
+    #[arg(long = "timestamp-key")]
+    timestamp_keys: Vec<String>,
+    /// Distinct timestamp-key signatures a freshness statement needs (default 1).
+    #[arg(long)]
+    timestamp_threshold: Option<u32>,
+    /// List no timestamp keys (turns signed freshness off).
+    #[arg(long, conflicts_with = "timestamp_keys")]
+    no_timestamp_keys: bool,
+}
+
+impl RootTimestampArgs {
+    fn apply(&self, file: &mut ChainFile, signers: &[SecretKey]) -> Result<()> {
+        let keys = parse_public_keys(&self.timestamp_keys)?;
+        let keys = if self.no_timestamp_keys {
+            Some(&[][..])
+        } else if keys.is_empty() {
+            None
+        } else {
+            Some(&keys[..])
+        };
+        timestamp::set_keys(file, keys, self.timestamp_threshold, signers)?;
+        if let Some(last) = file.roots.last()
+            && !last.root.timestamp_keys.is_empty()
+        {
+            let listed: Vec<String> = last.root.timestamp_keys.iter().map(|k| k.short()).collect();
+            say!(
+                "trust root v{}: timestamp keys [{}], threshold {}",
+                last.root.version,
+                listed.join(", "),
+                last.root.timestamp_threshold
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `timestamp`.
+#[derive(Args)]
+struct TimestampArgs {
+    /// The timestamp key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Node API(s) whose policy snapshot the statement vouches for (repeatable:
+    /// the union of their heads).
+    #[arg(long, required = true)]
+    from: Vec<String>,
+    /// How long it vouches: 90s, 30m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = timestamp::parse_expiry)]
+    expires: Duration,
+    /// Write the statement to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Post it to this node's API (which gossips it to the fleet).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+async fn timestamp_cmd(a: TimestampArgs) -> Result<()> {
+    if a.out.is_none() && a.to.is_none() {
+        bail!("give --out FILE, --to URL, or both");
+    }
+    let key = keys::read_secret(&a.key)?;
+    let mut snaps = Vec::new();
+    for url in &a.from {
+        snaps.push(Client::new(url)?.snapshot().await?);
+    }
+    let st = timestamp::make(&key, &snaps, a.expires, dcloud_node::freshness::unix_ms())?;
+    say!(
+        "freshness statement: trust root v{}, {} policy head(s), expires_ms {}",
+        st.statement.root_version,
+        st.statement.policy_heads.len(),
+        st.statement.expires_ms
+    );
+    if let Some(out) = &a.out {
+        timestamp::write(out, &st)?;
+        say!("wrote {}", out.display());
+    }
+    if let Some(to) = &a.to {
+        let v = timestamp::post(to, &st).await?;
+        say!("{to}: {}", v.message);
+        if !v.policy_fresh {
+            say!("{to}: not fresh yet: {}", v.policy_fresh_reason);
         }
     }
     Ok(())

@@ -73,6 +73,15 @@ struct RunArgs {
     /// Bound on the apply command's run time.
     #[arg(long, env = "DCLOUD_APPLY_TIMEOUT_MS")]
     apply_timeout_ms: Option<u64>,
+    /// Clock skew allowed past a freshness statement's expiry.
+    #[arg(long, env = "DCLOUD_FRESHNESS_SKEW_MS")]
+    freshness_skew_ms: Option<u64>,
+    /// How long after start a node may hold no freshness statement and still be fresh.
+    #[arg(long, env = "DCLOUD_FRESHNESS_GRACE_MS")]
+    freshness_grace_ms: Option<u64>,
+    /// How long a node may lack policy heads a freshness statement names.
+    #[arg(long, env = "DCLOUD_FRESHNESS_LAG_MAX_MS")]
+    freshness_lag_max_ms: Option<u64>,
     /// Log format.
     #[arg(long, env = "DCLOUD_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -169,6 +178,15 @@ fn merge(args: &RunArgs) -> Result<config::Config> {
     }
     if let Some(v) = args.peers_target {
         raw.peers_target = Some(v);
+    }
+    if let Some(v) = args.freshness_skew_ms {
+        raw.freshness_skew_ms = Some(v);
+    }
+    if let Some(v) = args.freshness_grace_ms {
+        raw.freshness_grace_ms = Some(v);
+    }
+    if let Some(v) = args.freshness_lag_max_ms {
+        raw.freshness_lag_max_ms = Some(v);
     }
     let apply = raw.apply.get_or_insert_with(RawApply::default);
     if let Some(v) = &args.apply_file {

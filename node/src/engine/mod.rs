@@ -77,6 +77,15 @@
 //! short id; reconciliation ranges and items per step, its depth, and the
 //! bytes it sends per step; the pending-dependencies buffer (in the replica).
 //!
+//! **Freshness** (TUF's timestamp role). The engine keeps the newest
+//! [`dcloud_crdt::SignedFreshness`] that verifies against its trust chain
+//! under the root in force (newest by `(issued_ms, root_version)`), sends it
+//! to every peer that comes up, and forwards a newer one to its peers once.
+//! An invalid statement from a peer is penalised like an invalid change; one
+//! naming a root this node does not hold yet, or an older root than the one
+//! in force, is ignored. The engine has no wall clock: whether the statement
+//! has expired is the driver's verdict (`crate::freshness`).
+//!
 //! **Wire format** ([`wire`]): a version byte, then postcard. Unknown versions
 //! and malformed or over-limit messages are typed [`WireError`]s, counted in
 //! [`EngineStats::malformed_messages`] and penalised; decoding never panics.
@@ -140,6 +149,13 @@ pub enum Input {
     },
     /// Local command: this node's status changed (health, applied policy, addresses).
     SetStatus(NodeStatus),
+    /// Local command: a signed freshness statement (posted to the local API),
+    /// [`dcloud_crdt::SignedFreshness::encode`]d. Kept and forwarded if it is
+    /// valid and newer than the one held ([`Engine::freshness`] tells).
+    Freshness {
+        /// The encoded statement.
+        statement: Vec<u8>,
+    },
 }
 
 /// What the engine asks its driver to do.

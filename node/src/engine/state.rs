@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use dcloud_crdt::{
-    ChangeHash, DocId, NodeId, Outcome, Rejection, Replica, Report, SignedChange, SignedTrustRoot,
-    StatusWriter,
+    ChangeHash, DocId, FreshnessError, NodeId, Outcome, Rejection, Replica, Report, SignedChange,
+    SignedFreshness, SignedTrustRoot, StatusWriter,
 };
 use rand::RngExt;
 
@@ -59,6 +59,23 @@ pub struct EngineStats {
     pub prunes_sent: u64,
 }
 
+/// Why a freshness statement was not kept.
+#[derive(Debug)]
+enum FreshnessRefusal {
+    /// It is invalid: its sender is penalised.
+    Invalid(String),
+    /// It may be valid for a node with another trust root: dropped quietly.
+    Ignored(String),
+}
+
+impl std::fmt::Display for FreshnessRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreshnessRefusal::Invalid(e) | FreshnessRefusal::Ignored(e) => f.write_str(e),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Peer {
     /// Owners whose status changes go to this peer lazily (the link is off
@@ -109,6 +126,7 @@ pub struct Engine {
     /// round comes sooner.
     repairing: bool,
     graft_timer_at: Option<Millis>,
+    freshness: Option<SignedFreshness>,
     stats: EngineStats,
 }
 
@@ -166,6 +184,7 @@ impl Engine {
             lazy_timer_at: None,
             repairing: false,
             graft_timer_at: None,
+            freshness: None,
             stats: EngineStats::default(),
         };
         let mut out = vec![Output::SetTimer {
@@ -233,6 +252,11 @@ impl Engine {
         self.index.range_fp(0, u64::MAX)
     }
 
+    /// The newest valid freshness statement held (not checked for expiry).
+    pub fn freshness(&self) -> Option<&SignedFreshness> {
+        self.freshness.as_ref()
+    }
+
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         self.stats.clone()
@@ -252,6 +276,11 @@ impl Engine {
             Input::SetStatus(status) => {
                 if let Some(c) = self.writer.update(&status) {
                     self.publish_own(c, now, &mut out);
+                }
+            }
+            Input::Freshness { statement } => {
+                if let Err(e) = self.on_freshness(None, &statement, &mut out) {
+                    tracing::info!(error = %e, "local freshness statement not kept");
                 }
             }
         }
@@ -313,6 +342,12 @@ impl Engine {
         );
         // Catch up at once (after a restart or a heal) rather than at the next round.
         self.start_sync(peer, out);
+        if let Some(f) = &self.freshness {
+            let msg = Message::Freshness {
+                statement: f.encode(),
+            };
+            self.send(peer, &msg, out);
+        }
     }
 
     fn on_bytes(&mut self, from: NodeId, bytes: &[u8], now: Millis, out: &mut Vec<Output>) {
@@ -428,7 +463,71 @@ impl Engine {
                 }
             }
             sync @ Message::Sync { .. } => self.on_sync(from, sync, now, out),
+            Message::Freshness { statement } => {
+                if let Err(FreshnessRefusal::Invalid(e)) =
+                    self.on_freshness(Some(from), &statement, out)
+                {
+                    *self.stats.rejected.entry("freshness".into()).or_default() += 1;
+                    let w = self.config.penalty_per_offence;
+                    self.penalise(from, w, format!("freshness statement refused: {e}"), out);
+                }
+            }
         }
+    }
+
+    // ---- freshness ----
+
+    /// Decode, verify and keep a freshness statement if it is newer than the
+    /// one held; forward it to every peer but its sender. `Ok(true)`: kept.
+    fn on_freshness(
+        &mut self,
+        from: Option<NodeId>,
+        bytes: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<bool, FreshnessRefusal> {
+        let st =
+            SignedFreshness::decode(bytes).map_err(|e| FreshnessRefusal::Invalid(e.to_string()))?;
+        let current = self.root_version();
+        match st.verify(self.replica.trust()) {
+            Ok(()) => {}
+            // The sender may hold a newer root than this node: not its fault.
+            Err(e @ FreshnessError::UnknownRoot { .. }) => {
+                return Err(FreshnessRefusal::Ignored(e.to_string()));
+            }
+            Err(e) => return Err(FreshnessRefusal::Invalid(e.to_string())),
+        }
+        if st.statement.root_version < current {
+            return Err(FreshnessRefusal::Ignored(format!(
+                "freshness statement is under trust root v{}, older than v{current} in force",
+                st.statement.root_version
+            )));
+        }
+        if self
+            .freshness
+            .as_ref()
+            .is_some_and(|held| held.statement.order_key() >= st.statement.order_key())
+        {
+            return Ok(false);
+        }
+        tracing::debug!(
+            issued_ms = st.statement.issued_ms,
+            expires_ms = st.statement.expires_ms,
+            "newer freshness statement"
+        );
+        let msg = Message::Freshness {
+            statement: bytes.to_vec(),
+        };
+        self.freshness = Some(st);
+        let peers: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| Some(**p) != from)
+            .copied()
+            .collect();
+        for p in peers {
+            self.send(p, &msg, out);
+        }
+        Ok(true)
     }
 
     fn on_timer(&mut self, t: Timer, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {

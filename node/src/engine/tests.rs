@@ -33,11 +33,24 @@ fn node_key(i: usize) -> SecretKey {
 impl Fleet {
     /// `n` enrolled nodes, `extra` unenrolled ones, connected as a line or a full mesh.
     fn new(n: usize, extra: usize, mesh: bool, config: EngineConfig) -> Fleet {
+        Fleet::with_timestamp_key(n, extra, mesh, config, None)
+    }
+
+    /// [`Fleet::new`] with a trust root that lists `timestamp` (threshold 1).
+    fn with_timestamp_key(
+        n: usize,
+        extra: usize,
+        mesh: bool,
+        config: EngineConfig,
+        timestamp: Option<dcloud_crdt::PublicKey>,
+    ) -> Fleet {
         let authority = SecretKey::from_seed([1; 32]);
         let root = TrustRoot {
             version: 1,
             threshold: 1,
             keys: vec![authority.public()],
+            timestamp_keys: timestamp.into_iter().collect(),
+            timestamp_threshold: u32::from(timestamp.is_some()),
             ..Default::default()
         };
         let chain =
@@ -482,4 +495,105 @@ fn node_back_with_only_its_key_moves_past_its_earlier_epochs() {
         assert_eq!(epoch, 6, "node {i} sees node 2 past its earlier life");
     }
     assert_eq!(f.engines[&n2].stats().earlier_lives_passed, 1);
+}
+
+fn freshness(key: &SecretKey, issued_ms: u64) -> dcloud_crdt::SignedFreshness {
+    dcloud_crdt::SignedFreshness::sign(
+        dcloud_crdt::FreshnessStatement {
+            root_version: 1,
+            policy_heads: vec![[3; 32]],
+            issued_ms,
+            expires_ms: issued_ms + 60_000,
+        },
+        &[key],
+    )
+}
+
+fn freshness_sends(f: &Fleet) -> usize {
+    f.log
+        .iter()
+        .filter(|(_, o)| {
+            matches!(o, Output::Send { bytes, .. }
+                if matches!(Message::decode(bytes, &EngineConfig::default().wire),
+                    Ok(Message::Freshness { .. })))
+        })
+        .count()
+}
+
+#[test]
+fn the_newest_freshness_statement_spreads_once_and_an_older_one_does_not() {
+    let ts = SecretKey::from_seed([50; 32]);
+    let mut f = Fleet::with_timestamp_key(3, 0, false, EngineConfig::default(), Some(ts.public()));
+    f.run();
+    let newer = freshness(&ts, 2_000);
+    let a = f.id(0);
+    f.input(
+        a,
+        Input::Freshness {
+            statement: newer.encode(),
+        },
+    );
+    f.run();
+    for e in f.engines.values() {
+        assert_eq!(e.freshness(), Some(&newer));
+    }
+    // A line of 3: 0 -> 1 -> 2, and 2 has no one else to tell.
+    assert_eq!(freshness_sends(&f), 2);
+    let before = freshness_sends(&f);
+    let c = f.id(2);
+    f.input(
+        c,
+        Input::Freshness {
+            statement: freshness(&ts, 1_000).encode(),
+        },
+    );
+    f.run();
+    assert_eq!(
+        freshness_sends(&f),
+        before,
+        "an older statement is not forwarded"
+    );
+    assert_eq!(f.engines[&c].freshness(), Some(&newer));
+}
+
+#[test]
+fn a_peer_that_comes_up_is_sent_the_newest_statement() {
+    let ts = SecretKey::from_seed([50; 32]);
+    let mut f = Fleet::with_timestamp_key(2, 0, true, EngineConfig::default(), Some(ts.public()));
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    f.input(a, Input::PeerDown { peer: b });
+    f.input(b, Input::PeerDown { peer: a });
+    let st = freshness(&ts, 5_000);
+    f.input(
+        a,
+        Input::Freshness {
+            statement: st.encode(),
+        },
+    );
+    f.run();
+    assert_eq!(f.engines[&b].freshness(), None);
+    f.input(a, Input::PeerUp { peer: b });
+    f.input(b, Input::PeerUp { peer: a });
+    f.run();
+    assert_eq!(f.engines[&b].freshness(), Some(&st));
+}
+
+#[test]
+fn a_freshness_statement_signed_by_a_non_timestamp_key_is_penalised() {
+    let ts = SecretKey::from_seed([50; 32]);
+    let mut f = Fleet::with_timestamp_key(2, 0, true, EngineConfig::default(), Some(ts.public()));
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    let forged = freshness(&f.authority.clone(), 9_000);
+    let bytes = Message::Freshness {
+        statement: forged.encode(),
+    }
+    .encode();
+    f.input(b, Input::Message { from: a, bytes });
+    f.run();
+    assert_eq!(f.engines[&b].freshness(), None);
+    assert!(f.log.iter().any(|(at, o)| *at == b
+        && matches!(o, Output::Event(Event::PeerMisbehaved { peer, reason })
+            if *peer == a && reason.contains("freshness"))));
 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version byte of the engine protocol. A peer speaking another version is
 /// refused with [`WireError::UnknownVersion`].
-pub const WIRE_VERSION: u8 = 1;
+/// Version 2 added [`Message::Freshness`].
+pub const WIRE_VERSION: u8 = 2;
 
 /// One change, named compactly: its document and automerge hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,6 +139,13 @@ pub enum Message {
         splits: Vec<Split>,
         /// Ranges small enough to list.
         items: Vec<RangeItems>,
+    },
+    /// A signed freshness statement (the timestamp role): the sender's newest
+    /// valid one. The bytes are a [`dcloud_crdt::SignedFreshness`] in its own
+    /// versioned encoding, decoded and verified by the receiver.
+    Freshness {
+        /// [`dcloud_crdt::SignedFreshness::encode`].
+        statement: Vec<u8>,
     },
 }
 
@@ -273,6 +281,11 @@ impl Message {
                 Ok(())
             }
             Message::Roots { roots } => bound("roots", roots.len(), l.roots_per_message_max),
+            Message::Freshness { statement } => bound(
+                "freshness statement bytes",
+                statement.len(),
+                dcloud_crdt::freshness::FRESHNESS_SIZE_MAX_BYTES,
+            ),
             Message::Sync { splits, items, .. } => {
                 let parts: usize = splits.iter().map(|s| s.parts.len()).sum();
                 bound("ranges", parts + items.len(), l.ranges_per_message_max)?;
