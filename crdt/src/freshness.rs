@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::change::DecodeError;
 use crate::keys::{KeySignature, PublicKey, SecretKey};
 use crate::root::{TrustChain, TrustRoot};
-use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
+use crate::verify::{SignatureError, distinct_signers, verify_all};
 
 /// Domain separation for freshness signatures.
 pub const FRESHNESS_CONTEXT: &[u8] = b"dcloud/freshness/v1\0";
@@ -162,15 +162,7 @@ impl SignedFreshness {
                 version: root.version,
             });
         }
-        let msg = s.signing_message();
-        let items: Vec<SigItem<'_>> = self
-            .sigs
-            .iter()
-            .map(|sig| SigItem { msg: &msg, sig })
-            .collect();
-        for r in verify_many(&items) {
-            r?;
-        }
+        verify_all(&s.signing_message(), &self.sigs)?;
         let got = distinct_signers(self.sigs.iter().map(|s| &s.key), &root.timestamp_keys);
         let needed = root.timestamp_threshold as usize;
         if got < needed {

@@ -349,6 +349,11 @@ pub struct Replica {
     pending: PendingBuffer,
     /// Policy changes dropped because a rotation did not grandfather them.
     rotated_out: u64,
+    /// The root version whose rotation has been fully enforced on the applied
+    /// policy (its grandfathered history complete here): later old-version
+    /// changes are judged as they arrive, so the pass need not run again
+    /// until the chain advances.
+    rotation_settled: u64,
 }
 
 impl Replica {
@@ -365,6 +370,7 @@ impl Replica {
             statuses: BTreeMap::new(),
             pending: PendingBuffer::default(),
             rotated_out: 0,
+            rotation_settled: 0,
         }
     }
 
@@ -458,7 +464,7 @@ impl Replica {
     /// complete here, so that every replica drops the same changes.
     fn enforce_rotation(&mut self) {
         let current = self.chain.current().version;
-        if current <= self.chain.roots()[0].root.version {
+        if current <= self.chain.roots()[0].root.version || self.rotation_settled == current {
             return;
         }
         let old: Vec<ChangeHash> = self
@@ -468,6 +474,7 @@ impl Replica {
             .copied()
             .collect();
         if old.is_empty() {
+            self.rotation_settled = current;
             return;
         }
         let extra: HashMap<ChangeHash, Vec<ChangeHash>> = self
@@ -481,6 +488,9 @@ impl Replica {
             })
             .unwrap_or_default();
         let cov = self.coverage(&extra);
+        if cov.values().all(|(_, complete)| *complete) {
+            self.rotation_settled = current;
+        }
         let mut drop: HashSet<ChangeHash> = HashSet::new();
         for h in old {
             let v = self.policy_changes[&h].root_version;

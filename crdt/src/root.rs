@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeySignature, PublicKey};
-use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
+use crate::verify::{SignatureError, distinct_signers, verify_all};
 
 const ROOT_CONTEXT: &[u8] = b"dcloud/root/v2\0";
 
@@ -129,13 +129,7 @@ impl TrustRoot {
 
     /// The distinct keys, in first-listed order.
     pub fn distinct_keys(&self) -> Vec<PublicKey> {
-        let mut out: Vec<PublicKey> = Vec::new();
-        for k in &self.keys {
-            if !out.contains(k) {
-                out.push(*k);
-            }
-        }
-        out
+        dedup_keys(&self.keys)
     }
 
     fn check_shape(&self) -> Result<(), RootError> {
@@ -177,7 +171,7 @@ impl TrustRoot {
                 "a timestamp key is also an authority key; they must differ".into(),
             ));
         }
-        let ts_distinct = distinct_count(&self.timestamp_keys);
+        let ts_distinct = dedup_keys(&self.timestamp_keys).len();
         if (ts_distinct == 0) != (self.timestamp_threshold == 0)
             || self.timestamp_threshold as usize > ts_distinct
         {
@@ -190,14 +184,15 @@ impl TrustRoot {
     }
 }
 
-fn distinct_count(keys: &[PublicKey]) -> usize {
-    let mut seen: Vec<&PublicKey> = Vec::new();
+/// `keys` without repeats, in first-listed order.
+fn dedup_keys(keys: &[PublicKey]) -> Vec<PublicKey> {
+    let mut out: Vec<PublicKey> = Vec::new();
     for k in keys {
-        if !seen.contains(&k) {
-            seen.push(k);
+        if !out.contains(k) {
+            out.push(*k);
         }
     }
-    seen.len()
+    out
 }
 
 impl SignedTrustRoot {
@@ -232,18 +227,12 @@ impl SignedTrustRoot {
                 reason: format!("more than {ROOT_SIGNATURES_MAX} signatures"),
             });
         }
-        let msg = self.root.signing_message();
-        let items: Vec<SigItem<'_>> = self
-            .sigs
-            .iter()
-            .map(|sig| SigItem { msg: &msg, sig })
-            .collect();
-        for r in verify_many(&items) {
-            r.map_err(|source| RootError::Signature {
+        verify_all(&self.root.signing_message(), &self.sigs).map_err(|source| {
+            RootError::Signature {
                 version: self.root.version,
                 source,
-            })?;
-        }
+            }
+        })?;
         Ok(self.sigs.iter().map(|s| s.key).collect())
     }
 

@@ -66,6 +66,13 @@ pub fn verify_one(msg: &[u8], sig: &KeySignature) -> Result<(), SignatureError> 
         .map_err(|_| SignatureError::Invalid(sig.key.short()))
 }
 
+/// Verify every signature in `sigs` over the one message `msg` (batched);
+/// the first failure is the error.
+pub fn verify_all(msg: &[u8], sigs: &[KeySignature]) -> Result<(), SignatureError> {
+    let items: Vec<SigItem<'_>> = sigs.iter().map(|sig| SigItem { msg, sig }).collect();
+    verify_many(&items).into_iter().collect()
+}
+
 /// Verify many signatures; the result at index `i` is the verdict on `items[i]`.
 pub fn verify_many(items: &[SigItem<'_>]) -> Vec<Result<(), SignatureError>> {
     let mut results: Vec<Result<(), SignatureError>> = Vec::with_capacity(items.len());
