@@ -127,6 +127,12 @@ pub struct Limits {
     pub pending_changes_max: usize,
     /// Most bytes of changes waiting for their dependencies.
     pub pending_bytes_max: usize,
+    /// Most status changes of one owner waiting for their dependencies (one
+    /// owner cannot push another's out of the buffer).
+    pub pending_per_owner_max: usize,
+    /// Furthest a status epoch may lie ahead of the one held for its owner
+    /// (an owner cannot spend its epoch space in one step).
+    pub status_epoch_jump_max: u32,
     /// Largest value in a status field, bytes.
     pub status_value_size_max_bytes: usize,
 }
@@ -140,6 +146,8 @@ impl Default for Limits {
             status_epoch_changes_max: 64,
             pending_changes_max: 4096,
             pending_bytes_max: 32 << 20,
+            pending_per_owner_max: 64,
+            status_epoch_jump_max: 1 << 20,
             status_value_size_max_bytes: 4 << 10,
         }
     }

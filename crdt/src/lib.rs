@@ -11,6 +11,7 @@
 pub mod change;
 pub mod chunk;
 pub mod freshness;
+pub mod hostile;
 pub mod keys;
 pub mod policy;
 pub mod replica;

@@ -130,16 +130,24 @@ pub enum Rejection {
     /// Authorised, yet automerge refuses to apply it.
     #[error("authorised change cannot be applied: {0}")]
     Unappliable(String),
-    /// The status epoch already holds the most changes allowed.
-    #[error("status epoch {epoch} of {node} is full ({max} changes)")]
-    EpochFull {
+    /// A status epoch too far ahead of the one held for its owner.
+    #[error(
+        "status epoch {epoch} of {node} is more than {max} epochs ahead of epoch {held}, the one held"
+    )]
+    EpochJump {
         /// Owner.
         node: String,
-        /// Epoch.
+        /// The epoch named by the change.
         epoch: u32,
-        /// Bound.
-        max: usize,
+        /// The epoch held.
+        held: u32,
+        /// The bound.
+        max: u32,
     },
+    /// The owner's status changes arrive faster than the rate a replica
+    /// accepts from one owner; brought again later by anti-entropy.
+    #[error("status changes of {0} arrive faster than the per-owner rate; refused for now")]
+    RateLimited(String),
 }
 
 impl Rejection {
@@ -157,7 +165,8 @@ impl Rejection {
             Rejection::Unenrolled(_) => "unenrolled",
             Rejection::Revoked(_) => "revoked",
             Rejection::Schema(_) => "schema",
-            Rejection::EpochFull { .. } => "epoch_full",
+            Rejection::EpochJump { .. } => "epoch_jump",
+            Rejection::RateLimited(_) => "rate_limited",
             Rejection::Fork { .. } => "fork",
             Rejection::Unappliable(_) => "unappliable",
             Rejection::RotatedOut { .. } => "rotated_out",
@@ -166,7 +175,9 @@ impl Rejection {
 
     /// Whether the sender is at fault: it sent something no honest node would
     /// relay (bad signature, malformed, oversized). Unenrolled, revoked and
-    /// unknown-root rejections can be honest races and are not.
+    /// unknown-root rejections can be honest races and are not; nor is any
+    /// rejection that depends on what the receiver holds or when it received
+    /// (epoch jump, rate).
     pub fn is_misbehaviour(&self) -> bool {
         !matches!(
             self,
@@ -177,6 +188,8 @@ impl Rejection {
                 | Rejection::Unappliable(_)
                 // A peer that has not yet heard of the rotation relays it honestly.
                 | Rejection::RotatedOut { .. }
+                | Rejection::EpochJump { .. }
+                | Rejection::RateLimited(_)
         )
     }
 }
@@ -190,7 +203,8 @@ pub enum Outcome {
     Duplicate,
     /// Verified and authorised; waiting for its dependencies.
     Pending,
-    /// For a status epoch older than the one held; ignored.
+    /// For a status epoch older than the one held, or for an epoch that is
+    /// void (it was over-full); ignored.
     Stale,
     /// Refused.
     Rejected(Rejection),
@@ -216,6 +230,11 @@ struct StatusDoc {
     hashes: Vec<ChangeHash>,
     deps: Vec<Vec<ChangeHash>>,
     heads: Vec<ChangeHash>,
+    /// The epoch held more than [`Limits::status_epoch_changes_max`] changes:
+    /// it is void on every replica (no status is read from it), and `changes`
+    /// keeps the first changes beyond the bound as the evidence that voids it
+    /// wherever it is sent.
+    void: bool,
     /// Last-writer-wins clock of each field of [`STATUS_FIELDS`]: (op counter, change hash).
     clocks: [(u64, ChangeHash); STATUS_FIELDS.len()],
     status: NodeStatus,
@@ -229,6 +248,7 @@ impl StatusDoc {
             hashes: Vec::new(),
             deps: Vec::new(),
             heads: Vec::new(),
+            void: false,
             clocks: [(0, ChangeHash([0; 32])); STATUS_FIELDS.len()],
             status: NodeStatus::default(),
         }
@@ -236,6 +256,30 @@ impl StatusDoc {
 
     fn position(&self, h: &ChangeHash) -> Option<usize> {
         self.hashes.iter().position(|x| x == h)
+    }
+
+    /// Sorted heads, as every replica reports them: [`VOID_HEAD`] alone for a
+    /// void epoch, whichever evidence this replica holds.
+    fn reported_heads(&self) -> Vec<ChangeHash> {
+        if self.void {
+            return vec![VOID_HEAD];
+        }
+        let mut h = self.heads.clone();
+        h.sort();
+        h
+    }
+}
+
+/// The heads reported for a void status epoch (one that was over-full): the
+/// same on every replica that voided it, so that such replicas agree without
+/// comparing the evidence each happened to keep. No change has this hash.
+pub const VOID_HEAD: ChangeHash = ChangeHash([0xff; 32]);
+
+/// The owner of a status document.
+fn status_owner(doc: &DocId) -> Option<NodeId> {
+    match doc {
+        DocId::Status { node, .. } => Some(*node),
+        DocId::Policy => None,
     }
 }
 
@@ -261,6 +305,8 @@ struct PendingBuffer {
     count: usize,
     bytes: usize,
     dropped: u64,
+    /// Status changes waiting, per owner.
+    per_owner: HashMap<NodeId, usize>,
 }
 
 impl PendingBuffer {
@@ -280,6 +326,25 @@ impl PendingBuffer {
             .entry(doc)
             .or_default()
             .insert(h, PendingEntry { sc, change });
+        if let Some(owner) = status_owner(&doc) {
+            *self.per_owner.entry(owner).or_default() += 1;
+            // The owner's oldest waiting changes make room: one owner cannot
+            // push another's out.
+            while self.per_owner.get(&owner).copied().unwrap_or(0) > limits.pending_per_owner_max {
+                let Some(i) = self
+                    .order
+                    .iter()
+                    .position(|(d, _)| status_owner(d) == Some(owner))
+                else {
+                    break;
+                };
+                if let Some((d, h)) = self.order.remove(i)
+                    && self.remove(&d, &h).is_some()
+                {
+                    self.dropped += 1;
+                }
+            }
+        }
         while self.count > limits.pending_changes_max || self.bytes > limits.pending_bytes_max {
             let Some((d, h)) = self.order.pop_front() else {
                 break;
@@ -298,7 +363,30 @@ impl PendingBuffer {
         }
         self.count -= 1;
         self.bytes -= e.sc.change.len();
+        self.forget_owner(doc, 1);
         Some(e)
+    }
+
+    /// Entries taken out by document stay in `order` until the bound pops
+    /// them; drop them once they outnumber the live ones, so that the order
+    /// queue stays bounded too.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.count + 64 {
+            let by_doc = &self.by_doc;
+            self.order
+                .retain(|(d, h)| by_doc.get(d).is_some_and(|m| m.contains_key(h)));
+        }
+    }
+
+    fn forget_owner(&mut self, doc: &DocId, n: usize) {
+        if let Some(owner) = status_owner(doc)
+            && let Some(c) = self.per_owner.get_mut(&owner)
+        {
+            *c -= n.min(*c);
+            if *c == 0 {
+                self.per_owner.remove(&owner);
+            }
+        }
     }
 
     fn take_doc(&mut self, doc: &DocId) -> Vec<PendingEntry> {
@@ -308,6 +396,8 @@ impl PendingBuffer {
         let out: Vec<PendingEntry> = m.into_values().collect();
         self.count -= out.len();
         self.bytes -= out.iter().map(|e| e.sc.change.len()).sum::<usize>();
+        self.forget_owner(doc, out.len());
+        self.compact_order();
         out
     }
 
@@ -354,6 +444,9 @@ pub struct Replica {
     /// changes are judged as they arrive, so the pass need not run again
     /// until the chain advances.
     rotation_settled: u64,
+    /// Status changes that waited for dependencies and applied during the
+    /// last ingest (see [`Replica::take_promoted`]).
+    promoted: Vec<(SignedChange, ChangeHash)>,
 }
 
 impl Replica {
@@ -371,6 +464,7 @@ impl Replica {
             pending: PendingBuffer::default(),
             rotated_out: 0,
             rotation_settled: 0,
+            promoted: Vec::new(),
         }
     }
 
@@ -547,6 +641,26 @@ impl Replica {
     /// Verify, authorise and apply a batch of signed changes. The report at index
     /// `i` is the verdict on `batch[i]`.
     pub fn ingest(&mut self, batch: Vec<SignedChange>) -> Vec<Report> {
+        self.ingest_with(batch, &mut |_| true)
+    }
+
+    /// The status changes that had waited for their dependencies (reported
+    /// [`Outcome::Pending`] by an earlier ingest) and applied since the last
+    /// call, with their hashes. Pending status changes are neither stored nor
+    /// forwarded by a node (they may never apply); these are, when they apply.
+    pub fn take_promoted(&mut self) -> Vec<(SignedChange, ChangeHash)> {
+        std::mem::take(&mut self.promoted)
+    }
+
+    /// [`Replica::ingest`], asking `admit` before each status change is
+    /// applied (verified, authorised, dependencies present) whether its owner
+    /// may write one more now: a refusal is [`Rejection::RateLimited`], which
+    /// is no fault of the sender. The engine bounds each owner's rate with it.
+    pub fn ingest_with(
+        &mut self,
+        batch: Vec<SignedChange>,
+        admit: &mut dyn FnMut(&NodeId) -> bool,
+    ) -> Vec<Report> {
         let mut reports: Vec<Report> = batch
             .iter()
             .map(|sc| Report {
@@ -568,7 +682,10 @@ impl Replica {
                         reports[idx].outcome = Outcome::Duplicate;
                     } else if self.is_stale(&sc.doc) {
                         reports[idx].outcome = Outcome::Stale;
-                    } else if let Err(r) = self.check_static(&sc, &change) {
+                    } else if let Err(r) = self
+                        .check_epoch_jump(&sc.doc)
+                        .and_then(|()| self.check_static(&sc, &change))
+                    {
                         reports[idx].outcome = Outcome::Rejected(r);
                     } else {
                         candidates.push(Candidate {
@@ -625,8 +742,26 @@ impl Replica {
         }
         // 3-5. Authorise and apply, policy first: it decides who may write status.
         self.apply_policy(policy_batch, &mut reports);
-        self.apply_status(status_batch, &mut reports);
+        self.apply_status(status_batch, &mut reports, admit);
         reports
+    }
+
+    /// A status epoch may lie at most [`Limits::status_epoch_jump_max`] ahead
+    /// of the one held for its owner (any epoch, when none is held).
+    fn check_epoch_jump(&self, doc: &DocId) -> Result<(), Rejection> {
+        let DocId::Status { node, epoch } = doc else {
+            return Ok(());
+        };
+        let max = self.limits.status_epoch_jump_max;
+        match self.statuses.get(node) {
+            Some(s) if epoch.saturating_sub(s.epoch) > max => Err(Rejection::EpochJump {
+                node: node.short(),
+                epoch: *epoch,
+                held: s.epoch,
+                max,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn parse(&self, sc: &SignedChange) -> Result<Change, Outcome> {
@@ -736,9 +871,10 @@ impl Replica {
     fn is_stale(&self, doc: &DocId) -> bool {
         match doc {
             DocId::Policy => false,
-            DocId::Status { node, epoch } => {
-                self.statuses.get(node).is_some_and(|s| s.epoch > *epoch)
-            }
+            DocId::Status { node, epoch } => self
+                .statuses
+                .get(node)
+                .is_some_and(|s| s.epoch > *epoch || (s.epoch == *epoch && s.void)),
         }
     }
 
@@ -876,7 +1012,12 @@ impl Replica {
         Ok(())
     }
 
-    fn apply_status(&mut self, batch: Vec<Candidate>, reports: &mut [Report]) {
+    fn apply_status(
+        &mut self,
+        batch: Vec<Candidate>,
+        reports: &mut [Report],
+        admit: &mut dyn FnMut(&NodeId) -> bool,
+    ) {
         let mut by_doc: BTreeMap<DocId, Vec<(Option<usize>, SignedChange, Change)>> =
             BTreeMap::new();
         for c in batch {
@@ -896,7 +1037,7 @@ impl Replica {
             for e in self.pending.take_doc(&doc) {
                 list.push((None, e.sc, e.change));
             }
-            self.apply_status_doc(doc, list, reports);
+            self.apply_status_doc(doc, list, reports, admit);
         }
     }
 
@@ -905,11 +1046,12 @@ impl Replica {
         doc: DocId,
         mut waiting: Vec<(Option<usize>, SignedChange, Change)>,
         reports: &mut [Report],
+        admit: &mut dyn FnMut(&NodeId) -> bool,
     ) {
         let DocId::Status { node, epoch } = doc else {
             unreachable!("status document")
         };
-        if self.statuses.get(&node).is_some_and(|s| s.epoch > epoch) {
+        if self.is_stale(&doc) {
             for (idx, _, _) in waiting {
                 if let Some(i) = idx {
                     reports[i].outcome = Outcome::Stale;
@@ -936,20 +1078,41 @@ impl Replica {
                     rest.push((idx, sc, change));
                     continue;
                 }
-                let d = next_doc.get_or_insert_with(|| StatusDoc::new(epoch));
-                if d.changes.len() >= self.limits.status_epoch_changes_max {
+                let void = next_doc.as_ref().is_some_and(|d| d.void);
+                if void {
+                    // Voided by an earlier change of this batch.
                     if let Some(i) = idx {
-                        reports[i].outcome = Outcome::Rejected(Rejection::EpochFull {
-                            node: node.short(),
-                            epoch,
-                            max: self.limits.status_epoch_changes_max,
-                        });
+                        reports[i].outcome = Outcome::Stale;
                     }
                     continue;
                 }
-                apply_status_change(d, sc, &change);
-                if let Some(i) = idx {
-                    reports[i].outcome = Outcome::Applied;
+                if !admit(&node) {
+                    if let Some(i) = idx {
+                        reports[i].outcome =
+                            Outcome::Rejected(Rejection::RateLimited(node.short()));
+                    }
+                    continue;
+                }
+                let d = next_doc.get_or_insert_with(|| StatusDoc::new(epoch));
+                let hash = change.hash();
+                if d.changes.len() >= self.limits.status_epoch_changes_max {
+                    // One change past the bound voids the epoch, on every
+                    // replica alike, whichever changes arrived first: its
+                    // status is no longer read, and the changes held (this one
+                    // among them) are the evidence that voids it elsewhere.
+                    tracing::debug!(node = %node.short(), epoch, "status epoch over-full: void");
+                    d.void = true;
+                    d.status = NodeStatus::default();
+                    d.hashes.push(hash);
+                    d.deps.push(change.deps().to_vec());
+                    d.changes.push(sc.clone());
+                    d.heads.clear();
+                } else {
+                    apply_status_change(d, sc.clone(), &change);
+                }
+                match idx {
+                    Some(i) => reports[i].outcome = Outcome::Applied,
+                    None => self.promoted.push((sc, hash)),
                 }
                 progressed = true;
             }
@@ -969,7 +1132,17 @@ impl Replica {
             }
             self.statuses.insert(node, d);
         }
+        let void = self.is_stale(&doc);
+        if void {
+            self.pending.take_doc(&doc);
+        }
         for (idx, sc, change) in waiting {
+            if void {
+                if let Some(i) = idx {
+                    reports[i].outcome = Outcome::Stale;
+                }
+                continue;
+            }
             if let Some(i) = idx {
                 reports[i].outcome = Outcome::Pending;
             }
@@ -998,13 +1171,25 @@ impl Replica {
     }
 
     /// A node's status and the epoch it was read from.
+    /// `None` when none is held or the epoch held is void.
     pub fn status(&self, node: &NodeId) -> Option<(&NodeStatus, u32)> {
-        self.statuses.get(node).map(|s| (&s.status, s.epoch))
+        self.statuses
+            .get(node)
+            .filter(|s| !s.void)
+            .map(|s| (&s.status, s.epoch))
+    }
+
+    /// The status epoch held for `node`, void or not.
+    pub fn status_epoch(&self, node: &NodeId) -> Option<u32> {
+        self.statuses.get(node).map(|s| s.epoch)
     }
 
     /// Every status held.
     pub fn statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus, u32)> {
-        self.statuses.iter().map(|(n, s)| (n, &s.status, s.epoch))
+        self.statuses
+            .iter()
+            .filter(|(_, s)| !s.void)
+            .map(|(n, s)| (n, &s.status, s.epoch))
     }
 
     /// Every document held, with its heads (sorted).
@@ -1016,14 +1201,12 @@ impl Replica {
             out.push((DocId::Policy, h));
         }
         for (n, s) in &self.statuses {
-            let mut h = s.heads.clone();
-            h.sort();
             out.push((
                 DocId::Status {
                     node: *n,
                     epoch: s.epoch,
                 },
-                h,
+                s.reported_heads(),
             ));
         }
         out
@@ -1037,7 +1220,7 @@ impl Replica {
                 .statuses
                 .get(node)
                 .filter(|s| s.epoch == *epoch)
-                .map(|s| s.heads.clone())
+                .map(StatusDoc::reported_heads)
                 .unwrap_or_default(),
         }
     }

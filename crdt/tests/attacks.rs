@@ -701,3 +701,149 @@ fn actor_without_nonce_is_refused() {
     let why = assert_rejected(&mut r, sc);
     assert!(matches!(why, Rejection::ActorNotAuthor { .. }), "{why}");
 }
+
+/// Every reconciliation step two replicas would take over one document, until
+/// neither has anything the other lacks (bounded). Returns every report.
+fn reconcile(a: &mut Replica, b: &mut Replica, doc: &DocId) -> Vec<dcloud_crdt::Report> {
+    let mut all = Vec::new();
+    for _ in 0..8 {
+        let to_b: Vec<SignedChange> = a
+            .missing_for(doc, &b.heads(doc))
+            .into_iter()
+            .cloned()
+            .collect();
+        let to_a: Vec<SignedChange> = b
+            .missing_for(doc, &a.heads(doc))
+            .into_iter()
+            .cloned()
+            .collect();
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        all.extend(b.ingest(to_b));
+        all.extend(a.ingest(to_a));
+    }
+    all
+}
+
+fn misbehaviour(reports: &[dcloud_crdt::Report]) -> Vec<String> {
+    reports
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Rejected(why) if why.is_misbehaviour() => Some(why.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn over_full_epoch_is_void_on_every_replica_whatever_the_arrival_order() {
+    // Issue 10: one node signs 100 sibling changes of one status epoch and
+    // hands different 64-subsets to different neighbours.
+    let (fleet, mut a, enrol) = setup();
+    let mut b = fleet.replica();
+    b.ingest(vec![enrol.clone()]);
+    let max = dcloud_crdt::Limits::default().status_epoch_changes_max;
+    let all = dcloud_crdt::hostile::sibling_status_changes(&fleet.nodes[0], 1, 100, 7);
+    let doc = all[0].doc;
+    let to_a: Vec<SignedChange> = all[..max].to_vec();
+    let mut to_b = vec![all[0].clone()];
+    to_b.extend(all[all.len() - (max - 1)..].iter().cloned());
+    let mut reports = a.ingest(to_a);
+    reports.extend(b.ingest(to_b));
+    assert_eq!(misbehaviour(&reports), Vec::<String>::new());
+    reports = reconcile(&mut a, &mut b, &doc);
+    assert_eq!(
+        misbehaviour(&reports),
+        Vec::<String>::new(),
+        "an over-full epoch is no relay's fault"
+    );
+    assert_eq!(a.docs(), b.docs(), "the two replicas agree");
+    assert!(a.status(&fleet.node(0)).is_none(), "the epoch is void");
+    assert!(b.status(&fleet.node(0)).is_none(), "the epoch is void");
+    // A third replica given all 101 in reverse order agrees with them.
+    let mut c = fleet.replica();
+    c.ingest(vec![enrol]);
+    let mut rev = all.clone();
+    rev.reverse();
+    assert_eq!(misbehaviour(&c.ingest(rev)), Vec::<String>::new());
+    assert_eq!(c.docs(), a.docs());
+    // The owner's next epoch replaces the void one as usual.
+    let next = dcloud_crdt::StatusWriter::new(fleet.nodes[0].clone(), 2, 16).heartbeat();
+    assert_eq!(a.ingest(vec![next])[0].outcome, Outcome::Applied);
+    assert_eq!(a.status(&fleet.node(0)).unwrap().1, 2);
+}
+
+#[test]
+fn far_future_pending_flood_does_not_push_out_honest_pending_changes() {
+    // Issue 10: 10,000 status changes of one node, each for a new epoch whose
+    // first change is withheld.
+    let (fleet, mut r, _) = setup();
+    let mut w = fleet.writer(1, 16);
+    let first = w
+        .update(&NodeStatus {
+            name: "first".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let second = w
+        .update(&NodeStatus {
+            name: "second".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.ingest(vec![second])[0].outcome, Outcome::Pending);
+    let flood = dcloud_crdt::hostile::far_future_pending(&fleet.nodes[0], 2, 10_000, 5);
+    for part in flood.chunks(500) {
+        let reports = r.ingest(part.to_vec());
+        assert_eq!(misbehaviour(&reports), Vec::<String>::new());
+    }
+    let per_owner = dcloud_crdt::Limits::default().pending_per_owner_max;
+    assert!(
+        r.stats().pending <= per_owner + 1,
+        "{} changes pending, over {per_owner} of the flooder and 1 honest",
+        r.stats().pending
+    );
+    // The honest change that waited is still there: its dependency applies it.
+    assert_eq!(r.ingest(vec![first])[0].outcome, Outcome::Applied);
+    assert_eq!(r.status(&fleet.node(1)).unwrap().0.name, "second");
+    let promoted = r.take_promoted();
+    assert_eq!(
+        promoted.len(),
+        1,
+        "the waiting change is reported as applied"
+    );
+}
+
+#[test]
+fn status_epoch_far_ahead_is_refused_without_blame() {
+    let (fleet, mut r, _) = setup();
+    assert_eq!(
+        r.ingest(vec![status_change(&fleet, 0)])[0].outcome,
+        Outcome::Applied
+    );
+    let jump = dcloud_crdt::Limits::default().status_epoch_jump_max;
+    let far = dcloud_crdt::StatusWriter::new(fleet.nodes[0].clone(), 1 + jump + 1, 16).heartbeat();
+    let why = assert_rejected(&mut r, far);
+    assert!(matches!(why, Rejection::EpochJump { .. }), "{why}");
+    assert!(!why.is_misbehaviour());
+    let near = dcloud_crdt::StatusWriter::new(fleet.nodes[0].clone(), 1 + jump, 16).heartbeat();
+    assert_eq!(r.ingest(vec![near])[0].outcome, Outcome::Applied);
+}
+
+#[test]
+fn rate_refusal_is_typed_blameless_and_changes_nothing() {
+    let (fleet, mut r, _) = setup();
+    let before = fingerprint(&r);
+    let rep = r.ingest_with(vec![status_change(&fleet, 0)], &mut |_| false);
+    assert!(
+        matches!(
+            &rep[0].outcome,
+            Outcome::Rejected(Rejection::RateLimited(_))
+        ),
+        "{:?}",
+        rep[0].outcome
+    );
+    assert!(!matches!(&rep[0].outcome, Outcome::Rejected(w) if w.is_misbehaviour()));
+    assert_eq!(before, fingerprint(&r));
+}

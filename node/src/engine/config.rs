@@ -58,6 +58,13 @@ pub struct EngineConfig {
     pub announcers_max: usize,
     /// Most of this node's own status changes kept while it is not yet enrolled.
     pub own_unpublished_max: usize,
+    /// Status changes of one owner applied at once before its rate bound
+    /// applies (an epoch's worth: a node catching up receives a whole epoch).
+    pub status_owner_burst: u32,
+    /// One more status change of an owner is applied per this interval beyond
+    /// the burst; changes over the rate are refused without blame to the
+    /// relay (`rate_limited`) and come again with anti-entropy. 0: no bound.
+    pub status_owner_refill_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +101,8 @@ impl Default for EngineConfig {
             missing_max: 8192,
             announcers_max: 4,
             own_unpublished_max: 64,
+            status_owner_burst: 64,
+            status_owner_refill_ms: 1_000,
         }
     }
 }

@@ -127,7 +127,45 @@ pub struct Engine {
     repairing: bool,
     graft_timer_at: Option<Millis>,
     freshness: Option<SignedFreshness>,
+    /// Each status owner's allowance of applied changes (see
+    /// [`EngineConfig::status_owner_burst`]).
+    owner_rates: OwnerRates,
     stats: EngineStats,
+}
+
+/// A token bucket per status owner: `burst` changes at once, one more every
+/// `refill_ms`. Owners are enrolled nodes (the replica asks only after
+/// authorising), so the map is bounded by the fleet.
+#[derive(Debug, Default)]
+struct OwnerRates {
+    buckets: HashMap<NodeId, (u32, Millis)>,
+}
+
+impl OwnerRates {
+    fn take(&mut self, owner: NodeId, now: Millis, burst: u32, refill_ms: u64) -> bool {
+        if refill_ms == 0 {
+            return true;
+        }
+        let (tokens, at) = self.buckets.entry(owner).or_insert((burst, now));
+        if now > *at {
+            let earned = (now - *at) / refill_ms;
+            if earned > 0 {
+                *tokens = u32::try_from(u64::from(*tokens) + earned)
+                    .unwrap_or(u32::MAX)
+                    .min(burst);
+                *at += earned * refill_ms;
+            }
+        }
+        if *tokens >= burst {
+            // A full bucket does not bank time.
+            *at = now;
+        }
+        if *tokens == 0 {
+            return false;
+        }
+        *tokens -= 1;
+        true
+    }
 }
 
 /// The owner of a status document: the root of its dissemination tree.
@@ -185,6 +223,7 @@ impl Engine {
             repairing: false,
             graft_timer_at: None,
             freshness: None,
+            owner_rates: OwnerRates::default(),
             stats: EngineStats::default(),
         };
         let mut out = vec![Output::SetTimer {
@@ -654,10 +693,19 @@ impl Engine {
             if let DocId::Status { node, .. } = c.doc {
                 epochs_before
                     .entry(node)
-                    .or_insert_with(|| self.replica.status(&node).map(|(_, e)| e));
+                    .or_insert_with(|| self.replica.status_epoch(&node));
             }
         }
-        let reports = self.replica.ingest(changes.clone());
+        let me = self.id;
+        let rates = &mut self.owner_rates;
+        let (burst, refill) = (
+            self.config.status_owner_burst,
+            self.config.status_owner_refill_ms,
+        );
+        let reports = self.replica.ingest_with(changes.clone(), &mut |owner| {
+            *owner == me || rates.take(*owner, now, burst, refill)
+        });
+        let promoted = self.replica.take_promoted();
         let mut new = Vec::new();
         let mut tree_dup_origins = BTreeSet::new();
         let mut touched: BTreeSet<DocId> = BTreeSet::new();
@@ -672,6 +720,16 @@ impl Engine {
             };
             self.stats.change_bytes_received += size;
             match &r.outcome {
+                Outcome::Pending if sc.doc != DocId::Policy => {
+                    // Neither stored nor forwarded: it may never apply (its
+                    // dependency withheld), and a node that sends thousands
+                    // must not fill every disk. It is, once it applies.
+                    self.stats.changes_pending += 1;
+                    incomplete.insert(sc.doc);
+                    if let Some(h) = r.hash {
+                        self.missing.remove(&short_id(&h));
+                    }
+                }
                 Outcome::Applied | Outcome::Pending => {
                     self.stats.new_change_bytes_received += size;
                     if r.outcome == Outcome::Applied {
@@ -724,13 +782,23 @@ impl Engine {
                 }
             }
         }
+        for (sc, hash) in promoted {
+            self.stats.changes_applied += 1;
+            touched.insert(sc.doc);
+            if let DocId::Status { node, .. } = sc.doc {
+                self.last_heard.insert(node, now);
+            }
+            let id = ChangeId::new(sc.doc, hash);
+            self.remember(id, now, eager);
+            new.push((id, sc));
+        }
         if !new.is_empty() {
             out.push(Output::Persist(Persist::Changes(
                 new.iter().map(|(_, c)| c.clone()).collect(),
             )));
         }
         for (node, before) in epochs_before {
-            if let Some((_, epoch)) = self.replica.status(&node)
+            if let Some(epoch) = self.replica.status_epoch(&node)
                 && before.is_some_and(|b| b < epoch)
             {
                 out.push(Output::Persist(Persist::DropStatusBefore { node, epoch }));
@@ -740,7 +808,7 @@ impl Engine {
             match doc {
                 DocId::Policy => {}
                 DocId::Status { node, .. } => {
-                    if let Some((_, epoch)) = self.replica.status(&node) {
+                    if let Some(epoch) = self.replica.status_epoch(&node) {
                         let d = DocId::Status { node, epoch };
                         let heads = self.replica.heads(&d);
                         self.index.set(d, heads, now);

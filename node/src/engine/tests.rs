@@ -597,3 +597,121 @@ fn a_freshness_statement_signed_by_a_non_timestamp_key_is_penalised() {
         && matches!(o, Output::Event(Event::PeerMisbehaved { peer, reason })
             if *peer == a && reason.contains("freshness"))));
 }
+
+/// Hand `changes` to node 0 as an eager push from node 1; return node 0's outputs.
+fn push_from_1(f: &mut Fleet, changes: Vec<SignedChange>) -> Vec<Output> {
+    let (a, b) = (f.id(0), f.id(1));
+    let bytes = Message::Changes {
+        push: Push::Eager,
+        changes,
+    }
+    .encode();
+    let e = f.engines.get_mut(&a).unwrap();
+    e.handle(Input::Message { from: b, bytes }, f.now, &mut f.rng)
+}
+
+fn misbehaved(outs: &[Output]) -> Vec<String> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::PeerMisbehaved { reason, .. }) => Some(reason.clone()),
+            Output::Disconnect { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn far_future_pending_flood_is_neither_stored_nor_forwarded() {
+    // Issue 10: 10,000 status changes for far-future epochs whose first
+    // change is withheld. None can apply: none reaches the store or a peer,
+    // and the store stays at its bound, before and after reopen.
+    let mut f = Fleet::new(3, 0, true, EngineConfig::default());
+    f.run();
+    let a = f.id(0);
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let (mut store, _) =
+        crate::store::Store::open(dir.path(), limits.encoded_change_size_max_bytes()).unwrap();
+    let flood = dcloud_crdt::hostile::far_future_pending(&f.keys[1], 2, 10_000, 9);
+    let (mut persisted, mut forwarded) = (0usize, 0usize);
+    for part in flood.chunks(500) {
+        let outs = push_from_1(&mut f, part.to_vec());
+        assert_eq!(misbehaved(&outs), Vec::<String>::new());
+        for o in outs {
+            match o {
+                Output::Persist(Persist::Changes(cs)) => {
+                    persisted += cs.len();
+                    store.put_changes(&cs).unwrap();
+                }
+                Output::Send { to, bytes } if to != f.id(1) => {
+                    if let Ok(Message::Changes { changes, .. }) =
+                        Message::decode(&bytes, &EngineConfig::default().wire)
+                    {
+                        forwarded += changes.len();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    store.flush().unwrap();
+    assert_eq!(persisted, 0, "pending changes were persisted");
+    assert_eq!(forwarded, 0, "pending changes were forwarded");
+    let pending = f.engines[&a].replica().stats().pending;
+    assert!(
+        pending <= limits.pending_per_owner_max,
+        "{pending} pending, over the per-owner bound {}",
+        limits.pending_per_owner_max
+    );
+    let size = store.size_on_disk();
+    drop(store);
+    let (store, loaded) =
+        crate::store::Store::open(dir.path(), limits.encoded_change_size_max_bytes()).unwrap();
+    assert!(
+        loaded.changes.is_empty(),
+        "{} changes stored",
+        loaded.changes.len()
+    );
+    println!(
+        "far-future flood: 10,000 changes, {pending} pending in memory, 0 stored (sled files {size} B before and {} B after reopen)",
+        store.size_on_disk()
+    );
+}
+
+#[test]
+fn status_over_the_owner_rate_is_refused_without_blame_and_applies_later() {
+    // Issue 10: one owner's changes beyond its burst are refused (counted as
+    // rate_limited), the relay is not penalised, and they apply once the
+    // owner's allowance refills.
+    let config = EngineConfig::default();
+    let burst = config.status_owner_burst as usize;
+    let mut f = Fleet::new(2, 0, true, config.clone());
+    f.run();
+    let a = f.id(0);
+    let mut w = StatusWriter::new(f.keys[1].clone(), 10, 48);
+    let changes: Vec<SignedChange> = (0..burst + 40)
+        .map(|i| {
+            w.update(&NodeStatus {
+                name: format!("s{i}"),
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let outs = push_from_1(&mut f, changes.clone());
+    assert_eq!(misbehaved(&outs), Vec::<String>::new());
+    let refused = f.engines[&a].stats().rejected.get("rate_limited").copied();
+    assert!(refused.is_some_and(|n| n > 0), "{refused:?}");
+    assert_ne!(
+        f.engines[&a].replica().status(&f.id(1)).unwrap().0.name,
+        format!("s{}", burst + 39)
+    );
+    // Later, the same changes again (as anti-entropy would bring them).
+    f.now += (burst as u64 + 40) * config.status_owner_refill_ms;
+    let outs = push_from_1(&mut f, changes);
+    assert_eq!(misbehaved(&outs), Vec::<String>::new());
+    assert_eq!(
+        f.engines[&a].replica().status(&f.id(1)).unwrap().0.name,
+        format!("s{}", burst + 39)
+    );
+}
