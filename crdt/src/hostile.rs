@@ -77,3 +77,16 @@ pub fn far_future_pending(
         })
         .collect()
 }
+
+/// A status change of `key` whose bytes are a compressed (deflate) automerge
+/// chunk, validly signed over the change's hash: the shape of a decompression
+/// bomb (a large one inflates a few MiB into gigabytes). Replicas refuse
+/// compressed change chunks from the network before inflating anything.
+pub fn compressed_status_change(key: &SecretKey, epoch: u32, seed: u64) -> SignedChange {
+    let mut doc = Automerge::new().with_actor(actor_with_nonce(&key.public(), nonce(seed, 0)));
+    let filler = "0".repeat(4000);
+    let mut change = commit(&mut doc, "health", &filler);
+    let mut sc = SignedChange::sign(status_doc(key, epoch), 0, &change, key);
+    sc.change = change.bytes().into_owned();
+    sc
+}

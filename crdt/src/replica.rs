@@ -423,6 +423,8 @@ pub struct ReplicaStats {
     pub pending: usize,
     /// Pending changes dropped at the bound, ever.
     pub pending_dropped: u64,
+    /// Status documents held whose epoch is void (over-full).
+    pub void_epochs: usize,
 }
 
 /// All documents a node holds.
@@ -1309,6 +1311,7 @@ impl Replica {
             change_bytes: bytes,
             pending: self.pending.count,
             pending_dropped: self.pending.dropped,
+            void_epochs: self.statuses.values().filter(|s| s.void).count(),
         }
     }
 }

@@ -99,6 +99,11 @@ pub struct Report {
     pub misbehaviour_events: u64,
     /// Disconnects asked for by engines.
     pub disconnects: u64,
+    /// Most changes waiting for dependencies on any honest node, at the
+    /// memory checks (taken while malicious nodes act).
+    pub peak_pending: usize,
+    /// Most void (over-full) status epochs one honest node held at once.
+    pub void_epochs: usize,
     /// Safety checker findings.
     pub safety_violations: Vec<String>,
     /// Liveness checker finding.
@@ -174,8 +179,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "rejected: {:?}  malformed messages: {}  misbehaviour events: {}  disconnects: {}",
-            self.rejected, self.malformed_messages, self.misbehaviour_events, self.disconnects
+            "rejected: {:?}  malformed messages: {}  misbehaviour events: {}  disconnects: {}  peak pending: {}  void epochs: {}",
+            self.rejected,
+            self.malformed_messages,
+            self.misbehaviour_events,
+            self.disconnects,
+            self.peak_pending,
+            self.void_epochs
         );
         if self.safety_violations.is_empty() {
             let _ = writeln!(s, "safety: ok");

@@ -179,6 +179,22 @@ pub struct Malicious {
     /// Never relay changes (but announce and reconcile as if it did).
     #[serde(default)]
     pub withhold: bool,
+    /// Send a compressed (deflate) status change, the shape of a
+    /// decompression bomb, to every peer.
+    #[serde(default)]
+    pub bomb: bool,
+    /// Sign a fresh status epoch of 100 sibling changes and hand each peer a
+    /// different 64-subset (the over-full epoch that split honest nodes).
+    #[serde(default)]
+    pub epoch_splitter: bool,
+    /// Send this many status changes per interval for new far-future epochs
+    /// whose first change is withheld (they can never apply).
+    #[serde(default)]
+    pub far_future_flood: usize,
+    /// Stop acting at this time (None: until the end). Attacks that create
+    /// valid documents must stop for the honest nodes to agree on them.
+    #[serde(default)]
+    pub until_ms: Option<u64>,
     /// How often it acts.
     #[serde(default = "default_malice_interval")]
     pub interval_ms: u64,
@@ -355,6 +371,12 @@ impl Scenario {
             }
             if m.interval_ms == 0 {
                 return bad(format!("malicious {i}: interval_ms must be > 0"));
+            }
+            if m.far_future_flood > 1000 {
+                return bad(format!(
+                    "malicious {i}: far_future_flood {} over 1000 (one message per interval)",
+                    m.far_future_flood
+                ));
             }
             if self.enrolled.is_some_and(|e| m.node >= e) {
                 return bad(format!(

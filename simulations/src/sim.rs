@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use dcloud_crdt::change::actor_with_nonce;
+use dcloud_crdt::hostile;
 use dcloud_crdt::{
     ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
     SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
@@ -190,6 +191,11 @@ pub struct Sim {
     events: u64,
     misbehaved_events: u64,
     disconnects: u64,
+    malice_ticks: u64,
+    /// Most void status epochs held by one honest node at a memory check.
+    void_seen: usize,
+    /// Most changes pending on any honest node at a memory check.
+    peak_pending: usize,
     counters_reset_at: u64,
     trace: Option<usize>,
 }
@@ -476,6 +482,9 @@ impl Sim {
             events: 0,
             misbehaved_events: 0,
             disconnects: 0,
+            malice_ticks: 0,
+            void_seen: 0,
+            peak_pending: 0,
             counters_reset_at: 0,
             trace: None,
             sc,
@@ -766,8 +775,11 @@ impl Sim {
             }
             Ev::Malice(m) => {
                 self.malice(m);
+                self.check_memory();
                 let at = self.now + self.sc.malicious[m].interval_ms;
-                self.push(at, Ev::Malice(m));
+                if self.sc.malicious[m].until_ms.is_none_or(|u| at <= u) {
+                    self.push(at, Ev::Malice(m));
+                }
             }
             Ev::ResetCounters => {
                 self.counters_reset_at = self.now;
@@ -941,9 +953,19 @@ impl Sim {
                         },
                     );
                 }
-                Output::Disconnect { peer, .. } => {
+                Output::Disconnect { peer, reason } => {
                     self.disconnects += 1;
                     if let Some(&b) = self.index.get(&peer) {
+                        if self.slots[i].honest
+                            && self.slots[b].honest
+                            && self.enrolled[i]
+                            && self.enrolled[b]
+                        {
+                            self.safety.push(Violation(format!(
+                                "honest node {i} disconnected honest node {b} at {} ms: {reason}",
+                                self.now
+                            )));
+                        }
                         let key = (i.min(b), i.max(b));
                         if self.down_links.insert(key) && self.live(b) {
                             let me = self.slots[i].key.public();
@@ -978,7 +1000,18 @@ impl Sim {
                 heads.sort();
                 self.slots[i].heads = heads;
             }
-            Event::PeerMisbehaved { .. } => self.misbehaved_events += 1,
+            Event::PeerMisbehaved { peer, reason } => {
+                self.misbehaved_events += 1;
+                if let Some(&b) = self.index.get(&peer)
+                    && self.slots[i].honest
+                    && self.slots[b].honest
+                {
+                    self.safety.push(Violation(format!(
+                        "honest node {i} blamed honest node {b} at {} ms: {reason}",
+                        self.now
+                    )));
+                }
+            }
             Event::PeerNotAdmitted { .. } | Event::Published { .. } => {}
         }
     }
@@ -1165,6 +1198,36 @@ impl Sim {
         {
             batch.extend(e.replica().all_changes().take(16).cloned());
         }
+        // Epochs of the hostile status documents: above this node's own
+        // (within the replicas' jump bound), a fresh one each time.
+        self.malice_ticks += 1;
+        let tick = self.malice_ticks as u32;
+        if spec.bomb {
+            batch.push(hostile::compressed_status_change(
+                &key,
+                100 + tick,
+                self.nonces.random(),
+            ));
+        }
+        if spec.far_future_flood > 0 {
+            let from = 200_000 + tick * spec.far_future_flood as u32;
+            batch.extend(hostile::far_future_pending(
+                &key,
+                from,
+                spec.far_future_flood,
+                self.nonces.random(),
+            ));
+        }
+        let mut per_peer: Vec<Vec<SignedChange>> = vec![Vec::new(); peers.len()];
+        if spec.epoch_splitter {
+            let max = self.limits.status_epoch_changes_max;
+            let all = hostile::sibling_status_changes(&key, 100 + tick, 100, self.nonces.random());
+            for (j, subset) in per_peer.iter_mut().enumerate() {
+                let off = 1 + (j * 17) % (all.len() - max);
+                subset.push(all[0].clone());
+                subset.extend(all[off..off + max - 1].iter().cloned());
+            }
+        }
         let mut msgs: Vec<Vec<u8>> = Vec::new();
         if !batch.is_empty() {
             msgs.push(
@@ -1181,9 +1244,47 @@ impl Sim {
             junk[0] = 1;
             msgs.push(junk);
         }
-        for b in peers {
+        for (j, b) in peers.into_iter().enumerate() {
             for msg in &msgs {
                 self.transmit(i, b, msg.clone());
+            }
+            let own = std::mem::take(&mut per_peer[j]);
+            if !own.is_empty() {
+                let msg = Message::Changes {
+                    push: Push::Eager,
+                    changes: own,
+                }
+                .encode();
+                self.transmit(i, b, msg);
+            }
+        }
+    }
+
+    /// Memory bound: every honest replica holds at most
+    /// `status_epoch_changes_max + 1` changes per status document (the +1 is
+    /// the evidence of a void epoch) and at most the pending bound; recorded
+    /// as peaks for the report, and a violation past the bound.
+    fn check_memory(&mut self) {
+        let per_doc = self.limits.status_epoch_changes_max + 1;
+        for i in 0..self.slots.len() {
+            let Some(e) = &self.slots[i].engine else {
+                continue;
+            };
+            if !self.slots[i].honest {
+                continue;
+            }
+            let r = e.replica();
+            let st = r.stats();
+            let policy = r.policy_changes().len();
+            let status_changes = st.changes - policy;
+            self.peak_pending = self.peak_pending.max(st.pending);
+            self.void_seen = self.void_seen.max(st.void_epochs);
+            let bound_pending = self.limits.pending_changes_max;
+            if st.pending > bound_pending || status_changes > per_doc * st.status_docs {
+                self.safety.push(Violation(format!(
+                    "node {i} at {} ms holds {} status changes over {} documents and {} pending: over the bounds ({per_doc} per document, {bound_pending} pending)",
+                    self.now, status_changes, st.status_docs, st.pending
+                )));
             }
         }
     }
@@ -1406,6 +1507,8 @@ impl Sim {
             malformed_messages: total.malformed_messages,
             misbehaviour_events: self.misbehaved_events,
             disconnects: self.disconnects,
+            peak_pending: self.peak_pending,
+            void_epochs: self.void_seen,
             safety_violations: self.safety.iter().map(|v| v.0.clone()).collect(),
             liveness_failure: liveness.as_ref().map(|v| v.0.clone()),
             link_model_violations: self.model.iter().map(|v| v.0.clone()).collect(),

@@ -87,6 +87,20 @@ fn malicious_nodes_are_contained() {
     assert!(r.report.malformed_messages > 0);
     assert!(r.report.disconnects > 0);
     assert!(r.report.rejected.values().sum::<u64>() > 0);
+    // Issue 10: the epoch splitter's over-full epoch was voided (no honest
+    // node blamed or cut off another: that is a safety violation, checked by
+    // r.ok()), the far-future flood stayed within the pending bound, and the
+    // splitter's changes over the per-owner rate were refused without blame.
+    assert!(r.report.void_epochs > 0, "no epoch was voided");
+    let limits = dcloud_crdt::Limits::default();
+    assert!(r.report.peak_pending <= limits.pending_changes_max);
+    assert!(
+        r.report
+            .rejected
+            .get("rate_limited")
+            .is_some_and(|n| *n > 0)
+    );
+    assert!(r.report.rejected.get("malformed").is_some_and(|n| *n > 0));
 }
 
 #[test]

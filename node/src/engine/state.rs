@@ -407,7 +407,13 @@ impl Engine {
         match msg {
             Message::Changes { push, changes } => {
                 let a = self.absorb(Some(from), changes, push == Push::Eager, now, out);
-                let dups = a.reports.len() - a.new.len();
+                // Not new: everything but what applied or now waits (`new`
+                // also holds earlier changes that this batch let apply).
+                let dups = a
+                    .reports
+                    .iter()
+                    .filter(|r| !matches!(r.outcome, Outcome::Applied | Outcome::Pending))
+                    .count();
                 match push {
                     Push::Eager => self.stats.eager_changes_received += a.reports.len() as u64,
                     Push::Reply => {
