@@ -547,7 +547,8 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
         body["error"].as_str().unwrap().contains("signature by"),
         "{body}"
     );
-    // Tampered change bytes under valid signatures.
+    // Tampered change bytes under valid signatures: no longer a well-formed
+    // change (its checksum fails), so the request itself is bad: 400, named.
     let mut tampered = change(&[&a, &b]);
     let last = tampered.change.len() - 1;
     tampered.change[last] ^= 1;
@@ -558,7 +559,11 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
         }
         .encode(),
     );
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("malformed change"),
+        "{body}"
+    );
     // A trust root v2 signed only by keys outside v1.
     let rogue = dcloud_crdt::SignedTrustRoot::sign(
         dcloud_crdt::TrustRoot {

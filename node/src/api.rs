@@ -287,6 +287,7 @@ async fn publish(State(h): State<Handle>, body: Bytes) -> Response {
     };
     match h.ask(|tx| Command::Publish(bundle, tx)).await {
         Ok(Ok(v)) if v.accepted => Json(v).into_response(),
+        Ok(Ok(v)) if v.malformed => (StatusCode::BAD_REQUEST, Json(v)).into_response(),
         Ok(Ok(v)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response(),
         Ok(Err(e)) | Err(e) => gone(e),
     }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use dcloud_crdt::root::{TrustChain, decode_chain};
 use dcloud_crdt::status::{EPOCH_CHANGES_DEFAULT, HealthCheck};
 use dcloud_crdt::{
-    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, Replica, SecretKey,
+    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, Rejection, Replica, SecretKey,
     SignedFreshness, StatusWriter,
 };
 use futures::StreamExt;
@@ -1486,9 +1486,9 @@ impl Daemon {
     }
 }
 
-fn publish_view(root_errors: Vec<String>, reports: &[dcloud_crdt::Report]) -> PublishView {
+fn publish_view(root_errors: Vec<String>, reports_in: &[dcloud_crdt::Report]) -> PublishView {
     let mut error = root_errors.first().cloned();
-    let reports: Vec<ReportView> = reports
+    let reports: Vec<ReportView> = reports_in
         .iter()
         .map(|r| {
             let hash = r.hash.map(|h| hex::encode(h.0));
@@ -1514,10 +1514,21 @@ fn publish_view(root_errors: Vec<String>, reports: &[dcloud_crdt::Report]) -> Pu
             }
         })
         .collect();
+    let malformed = reports_in.iter().any(|r| {
+        matches!(
+            r.outcome,
+            Outcome::Rejected(
+                Rejection::Malformed(_)
+                    | Rejection::TooLarge { .. }
+                    | Rejection::SignatureCount { .. }
+            )
+        )
+    });
     PublishView {
         accepted: error.is_none(),
         error,
         root_errors,
         reports,
+        malformed,
     }
 }

@@ -242,6 +242,11 @@ pub struct PublishView {
     pub root_errors: Vec<String>,
     /// One per change.
     pub reports: Vec<ReportView>,
+    /// Some change's bytes are not a well-formed, bounded change (malformed,
+    /// oversized, compressed, over-signed): the request itself is bad, and the
+    /// API answers 400 rather than 422.
+    #[serde(default)]
+    pub malformed: bool,
 }
 
 /// Hex of change hashes.
