@@ -620,6 +620,7 @@ fn misbehaved(outs: &[Output]) -> Vec<String> {
         .collect()
 }
 
+#[cfg(feature = "daemon")]
 #[test]
 fn far_future_pending_flood_is_neither_stored_nor_forwarded() {
     // Issue 10: 10,000 status changes for far-future epochs whose first
