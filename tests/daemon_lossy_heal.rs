@@ -12,11 +12,12 @@
 //!
 //! Loss: `tc qdisc ... netem loss 20%` needs `sch_netem`, which kernels built
 //! without it (and without module support, like the one this was written on)
-//! do not have; the test uses the equivalent nftables rule on each node's
-//! egress instead (`numgen random mod 100 < 20 drop`: each packet dropped
+//! do not have; the test uses the equivalent nftables rule on every frame a
+//! node sends instead (`numgen random mod 100 < 20 drop`: each packet dropped
 //! with probability 1/5, independently, like netem's uncorrelated loss). The
 //! API port is exempt so that the test's own polling measures the daemons,
-//! not its retransmissions.
+//! not its retransmissions. Loss and split are dropped on the test's bridge,
+//! so that to the sending TCP they are loss in the network, as with netem.
 //!
 //! Needs root, iproute2 and nftables; skipped with a printed reason otherwise.
 //! Every process is SIGKILLed and every namespace deleted when the test ends,
@@ -155,7 +156,7 @@ impl Net {
             let ns = format!("{}n{i}", net.prefix);
             ip(&["netns", "add", &ns])?;
             net.nodes.push(ns.clone());
-            let (a, b) = (format!("{}a{i}", net.prefix), Net::veth(&net.prefix, i));
+            let (a, b) = (net.hub_port(i), Net::veth(&net.prefix, i));
             ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
             ip(&["link", "set", &a, "netns", &net.hub])?;
             ip(&["link", "set", &b, "netns", &ns])?;
@@ -177,46 +178,57 @@ impl Net {
         format!("{prefix}b{i}")
     }
 
-    /// Random egress loss on node `i`'s link (the API's answers exempt).
-    fn lossy(&self, i: usize) -> Result<(), String> {
-        let dev = Net::veth(&self.prefix, i);
+    fn hub_port(&self, i: usize) -> String {
+        format!("{}a{i}", self.prefix)
+    }
+
+    /// Random loss of what every node sends (the API's answers exempt),
+    /// dropped on the bridge: to the sender's TCP it is loss in the network.
+    /// (A rule in the sender's own output hook would fail the send locally,
+    /// which TCP retries every 500 ms without backing off: not loss.)
+    fn lossy(&self) -> Result<(), String> {
+        let ports: Vec<String> = (0..N).map(|i| format!("\"{}\"", self.hub_port(i))).collect();
         nft(
-            &self.nodes[i],
+            &self.hub,
             &format!(
-                "table inet lossy {{
-                   chain out {{
-                     type filter hook output priority 0; policy accept;
-                     oifname \"{dev}\" tcp sport {API_PORT} accept
-                     oifname \"{dev}\" numgen random mod 100 < {LOSS_PERCENT} drop
+                "table bridge lossy {{
+                   chain through {{
+                     type filter hook forward priority 0; policy accept;
+                     iifname {{ {ports} }} tcp sport {API_PORT} accept
+                     iifname {{ {ports} }} numgen random mod 100 < {LOSS_PERCENT} drop
+                   }}
+                 }}",
+                ports = ports.join(", ")
+            ),
+        )
+    }
+
+    /// Split the nodes into `a` and `b` on the bridge: frames between the
+    /// sides are dropped, silently, like a network that went away.
+    fn split(&self, a: &[usize], b: &[usize]) -> Result<(), String> {
+        let set = |v: &[usize]| {
+            v.iter()
+                .map(|i| format!("\"{}\"", self.hub_port(*i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (a, b) = (set(a), set(b));
+        nft(
+            &self.hub,
+            &format!(
+                "table bridge split {{
+                   chain through {{
+                     type filter hook forward priority -10; policy accept;
+                     iifname {{ {a} }} oifname {{ {b} }} drop
+                     iifname {{ {b} }} oifname {{ {a} }} drop
                    }}
                  }}"
             ),
         )
     }
 
-    /// Cut node `i` off from `others` (packets dropped both ways).
-    fn split(&self, i: usize, others: &[usize]) -> Result<(), String> {
-        let set: Vec<String> = others.iter().map(|j| Net::addr(*j)).collect();
-        let set = set.join(", ");
-        nft(
-            &self.nodes[i],
-            &format!(
-                "table inet split {{
-                   chain in {{
-                     type filter hook input priority -10; policy accept;
-                     ip saddr {{ {set} }} drop
-                   }}
-                   chain out {{
-                     type filter hook output priority -10; policy accept;
-                     ip daddr {{ {set} }} drop
-                   }}
-                 }}"
-            ),
-        )
-    }
-
-    fn heal(&self, i: usize) -> Result<(), String> {
-        nft(&self.nodes[i], "delete table inet split")
+    fn heal(&self) -> Result<(), String> {
+        nft(&self.hub, "delete table bridge split")
     }
 }
 
@@ -330,19 +342,14 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
     let c = f.enrol_at(0, &all).await;
     let h = Fleet::head(&c);
     f.wait_applied("enrolment applied everywhere", &all, &h).await;
-    for i in 0..N {
-        net.lossy(i).unwrap();
-    }
+    net.lossy().unwrap();
 
     // Split 4/3; each side publishes, signed by the SAME admin key on the same
     // base (each signing run is its own automerge actor, so they merge).
     let side_a: Vec<usize> = (0..SIDE_A).collect();
     let side_b: Vec<usize> = (SIDE_A..N).collect();
     let split_at = Instant::now();
-    for i in 0..N {
-        let others = if i < SIDE_A { &side_b } else { &side_a };
-        net.split(i, others).unwrap();
-    }
+    net.split(&side_a, &side_b).unwrap();
     let a = f.sign(vec![Fleet::set_fleet("side.a", true.into())]);
     let a_signed = f.policy.pop().unwrap();
     let b = f.sign(vec![Fleet::set_fleet("side.b", true.into())]);
@@ -377,9 +384,7 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
     tokio::time::sleep_until((split_at + split).into()).await;
 
     // Heal, and time the fleet's agreement.
-    for i in 0..N {
-        net.heal(i).unwrap();
-    }
+    net.heal().unwrap();
     let healed = Instant::now();
     let heads: BTreeSet<String> = [ha, hb].into_iter().collect();
     let mut first_cross: Option<Duration> = None;
