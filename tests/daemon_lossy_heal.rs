@@ -25,6 +25,9 @@
 //!
 //! Benchmark (5 runs with a one-minute split, each time and the median):
 //! `DCLOUD_BENCH_RUNS=5 cargo test --release -p dcloud-node --test daemon_lossy_heal -- --ignored --nocapture`
+//! (`DCLOUD_LOSSY_SPLIT_MS` sets the split, `DCLOUD_LOSSY_HEARTBEAT_MS` the
+//! nodes' heartbeat, 1000 ms by default, `DCLOUD_LOSSY_HEAL_MAX_MS` the
+//! deadline after the heal.)
 
 #[path = "daemon_support.rs"]
 mod support;
@@ -187,7 +190,9 @@ impl Net {
     /// (A rule in the sender's own output hook would fail the send locally,
     /// which TCP retries every 500 ms without backing off: not loss.)
     fn lossy(&self) -> Result<(), String> {
-        let ports: Vec<String> = (0..N).map(|i| format!("\"{}\"", self.hub_port(i))).collect();
+        let ports: Vec<String> = (0..N)
+            .map(|i| format!("\"{}\"", self.hub_port(i)))
+            .collect();
         nft(
             &self.hub,
             &format!(
@@ -329,6 +334,9 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
         n.p2p_port = 7700;
         n.api = format!("{}:{API_PORT}", Net::addr(i));
         n.netns = Some(net.nodes[i].clone());
+        if let Some(hb) = env_u64("DCLOUD_LOSSY_HEARTBEAT_MS") {
+            n.heartbeat_ms = hb;
+        }
     }
     // One bootstrap peer per side.
     let boot = [f.nodes[0].addr(), f.nodes[SIDE_A].addr()];
@@ -341,7 +349,8 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
     f.ready(&all).await;
     let c = f.enrol_at(0, &all).await;
     let h = Fleet::head(&c);
-    f.wait_applied("enrolment applied everywhere", &all, &h).await;
+    f.wait_applied("enrolment applied everywhere", &all, &h)
+        .await;
     net.lossy().unwrap();
 
     // Split 4/3; each side publishes, signed by the SAME admin key on the same

@@ -1,5 +1,5 @@
 //! The dcloud node: the sans-IO replication [`engine`], and around it the real
-//! world: the libp2p driver ([`net`], [`links`], [`daemon`]), the sled [`store`], applying
+//! world: the libp2p driver ([`net`], [`links`], [`dial`], [`daemon`]), the sled [`store`], applying
 //! policy to the site ([`apply`]), the local HTTP [`api`] and its JSON shapes
 //! ([`view`]), [`metrics`], configuration ([`config`]) and the site-side query
 //! commands ([`cli`]).
@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dial;
 pub mod engine;
 pub mod freshness;
 pub mod links;
