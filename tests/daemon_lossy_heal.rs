@@ -27,7 +27,7 @@
 //! `DCLOUD_BENCH_RUNS=5 cargo test --release -p dcloud-node --test daemon_lossy_heal -- --ignored --nocapture`
 //! (`DCLOUD_LOSSY_SPLIT_MS` sets the split, `DCLOUD_LOSSY_HEARTBEAT_MS` the
 //! nodes' heartbeat, 1000 ms by default, `DCLOUD_LOSSY_HEAL_MAX_MS` the
-//! deadline after the heal.)
+//! deadline after the heal, `DCLOUD_LOSSY_LOGS=DIR` keeps the nodes' logs.)
 
 #[path = "daemon_support.rs"]
 mod support;
@@ -420,6 +420,13 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
         took.as_millis(),
         first_cross.map_or("-".into(), |d| format!("{} ms", d.as_millis())),
     );
+    if let Ok(dir) = std::env::var("DCLOUD_LOSSY_LOGS") {
+        let dir = std::path::Path::new(&dir).join(format!("run-{run}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in &f.nodes {
+            std::fs::write(dir.join(format!("{}.log", n.name)), n.log()).unwrap();
+        }
+    }
     // Processes first (f), then the network.
     drop(f);
     drop(net);

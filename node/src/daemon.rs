@@ -409,7 +409,7 @@ pub async fn start(
         .map(|a| Bootstrap {
             addr: a.clone(),
             peer: p2p_of(a),
-            redial: Redial::default(),
+            redial: Redial::bootstrap(),
         })
         .collect();
     let mut d = Daemon {
