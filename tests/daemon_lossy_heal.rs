@@ -44,8 +44,12 @@ const N: usize = 7;
 const SIDE_A: usize = 4;
 /// Killed and restarted during the split: one per side (not a bootstrap node).
 const KILLED: [usize; 2] = [1, 5];
-/// Egress loss on every node, percent.
+/// Egress loss on every node, percent (`DCLOUD_LOSSY_LOSS_PERCENT` overrides).
 const LOSS_PERCENT: u32 = 20;
+
+fn loss_percent() -> u64 {
+    env_u64("DCLOUD_LOSSY_LOSS_PERCENT").unwrap_or(u64::from(LOSS_PERCENT))
+}
 /// The /24 of this test (198.18.0.0/15 is set aside for network tests; the
 /// partition test uses 198.18.0.0/24).
 const SUBNET: &str = "198.18.7";
@@ -200,10 +204,11 @@ impl Net {
                    chain through {{
                      type filter hook forward priority 0; policy accept;
                      iifname {{ {ports} }} tcp sport {API_PORT} accept
-                     iifname {{ {ports} }} numgen random mod 100 < {LOSS_PERCENT} drop
+                     iifname {{ {ports} }} numgen random mod 100 < {loss} drop
                    }}
                  }}",
-                ports = ports.join(", ")
+                ports = ports.join(", "),
+                loss = loss_percent(),
             ),
         )
     }
@@ -470,7 +475,8 @@ async fn bench_lossy_heal() {
         .collect();
     times.sort();
     println!(
-        "heal-to-agreement over {runs} runs ({LOSS_PERCENT}% egress loss, split {:.0} s): {}; median {:.1} s",
+        "heal-to-agreement over {runs} runs ({}% egress loss, split {:.0} s): {}; median {:.1} s",
+        loss_percent(),
         split.as_secs_f64(),
         list.join(", "),
         times[runs / 2].as_secs_f64()

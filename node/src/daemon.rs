@@ -236,6 +236,8 @@ struct Daemon {
     bootstrap: Vec<Bootstrap>,
     /// Backoff and budget of dials to members.
     dialer: Dialer,
+    /// Dials of members still under way (libp2p refuses a second one).
+    dialing: HashMap<PeerId, libp2p::swarm::ConnectionId>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     blocked_until: HashMap<PeerId, Option<Millis>>,
     listen_addrs: Vec<Multiaddr>,
@@ -431,6 +433,7 @@ pub async fn start(
         links,
         bootstrap,
         dialer: Dialer::default(),
+        dialing: HashMap::new(),
         addrs,
         blocked_until: HashMap::new(),
         listen_addrs: Vec::new(),
@@ -1251,7 +1254,10 @@ impl Daemon {
                 continue;
             }
             let Some(pid) = net::peer_id(n) else { continue };
-            if connected.contains(&pid) || self.blocked_until.contains_key(&pid) {
+            if connected.contains(&pid)
+                || self.blocked_until.contains_key(&pid)
+                || self.dialing.contains_key(&pid)
+            {
                 continue;
             }
             members.push((pid, n));
@@ -1282,9 +1288,21 @@ impl Daemon {
                 // TIME_WAIT, and every redial would fail with EADDRINUSE.
                 .allocate_new_port()
                 .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(peer = %d.peer, error = %e, "dial refused");
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.dialing.insert(d.peer, id);
+                }
+                Err(e) => tracing::debug!(peer = %d.peer, error = %e, "dial refused"),
             }
+        }
+    }
+
+    fn dial_ended(&mut self, peer: Option<PeerId>, id: libp2p::swarm::ConnectionId) {
+        if let Some(p) = peer
+            && self.dialing.get(&p) == Some(&id)
+        {
+            self.dialing.remove(&p);
         }
     }
 
@@ -1343,6 +1361,7 @@ impl Daemon {
                 endpoint,
                 ..
             } => {
+                self.dial_ended(Some(peer_id), connection_id);
                 let node = net::node_id(&peer_id);
                 let ok = node.is_some_and(|n| n != self.me && self.admitted(&n));
                 if !ok {
@@ -1401,8 +1420,13 @@ impl Daemon {
                 self.metrics.disconnected("unresponsive");
                 self.swarm.close_connection(connection);
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                self.dial_ended(peer_id, connection_id);
             }
             _ => {}
         }
