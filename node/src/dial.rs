@@ -11,7 +11,8 @@
 //!   own `/p2p/<id>`; no unspecified, multicast or broadcast address, no port
 //!   0, nothing else (no DNS: the daemon has no resolver);
 //! * duplicates are taken once, and at most [`ADDRS_PER_DIAL_MAX`] addresses
-//!   (those this node reached the peer at first) are tried per dial; only
+//!   are tried per dial: the one this node reached the peer at (or its first)
+//!   always, the other places going round the rest from dial to dial; only
 //!   the first [`CLAIMS_SCANNED_MAX`] claimed ones are looked at;
 //! * each peer is redialled with jittered exponential backoff
 //!   ([`REDIAL_BACKOFF_MIN_MS`] to [`REDIAL_BACKOFF_MAX_MS`]; bootstrap
@@ -161,7 +162,10 @@ pub struct AddrPlan {
 
 /// Plan the addresses of one dial: `known` (where this node reached or heard
 /// of the peer, most trusted first), then `claimed` (its signed status).
-pub fn plan_addrs(peer: &PeerId, known: &[Multiaddr], claimed: &[String]) -> AddrPlan {
+/// The first address is always tried; the other places go round the rest of
+/// the list, moving on with each `turn` (the dials since the peer last talked
+/// to us), so that successive dials try every address a peer lists.
+pub fn plan_addrs(peer: &PeerId, known: &[Multiaddr], claimed: &[String], turn: usize) -> AddrPlan {
     let mut plan = AddrPlan::default();
     let mut seen: HashSet<Multiaddr> = HashSet::new();
     let scanned = claimed.len().min(CLAIMS_SCANNED_MAX);
@@ -169,18 +173,26 @@ pub fn plan_addrs(peer: &PeerId, known: &[Multiaddr], claimed: &[String]) -> Add
         .iter()
         .map(|a| check_addr(a, peer))
         .chain(claimed[..scanned].iter().map(|s| check_claim(s, peer)));
+    let mut valid: Vec<Multiaddr> = Vec::new();
     for c in checked {
         match c {
             Err(why) => plan.ignored.push(why),
             Ok(a) if seen.contains(&a) => plan.ignored.push(Ignored::Duplicate),
-            Ok(_) if plan.addrs.len() >= ADDRS_PER_DIAL_MAX => {
-                plan.ignored.push(Ignored::OverLimit)
-            }
             Ok(a) => {
                 seen.insert(a.clone());
-                plan.addrs.push(a);
+                valid.push(a);
             }
         }
+    }
+    if let Some((first, rest)) = valid.split_first_mut() {
+        plan.addrs.push(first.clone());
+        let room = (ADDRS_PER_DIAL_MAX - 1).min(rest.len());
+        if room > 0 {
+            rest.rotate_left((turn * room) % rest.len());
+            plan.addrs.extend(rest[..room].iter().cloned());
+        }
+        plan.ignored
+            .extend(std::iter::repeat_n(Ignored::OverLimit, rest.len() - room));
     }
     // Not even parsed: a long list costs nothing past its head.
     plan.ignored.extend(std::iter::repeat_n(
@@ -198,6 +210,8 @@ pub struct Redial {
     max_ms: u64,
     /// When it was last dialled.
     last_at: Option<Millis>,
+    /// Dials since it last talked to us.
+    turn: usize,
 }
 
 impl Default for Redial {
@@ -207,6 +221,7 @@ impl Default for Redial {
             backoff_ms: REDIAL_BACKOFF_MIN_MS,
             max_ms: REDIAL_BACKOFF_MAX_MS,
             last_at: None,
+            turn: 0,
         }
     }
 }
@@ -230,6 +245,7 @@ impl Redial {
     pub fn dialed(&mut self, now: Millis, rng: &mut impl rand::Rng) {
         let jitter = rng.next_u64() % (self.backoff_ms / 4 + 1);
         self.last_at = Some(now);
+        self.turn = self.turn.wrapping_add(1);
         self.next_at = now + self.backoff_ms + jitter;
         self.backoff_ms = (self.backoff_ms * 2).min(self.max_ms);
     }
@@ -237,6 +253,7 @@ impl Redial {
     /// It talked to us: the next failure starts the backoff over.
     pub fn reset(&mut self) {
         self.backoff_ms = REDIAL_BACKOFF_MIN_MS;
+        self.turn = 0;
     }
 
     /// The network changed (see [`Dialer::network_changed`]): due again
@@ -387,7 +404,8 @@ impl Dialer {
             if round.dials.len() >= want {
                 break;
             }
-            let plan = plan_addrs(&c.peer, c.known, c.claimed);
+            let turn = self.redial.get(&c.peer).map_or(0, |r| r.turn);
+            let plan = plan_addrs(&c.peer, c.known, c.claimed, turn);
             if plan.addrs.is_empty() {
                 continue;
             }
@@ -478,7 +496,7 @@ mod tests {
         let p = peer(1);
         let claimed = thousand(&p);
         let known: Vec<Multiaddr> = vec!["/ip4/10.0.0.1/tcp/7700".parse().unwrap()];
-        let plan = plan_addrs(&p, &known, &claimed);
+        let plan = plan_addrs(&p, &known, &claimed, 0);
         assert_eq!(plan.addrs.len(), ADDRS_PER_DIAL_MAX);
         // The address it was reached at first; claimed ones after, deduplicated.
         assert_eq!(plan.addrs[0], known[0]);
@@ -563,6 +581,22 @@ mod tests {
         }
         // The budget is used, not starved: the long-run rate is close to it.
         assert!(total as u64 >= bound / 2, "{total} attempts over {secs} s");
+    }
+
+    #[test]
+    fn successive_dials_try_every_listed_address() {
+        let p = peer(1);
+        let claimed: Vec<String> = (1..=10)
+            .map(|k| format!("/ip4/10.0.0.{k}/tcp/7700"))
+            .collect();
+        let mut tried: HashSet<String> = HashSet::new();
+        for turn in 0..3 {
+            let plan = plan_addrs(&p, &[], &claimed, turn);
+            assert_eq!(plan.addrs.len(), ADDRS_PER_DIAL_MAX);
+            assert_eq!(plan.addrs[0].to_string(), claimed[0], "the first always");
+            tried.extend(plan.addrs.iter().map(|a| a.to_string()));
+        }
+        assert_eq!(tried.len(), 10, "{tried:?}");
     }
 
     #[test]
