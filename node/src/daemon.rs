@@ -43,14 +43,14 @@ use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::apply::{Applier, ApplyRequest, ApplyResult};
 use crate::config::Config;
+use crate::dial::{Candidate, Dialer, Redial};
 use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
 use crate::freshness::{self, FreshnessTracker, Verdict};
 use crate::links::{LinkEvent, Links, SendError};
@@ -62,10 +62,6 @@ use crate::view::{self, FleetCtx, PublishView, ReportView, StoreView};
 
 /// Commands queued from the API to the actor.
 pub const COMMAND_QUEUE_MAX: usize = 64;
-/// First redial delay.
-pub const REDIAL_BACKOFF_MIN_MS: u64 = 500;
-/// Longest redial delay.
-pub const REDIAL_BACKOFF_MAX_MS: u64 = 30_000;
 /// How long a misbehaving peer stays blocked.
 pub const MISBEHAVIOUR_BLOCK_MS: u64 = 60_000;
 /// Ready swarm events (and, separately, inbound frames) taken before one
@@ -77,7 +73,8 @@ pub const TICK_MS: u64 = 500;
 pub const STORE_RETRY_MS: u64 = 2_000;
 /// Largest bundle accepted by the API.
 pub const BUNDLE_SIZE_MAX_BYTES: usize = 16 << 20;
-/// Most addresses remembered per peer.
+/// Most addresses remembered per peer (where this node reached it first,
+/// then what it claims over identify), and listed in this node's status.
 pub const ADDRS_PER_PEER_MAX: usize = 8;
 
 /// Errors starting the daemon.
@@ -197,32 +194,6 @@ impl Handle {
     }
 }
 
-#[derive(Debug)]
-struct Redial {
-    next_at: Millis,
-    backoff_ms: u64,
-}
-
-impl Redial {
-    fn new() -> Self {
-        Redial {
-            next_at: 0,
-            backoff_ms: REDIAL_BACKOFF_MIN_MS,
-        }
-    }
-    fn due(&self, now: Millis) -> bool {
-        now >= self.next_at
-    }
-    fn dialed(&mut self, now: Millis, rng: &mut impl rand::Rng) {
-        let jitter = rng.next_u64() % (self.backoff_ms / 4 + 1);
-        self.next_at = now + self.backoff_ms + jitter;
-        self.backoff_ms = (self.backoff_ms * 2).min(REDIAL_BACKOFF_MAX_MS);
-    }
-    fn reset(&mut self) {
-        self.backoff_ms = REDIAL_BACKOFF_MIN_MS;
-    }
-}
-
 struct Bootstrap {
     addr: Multiaddr,
     peer: Option<PeerId>,
@@ -263,7 +234,10 @@ struct Daemon {
     /// The engine streams to admitted peers.
     links: Links,
     bootstrap: Vec<Bootstrap>,
-    redial: HashMap<PeerId, Redial>,
+    /// Backoff and budget of dials to members.
+    dialer: Dialer,
+    /// Dials of members still under way (libp2p refuses a second one).
+    dialing: HashMap<PeerId, libp2p::swarm::ConnectionId>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     blocked_until: HashMap<PeerId, Option<Millis>>,
     listen_addrs: Vec<Multiaddr>,
@@ -300,14 +274,6 @@ fn p2p_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(id) => Some(id),
         _ => None,
-    })
-}
-
-fn is_unspecified(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_unspecified(),
-        Protocol::Ip6(ip) => ip.is_unspecified(),
-        _ => false,
     })
 }
 
@@ -445,7 +411,7 @@ pub async fn start(
         .map(|a| Bootstrap {
             addr: a.clone(),
             peer: p2p_of(a),
-            redial: Redial::new(),
+            redial: Redial::bootstrap(),
         })
         .collect();
     let mut d = Daemon {
@@ -466,7 +432,8 @@ pub async fn start(
         up: HashSet::new(),
         links,
         bootstrap,
-        redial: HashMap::new(),
+        dialer: Dialer::default(),
+        dialing: HashMap::new(),
         addrs,
         blocked_until: HashMap::new(),
         listen_addrs: Vec::new(),
@@ -805,6 +772,12 @@ impl Daemon {
     fn peer_up(&mut self, pid: PeerId, node: NodeId) {
         if self.up.insert(pid) {
             tracing::debug!(peer = %pid, "peer up");
+            // The network may have healed: try the peers that are backing
+            // off now rather than at the end of their backoff.
+            self.dialer.network_changed();
+            for b in &mut self.bootstrap {
+                b.redial.kick();
+            }
             self.links.open(pid);
             self.metrics.peers.set(self.up.len() as i64);
             self.feed(Input::PeerUp { peer: node });
@@ -1267,74 +1240,102 @@ impl Daemon {
                 tracing::debug!(%addr, error = %e, "bootstrap dial refused");
             }
         }
-        // Keep up to peers_target admitted peers, dialing members we know addresses of.
+        // Keep up to peers_target admitted peers, dialing members we know
+        // addresses of (bounded and rate-limited: see `dial.rs`).
         let target = self.cfg.peers_target;
         if self.up.len() >= target {
             return;
         }
         let replica = self.engine.replica();
         let policy = replica.policy();
-        let mut candidates: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        let mut members: Vec<(PeerId, &NodeId)> = Vec::new();
         for (n, _) in policy.members.iter() {
             if *n == self.me || !policy.is_active_member(n) {
                 continue;
             }
             let Some(pid) = net::peer_id(n) else { continue };
-            if connected.contains(&pid) || self.blocked_until.contains_key(&pid) {
+            if connected.contains(&pid)
+                || self.blocked_until.contains_key(&pid)
+                || self.dialing.contains_key(&pid)
+            {
                 continue;
             }
-            if self.redial.get(&pid).is_some_and(|r| !r.due(now)) {
-                continue;
-            }
-            let mut addrs: Vec<Multiaddr> = replica
-                .status(n)
-                .map(|(s, _)| s.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-                .unwrap_or_default();
-            if let Some(known) = self.addrs.get(&pid) {
-                for a in known {
-                    if !addrs.contains(a) {
-                        addrs.push(a.clone());
-                    }
-                }
-            }
-            addrs.retain(|a| !is_unspecified(a));
-            addrs.truncate(ADDRS_PER_PEER_MAX);
-            if !addrs.is_empty() {
-                candidates.push((pid, addrs));
-            }
+            members.push((pid, n));
         }
-        candidates.shuffle(&mut self.rng);
+        let no_addrs: Vec<Multiaddr> = Vec::new();
+        let no_claims: Vec<String> = Vec::new();
+        let candidates = members.iter().map(|(pid, n)| Candidate {
+            peer: *pid,
+            known: self.addrs.get(pid).unwrap_or(&no_addrs),
+            claimed: replica
+                .status(n)
+                .map(|(s, _)| &s.addrs)
+                .unwrap_or(&no_claims),
+        });
         let want = target - self.up.len();
-        for (pid, addrs) in candidates.into_iter().take(want) {
-            self.redial
-                .entry(pid)
-                .or_insert_with(Redial::new)
-                .dialed(now, &mut self.rng);
-            let opts = DialOpts::peer_id(pid)
-                .addresses(addrs)
+        let round = self.dialer.plan(now, candidates, want, &mut self.rng);
+        for why in &round.ignored {
+            self.metrics.dial_addr_ignored(why.label());
+        }
+        self.metrics.dials_deferred.inc_by(round.deferred as u64);
+        for d in round.dials {
+            self.metrics.dials.inc();
+            let opts = DialOpts::peer_id(d.peer)
+                .addresses(d.addrs)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 // A fresh source port: reusing the listen port would give a
                 // restarted node the 4-tuple of its old connection, still in
                 // TIME_WAIT, and every redial would fail with EADDRINUSE.
                 .allocate_new_port()
                 .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(peer = %pid, error = %e, "dial refused");
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.dialing.insert(d.peer, id);
+                }
+                Err(e) => tracing::debug!(peer = %d.peer, error = %e, "dial refused"),
             }
         }
     }
 
-    fn remember_addr(&mut self, pid: PeerId, addr: Multiaddr) {
-        if is_unspecified(&addr) {
-            return;
+    fn dial_ended(&mut self, peer: Option<PeerId>, id: libp2p::swarm::ConnectionId) {
+        if let Some(p) = peer
+            && self.dialing.get(&p) == Some(&id)
+        {
+            self.dialing.remove(&p);
         }
-        let addr = without_p2p(&addr);
+    }
+
+    /// Remember an address of `pid`: `reached` when this node connected to
+    /// it there (kept first), else a claim (identify, mDNS), kept only when
+    /// well-formed and while there is room.
+    fn remember_addr(&mut self, pid: PeerId, addr: Multiaddr, reached: bool) {
+        let addr = match crate::dial::check_addr(&addr, &pid) {
+            Ok(a) => a,
+            Err(why) => {
+                self.metrics.dial_addr_ignored(why.label());
+                return;
+            }
+        };
         let list = self.addrs.entry(pid).or_default();
-        if list.contains(&addr) {
-            return;
+        match list.iter().position(|a| *a == addr) {
+            Some(0) => return,
+            Some(i) if reached => {
+                list.remove(i);
+                list.insert(0, addr);
+            }
+            Some(_) => return,
+            None if reached => {
+                list.insert(0, addr);
+                list.truncate(ADDRS_PER_PEER_MAX);
+            }
+            None if list.len() < ADDRS_PER_PEER_MAX => list.push(addr),
+            None => {
+                self.metrics
+                    .dial_addr_ignored(crate::dial::Ignored::OverLimit.label());
+                return;
+            }
         }
-        list.insert(0, addr);
-        list.truncate(ADDRS_PER_PEER_MAX);
         let strings: Vec<String> = list.iter().map(|a| a.to_string()).collect();
         if let Some(n) = net::node_id(&pid) {
             let _ = self.store.put_peer(&n, &strings);
@@ -1360,6 +1361,7 @@ impl Daemon {
                 endpoint,
                 ..
             } => {
+                self.dial_ended(Some(peer_id), connection_id);
                 let node = net::node_id(&peer_id);
                 let ok = node.is_some_and(|n| n != self.me && self.admitted(&n));
                 if !ok {
@@ -1375,7 +1377,7 @@ impl Daemon {
                             b.peer = Some(peer_id);
                         }
                     }
-                    self.remember_addr(peer_id, address.clone());
+                    self.remember_addr(peer_id, address.clone(), true);
                 }
                 self.peer_up(peer_id, node.expect("checked above"));
             }
@@ -1397,16 +1399,34 @@ impl Daemon {
                 ..
             })) if self.up.contains(&peer_id) => {
                 for a in info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX) {
-                    self.remember_addr(peer_id, a);
+                    self.remember_addr(peer_id, a, false);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (pid, addr) in list {
-                    self.remember_addr(pid, addr);
+                    self.remember_addr(pid, addr, false);
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) => {
+                // libp2p reports only the second failure in a row: the
+                // connection is dead (a partition, a peer gone without a
+                // FIN) or too slow to use. TCP would keep it "up" for many
+                // minutes, and while it is up nobody dials the peer again.
+                tracing::info!(%peer, %error, "closing a connection that stopped answering pings");
+                self.metrics.disconnected("unresponsive");
+                self.swarm.close_connection(connection);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                self.dial_ended(peer_id, connection_id);
             }
             _ => {}
         }
@@ -1438,9 +1458,7 @@ impl Daemon {
             }
         }
         // The peer talks to us: it admitted us; reset its redial backoff.
-        if let Some(r) = self.redial.get_mut(&peer) {
-            r.reset();
-        }
+        self.dialer.reset(&peer);
         for b in &mut self.bootstrap {
             if b.peer == Some(peer) {
                 b.redial.reset();

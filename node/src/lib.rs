@@ -1,5 +1,5 @@
 //! The dcloud node: the sans-IO replication [`engine`], and around it the real
-//! world: the libp2p driver ([`net`], [`links`], [`daemon`]), the sled [`store`], applying
+//! world: the libp2p driver ([`net`], [`links`], [`dial`], [`daemon`]), the sled [`store`], applying
 //! policy to the site ([`apply`]), the local HTTP [`api`] and its JSON shapes
 //! ([`view`]), [`metrics`], configuration ([`config`]) and the site-side query
 //! commands ([`cli`]).
@@ -20,6 +20,8 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod dial;
 pub mod engine;
 pub mod freshness;
 #[cfg(feature = "daemon")]

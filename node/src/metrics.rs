@@ -48,6 +48,12 @@ pub struct Metrics {
     pub store_ok: Gauge,
     /// 1 when the policy is known to be fresh (always 1 without timestamp keys).
     pub policy_fresh: Gauge,
+    /// Dials of members started.
+    pub dials: Counter,
+    /// Dials of members put off because the dial budget was spent.
+    pub dials_deferred: Counter,
+    /// Peer addresses not dialled or not remembered, by reason.
+    pub dial_addrs_ignored: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +85,9 @@ impl Metrics {
             apply_runs: Family::default(),
             store_ok: Gauge::default(),
             policy_fresh: Gauge::default(),
+            dials: Counter::default(),
+            dials_deferred: Counter::default(),
+            dial_addrs_ignored: Family::default(),
         };
         let r = &mut registry;
         r.register("peers", "Connected, admitted peers", m.peers.clone());
@@ -154,6 +163,17 @@ impl Metrics {
             "1 when this node's policy is known to be current (signed freshness; 1 without timestamp keys)",
             m.policy_fresh.clone(),
         );
+        r.register("dials", "Dials of members started", m.dials.clone());
+        r.register(
+            "dials_deferred",
+            "Dials of members put off because the dial budget was spent",
+            m.dials_deferred.clone(),
+        );
+        r.register(
+            "dial_addrs_ignored",
+            "Peer addresses (claimed in status documents, identify or mDNS) not dialled or not remembered, by reason",
+            m.dial_addrs_ignored.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -175,6 +195,13 @@ impl Metrics {
     pub fn applied(&self, result: &str) {
         self.apply_runs
             .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    /// Count an address left out of a dial (or not remembered).
+    pub fn dial_addr_ignored(&self, reason: &str) {
+        self.dial_addrs_ignored
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
             .inc();
     }
 

@@ -36,6 +36,14 @@ pub const CONNECTIONS_MAX: u32 = 256;
 pub const PENDING_INCOMING_MAX: u32 = 64;
 /// Idle connections are kept this long (the engine's timers keep used ones busy).
 pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 120_000;
+/// Every connection is pinged this often...
+pub const PING_INTERVAL_MS: u64 = 2_000;
+/// ...and a ping unanswered for this long fails; the daemon closes a
+/// connection at the second failure in a row (libp2p reports no sooner), so
+/// a dead connection is closed within about 2 × (interval + timeout). At 20%
+/// loss each way a ping needs five lost transmissions in a row to take this
+/// long (TCP's retransmission timeout starts at 200 ms and doubles).
+pub const PING_TIMEOUT_MS: u64 = 5_000;
 
 /// Errors building the swarm.
 #[derive(Debug, thiserror::Error)]
@@ -182,9 +190,17 @@ pub fn build_swarm(key: &SecretKey, mdns_enabled: bool) -> Result<Swarm<Behaviou
                 blocked: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/dcloud/1".into(), kp.public())
-                        .with_agent_version(format!("dcloud/{}", env!("CARGO_PKG_VERSION"))),
+                        .with_agent_version(format!("dcloud/{}", env!("CARGO_PKG_VERSION")))
+                        // No address cache: it would add every address a
+                        // peer claims to each dial of it; the daemon picks
+                        // dial addresses itself (`dial.rs`).
+                        .with_cache_size(0),
                 ),
-                ping: ping::Behaviour::new(ping::Config::new()),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_millis(PING_INTERVAL_MS))
+                        .with_timeout(Duration::from_millis(PING_TIMEOUT_MS)),
+                ),
                 streams: libp2p_stream::Behaviour::new(),
                 mdns: Toggle::from(mdns),
             })
