@@ -478,7 +478,9 @@ impl PolicyEditor {
                 check_level(&level)?;
                 check_path(&sealed.path)?;
                 for (id, n) in sealed.to.keys().map(|k| (k, k.parse::<NodeId>())) {
-                    let n = n.map_err(|_| EditError::Secret(format!("target {id:?} is not a node id")))?;
+                    let n = n.map_err(|_| {
+                        EditError::Secret(format!("target {id:?} is not a node id"))
+                    })?;
                     if !policy.is_active_member(&n) {
                         return Err(EditError::NotEnrolled(n.short()));
                     }
@@ -564,7 +566,9 @@ impl PolicyEditor {
                     );
                 }
                 Edit::SealSecret(sealed) => {
-                    let key = sealed.doc_key().map_err(|e| EditError::Secret(e.to_string()))?;
+                    let key = sealed
+                        .doc_key()
+                        .map_err(|e| EditError::Secret(e.to_string()))?;
                     put(&mut tx, key, sealed.to_json());
                 }
                 Edit::UnsetSecret(level, path) => {

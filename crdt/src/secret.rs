@@ -79,7 +79,9 @@ pub enum SecretError {
     Seal(String),
     /// The ciphertext for this site does not open: tampered, moved to another
     /// path or site, or sealed to another key.
-    #[error("sealed secret {key} does not open for this site (tampered, moved, or sealed to another key)")]
+    #[error(
+        "sealed secret {key} does not open for this site (tampered, moved, or sealed to another key)"
+    )]
     Open {
         /// The document key.
         key: String,
@@ -278,7 +280,11 @@ impl SealedSecret {
             serde_json::from_str(text).map_err(|e| SecretError::Malformed(e.to_string()))?;
         match probe.get("v").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(SEALED_FORMAT_VERSION) => {}
-            Some(v) => return Err(SecretError::UnknownVersion(v.min(u64::from(u32::MAX)) as u32)),
+            Some(v) => {
+                return Err(SecretError::UnknownVersion(
+                    v.min(u64::from(u32::MAX)) as u32
+                ));
+            }
             None => return Err(SecretError::Malformed("no format version `v`".into())),
         }
         let s: SealedSecret =
@@ -344,7 +350,10 @@ impl SealedSecret {
             &me.0,
         )
         .map_err(|_| fail())?;
-        String::from_utf8(pt).map(Plaintext).map(Some).map_err(|_| fail())
+        String::from_utf8(pt)
+            .map(Plaintext)
+            .map(Some)
+            .map_err(|_| fail())
     }
 }
 
@@ -445,7 +454,10 @@ mod tests {
         j["v"] = 2.into();
         let err = SealedSecret::parse("secret/fleet/x", &j.to_string()).unwrap_err();
         assert_eq!(err, SecretError::UnknownVersion(2));
-        assert!(err.to_string().contains("version 2 is not read by this build"));
+        assert!(
+            err.to_string()
+                .contains("version 2 is not read by this build")
+        );
         assert!(matches!(
             SealedSecret::parse("secret/fleet/other", &s.to_json()),
             Err(SecretError::Malformed(_))
@@ -473,8 +485,8 @@ mod tests {
     #[test]
     fn derived_x25519_key_matches_the_node_key() {
         let a = node(9);
-        let sk = <X25519HkdfSha256 as hpke::Kem>::PrivateKey::from_bytes(&a.x25519_secret())
-            .unwrap();
+        let sk =
+            <X25519HkdfSha256 as hpke::Kem>::PrivateKey::from_bytes(&a.x25519_secret()).unwrap();
         let pk = <X25519HkdfSha256 as hpke::Kem>::sk_to_pk(&sk);
         assert_eq!(
             pk.to_bytes().as_slice(),

@@ -414,7 +414,14 @@ mod tests {
         // A tampered ciphertext fails the apply, naming the entry, not the value.
         let mut bad = mine.clone();
         let slot = bad.to.get_mut(&me.public().to_hex()).unwrap();
-        slot.ct.replace_range(0..2, if slot.ct.starts_with("00") { "01" } else { "00" });
+        slot.ct.replace_range(
+            0..2,
+            if slot.ct.starts_with("00") {
+                "01"
+            } else {
+                "00"
+            },
+        );
         let req = ApplyRequest {
             heads: vec!["cd".into()],
             input: ApplyInput {

@@ -398,7 +398,11 @@ pub fn render_policy(v: &PolicyView) -> String {
         let sel = if sv.selector.is_empty() {
             String::new()
         } else {
-            let l: Vec<String> = sv.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let l: Vec<String> = sv
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             format!(" [{}]", l.join(","))
         };
         rows.push(vec![
