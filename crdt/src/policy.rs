@@ -472,6 +472,11 @@ impl PolicyEditor {
                 }
             }
             Edit::SealSecret(sealed) => {
+                if sealed.v != crate::secret::SEALED_FORMAT_VERSION {
+                    return Err(EditError::Secret(
+                        crate::secret::SecretError::UnknownVersion(sealed.v).to_string(),
+                    ));
+                }
                 let level = sealed
                     .level()
                     .map_err(|e| EditError::Secret(e.to_string()))?;

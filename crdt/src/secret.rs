@@ -483,6 +483,52 @@ mod tests {
     }
 
     #[test]
+    fn sealed_entries_ride_in_the_policy_and_only_to_members() {
+        use crate::policy::{Edit, Member, PolicyEditor};
+        let (auth, a, b) = (node(20), node(21), node(22));
+        let mut ed = PolicyEditor::new(&[]).unwrap();
+        let member = |region: &str| Member {
+            name: format!("s-{region}"),
+            region: region.into(),
+            labels: BTreeMap::new(),
+        };
+        ed.push(Edit::Enrol(a.public(), member("eu"))).unwrap();
+        ed.push(Edit::Enrol(b.public(), member("us"))).unwrap();
+        let c1 = ed.finish(&auth, 1).unwrap();
+        let base = PolicyEditor::new(std::slice::from_ref(&c1))
+            .unwrap()
+            .base_policy();
+        let level = Level::Region("eu".into());
+        let to = targets(&base, &level, &BTreeMap::new());
+        assert_eq!(to, vec![a.public()]);
+        let sealed = seal(&level, "db.pw", &BTreeMap::new(), b"v1", &to).unwrap();
+        let mut ed = PolicyEditor::new(std::slice::from_ref(&c1)).unwrap();
+        ed.push(Edit::SealSecret(sealed.clone())).unwrap();
+        let c2 = ed.finish(&auth, 1).unwrap();
+        let p = PolicyEditor::new(&[c1.clone(), c2.clone()])
+            .unwrap()
+            .base_policy();
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.secrets.get("secret/region/eu/db.pw"), Some(&sealed));
+        assert_eq!(secrets_for(&p, &a.public()).len(), 1);
+        assert!(secrets_for(&p, &b.public()).is_empty());
+        // The effective config never holds it.
+        assert!(
+            !p.effective_config(&a.public())
+                .unwrap()
+                .to_string()
+                .contains("db")
+        );
+        // Sealing to a site that is not an active member is refused.
+        let outsider = seal(&level, "x", &BTreeMap::new(), b"v", &[node(23).public()]).unwrap();
+        let mut ed = PolicyEditor::new(&[c1, c2]).unwrap();
+        assert!(matches!(
+            ed.push(Edit::SealSecret(outsider)),
+            Err(crate::policy::EditError::NotEnrolled(_))
+        ));
+    }
+
+    #[test]
     fn derived_x25519_key_matches_the_node_key() {
         let a = node(9);
         let sk =
