@@ -184,6 +184,14 @@ impl SecretKey {
         self.0.to_bytes()
     }
 
+    /// The X25519 secret this key stands for in sealed secrets
+    /// ([`crate::secret`]): the ed25519 secret scalar bytes (first half of
+    /// SHA-512 of the seed; X25519 clamps them), whose public half is this
+    /// key's Edwards point in Montgomery form.
+    pub fn x25519_secret(&self) -> [u8; 32] {
+        self.0.to_scalar_bytes()
+    }
+
     /// The public key.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())

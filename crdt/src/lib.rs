@@ -4,7 +4,7 @@
 //! and ids ([`keys`]), signature verification ([`verify`]), the signed change and
 //! its encoding ([`change`]), the trust-root chain ([`root`]), signed freshness
 //! statements ([`freshness`]), the policy and
-//! status schemas ([`policy`], [`status`]) and the replica that verifies,
+//! status schemas ([`policy`], [`status`]), sealed secrets ([`secret`]) and the replica that verifies,
 //! authorises and applies batches of changes ([`replica`]). No I/O beyond key
 //! files, no async runtime, no networking.
 
@@ -16,6 +16,7 @@ pub mod keys;
 pub mod policy;
 pub mod replica;
 pub mod root;
+pub mod secret;
 pub mod status;
 pub mod verify;
 

@@ -12,6 +12,7 @@
 //! | `site/<node id>/<path>` | override for one site (node) |
 //! | `member/<node id>` | `{"name", "region", "labels"}` |
 //! | `revoked/<node id>` | `{"reason"}`; revocation is permanent |
+//! | `secret/<level key>/<path>` | a sealed secret ([`crate::secret::SealedSecret`]): ciphertext per target site, never the value |
 //!
 //! Where two admins set the same key concurrently automerge keeps both values,
 //! picks the same winner on every replica, and [`Policy::conflicts`] lists them.
@@ -27,6 +28,7 @@ use serde_json::Value as Json;
 
 use crate::change::{DocId, SignedChange};
 use crate::keys::{NodeId, SecretKey};
+use crate::secret::{SECRET_KEY_PREFIX, SealedSecret, secret_key};
 
 /// Largest JSON text of one policy entry.
 pub const POLICY_VALUE_SIZE_MAX_BYTES: usize = 64 << 10;
@@ -90,6 +92,8 @@ pub struct Policy {
     pub members: BTreeMap<NodeId, Member>,
     /// Revoked nodes and the reason.
     pub revoked: BTreeMap<NodeId, String>,
+    /// Sealed secrets by document key (`secret/...`): ciphertext only.
+    pub secrets: BTreeMap<String, SealedSecret>,
     /// Concurrent edits that automerge resolved.
     pub conflicts: Vec<Conflict>,
     /// Entries that could not be read (skipped), with the reason.
@@ -131,6 +135,9 @@ pub enum EditError {
         "node {0} was revoked; a revoked key cannot be enrolled again (give the site a new key)"
     )]
     Revoked(String),
+    /// A sealed secret that does not fit the policy.
+    #[error("sealed secret: {0}")]
+    Secret(String),
     /// Nothing to commit.
     #[error("no edits")]
     Empty,
@@ -249,6 +256,9 @@ impl Policy {
                 .entry(node(n)?)
                 .or_default()
                 .insert(path.to_string(), json()?);
+        } else if key.starts_with(SECRET_KEY_PREFIX) {
+            let sealed = SealedSecret::parse(key, winner).map_err(|e| e.to_string())?;
+            self.secrets.insert(key.to_string(), sealed);
         } else if let Some(n) = key.strip_prefix("member/") {
             let m: Member = serde_json::from_str(winner).map_err(|e| e.to_string())?;
             self.members.insert(node(n)?, m);
@@ -352,6 +362,10 @@ pub enum Edit {
     Enrol(NodeId, Member),
     /// Revoke a node.
     Revoke(NodeId, String),
+    /// Put a sealed secret (at its own level and path).
+    SealSecret(SealedSecret),
+    /// Remove a sealed secret.
+    UnsetSecret(Level, String),
 }
 
 /// Makes signed policy changes against a base snapshot, offline.
@@ -457,6 +471,43 @@ impl PolicyEditor {
                     return Err(EditError::NotEnrolled(node.short()));
                 }
             }
+            Edit::SealSecret(sealed) => {
+                if sealed.v != crate::secret::SEALED_FORMAT_VERSION {
+                    return Err(EditError::Secret(
+                        crate::secret::SecretError::UnknownVersion(sealed.v).to_string(),
+                    ));
+                }
+                let level = sealed
+                    .level()
+                    .map_err(|e| EditError::Secret(e.to_string()))?;
+                check_level(&level)?;
+                check_path(&sealed.path)?;
+                for (id, n) in sealed.to.keys().map(|k| (k, k.parse::<NodeId>())) {
+                    let n = n.map_err(|_| {
+                        EditError::Secret(format!("target {id:?} is not a node id"))
+                    })?;
+                    if !policy.is_active_member(&n) {
+                        return Err(EditError::NotEnrolled(n.short()));
+                    }
+                }
+                let len = sealed.to_json().len();
+                if len > POLICY_VALUE_SIZE_MAX_BYTES {
+                    return Err(EditError::Secret(format!(
+                        "sealed to {} sites it is {len} bytes of JSON, over the {POLICY_VALUE_SIZE_MAX_BYTES}-byte entry limit; seal it at a narrower level or selector",
+                        sealed.to.len()
+                    )));
+                }
+            }
+            Edit::UnsetSecret(level, path) => {
+                check_level(level)?;
+                check_path(path)?;
+                if !policy.secrets.contains_key(&secret_key(level, path)) {
+                    return Err(EditError::NoSuchPath {
+                        level: level.clone(),
+                        path: path.clone(),
+                    });
+                }
+            }
         }
         self.edits.push(edit);
         Ok(())
@@ -518,6 +569,16 @@ impl PolicyEditor {
                         format!("revoked/{node}"),
                         serde_json::json!({ "reason": reason }).to_string(),
                     );
+                }
+                Edit::SealSecret(sealed) => {
+                    let key = sealed
+                        .doc_key()
+                        .map_err(|e| EditError::Secret(e.to_string()))?;
+                    put(&mut tx, key, sealed.to_json());
+                }
+                Edit::UnsetSecret(level, path) => {
+                    tx.delete(ROOT, secret_key(&level, &path).as_str())
+                        .expect("delete on the root map cannot fail");
                 }
             }
         }

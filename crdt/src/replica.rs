@@ -1404,7 +1404,9 @@ fn check_policy_schema(change: &Change) -> Result<(), Rejection> {
         let Key::Map(k) = &op.key else {
             return Err(Rejection::Schema("policy ops must use map keys".into()));
         };
-        let known = ["fleet/", "region/", "site/", "member/", "revoked/"];
+        let known = [
+            "fleet/", "region/", "site/", "member/", "revoked/", "secret/",
+        ];
         if !known.iter().any(|p| k.starts_with(p)) {
             return Err(Rejection::Schema(format!("unknown policy key {k:?}")));
         }

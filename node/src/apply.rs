@@ -6,10 +6,19 @@
 //! one not yet started (a `watch` channel), so a burst of policy changes runs
 //! the command once for the latest. Each result goes back to the daemon, which
 //! writes it into this node's status (`applied`: heads, error, exit code).
+//!
+//! Sealed secrets addressed to this node ([`dcloud_crdt::secret`]) are opened
+//! here, with the node key, and written to their own file (mode 0600, never
+//! the config file); the command gets its path as `DCLOUD_SECRETS_FILE`. A
+//! secret that does not open fails the apply (the status names the entry,
+//! never a value). Values are held only in this task, and only as long as
+//! rendering takes.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dcloud_crdt::secret::{SealedSecret, secrets_for};
+use dcloud_crdt::{NodeId, Policy, SecretKey};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
@@ -18,13 +27,33 @@ use crate::config::ApplyConfig;
 /// Most bytes of the command's standard error kept for the log and the status.
 pub const STDERR_KEPT_MAX_BYTES: usize = 2048;
 
+/// What a node applies: its effective config and the secrets sealed to it
+/// (still sealed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApplyInput {
+    /// The effective config.
+    pub config: serde_json::Value,
+    /// The sealed secrets addressed to this node, in order of precedence.
+    pub sealed: Vec<SealedSecret>,
+}
+
+impl ApplyInput {
+    /// The input of `me` under `policy`; None when it is not an active member.
+    pub fn of(policy: &Policy, me: &NodeId) -> Option<ApplyInput> {
+        Some(ApplyInput {
+            config: policy.effective_config(me)?,
+            sealed: secrets_for(policy, me).into_iter().cloned().collect(),
+        })
+    }
+}
+
 /// What to apply.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApplyRequest {
     /// Policy heads (hex) the config was resolved at.
     pub heads: Vec<String>,
-    /// The effective config.
-    pub config: serde_json::Value,
+    /// The effective config and sealed secrets.
+    pub input: ApplyInput,
 }
 
 /// What came of it.
@@ -57,8 +86,9 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Start the applier task; results arrive on the returned receiver.
-    pub fn spawn(config: ApplyConfig) -> (Applier, mpsc::Receiver<ApplyResult>) {
+    /// Start the applier task; results arrive on the returned receiver. `key`
+    /// (the node key) opens the secrets sealed to this node.
+    pub fn spawn(config: ApplyConfig, key: SecretKey) -> (Applier, mpsc::Receiver<ApplyResult>) {
         let (tx, mut rx) = watch::channel::<Option<ApplyRequest>>(None);
         let (res_tx, res_rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -66,7 +96,7 @@ impl Applier {
                 let Some(req) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let result = apply_once(&config, &req).await;
+                let result = apply_once(&config, &key, &req).await;
                 if res_tx.send(result).await.is_err() {
                     break;
                 }
@@ -111,15 +141,105 @@ pub fn render(path: &Path, config: &serde_json::Value) -> Result<(), RenderError
     Ok(())
 }
 
-async fn apply_once(config: &ApplyConfig, req: &ApplyRequest) -> ApplyResult {
+/// Open the sealed secrets with `key` and nest them by dotted path (later
+/// entries, of higher precedence, win). An error names the entry only.
+pub fn open_secrets(
+    key: &SecretKey,
+    sealed: &[SealedSecret],
+) -> Result<serde_json::Value, dcloud_crdt::secret::SecretError> {
+    let mut tree = serde_json::Value::Object(Default::default());
+    for s in sealed {
+        let Some(value) = s.open(key)? else {
+            continue;
+        };
+        let mut t = serde_json::Value::String(value.expose().to_string());
+        for seg in s.path.split('.').rev() {
+            let mut obj = serde_json::Map::new();
+            obj.insert(seg.to_string(), t);
+            t = serde_json::Value::Object(obj);
+        }
+        dcloud_crdt::policy::deep_merge(&mut tree, t);
+    }
+    Ok(tree)
+}
+
+/// Write `tree` to `path` atomically with mode 0600: a fresh temporary file
+/// created 0600 beside it, synced, renamed over the target, directory synced.
+pub fn render_secrets(path: &Path, tree: &serde_json::Value) -> Result<(), RenderError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| RenderError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = serde_json::to_vec_pretty(tree).expect("a JSON value serialises");
+    text.push(b'\n');
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(&text).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+async fn apply_once(config: &ApplyConfig, key: &SecretKey, req: &ApplyRequest) -> ApplyResult {
     let mut result = ApplyResult {
         heads: req.heads.clone(),
         error: None,
         exit_code: None,
     };
+    if let Some(file) = &config.secrets_file {
+        let file = file.clone();
+        let key = key.clone();
+        let sealed = req.input.sealed.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let tree = open_secrets(&key, &sealed).map_err(|e| e.to_string())?;
+            render_secrets(&file, &tree).map_err(|e| e.to_string())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                result.error = Some(e);
+                return result;
+            }
+            Err(e) => {
+                result.error = Some(format!("secrets task failed: {e}"));
+                return result;
+            }
+        }
+    } else if !req.input.sealed.is_empty() {
+        result.error = Some(format!(
+            "{} secret(s) are sealed to this site but no apply secrets file is configured",
+            req.input.sealed.len()
+        ));
+        return result;
+    }
     if let Some(file) = &config.file {
         let file = file.clone();
-        let value = req.config.clone();
+        let value = req.input.config.clone();
         let rendered = tokio::task::spawn_blocking(move || render(&file, &value)).await;
         match rendered {
             Ok(Ok(())) => {}
@@ -147,6 +267,9 @@ async fn apply_once(config: &ApplyConfig, req: &ApplyRequest) -> ApplyResult {
         .kill_on_drop(true);
     if let Some(file) = &config.file {
         command.env("DCLOUD_CONFIG_FILE", file);
+    }
+    if let Some(file) = &config.secrets_file {
+        command.env("DCLOUD_SECRETS_FILE", file);
     }
     let mut child = match command.spawn() {
         Ok(c) => c,
@@ -205,14 +328,19 @@ mod tests {
         let file = dir.path().join("site.json");
         let cfg = ApplyConfig {
             file: Some(file.clone()),
+            secrets_file: None,
             command: Some("test -s \"$DCLOUD_CONFIG_FILE\" && echo bad >&2 && exit 3".into()),
             timeout_ms: 5000,
         };
         let req = ApplyRequest {
             heads: vec!["ab".into()],
-            config: serde_json::json!({"a": 1}),
+            input: ApplyInput {
+                config: serde_json::json!({"a": 1}),
+                sealed: Vec::new(),
+            },
         };
-        let r = apply_once(&cfg, &req).await;
+        let key = SecretKey::from_seed([3; 32]);
+        let r = apply_once(&cfg, &key, &req).await;
         assert_eq!(r.exit_code, Some(3));
         assert_eq!(
             r.error.as_deref(),
@@ -226,7 +354,83 @@ mod tests {
             timeout_ms: 50,
             ..cfg
         };
-        let r = apply_once(&slow, &req).await;
+        let r = apply_once(&slow, &key, &req).await;
         assert!(r.error.unwrap().contains("timed out"));
+    }
+
+    #[tokio::test]
+    async fn secrets_are_opened_into_their_own_0600_file() {
+        use std::collections::BTreeMap;
+        use std::os::unix::fs::PermissionsExt;
+
+        use dcloud_crdt::Level;
+        use dcloud_crdt::secret::seal;
+
+        let dir = tempfile::tempdir().unwrap();
+        let me = SecretKey::from_seed([4; 32]);
+        let other = SecretKey::from_seed([5; 32]);
+        let fleet = seal(
+            &Level::Fleet,
+            "db.user",
+            &BTreeMap::new(),
+            b"app",
+            &[me.public(), other.public()],
+        )
+        .unwrap();
+        let mine = seal(
+            &Level::Site(me.public()),
+            "db.password",
+            &BTreeMap::new(),
+            b"s3cret-value",
+            &[me.public()],
+        )
+        .unwrap();
+        let cfg = ApplyConfig {
+            file: Some(dir.path().join("site.json")),
+            secrets_file: Some(dir.path().join("secrets.json")),
+            command: Some("test \"$(stat -c %a \"$DCLOUD_SECRETS_FILE\")\" = 600".into()),
+            timeout_ms: 5000,
+        };
+        let req = ApplyRequest {
+            heads: vec!["ab".into()],
+            input: ApplyInput {
+                config: serde_json::json!({"a": 1}),
+                sealed: vec![fleet.clone(), mine.clone()],
+            },
+        };
+        let r = apply_once(&cfg, &me, &req).await;
+        assert_eq!(r.error, None);
+        let path = dir.path().join("secrets.json");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"db": {"user": "app", "password": "s3cret-value"}})
+        );
+        let config = std::fs::read_to_string(dir.path().join("site.json")).unwrap();
+        assert!(!config.contains("s3cret"));
+
+        // A tampered ciphertext fails the apply, naming the entry, not the value.
+        let mut bad = mine.clone();
+        let slot = bad.to.get_mut(&me.public().to_hex()).unwrap();
+        slot.ct.replace_range(
+            0..2,
+            if slot.ct.starts_with("00") {
+                "01"
+            } else {
+                "00"
+            },
+        );
+        let req = ApplyRequest {
+            heads: vec!["cd".into()],
+            input: ApplyInput {
+                config: serde_json::json!({"a": 1}),
+                sealed: vec![bad],
+            },
+        };
+        let err = apply_once(&cfg, &me, &req).await.error.unwrap();
+        assert!(err.contains("does not open"), "{err}");
+        assert!(!err.contains("s3cret"));
     }
 }

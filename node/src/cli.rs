@@ -394,6 +394,27 @@ pub fn render_policy(v: &PolicyView) -> String {
             ]);
         }
     }
+    for sv in &v.secrets {
+        let sel = if sv.selector.is_empty() {
+            String::new()
+        } else {
+            let l: Vec<String> = sv
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(" [{}]", l.join(","))
+        };
+        rows.push(vec![
+            format!("{}{sel}", sv.level.replace(':', " ")),
+            sv.path.clone(),
+            format!(
+                "(sealed to {} site(s), digest {})",
+                sv.targets.len(),
+                sv.digest
+            ),
+        ]);
+    }
     s.push('\n');
     s.push_str(&table(&["LEVEL", "PATH", "VALUE"], &rows));
     let members: Vec<Vec<String>> = v

@@ -18,6 +18,7 @@
 //! file = "/etc/site/dcloud.json"
 //! command = "systemctl reload my-service"
 //! timeout_ms = 30000
+//! secrets_file = "/etc/site/dcloud-secrets.json"   # default: <data_dir>/secrets.json, mode 0600
 //!
 //! [engine]                      # replication tuning (optional)
 //! anti_entropy_interval_ms = 1500
@@ -100,6 +101,9 @@ pub struct RawApply {
     pub command: Option<String>,
     /// Command timeout.
     pub timeout_ms: Option<u64>,
+    /// File the secrets sealed to this site are written to (JSON, mode
+    /// 0600); default `<data_dir>/secrets.json`.
+    pub secrets_file: Option<PathBuf>,
 }
 
 /// Replication tuning as written (`[engine]`).
@@ -158,6 +162,13 @@ pub struct ApplyConfig {
     pub command: Option<String>,
     /// Bound on the command's run time.
     pub timeout_ms: u64,
+    /// File the secrets sealed to this site are written to (mode 0600).
+    pub secrets_file: Option<PathBuf>,
+}
+
+/// The default secrets file inside a data directory.
+pub fn secrets_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("secrets.json")
 }
 
 /// Replication tuning (daemon defaults favour latency; see `docs/daemon.md`).
@@ -324,6 +335,18 @@ impl RawConfig {
                 ));
             }
         }
+        if let Some(p) = apply_raw
+            .secrets_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            && !p.is_dir()
+        {
+            return Err(invalid(
+                "apply.secrets_file",
+                format!("directory {} does not exist", p.display()),
+            ));
+        }
         if apply_raw
             .command
             .as_deref()
@@ -387,6 +410,10 @@ impl RawConfig {
                 86_400_000,
             )?,
         };
+        let secrets_file = apply_raw
+            .secrets_file
+            .clone()
+            .unwrap_or_else(|| secrets_path(&data_dir));
         Ok(Config {
             engine,
             freshness,
@@ -402,6 +429,7 @@ impl RawConfig {
                 file: apply_raw.file,
                 command: apply_raw.command,
                 timeout_ms,
+                secrets_file: Some(secrets_file),
             },
         })
     }

@@ -48,7 +48,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::apply::{Applier, ApplyRequest, ApplyResult};
+use crate::apply::{Applier, ApplyInput, ApplyRequest, ApplyResult};
 use crate::config::Config;
 use crate::dial::{Candidate, Dialer, Redial};
 use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
@@ -203,10 +203,10 @@ struct Bootstrap {
 /// What the applier was last asked, and what it last finished.
 #[derive(Default)]
 struct ApplyState {
-    /// Heads and config of the latest request (None config: not a member).
-    target: Option<(Vec<String>, Option<serde_json::Value>)>,
-    /// The config of the last successful run.
-    done_config: Option<serde_json::Value>,
+    /// Heads and input (config, sealed secrets) of the latest request (None: not a member).
+    target: Option<(Vec<String>, Option<ApplyInput>)>,
+    /// The input of the last successful run.
+    done_config: Option<ApplyInput>,
     /// A request is running.
     busy: bool,
     /// What the status reports.
@@ -403,7 +403,7 @@ pub async fn start(
     };
     let started = Instant::now();
     let (engine, first) = Engine::new(engine_cfg, replica, writer, 0);
-    let (applier, apply_rx) = Applier::spawn(cfg.apply.clone());
+    let (applier, apply_rx) = Applier::spawn(cfg.apply.clone(), key.clone());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let bootstrap = cfg
         .bootstrap
@@ -862,7 +862,7 @@ impl Daemon {
         // Re-render this node's effective config when it changed.
         let replica = self.engine.replica();
         let heads = view::hex_heads(&replica.policy_heads());
-        let config = replica.effective_config(&self.me);
+        let config = ApplyInput::of(replica.policy(), &self.me);
         let same_target = self
             .apply
             .target
@@ -887,7 +887,7 @@ impl Daemon {
                     self.apply.busy = true;
                     self.applier.submit(ApplyRequest {
                         heads,
-                        config: c.clone(),
+                        input: c.clone(),
                     });
                 }
             }

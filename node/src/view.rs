@@ -164,6 +164,10 @@ pub struct PolicyView {
     pub members: BTreeMap<String, Member>,
     /// Revoked nodes and why.
     pub revoked: BTreeMap<String, String>,
+    /// Sealed secrets: where, to whom, and a digest of the sealed entry;
+    /// never a value.
+    #[serde(default)]
+    pub secrets: Vec<SecretView>,
     /// Concurrent edits.
     pub conflicts: Vec<Conflict>,
     /// Entries that could not be read.
@@ -358,6 +362,41 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
     }
 }
 
+/// One sealed secret as the API shows it: never its value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SecretView {
+    /// The policy entry.
+    pub key: String,
+    /// `fleet`, `region:NAME`, `site:NODE_ID`.
+    pub level: String,
+    /// Dotted path.
+    pub path: String,
+    /// Labels a target must carry.
+    pub selector: BTreeMap<String, String>,
+    /// The sealing's id.
+    pub id: String,
+    /// Node ids it is sealed to.
+    pub targets: Vec<String>,
+    /// Digest of the sealed entry (not of the value).
+    pub digest: String,
+}
+
+/// The sealed secrets of `p`, as shown.
+pub fn secrets(p: &dcloud_crdt::Policy) -> Vec<SecretView> {
+    p.secrets
+        .iter()
+        .map(|(k, s)| SecretView {
+            key: k.clone(),
+            level: s.level.clone(),
+            path: s.path.clone(),
+            selector: s.selector.clone(),
+            id: s.id.clone(),
+            targets: s.to.keys().cloned().collect(),
+            digest: s.digest(),
+        })
+        .collect()
+}
+
 /// The policy view.
 pub fn policy(replica: &Replica) -> PolicyView {
     let p = replica.policy();
@@ -395,6 +434,7 @@ pub fn policy(replica: &Replica) -> PolicyView {
             .iter()
             .map(|(k, v)| (k.to_hex(), v.clone()))
             .collect(),
+        secrets: secrets(p),
         conflicts: p.conflicts.clone(),
         errors: p.errors.clone(),
     }

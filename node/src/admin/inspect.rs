@@ -23,6 +23,7 @@ use dcloud_crdt::{
 use serde_json::Value as Json;
 
 use crate::admin::base::Base;
+use crate::admin::secret::{Drift, drift};
 use crate::admin::trust::{RootProgress, progress};
 
 /// One signature on a change.
@@ -99,6 +100,9 @@ pub struct Inspection {
     pub entries: Vec<EntryChange>,
     /// Sites whose effective config changes.
     pub sites: Vec<SiteEffect>,
+    /// Sealed secrets whose target sites differ from the sites they are
+    /// sealed to after the bundle, and whether the bundle made that so.
+    pub secret_drift: Vec<(Drift, bool)>,
     /// Whether effects were computed (a base was given).
     pub has_base: bool,
     /// Everything that stops the bundle from being accepted, in words.
@@ -216,9 +220,9 @@ pub fn inspect(
     if bundle.changes.is_empty() && bundle.roots.is_empty() {
         problems.push("the bundle is empty".into());
     }
-    let (entries, sites) = match base {
+    let (entries, sites, secret_drift) = match base {
         Some(b) => effects(b, bundle),
-        None => (Vec::new(), Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     Ok(Inspection {
         anchor,
@@ -226,6 +230,7 @@ pub fn inspect(
         changes,
         entries,
         sites,
+        secret_drift,
         has_base: base.is_some(),
         problems,
     })
@@ -286,7 +291,9 @@ fn preview(base: &Base, bundle: &Bundle) -> Policy {
     Policy::from_doc(&doc)
 }
 
-fn effects(base: &Base, bundle: &Bundle) -> (Vec<EntryChange>, Vec<SiteEffect>) {
+type Effects = (Vec<EntryChange>, Vec<SiteEffect>, Vec<(Drift, bool)>);
+
+fn effects(base: &Base, bundle: &Bundle) -> Effects {
     let before = base.policy();
     let after = preview(base, bundle);
     let mut entries = Vec::new();
@@ -306,7 +313,15 @@ fn effects(base: &Base, bundle: &Bundle) -> (Vec<EntryChange>, Vec<SiteEffect>) 
             after: after.effective_config(&node),
         })
         .collect();
-    (entries, sites)
+    let was = drift(before);
+    let secret_drift = drift(&after)
+        .into_iter()
+        .map(|d| {
+            let new = !was.contains(&d);
+            (d, new)
+        })
+        .collect();
+    (entries, sites, secret_drift)
 }
 
 /// Every entry of a policy as document key -> JSON text.
@@ -334,6 +349,28 @@ fn flatten(p: &Policy) -> BTreeMap<String, String> {
     }
     for (node, reason) in &p.revoked {
         out.insert(format!("revoked {}", node.short()), format!("{reason:?}"));
+    }
+    // A sealed secret shows where it goes, never its ciphertext.
+    for s in p.secrets.values() {
+        let to: Vec<String> = s
+            .sealed_to()
+            .iter()
+            .map(|n| p.members.get(n).map_or(n.short(), |m| m.name.clone()))
+            .collect();
+        let sel: Vec<String> = s.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.insert(
+            format!("secret {} {}", s.level, s.path),
+            format!(
+                "(sealed{} to [{}], digest {})",
+                if sel.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", sel.join(","))
+                },
+                to.join(", "),
+                s.digest()
+            ),
+        );
     }
     out
 }
@@ -441,6 +478,14 @@ impl fmt::Display for Inspection {
                     writeln!(f, "    before: {}", json_or_none(&s.before))?;
                     writeln!(f, "    after:  {}", json_or_none(&s.after))?;
                 }
+            }
+            for (d, new) in &self.secret_drift {
+                let tag = if *new {
+                    "this bundle changes the sites of"
+                } else {
+                    "already drifted:"
+                };
+                writeln!(f, "{tag} {d}")?;
             }
         } else {
             writeln!(f, "effects: not computed (pass --base FILE or --from URL)")?;

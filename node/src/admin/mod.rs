@@ -16,6 +16,9 @@
 //!   enrolled in one signed change;
 //! * [`inspect`]: `verify`: who signed a bundle, whether it meets the threshold,
 //!   and the effective config of every affected site before and after;
+//! * [`secret`]: `secret set` seals a value to its target sites; the drift
+//!   between the sites a secret is sealed to and its targets now (enrolled
+//!   since, revoked since), with the command that re-seals;
 //! * [`client`] and [`publish`]: the only network step, handing a signed bundle
 //!   to a node's local API and watching the rollout.
 //!
@@ -28,6 +31,7 @@ pub mod files;
 pub mod inspect;
 pub mod keys;
 pub mod publish;
+pub mod secret;
 pub mod sites;
 pub mod timestamp;
 pub mod trust;

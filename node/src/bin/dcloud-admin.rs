@@ -15,7 +15,7 @@ use dcloud_node::admin::base::{Base, merge_roots};
 use dcloud_node::admin::client::Client;
 use dcloud_node::admin::inspect::{inspect, short_hash};
 use dcloud_node::admin::trust::ChainFile;
-use dcloud_node::admin::{edit, files, keys, publish, sites, timestamp, trust};
+use dcloud_node::admin::{edit, files, keys, publish, secret, sites, timestamp, trust};
 
 /// Print a line to stdout; a closed pipe (`dcloud-admin ... | head`) ends the
 /// program quietly instead of panicking (outputs are written before they are
@@ -93,6 +93,9 @@ enum Cmd {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// Sealed secrets: values only their target sites can read.
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Remove a config value (and everything below its path at that level).
     Unset {
         /// fleet, region:NAME or site:NODE_ID_OR_NAME.
@@ -163,6 +166,42 @@ enum Cmd {
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Seal a value to every target site (LEVEL: fleet, region:NAME,
+    /// site:NODE_ID_OR_NAME; narrowed by --label). Setting it again re-seals
+    /// it to the targets of the base.
+    Set {
+        /// fleet, region:NAME or site:NODE_ID_OR_NAME.
+        level: String,
+        /// Dotted path in the sites' secrets file, for example db.password.
+        path: String,
+        /// The file holding the value (its exact bytes, UTF-8).
+        #[arg(long)]
+        from_file: PathBuf,
+        /// Only sites carrying this label KEY=VALUE (repeatable: all of them).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// Remove a sealed secret.
+    Unset {
+        /// fleet, region:NAME or site:NODE_ID_OR_NAME.
+        level: String,
+        /// Dotted path.
+        path: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
+    /// List the sealed secrets of a base: where, to whom, digest, and which
+    /// need re-sealing.
+    List {
+        #[command(flatten)]
+        base: BaseArgs,
     },
 }
 
@@ -453,6 +492,63 @@ async fn root_cmd(cmd: RootCmd) -> Result<()> {
     Ok(())
 }
 
+async fn secret_cmd(cmd: SecretCmd) -> Result<()> {
+    match cmd {
+        SecretCmd::Set {
+            level,
+            path,
+            from_file,
+            labels,
+            sign: s,
+        } => {
+            let selector = secret::parse_selector(&labels)?;
+            let value = std::fs::read(&from_file)
+                .with_context(|| format!("cannot read {}", from_file.display()))?;
+            let mut shown = String::new();
+            sign(&s, |base| {
+                let sealed = secret::seal_edit(base, &level, &path, &selector, &value)?;
+                let to: Vec<&str> = sealed.targets.iter().map(|(_, n)| n.as_str()).collect();
+                shown = format!(
+                    "sealed {} {} to {} site(s): {} (digest {})",
+                    sealed.sealed.level,
+                    sealed.sealed.path,
+                    to.len(),
+                    to.join(", "),
+                    sealed.sealed.digest()
+                );
+                Ok(vec![sealed.edit])
+            })
+            .await?;
+            say!("{shown}");
+        }
+        SecretCmd::Unset {
+            level,
+            path,
+            sign: s,
+        } => {
+            sign(&s, |base| {
+                let level = edit::parse_level(&level, base.policy())?;
+                Ok(vec![Edit::UnsetSecret(level, path)])
+            })
+            .await?;
+        }
+        SecretCmd::List { base } => {
+            let base = load_base(&base).await?;
+            let lines = secret::list(base.policy());
+            if lines.is_empty() {
+                say!("no sealed secrets");
+            }
+            for l in lines {
+                say!("{l}");
+            }
+            for d in secret::drift(base.policy()) {
+                say!("needs re-sealing: {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn print_root(file: &ChainFile) {
     for r in &file.roots {
         let keys: Vec<String> = r.root.keys.iter().map(|k| k.short()).collect();
@@ -649,12 +745,27 @@ async fn run(cli: Cli) -> Result<()> {
             reason,
             sign: s,
         } => {
+            let mut exposed = Vec::new();
             sign(&s, |base| {
                 let id = edit::resolve_site(&node, base.policy())?;
+                for sec in secret::readable_by(base.policy(), &id) {
+                    exposed.push(format!("{} {}", sec.level, sec.path));
+                }
                 Ok(vec![Edit::Revoke(id, reason)])
             })
             .await?;
+            if !exposed.is_empty() {
+                say!(
+                    "{node} could read {} sealed secret(s): {}",
+                    exposed.len(),
+                    exposed.join(", ")
+                );
+                say!(
+                    "re-seal each to the remaining sites with `dcloud-admin secret set LEVEL PATH --from-file FILE ...` against a base holding this revocation (see `dcloud-admin secret list`); rotating the values is your call: the site may have kept them"
+                );
+            }
         }
+        Cmd::Secret(cmd) => secret_cmd(cmd).await?,
         Cmd::Set {
             level,
             path,

@@ -73,6 +73,11 @@ struct RunArgs {
     /// Bound on the apply command's run time.
     #[arg(long, env = "DCLOUD_APPLY_TIMEOUT_MS")]
     apply_timeout_ms: Option<u64>,
+    /// File the secrets sealed to this site are written to (JSON, mode 0600;
+    /// default DATA_DIR/secrets.json). The apply command gets its path as
+    /// DCLOUD_SECRETS_FILE.
+    #[arg(long, env = "DCLOUD_APPLY_SECRETS_FILE")]
+    apply_secrets_file: Option<PathBuf>,
     /// Clock skew allowed past a freshness statement's expiry.
     #[arg(long, env = "DCLOUD_FRESHNESS_SKEW_MS")]
     freshness_skew_ms: Option<u64>,
@@ -197,6 +202,9 @@ fn merge(args: &RunArgs) -> Result<config::Config> {
     }
     if let Some(v) = args.apply_timeout_ms {
         apply.timeout_ms = Some(v);
+    }
+    if let Some(v) = &args.apply_secrets_file {
+        apply.secrets_file = Some(v.clone());
     }
     Ok(raw.validate()?)
 }
