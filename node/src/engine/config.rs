@@ -35,6 +35,27 @@ pub struct EngineConfig {
     pub penalty_max: u32,
     /// Penalty for one invalid change or malformed message.
     pub penalty_per_offence: u32,
+    /// Penalty for a request (`Want`, `Graft`, `Sync`) that arrives when the
+    /// peer's answer budget is already spent (mild: a request answered in
+    /// part, because the budget ran out while answering it, costs nothing).
+    pub penalty_per_refusal: u32,
+    /// A peer's penalty decays by this much per second, so that a rare
+    /// offence (a corrupt frame now and then) never adds up to a disconnect.
+    pub penalty_decay_per_s: u32,
+    /// Work (index entries scanned, documents and short ids looked up,
+    /// changes collected) this node does in answer to one peer's `Want`,
+    /// `Graft` and `Sync` requests, at most in one burst: a token bucket per
+    /// peer, full when the peer connects. Once it is empty the peer's requests
+    /// are not answered (see `penalty_per_refusal`) until it refills.
+    pub answer_work_burst_lookups: u64,
+    /// The work bucket refills at this rate.
+    pub answer_work_refill_lookups_per_s: u64,
+    /// Bytes this node sends in answer to one peer's requests (changes,
+    /// reconciliation steps, trust roots), at most in one burst (a token
+    /// bucket per peer, like the work budget).
+    pub answer_burst_bytes: u64,
+    /// The bytes bucket refills at this rate.
+    pub answer_refill_bytes_per_s: u64,
     /// Bounds on decoded messages (also respected by what this engine sends).
     pub wire: WireLimits,
     /// Target size of one message of changes.
@@ -75,6 +96,18 @@ impl Default for EngineConfig {
             recent_max: 1 << 16,
             penalty_max: 100,
             penalty_per_offence: 25,
+            penalty_per_refusal: 10,
+            penalty_decay_per_s: 1,
+            // An honest round over a 10,000-document index after a heal scans
+            // it about once per level (3 levels) and lists the small ranges:
+            // ~40,000 lookups. The burst allows five such rounds at once, the
+            // refill more than one per anti-entropy interval.
+            answer_work_burst_lookups: 200_000,
+            answer_work_refill_lookups_per_s: 50_000,
+            // Two whole answers of one step (`sync_send_max_bytes`) at once,
+            // then 1 MiB/s: a store rebuilt from 6 peers after a wipe gets 6 MiB/s.
+            answer_burst_bytes: 8 << 20,
+            answer_refill_bytes_per_s: 1 << 20,
             wire: WireLimits {
                 message_size_max_bytes: 8 << 20,
                 changes_per_message_max: 1024,

@@ -57,6 +57,16 @@ pub struct EngineStats {
     pub grafts_sent: u64,
     /// Prunes sent.
     pub prunes_sent: u64,
+    /// Requests (`Want`, `Graft`, `Sync`) not answered at all: the sender's
+    /// answer budget was spent (`EngineConfig::answer_burst_bytes` and
+    /// `answer_work_burst_lookups`).
+    pub requests_refused: u64,
+    /// Requests answered in part: the budget ran out while answering.
+    pub answers_cut_short: u64,
+    /// Bytes sent in answer to requests (changes, reconciliation steps, roots).
+    pub answer_bytes_sent: u64,
+    /// Work done in answer to requests (lookups, see `answer_work_burst_lookups`).
+    pub answer_lookups: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -76,12 +86,91 @@ impl std::fmt::Display for FreshnessRefusal {
     }
 }
 
+/// A token bucket: `tokens` left, refilled with time up to a capacity.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: u64,
+    /// When tokens were last added.
+    at: Millis,
+}
+
+impl Bucket {
+    fn full(capacity: u64, now: Millis) -> Bucket {
+        Bucket {
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Millis, capacity: u64, per_s: u64) {
+        let elapsed = now.saturating_sub(self.at);
+        let add = u64::try_from(u128::from(elapsed) * u128::from(per_s) / 1000).unwrap_or(u64::MAX);
+        // Time that adds less than one token is kept for the next refill.
+        if add > 0 || self.tokens >= capacity {
+            self.tokens = self.tokens.saturating_add(add).min(capacity);
+            self.at = now;
+        }
+    }
+}
+
+/// What is left of a peer's answer budget while one request is answered.
+#[derive(Clone, Copy, Debug)]
+struct Allowance {
+    work: u64,
+    bytes: u64,
+    /// Whether some work or bytes were wanted but not allowed.
+    short: bool,
+}
+
+impl Allowance {
+    /// Take `n` units of work; false (and nothing taken) if none is left.
+    fn work(&mut self, n: u64) -> bool {
+        if self.work == 0 {
+            self.short = true;
+            return false;
+        }
+        self.work = self.work.saturating_sub(n);
+        true
+    }
+
+    /// Whether any work is left (noting that more was wanted if not).
+    fn has_work(&mut self) -> bool {
+        if self.work == 0 {
+            self.short = true;
+        }
+        self.work > 0
+    }
+
+    /// Take `n` units of work or bytes done already (saturating).
+    fn spend(&mut self, work: u64, bytes: u64) {
+        self.work = self.work.saturating_sub(work);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether `n` more bytes may be sent (taking them if so). The last
+    /// answer may overshoot by one change or one message: the bound is the
+    /// budget plus one message.
+    fn bytes(&mut self, n: u64) -> bool {
+        if self.bytes == 0 {
+            self.short = true;
+            return false;
+        }
+        self.bytes = self.bytes.saturating_sub(n);
+        true
+    }
+}
+
 #[derive(Debug)]
 struct Peer {
     /// Owners whose status changes go to this peer lazily (the link is off
     /// their dissemination tree); every other owner's go eagerly.
     pruned: BTreeSet<NodeId>,
     penalty: u32,
+    /// When the penalty last decayed.
+    penalty_at: Millis,
+    /// What this node still does for the peer's requests (token buckets).
+    work: Bucket,
+    bytes: Bucket,
     /// Announcements waiting for the next lazy flush.
     lazy: Vec<ShortId>,
     /// When the connection came up.
@@ -329,13 +418,26 @@ impl Engine {
             });
             return;
         }
-        // A repeated PeerUp (no PeerDown between) keeps the penalty.
-        let penalty = self.peers.get(&peer).map_or(0, |p| p.penalty);
+        // A repeated PeerUp (no PeerDown between) keeps the penalty and what
+        // is left of the answer budget.
+        let cfg = &self.config;
+        let (penalty, penalty_at, work, bytes) = self.peers.get(&peer).map_or(
+            (
+                0,
+                now,
+                Bucket::full(cfg.answer_work_burst_lookups, now),
+                Bucket::full(cfg.answer_burst_bytes, now),
+            ),
+            |p| (p.penalty, p.penalty_at, p.work, p.bytes),
+        );
         self.peers.insert(
             peer,
             Peer {
                 pruned: BTreeSet::new(),
                 penalty,
+                penalty_at,
+                work,
+                bytes,
                 lazy: Vec::new(),
                 connected_at: now,
             },
@@ -353,6 +455,7 @@ impl Engine {
     fn on_bytes(&mut self, from: NodeId, bytes: &[u8], now: Millis, out: &mut Vec<Output>) {
         self.stats.messages_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
+        self.decay_penalty(from, now);
         match Message::decode(bytes, &self.config.wire) {
             Err(e) => {
                 self.stats.malformed_messages += 1;
@@ -404,11 +507,26 @@ impl Engine {
             }
             Message::IHave { ids } => self.on_ihave(from, ids, now, out),
             Message::Graft { ids } => {
-                let found: Vec<SignedChange> = ids
-                    .iter()
-                    .filter_map(|s| self.recent.get(s).map(|r| &r.0))
-                    .filter_map(|id| self.replica.get(&id.doc, &id.change_hash()).cloned())
-                    .collect();
+                let Some(mut allow) = self.open_budget(from, "Graft", now, out) else {
+                    return;
+                };
+                let mut found: Vec<SignedChange> = Vec::new();
+                for s in &ids {
+                    if !allow.work(1) {
+                        break;
+                    }
+                    let Some(c) = self
+                        .recent
+                        .get(s)
+                        .and_then(|r| self.replica.get(&r.0.doc, &r.0.change_hash()))
+                    else {
+                        continue;
+                    };
+                    if !allow.bytes(encoded_len(c) as u64) {
+                        break;
+                    }
+                    found.push(c.clone());
+                }
                 if let Some(p) = self.peers.get_mut(&from) {
                     for c in &found {
                         if let Some(o) = origin(&c.doc) {
@@ -416,7 +534,8 @@ impl Engine {
                         }
                     }
                 }
-                self.send_changes(from, Push::Reply, found, out);
+                self.close_budget(from, allow);
+                self.answer_changes(from, found, out);
             }
             Message::Prune { origins } => {
                 let max = self.config.pruned_origins_max;
@@ -430,9 +549,15 @@ impl Engine {
                 }
             }
             Message::Want { items } => {
+                let Some(mut allow) = self.open_budget(from, "Want", now, out) else {
+                    return;
+                };
                 let mut found = Vec::new();
                 let mut bytes = 0usize;
-                for it in items {
+                'items: for it in items {
+                    if !allow.work(1) {
+                        break;
+                    }
                     let Some(e) = self.index.get(&it.doc) else {
                         continue;
                     };
@@ -447,14 +572,18 @@ impl Engine {
                     };
                     let doc = e.doc;
                     for c in self.replica.missing_for(&doc, &theirs) {
-                        if bytes >= self.config.sync_send_max_bytes {
-                            break;
+                        if bytes >= self.config.sync_send_max_bytes
+                            || !allow.work(1)
+                            || !allow.bytes(encoded_len(c) as u64)
+                        {
+                            break 'items;
                         }
                         bytes += c.change.len();
                         found.push(c.clone());
                     }
                 }
-                self.send_changes(from, Push::Reply, found, out);
+                self.close_budget(from, allow);
+                self.answer_changes(from, found, out);
             }
             Message::Roots { roots } => {
                 let advanced = self.ingest_roots(Some(from), roots, out);
@@ -1084,9 +1213,14 @@ impl Engine {
         else {
             unreachable!("called with a Sync message")
         };
+        let Some(mut allow) = self.open_budget(from, "Sync", now, out) else {
+            return;
+        };
         if root_version < self.root_version() {
             let roots = self.replica.trust().roots().to_vec();
-            self.send(from, &Message::Roots { roots }, out);
+            let before = self.stats.bytes_sent;
+            self.answer(from, &Message::Roots { roots }, out);
+            allow.spend(1, self.stats.bytes_sent - before);
         }
         let cfg = &self.config;
         // Changes that arrived before this connection are not in flight to the
@@ -1098,10 +1232,16 @@ impl Engine {
         for sp in splits {
             let ranges = split(sp.lo, sp.hi, sp.parts.len() as u64);
             for ((lo, hi), (count, fp)) in ranges.into_iter().zip(sp.parts) {
+                if !allow.has_work() {
+                    break;
+                }
                 let (my_count, my_fp) = self.index.range_fp(lo, hi);
+                allow.spend(1 + u64::from(my_count), 0);
                 if my_count == count && my_fp == fp {
                     continue;
                 }
+                // Listing or splitting the range scans it once more.
+                allow.spend(u64::from(my_count), 0);
                 if my_count <= cfg.sync_items_threshold || depth >= cfg.sync_depth_max || lo == hi {
                     reply_items.push(RangeItems {
                         lo,
@@ -1121,6 +1261,10 @@ impl Engine {
         let mut to_send: Vec<SignedChange> = Vec::new();
         let mut send_bytes = 0usize;
         for ri in items {
+            if !allow.has_work() {
+                break;
+            }
+            allow.spend(ri.items.len() as u64, 0);
             let theirs: BTreeMap<_, &Item> = ri
                 .items
                 .iter()
@@ -1129,6 +1273,7 @@ impl Engine {
                 .collect();
             let mut i_lack = false;
             for (key, e) in self.index.range(ri.lo, ri.hi) {
+                allow.spend(1, 0);
                 let their_heads: Vec<ChangeHash> = match theirs.get(key) {
                     None => Vec::new(),
                     Some(it) if it.doc == e.doc => {
@@ -1160,6 +1305,9 @@ impl Engine {
                     continue;
                 }
                 for c in self.replica.missing_for(&e.doc, &their_heads) {
+                    if !allow.work(1) || !allow.bytes(c.change.len() as u64) {
+                        break;
+                    }
                     send_bytes += c.change.len();
                     to_send.push(c.clone());
                 }
@@ -1187,9 +1335,10 @@ impl Engine {
             }
         }
         if !to_send.is_empty() {
-            self.send_changes(from, Push::Reply, to_send, out);
+            self.answer_changes(from, to_send, out);
         }
         if reply_splits.is_empty() && reply_items.is_empty() {
+            self.close_budget(from, allow);
             return;
         }
         // Bound one step: what does not fit waits for the next round.
@@ -1215,7 +1364,10 @@ impl Engine {
             splits: reply_splits,
             items: reply_items,
         };
-        self.send(from, &msg, out);
+        let before = self.stats.bytes_sent;
+        self.answer(from, &msg, out);
+        allow.spend(0, self.stats.bytes_sent - before);
+        self.close_budget(from, allow);
     }
 
     // ---- sending and penalties ----
@@ -1260,6 +1412,85 @@ impl Engine {
                 out,
             );
         }
+    }
+
+    /// Let `peer`'s penalty decay with the time since it last did.
+    fn decay_penalty(&mut self, peer: NodeId, now: Millis) {
+        let per_s = u64::from(self.config.penalty_decay_per_s);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let elapsed = now.saturating_sub(p.penalty_at);
+        let decay = elapsed.saturating_mul(per_s) / 1000;
+        if decay > 0 || p.penalty == 0 {
+            p.penalty = p
+                .penalty
+                .saturating_sub(u32::try_from(decay).unwrap_or(u32::MAX));
+            p.penalty_at = now;
+        }
+    }
+
+    /// The answer budget left for `peer`'s request `what` (refilled up to
+    /// now), or None if it is spent: the request is refused, counted and
+    /// mildly penalised.
+    fn open_budget(
+        &mut self,
+        peer: NodeId,
+        what: &str,
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) -> Option<Allowance> {
+        let cfg = &self.config;
+        let p = self.peers.get_mut(&peer)?;
+        p.work.refill(
+            now,
+            cfg.answer_work_burst_lookups,
+            cfg.answer_work_refill_lookups_per_s,
+        );
+        p.bytes
+            .refill(now, cfg.answer_burst_bytes, cfg.answer_refill_bytes_per_s);
+        if p.work.tokens > 0 && p.bytes.tokens > 0 {
+            return Some(Allowance {
+                work: p.work.tokens,
+                bytes: p.bytes.tokens,
+                short: false,
+            });
+        }
+        self.stats.requests_refused += 1;
+        let w = self.config.penalty_per_refusal;
+        self.penalise(
+            peer,
+            w,
+            format!("{what} refused: answer budget spent (asks for more than it may)"),
+            out,
+        );
+        None
+    }
+
+    /// Put back what is left of a request's allowance.
+    fn close_budget(&mut self, peer: NodeId, allow: Allowance) {
+        if allow.short {
+            self.stats.answers_cut_short += 1;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            self.stats.answer_lookups += p.work.tokens.saturating_sub(allow.work);
+            p.work.tokens = allow.work;
+            p.bytes.tokens = allow.bytes;
+        }
+    }
+
+    /// Send changes in answer to a request (counted in `answer_bytes_sent`).
+    fn answer_changes(&mut self, to: NodeId, changes: Vec<SignedChange>, out: &mut Vec<Output>) {
+        let before = self.stats.bytes_sent;
+        self.send_changes(to, Push::Reply, changes, out);
+        self.stats.answer_bytes_sent += self.stats.bytes_sent - before;
+    }
+
+    /// Send a message in answer to a request (counted in `answer_bytes_sent`).
+    fn answer(&mut self, to: NodeId, msg: &Message, out: &mut Vec<Output>) {
+        let before = self.stats.bytes_sent;
+        self.send(to, msg, out);
+        self.stats.answer_bytes_sent += self.stats.bytes_sent - before;
     }
 
     fn penalise(&mut self, peer: NodeId, weight: u32, reason: String, out: &mut Vec<Output>) {
