@@ -106,6 +106,18 @@ pub struct Report {
     /// Where the simulator's link model and the engines' peer sets disagreed
     /// at a partition start or heal (a simulator bug).
     pub link_model_violations: Vec<String>,
+    /// Requests honest nodes refused because the asker's answer budget was
+    /// spent, fleet-wide (0 in a run without `want_amplifier`s).
+    pub requests_refused: u64,
+    /// Bytes honest nodes sent in answer to requests, fleet-wide.
+    pub answer_bytes_sent: u64,
+    /// Most bytes one honest node sent one `want_amplifier`.
+    pub amplifier_bytes_max: Option<u64>,
+    /// What the answer budget allows it (burst, refill over the run, and the
+    /// most bytes one honest node sent one honest peer).
+    pub amplifier_bytes_bound: Option<u64>,
+    /// Honest nodes that sent a `want_amplifier` more than that.
+    pub amplification_violations: Vec<String>,
 }
 
 fn ms(x: Option<u64>) -> String {
@@ -192,6 +204,26 @@ impl Report {
             "liveness: {}",
             self.liveness_failure.as_deref().unwrap_or("ok")
         );
+        let _ = writeln!(
+            s,
+            "answers: {} bytes sent, {} requests refused (answer budget spent)",
+            self.answer_bytes_sent, self.requests_refused
+        );
+        if let (Some(max), Some(bound)) = (self.amplifier_bytes_max, self.amplifier_bytes_bound) {
+            let _ = writeln!(
+                s,
+                "amplification: most bytes sent to one want_amplifier {max} (bound {bound}): {}",
+                if self.amplification_violations.is_empty() {
+                    "ok".to_string()
+                } else {
+                    format!(
+                        "{} VIOLATIONS, first: {}",
+                        self.amplification_violations.len(),
+                        self.amplification_violations[0]
+                    )
+                }
+            );
+        }
         if self.link_model_violations.is_empty() {
             let _ = writeln!(s, "link model: ok");
         } else {

@@ -12,7 +12,7 @@ use dcloud_crdt::{
     ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
     SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
 };
-use dcloud_node::engine::wire::{Message, Push};
+use dcloud_node::engine::wire::{Item, Message, Push, RangeItems};
 use dcloud_node::engine::{
     Engine, EngineConfig, EngineStats, Event, Input, Output, Persist, Timer,
 };
@@ -134,12 +134,18 @@ pub struct RunResult {
     /// Where the simulator's own link model and the engines' peer sets
     /// disagreed (a simulator bug, not an engine one; empty on a correct run).
     pub model: Vec<Violation>,
+    /// Honest nodes that sent a `want_amplifier` more than their answer
+    /// budget allows (empty on a correct run).
+    pub amplification: Vec<Violation>,
 }
 
 impl RunResult {
     /// Whether every checker passed.
     pub fn ok(&self) -> bool {
-        self.safety.is_empty() && self.liveness.is_none() && self.model.is_empty()
+        self.safety.is_empty()
+            && self.liveness.is_none()
+            && self.model.is_empty()
+            && self.amplification.is_empty()
     }
 }
 
@@ -192,6 +198,10 @@ pub struct Sim {
     disconnects: u64,
     counters_reset_at: u64,
     trace: Option<usize>,
+    /// Bytes honest nodes handed to the network for a `want_amplifier`
+    /// (sender, amplifier), and for honest peers (sender, receiver).
+    amplifier_bytes: BTreeMap<(usize, usize), u64>,
+    honest_link_bytes: BTreeMap<(usize, usize), u64>,
 }
 
 fn key_for(i: usize) -> SecretKey {
@@ -222,6 +232,10 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.announcements_sent += b.announcements_sent;
     a.grafts_sent += b.grafts_sent;
     a.prunes_sent += b.prunes_sent;
+    a.requests_refused += b.requests_refused;
+    a.answers_cut_short += b.answers_cut_short;
+    a.answer_bytes_sent += b.answer_bytes_sent;
+    a.answer_lookups += b.answer_lookups;
 }
 
 fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
@@ -478,6 +492,8 @@ impl Sim {
             disconnects: 0,
             counters_reset_at: 0,
             trace: None,
+            amplifier_bytes: BTreeMap::new(),
+            honest_link_bytes: BTreeMap::new(),
             sc,
         };
         sim.schedule_plan(crash_plan);
@@ -1064,6 +1080,17 @@ impl Sim {
         if self.trace == Some(from) {
             eprintln!("{} ms: {from} -> {to}: {}", self.now, self.describe(&bytes));
         }
+        if self.slots[from].honest {
+            let to_amplifier = self.slots[to]
+                .malicious
+                .is_some_and(|m| self.sc.malicious[m].want_amplifier > 0);
+            let len = bytes.len() as u64;
+            if to_amplifier {
+                *self.amplifier_bytes.entry((from, to)).or_default() += len;
+            } else if self.slots[to].honest {
+                *self.honest_link_bytes.entry((from, to)).or_default() += len;
+            }
+        }
         if let Some(m) = self.slots[from].malicious
             && self.sc.malicious[m].withhold
             && matches!(
@@ -1159,6 +1186,46 @@ impl Sim {
             t.change[mid] ^= 0x40;
             batch.push(t);
             self.forged.extend(batch.iter().cloned());
+        }
+        if spec.want_amplifier > 0
+            && let Some(e) = &self.slots[i].engine
+        {
+            let items: Vec<Item> = e
+                .replica()
+                .docs()
+                .into_iter()
+                .map(|(doc, _)| Item {
+                    doc,
+                    heads: Vec::new(),
+                })
+                .collect();
+            let want = Message::Want { items }.encode();
+            let sync = Message::Sync {
+                root_version: 1,
+                depth: 0,
+                splits: Vec::new(),
+                items: vec![RangeItems {
+                    lo: 0,
+                    hi: u64::MAX,
+                    items: Vec::new(),
+                    reply: true,
+                }],
+            }
+            .encode();
+            let asks: Vec<Vec<u8>> = (0..spec.want_amplifier)
+                .map(|k| {
+                    if k % 2 == 0 {
+                        want.clone()
+                    } else {
+                        sync.clone()
+                    }
+                })
+                .collect();
+            for &b in &peers {
+                for ask in &asks {
+                    self.transmit(i, b, ask.clone());
+                }
+            }
         }
         if spec.replay
             && let Some(e) = &self.slots[i].engine
@@ -1386,6 +1453,26 @@ impl Sim {
             new_change_bytes_per_node: window.new_change_bytes_received as f64
                 / counted.max(1) as f64,
         };
+        // Amplification: what an honest node sends a peer that asks for
+        // everything, over and over, is bounded by its answer budget (burst
+        // and refill over the run) plus what it sends any honest peer anyway.
+        let amplifier_bytes_max = self.amplifier_bytes.values().max().copied();
+        let amplifier_bytes_bound = amplifier_bytes_max.map(|_| {
+            let c = &self.config;
+            c.answer_burst_bytes
+                + c.answer_refill_bytes_per_s * self.sc.duration_ms / 1000
+                + self.honest_link_bytes.values().max().copied().unwrap_or(0)
+        });
+        let mut amplification = Vec::new();
+        if let (Some(max), Some(bound)) = (amplifier_bytes_max, amplifier_bytes_bound) {
+            for (&(from, to), &bytes) in &self.amplifier_bytes {
+                if bytes > bound {
+                    amplification.push(Violation(format!(
+                        "honest node {from} sent {bytes} bytes to want_amplifier {to}, over the bound {bound} (max {max})"
+                    )));
+                }
+            }
+        }
         let report = Report {
             scenario: self.sc.name.clone(),
             seed: self.seed,
@@ -1409,6 +1496,11 @@ impl Sim {
             safety_violations: self.safety.iter().map(|v| v.0.clone()).collect(),
             liveness_failure: liveness.as_ref().map(|v| v.0.clone()),
             link_model_violations: self.model.iter().map(|v| v.0.clone()).collect(),
+            requests_refused: total.requests_refused,
+            answer_bytes_sent: total.answer_bytes_sent,
+            amplifier_bytes_max,
+            amplifier_bytes_bound,
+            amplification_violations: amplification.iter().map(|v| v.0.clone()).collect(),
         };
         self.safety.truncate(100);
         RunResult {
@@ -1416,6 +1508,7 @@ impl Sim {
             safety: self.safety,
             liveness,
             model: self.model,
+            amplification,
         }
     }
 

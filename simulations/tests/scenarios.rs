@@ -31,6 +31,14 @@ fn check(name: &str, extra: &[u64]) {
                 "{name} seed {seed}: a policy change did not reach every live node"
             );
         }
+        // Honest catch-up (heals, restarts, wiped stores) never hits the
+        // answer budget: only an amplifier is refused.
+        if !sc.malicious.iter().any(|m| m.want_amplifier > 0) {
+            assert_eq!(
+                r.report.requests_refused, 0,
+                "{name} seed {seed}: an honest request was refused"
+            );
+        }
     }
 }
 
@@ -87,6 +95,16 @@ fn malicious_nodes_are_contained() {
     assert!(r.report.malformed_messages > 0);
     assert!(r.report.disconnects > 0);
     assert!(r.report.rejected.values().sum::<u64>() > 0);
+    // The amplifier was refused, and what honest nodes sent it is bounded
+    // (the checker in `r.ok()`); it asked for about 20 whole replicas per
+    // peer every 100 ms.
+    assert!(r.report.requests_refused > 0);
+    let (max, bound) = (
+        r.report.amplifier_bytes_max.unwrap(),
+        r.report.amplifier_bytes_bound.unwrap(),
+    );
+    println!("most bytes to the amplifier {max}, bound {bound}");
+    assert!(max <= bound);
 }
 
 #[test]
