@@ -81,6 +81,10 @@ pub struct Report {
     pub convergence_after_heal_ms: Option<u64>,
     /// Reconciliation rounds started, fleet-wide.
     pub anti_entropy_rounds: u64,
+    /// Of those, started at once because a step went unanswered (lost).
+    pub sync_retries: u64,
+    /// Key ranges not listed because another peer was answering for them.
+    pub sync_ranges_held: u64,
     /// Changes received by eager push (window, fleet-wide).
     pub changes_received_eager: u64,
     /// Changes received as answers to grafts, wants and reconciliation (window).
@@ -170,10 +174,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "last heal: {}  convergence after heal: {}  anti-entropy rounds: {}",
+            "last heal: {}  convergence after heal: {}  anti-entropy rounds: {} ({} retries of lost steps, {} ranges held)",
             ms(self.last_heal_ms),
             ms(self.convergence_after_heal_ms),
-            self.anti_entropy_rounds
+            self.anti_entropy_rounds,
+            self.sync_retries,
+            self.sync_ranges_held
         );
         let _ = writeln!(
             s,

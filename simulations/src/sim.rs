@@ -22,11 +22,12 @@ use rand::{RngExt, SeedableRng};
 use crate::report::{PolicyReport, Report, Traffic};
 use crate::scenario::Scenario;
 
-const TIMERS: [Timer; 4] = [
+const TIMERS: [Timer; 5] = [
     Timer::AntiEntropy,
     Timer::Heartbeat,
     Timer::LazyFlush,
     Timer::Graft,
+    Timer::SyncRetry,
 ];
 
 fn timer_index(t: Timer) -> usize {
@@ -106,7 +107,7 @@ struct Slot {
     key: SecretKey,
     engine: Option<Engine>,
     incarnation: u32,
-    timers: [Option<u64>; 4],
+    timers: [Option<u64>; TIMERS.len()],
     store: Option<Store>,
     /// Policy heads last seen (safety: never go backwards).
     heads: Vec<ChangeHash>,
@@ -236,6 +237,8 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.answers_cut_short += b.answers_cut_short;
     a.answer_bytes_sent += b.answer_bytes_sent;
     a.answer_lookups += b.answer_lookups;
+    a.sync_retries += b.sync_retries;
+    a.sync_ranges_held += b.sync_ranges_held;
 }
 
 fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
@@ -425,7 +428,7 @@ impl Sim {
                 key: k.clone(),
                 engine: None,
                 incarnation: 0,
-                timers: [None; 4],
+                timers: [None; TIMERS.len()],
                 store: needs_store[i].then(Store::default),
                 heads: Vec::new(),
                 status_seq: 0,
@@ -902,7 +905,7 @@ impl Sim {
         slot.engine = Some(engine);
         slot.started = true;
         slot.heads = heads;
-        slot.timers = [None; 4];
+        slot.timers = [None; TIMERS.len()];
         self.process(i, outs);
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -921,7 +924,7 @@ impl Sim {
         let st = engine.stats();
         add_stats(&mut self.slots[i].stats_dead, &st);
         self.slots[i].incarnation += 1;
-        self.slots[i].timers = [None; 4];
+        self.slots[i].timers = [None; TIMERS.len()];
         let me = self.slots[i].key.public();
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -1484,6 +1487,8 @@ impl Sim {
             last_heal_ms: (self.last_heal != u64::MAX).then_some(self.last_heal),
             convergence_after_heal_ms: self.converged_at.map(|t| t - self.last_heal),
             anti_entropy_rounds: total.anti_entropy_rounds,
+            sync_retries: total.sync_retries,
+            sync_ranges_held: total.sync_ranges_held,
             changes_received_eager: window.eager_changes_received,
             changes_received_reply: window.reply_changes_received,
             reply_duplicates: window.reply_duplicates_received,

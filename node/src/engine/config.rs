@@ -22,6 +22,19 @@ pub struct EngineConfig {
     /// urgent; the tree would add a graft delay for every origin but the tree's
     /// root). Status changes always follow PlumTree when `plumtree` is set.
     pub policy_flood: bool,
+    /// A reconciliation step that expects an answer (every step but the
+    /// last; a peer in sync answers with an empty step) and gets none from
+    /// the peer within this time was lost: this node reconciles again at once
+    /// with another peer rather than at the next interval.
+    pub sync_retry_ms: u64,
+    /// After listing the documents of a key range to one peer that showed it
+    /// holds changes this node lacks there (the peer answers with them), this
+    /// node does not list that range
+    /// to any peer again until the answer comes or this time passes: after a
+    /// heal, one missing change comes from one neighbour, not from all.
+    pub sync_hold_ms: u64,
+    /// Most key ranges held so (older holds are dropped first).
+    pub sync_holds_max: usize,
     /// Anti-entropy does not send changes of a document this node changed
     /// within this time (they are most likely still in flight through the
     /// tree); the next round does if they are still missing.
@@ -73,6 +86,10 @@ pub struct EngineConfig {
     pub lazy_queue_max: usize,
     /// Most owners one peer may be pruned for (one tree per status owner).
     pub pruned_origins_max: usize,
+    /// Peers whose connection went down whose pruned owners are remembered,
+    /// so that a link that comes back (a heal) keeps its place in the trees
+    /// instead of flooding every owner's changes until pruned again.
+    pub pruned_memory_peers_max: usize,
     /// Most announced-but-missing changes tracked for grafting.
     pub missing_max: usize,
     /// Most peers remembered as announcers of one missing change.
@@ -91,6 +108,9 @@ impl Default for EngineConfig {
             graft_retry_ms: 400,
             plumtree: true,
             policy_flood: true,
+            sync_retry_ms: 400,
+            sync_hold_ms: 400,
+            sync_holds_max: 1024,
             sync_settle_ms: 1_000,
             recent_keep_ms: 120_000,
             recent_max: 1 << 16,
@@ -124,6 +144,7 @@ impl Default for EngineConfig {
             sync_send_max_bytes: 4 << 20,
             lazy_queue_max: 4096,
             pruned_origins_max: 1 << 16,
+            pruned_memory_peers_max: 64,
             missing_max: 8192,
             announcers_max: 4,
             own_unpublished_max: 64,

@@ -116,6 +116,9 @@ pub enum Timer {
     LazyFlush,
     /// Check for missing changes announced lazily but not received (PlumTree graft).
     Graft,
+    /// Check for reconciliation steps left unanswered (lost): reconcile again
+    /// at once, with another peer, instead of waiting a whole interval.
+    SyncRetry,
 }
 
 /// What happens to the engine.

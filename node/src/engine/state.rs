@@ -67,6 +67,12 @@ pub struct EngineStats {
     pub answer_bytes_sent: u64,
     /// Work done in answer to requests (lookups, see `answer_work_burst_lookups`).
     pub answer_lookups: u64,
+    /// Reconciliation steps left unanswered past `sync_retry_ms` (lost):
+    /// each started a new round at once.
+    pub sync_retries: u64,
+    /// Key ranges not listed to a peer because another peer was already
+    /// answering for them (`sync_hold_ms`).
+    pub sync_ranges_held: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -215,6 +221,17 @@ pub struct Engine {
     /// round comes sooner.
     repairing: bool,
     graft_timer_at: Option<Millis>,
+    /// Peers from which an answer to a reconciliation step is awaited, since when.
+    awaiting: BTreeMap<NodeId, Millis>,
+    sync_retry_at: Option<Millis>,
+    /// When the next anti-entropy round is due.
+    anti_entropy_at: Option<Millis>,
+    /// Pruned owners of peers whose connection went down, restored when it
+    /// comes back (bounded by `pruned_memory_peers_max`).
+    pruned_memory: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Key ranges whose documents were listed to a peer that has not answered
+    /// yet: (lo, hi, peer, until). Not listed to anyone else meanwhile.
+    holds: VecDeque<(u64, u64, NodeId, Millis)>,
     freshness: Option<SignedFreshness>,
     stats: EngineStats,
 }
@@ -273,12 +290,19 @@ impl Engine {
             lazy_timer_at: None,
             repairing: false,
             graft_timer_at: None,
+            awaiting: BTreeMap::new(),
+            sync_retry_at: None,
+            anti_entropy_at: None,
+            pruned_memory: BTreeMap::new(),
+            holds: VecDeque::new(),
             freshness: None,
             stats: EngineStats::default(),
         };
+        let first_round = now + engine.config.anti_entropy_interval_ms;
+        engine.anti_entropy_at = Some(first_round);
         let mut out = vec![Output::SetTimer {
             timer: Timer::AntiEntropy,
-            at: now + engine.config.anti_entropy_interval_ms,
+            at: first_round,
         }];
         engine.publish_own(first_heartbeat, now, &mut out);
         let interval = engine.config.heartbeat_interval_ms;
@@ -357,7 +381,19 @@ impl Engine {
         match input {
             Input::PeerUp { peer } => self.on_peer_up(peer, now, &mut out),
             Input::PeerDown { peer } => {
-                self.peers.remove(&peer);
+                if let Some(p) = self.peers.remove(&peer)
+                    && self.config.pruned_memory_peers_max > 0
+                {
+                    // Its place in the owners' trees, for when it comes back
+                    // (a heal): links that were redundant before stay lazy
+                    // rather than flooding every owner's changes once more.
+                    if self.pruned_memory.len() >= self.config.pruned_memory_peers_max {
+                        self.pruned_memory.pop_first();
+                    }
+                    self.pruned_memory.insert(peer, p.pruned);
+                }
+                self.awaiting.remove(&peer);
+                self.holds.retain(|h| h.2 != peer);
             }
             Input::Message { from, bytes } => self.on_bytes(from, &bytes, now, &mut out),
             Input::Timer(t) => self.on_timer(t, now, rng, &mut out),
@@ -430,10 +466,14 @@ impl Engine {
             ),
             |p| (p.penalty, p.penalty_at, p.work, p.bytes),
         );
+        let pruned = match self.peers.get(&peer) {
+            Some(p) => p.pruned.clone(),
+            None => self.pruned_memory.remove(&peer).unwrap_or_default(),
+        };
         self.peers.insert(
             peer,
             Peer {
-                pruned: BTreeSet::new(),
+                pruned,
                 penalty,
                 penalty_at,
                 work,
@@ -443,7 +483,7 @@ impl Engine {
             },
         );
         // Catch up at once (after a restart or a heal) rather than at the next round.
-        self.start_sync(peer, out);
+        self.start_sync(peer, now, out);
         if let Some(f) = &self.freshness {
             let msg = Message::Freshness {
                 statement: f.encode(),
@@ -465,11 +505,18 @@ impl Engine {
             }
             Ok(msg) => self.on_message(from, msg, now, out),
         }
+        if self.repairing {
+            self.hasten_anti_entropy(now, out);
+        }
     }
 
     fn on_message(&mut self, from: NodeId, msg: Message, now: Millis, out: &mut Vec<Output>) {
         match msg {
             Message::Changes { push, changes } => {
+                if push == Push::Reply {
+                    // The answer to what this node listed to the peer.
+                    self.holds.retain(|h| h.2 != from);
+                }
                 let a = self.absorb(Some(from), changes, push == Push::Eager, now, out);
                 let dups = a.reports.len() - a.new.len();
                 match push {
@@ -662,11 +709,9 @@ impl Engine {
     fn on_timer(&mut self, t: Timer, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
         match t {
             Timer::AntiEntropy => {
-                if !self.peers.is_empty() {
-                    let i = rng.random_range(0..self.peers.len());
-                    let peer = *self.peers.keys().nth(i).expect("index in range");
+                if let Some(peer) = self.random_peer(None, rng) {
                     self.stats.anti_entropy_rounds += 1;
-                    self.start_sync(peer, out);
+                    self.start_sync(peer, now, out);
                 }
                 let mut base = self.config.anti_entropy_interval_ms;
                 if std::mem::take(&mut self.repairing) {
@@ -677,9 +722,11 @@ impl Engine {
                 } else {
                     0
                 };
+                let at = now + base - base / 20 + jitter;
+                self.anti_entropy_at = Some(at);
                 out.push(Output::SetTimer {
                     timer: Timer::AntiEntropy,
-                    at: now + base - base / 20 + jitter,
+                    at,
                 });
             }
             Timer::Heartbeat => {
@@ -703,7 +750,89 @@ impl Engine {
                 self.graft_timer_at = None;
                 self.on_graft_timer(now, out);
             }
+            Timer::SyncRetry => {
+                self.sync_retry_at = None;
+                self.on_sync_retry(now, rng, out);
+            }
         }
+    }
+
+    /// Something is being repaired: the next round comes a quarter interval
+    /// from now, not at the end of a whole interval set before it was known.
+    fn hasten_anti_entropy(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let soon = now + self.config.anti_entropy_interval_ms / 4;
+        if self.anti_entropy_at.is_some_and(|at| at > soon) {
+            self.anti_entropy_at = Some(soon);
+            out.push(Output::SetTimer {
+                timer: Timer::AntiEntropy,
+                at: soon,
+            });
+        }
+    }
+
+    /// A random connected peer, other than `not` if there is another.
+    fn random_peer(&self, not: Option<NodeId>, rng: &mut impl rand::Rng) -> Option<NodeId> {
+        let others = self.peers.keys().filter(|p| Some(**p) != not).count();
+        if others == 0 {
+            return self.peers.keys().next().copied();
+        }
+        let i = rng.random_range(0..others);
+        self.peers
+            .keys()
+            .filter(|p| Some(**p) != not)
+            .nth(i)
+            .copied()
+    }
+
+    /// Steps left unanswered past `sync_retry_ms` were lost (or the peer is
+    /// gone quiet): reconcile again at once with another peer.
+    fn on_sync_retry(&mut self, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
+        let retry = self.config.sync_retry_ms;
+        let stalled: Vec<NodeId> = self
+            .awaiting
+            .iter()
+            .filter(|(_, since)| **since + retry <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &stalled {
+            self.awaiting.remove(p);
+        }
+        // One new round for all the stalls of this check: bounded.
+        if let Some(&last) = stalled.last()
+            && let Some(peer) = self.random_peer(Some(last), rng)
+        {
+            self.stats.sync_retries += 1;
+            self.stats.anti_entropy_rounds += 1;
+            self.start_sync(peer, now, out);
+        }
+        self.arm_sync_retry(out);
+    }
+
+    fn arm_sync_retry(&mut self, out: &mut Vec<Output>) {
+        if self.config.sync_retry_ms == 0 {
+            return;
+        }
+        let Some(next) = self
+            .awaiting
+            .values()
+            .min()
+            .map(|t| t + self.config.sync_retry_ms)
+        else {
+            return;
+        };
+        if self.sync_retry_at.is_none_or(|t| next < t) {
+            self.sync_retry_at = Some(next);
+            out.push(Output::SetTimer {
+                timer: Timer::SyncRetry,
+                at: next,
+            });
+        }
+    }
+
+    /// An answer to a reconciliation step is awaited from `peer` from now.
+    fn await_answer(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
+        self.awaiting.insert(peer, now);
+        self.arm_sync_retry(out);
     }
 
     fn on_publish(
@@ -1182,7 +1311,7 @@ impl Engine {
         self.replica.trust().current().version
     }
 
-    fn start_sync(&mut self, peer: NodeId, out: &mut Vec<Output>) {
+    fn start_sync(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
         let (count, fp) = self.index.range_fp(0, u64::MAX);
         let msg = Message::Sync {
             root_version: self.root_version(),
@@ -1195,6 +1324,7 @@ impl Engine {
             items: Vec::new(),
         };
         self.send(peer, &msg, out);
+        self.await_answer(peer, now, out);
     }
 
     /// One step of range-based reconciliation. For each range the peer
@@ -1216,6 +1346,11 @@ impl Engine {
         let Some(mut allow) = self.open_budget(from, "Sync", now, out) else {
             return;
         };
+        // The peer answered: nothing awaited from it any more, and what this
+        // node listed to it has been answered.
+        self.awaiting.remove(&from);
+        self.holds.retain(|h| h.2 != from && h.3 > now);
+        let expects_answer = !splits.is_empty() || items.iter().any(|ri| ri.reply);
         if root_version < self.root_version() {
             let roots = self.replica.trust().roots().to_vec();
             let before = self.stats.bytes_sent;
@@ -1285,6 +1420,31 @@ impl Engine {
                         // missing dependency still needs the peer's help.
                         if hs.iter().any(|h| self.replica.get(&e.doc, h).is_none()) {
                             i_lack = true;
+                            // The peer holds changes this node lacks, so this
+                            // node cannot tell which of its own the peer
+                            // lacks: most often none (one writer, the peer is
+                            // ahead). If the peer will see this node's list
+                            // it sends exactly what this node lacks and, on
+                            // a fork, the rest follows from its answer; else
+                            // offer the heads only (a fork's peer holds them
+                            // pending and `Want`s the rest), not the whole
+                            // history, which was mostly duplicates.
+                            if ri.reply {
+                                continue;
+                            }
+                            if matches!(e.doc, DocId::Status { .. }) {
+                                for h in &e.heads {
+                                    if let Some(c) = self.replica.get(&e.doc, h)
+                                        && !hs.contains(h)
+                                        && allow.work(1)
+                                        && allow.bytes(c.change.len() as u64)
+                                    {
+                                        send_bytes += c.change.len();
+                                        to_send.push(c.clone());
+                                    }
+                                }
+                                continue;
+                            }
                         }
                         hs
                     }
@@ -1299,12 +1459,25 @@ impl Engine {
                         }
                     },
                 };
-                if send_bytes >= cfg.sync_send_max_bytes
-                    || (e.updated_at + cfg.sync_settle_ms > now && e.updated_at > connected_at)
-                {
+                if send_bytes >= cfg.sync_send_max_bytes {
                     continue;
                 }
+                // Changes that arrived here within the settle time, after
+                // this connection came up, are most likely in flight to the
+                // peer down the tree: left to it. Older ones the peer lacks
+                // (a heal, a lost push) are sent now.
+                let settling =
+                    e.updated_at + cfg.sync_settle_ms > now && e.updated_at > connected_at;
                 for c in self.replica.missing_for(&e.doc, &their_heads) {
+                    if settling
+                        && c.hash().ok().is_some_and(|h| {
+                            self.recent.get(&short_id(&h)).is_some_and(|r| {
+                                r.1 + cfg.sync_settle_ms > now && r.1 > connected_at
+                            })
+                        })
+                    {
+                        continue;
+                    }
                     if !allow.work(1) || !allow.bytes(c.change.len() as u64) {
                         break;
                     }
@@ -1337,7 +1510,33 @@ impl Engine {
         if !to_send.is_empty() {
             self.answer_changes(from, to_send, out);
         }
+        // One listing of a range in flight at a time: a range listed to a
+        // peer that has not answered yet is not listed to another (nor again
+        // to the same one), so that what this node lacks there comes once.
+        while self.holds.front().is_some_and(|h| h.3 <= now) {
+            self.holds.pop_front();
+        }
+        let before = reply_items.len();
+        let holds = &self.holds;
+        reply_items.retain(|ri| !holds.iter().any(|h| h.0 <= ri.hi && ri.lo <= h.1));
+        if reply_items.len() < before {
+            // Left for now, to the peer answering for them: look again soon.
+            self.stats.sync_ranges_held += (before - reply_items.len()) as u64;
+            self.repairing = true;
+        }
         if reply_splits.is_empty() && reply_items.is_empty() {
+            if expects_answer {
+                // An empty step: "nothing more here" (the peer stops awaiting).
+                let msg = Message::Sync {
+                    root_version: self.root_version(),
+                    depth: depth.saturating_add(1),
+                    splits: Vec::new(),
+                    items: Vec::new(),
+                };
+                let before = self.stats.bytes_sent;
+                self.answer(from, &msg, out);
+                allow.spend(0, self.stats.bytes_sent - before);
+            }
             self.close_budget(from, allow);
             return;
         }
@@ -1358,6 +1557,16 @@ impl Engine {
             ri.items.truncate(items_max.saturating_sub(total));
             total += ri.items.len();
         }
+        // A list sent because the peer holds what this node lacks there (not
+        // a first listing, which may find nothing): the peer answers with it.
+        let hold_until = now + self.config.sync_hold_ms;
+        for ri in reply_items.iter().filter(|ri| !ri.reply) {
+            if self.holds.len() >= self.config.sync_holds_max {
+                self.holds.pop_front();
+            }
+            self.holds.push_back((ri.lo, ri.hi, from, hold_until));
+        }
+        let awaits = !reply_splits.is_empty() || reply_items.iter().any(|ri| ri.reply);
         let msg = Message::Sync {
             root_version: self.root_version(),
             depth: depth.saturating_add(1),
@@ -1368,6 +1577,9 @@ impl Engine {
         self.answer(from, &msg, out);
         allow.spend(0, self.stats.bytes_sent - before);
         self.close_budget(from, allow);
+        if awaits {
+            self.await_answer(from, now, out);
+        }
     }
 
     // ---- sending and penalties ----
