@@ -70,6 +70,14 @@ fn three_overlapping_partitions_with_every_other_fault() {
 }
 
 #[test]
+fn agreement_soon_after_the_last_heal_under_loss() {
+    // Issue 11 item 2: two partitions one after the other, 15% loss, 5%
+    // duplication, 10% reordering, 10% of directions at 60% loss. Never
+    // converged on seed 2 before (10.5 s, 3.25 s, 5.9 s on the others).
+    check("ci-heal-lossy", &[1, 2, 3]);
+}
+
+#[test]
 fn silent_partition_is_repaired_by_anti_entropy() {
     check("ci-silent-partition", &[7, 8]);
 }

@@ -482,8 +482,13 @@ impl Engine {
                 connected_at: now,
             },
         );
-        // Catch up at once (after a restart or a heal) rather than at the next round.
-        self.start_sync(peer, now, out);
+        // Catch up at once (after a restart or a heal) rather than at the next
+        // round; but one round at a time: when many links come up together
+        // (a heal), the peers' own rounds cover the others, and this node's
+        // first lists then go to one neighbour rather than to all at once.
+        if self.awaiting.is_empty() {
+            self.start_sync(peer, now, out);
+        }
         if let Some(f) = &self.freshness {
             let msg = Message::Freshness {
                 statement: f.encode(),

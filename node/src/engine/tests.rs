@@ -803,3 +803,126 @@ fn penalties_decay_so_rare_offences_never_add_up() {
     }
     assert!(!f.engines[&a].peers().contains(&b));
 }
+
+/// Node 7 of a mesh of 8 misses five rounds of everyone's status, then all
+/// its links come back at once (a heal). Returns (changes it received in
+/// answers, of which not new).
+fn heal_of_one_node(cfg: EngineConfig) -> (u64, u64) {
+    let mut f = Fleet::new(8, 0, true, cfg);
+    f.run();
+    let lonely = f.id(7);
+    for i in 0..7 {
+        let p = f.id(i);
+        f.input(lonely, Input::PeerDown { peer: p });
+        f.input(p, Input::PeerDown { peer: lonely });
+    }
+    for round in 0..5 {
+        for i in 0..7 {
+            let id = f.id(i);
+            f.input(
+                id,
+                Input::SetStatus(NodeStatus {
+                    name: format!("n{i}"),
+                    version: format!("cut-{round}"),
+                    ..Default::default()
+                }),
+            );
+        }
+        f.run();
+    }
+    f.now += 5_000;
+    let before = f.engines[&lonely].stats();
+    for i in 0..7 {
+        let p = f.id(i);
+        f.input(lonely, Input::PeerUp { peer: p });
+        f.input(p, Input::PeerUp { peer: lonely });
+    }
+    f.run();
+    for _ in 0..2 {
+        f.now += 1_500;
+        f.fire_all(Timer::AntiEntropy);
+    }
+    let first = f.engines[&f.id(0)].replica().docs();
+    assert_eq!(f.engines[&lonely].replica().docs(), first, "caught up");
+    let st = f.engines[&lonely].stats();
+    (
+        st.reply_changes_received - before.reply_changes_received,
+        st.reply_duplicates_received - before.reply_duplicates_received,
+    )
+}
+
+#[test]
+fn after_a_heal_each_missing_change_is_pulled_from_one_neighbour() {
+    // Issue 11 item 3: every link that came back reconciled at once, and
+    // each neighbour sent the same missing changes.
+    let (got, dups) = heal_of_one_node(EngineConfig::default());
+    let (got_unheld, dups_unheld) = heal_of_one_node(EngineConfig {
+        sync_hold_ms: 0,
+        ..EngineConfig::default()
+    });
+    println!(
+        "heal of one node with 7 neighbours: {got} changes in answers, {dups} not new \
+         (without holds: {got_unheld}, {dups_unheld} not new)"
+    );
+    let new = got - dups;
+    assert!(new >= 35, "five rounds of seven statuses: {new}");
+    // Measured: 2 copies per missing change (8 without holds, and 8 before
+    // this node started one round at a time when its links came up).
+    assert!(
+        got <= new * 2,
+        "at most 2 copies per missing change: {got} for {new}"
+    );
+    assert!(
+        got * 3 <= got_unheld,
+        "holds cut the copies: {got} against {got_unheld}"
+    );
+}
+
+#[test]
+fn a_lost_reconciliation_step_is_retried_at_once_with_another_peer() {
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(3, 0, true, cfg.clone());
+    f.run();
+    let a = f.id(0);
+    // In sync: the peer answers the round with an empty step, nothing is retried.
+    f.input(a, Input::Timer(Timer::AntiEntropy));
+    f.run();
+    f.now += cfg.sync_retry_ms;
+    let start = f.log.len();
+    f.input(a, Input::Timer(Timer::SyncRetry));
+    let syncs = |f: &Fleet, start: usize| -> Vec<NodeId> {
+        f.log[start..]
+            .iter()
+            .filter_map(|(n, o)| match o {
+                Output::Send { to, bytes }
+                    if *n == a
+                        && matches!(
+                            Message::decode(bytes, &EngineConfig::default().wire),
+                            Ok(Message::Sync { .. })
+                        ) =>
+                {
+                    Some(*to)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        syncs(&f, start).is_empty(),
+        "a round in sync is not retried"
+    );
+    assert_eq!(f.engines[&a].stats().sync_retries, 0);
+    // The first step of a round is lost: the retry goes to the other peer.
+    let start = f.log.len();
+    f.input(a, Input::Timer(Timer::AntiEntropy));
+    let first = syncs(&f, start);
+    assert_eq!(first.len(), 1);
+    f.queue.clear();
+    f.now += cfg.sync_retry_ms;
+    let start = f.log.len();
+    f.input(a, Input::Timer(Timer::SyncRetry));
+    let retried = syncs(&f, start);
+    assert_eq!(retried.len(), 1, "one new round");
+    assert_ne!(retried[0], first[0], "with another peer");
+    assert_eq!(f.engines[&a].stats().sync_retries, 1);
+}
