@@ -81,6 +81,10 @@ pub struct Report {
     pub convergence_after_heal_ms: Option<u64>,
     /// Reconciliation rounds started, fleet-wide.
     pub anti_entropy_rounds: u64,
+    /// Of those, started at once because a step went unanswered (lost).
+    pub sync_retries: u64,
+    /// Key ranges not listed because another peer was answering for them.
+    pub sync_ranges_held: u64,
     /// Changes received by eager push (window, fleet-wide).
     pub changes_received_eager: u64,
     /// Changes received as answers to grafts, wants and reconciliation (window).
@@ -111,6 +115,18 @@ pub struct Report {
     /// Where the simulator's link model and the engines' peer sets disagreed
     /// at a partition start or heal (a simulator bug).
     pub link_model_violations: Vec<String>,
+    /// Requests honest nodes refused because the asker's answer budget was
+    /// spent, fleet-wide (0 in a run without `want_amplifier`s).
+    pub requests_refused: u64,
+    /// Bytes honest nodes sent in answer to requests, fleet-wide.
+    pub answer_bytes_sent: u64,
+    /// Most bytes one honest node sent one `want_amplifier`.
+    pub amplifier_bytes_max: Option<u64>,
+    /// What the answer budget allows it (burst, refill over the run, and the
+    /// most bytes one honest node sent one honest peer).
+    pub amplifier_bytes_bound: Option<u64>,
+    /// Honest nodes that sent a `want_amplifier` more than that.
+    pub amplification_violations: Vec<String>,
 }
 
 fn ms(x: Option<u64>) -> String {
@@ -163,10 +179,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "last heal: {}  convergence after heal: {}  anti-entropy rounds: {}",
+            "last heal: {}  convergence after heal: {}  anti-entropy rounds: {} ({} retries of lost steps, {} ranges held)",
             ms(self.last_heal_ms),
             ms(self.convergence_after_heal_ms),
-            self.anti_entropy_rounds
+            self.anti_entropy_rounds,
+            self.sync_retries,
+            self.sync_ranges_held
         );
         let _ = writeln!(
             s,
@@ -202,6 +220,26 @@ impl Report {
             "liveness: {}",
             self.liveness_failure.as_deref().unwrap_or("ok")
         );
+        let _ = writeln!(
+            s,
+            "answers: {} bytes sent, {} requests refused (answer budget spent)",
+            self.answer_bytes_sent, self.requests_refused
+        );
+        if let (Some(max), Some(bound)) = (self.amplifier_bytes_max, self.amplifier_bytes_bound) {
+            let _ = writeln!(
+                s,
+                "amplification: most bytes sent to one want_amplifier {max} (bound {bound}): {}",
+                if self.amplification_violations.is_empty() {
+                    "ok".to_string()
+                } else {
+                    format!(
+                        "{} VIOLATIONS, first: {}",
+                        self.amplification_violations.len(),
+                        self.amplification_violations[0]
+                    )
+                }
+            );
+        }
         if self.link_model_violations.is_empty() {
             let _ = writeln!(s, "link model: ok");
         } else {

@@ -167,6 +167,12 @@ pub struct Join {
 pub struct Malicious {
     /// Node index.
     pub node: usize,
+    /// Amplification (issue 10): send this many requests for everything per
+    /// interval to each peer, alternately a `Want` of every document it
+    /// knows with no heads and a `Sync` step listing an empty key space
+    /// (answered, without a budget, by every change the peer holds).
+    #[serde(default)]
+    pub want_amplifier: usize,
     /// Send forged and tampered changes.
     #[serde(default)]
     pub forge: bool,

@@ -13,7 +13,7 @@ use dcloud_crdt::{
     ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
     SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
 };
-use dcloud_node::engine::wire::{Message, Push};
+use dcloud_node::engine::wire::{Item, Message, Push, RangeItems};
 use dcloud_node::engine::{
     Engine, EngineConfig, EngineStats, Event, Input, Output, Persist, Timer,
 };
@@ -23,11 +23,12 @@ use rand::{RngExt, SeedableRng};
 use crate::report::{PolicyReport, Report, Traffic};
 use crate::scenario::Scenario;
 
-const TIMERS: [Timer; 4] = [
+const TIMERS: [Timer; 5] = [
     Timer::AntiEntropy,
     Timer::Heartbeat,
     Timer::LazyFlush,
     Timer::Graft,
+    Timer::SyncRetry,
 ];
 
 fn timer_index(t: Timer) -> usize {
@@ -107,7 +108,7 @@ struct Slot {
     key: SecretKey,
     engine: Option<Engine>,
     incarnation: u32,
-    timers: [Option<u64>; 4],
+    timers: [Option<u64>; TIMERS.len()],
     store: Option<Store>,
     /// Policy heads last seen (safety: never go backwards).
     heads: Vec<ChangeHash>,
@@ -135,12 +136,18 @@ pub struct RunResult {
     /// Where the simulator's own link model and the engines' peer sets
     /// disagreed (a simulator bug, not an engine one; empty on a correct run).
     pub model: Vec<Violation>,
+    /// Honest nodes that sent a `want_amplifier` more than their answer
+    /// budget allows (empty on a correct run).
+    pub amplification: Vec<Violation>,
 }
 
 impl RunResult {
     /// Whether every checker passed.
     pub fn ok(&self) -> bool {
-        self.safety.is_empty() && self.liveness.is_none() && self.model.is_empty()
+        self.safety.is_empty()
+            && self.liveness.is_none()
+            && self.model.is_empty()
+            && self.amplification.is_empty()
     }
 }
 
@@ -198,6 +205,10 @@ pub struct Sim {
     peak_pending: usize,
     counters_reset_at: u64,
     trace: Option<usize>,
+    /// Bytes honest nodes handed to the network for a `want_amplifier`
+    /// (sender, amplifier), and for honest peers (sender, receiver).
+    amplifier_bytes: BTreeMap<(usize, usize), u64>,
+    honest_link_bytes: BTreeMap<(usize, usize), u64>,
 }
 
 fn key_for(i: usize) -> SecretKey {
@@ -228,6 +239,12 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.announcements_sent += b.announcements_sent;
     a.grafts_sent += b.grafts_sent;
     a.prunes_sent += b.prunes_sent;
+    a.requests_refused += b.requests_refused;
+    a.answers_cut_short += b.answers_cut_short;
+    a.answer_bytes_sent += b.answer_bytes_sent;
+    a.answer_lookups += b.answer_lookups;
+    a.sync_retries += b.sync_retries;
+    a.sync_ranges_held += b.sync_ranges_held;
 }
 
 fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
@@ -417,7 +434,7 @@ impl Sim {
                 key: k.clone(),
                 engine: None,
                 incarnation: 0,
-                timers: [None; 4],
+                timers: [None; TIMERS.len()],
                 store: needs_store[i].then(Store::default),
                 heads: Vec::new(),
                 status_seq: 0,
@@ -487,6 +504,8 @@ impl Sim {
             peak_pending: 0,
             counters_reset_at: 0,
             trace: None,
+            amplifier_bytes: BTreeMap::new(),
+            honest_link_bytes: BTreeMap::new(),
             sc,
         };
         sim.schedule_plan(crash_plan);
@@ -898,7 +917,7 @@ impl Sim {
         slot.engine = Some(engine);
         slot.started = true;
         slot.heads = heads;
-        slot.timers = [None; 4];
+        slot.timers = [None; TIMERS.len()];
         self.process(i, outs);
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -917,7 +936,7 @@ impl Sim {
         let st = engine.stats();
         add_stats(&mut self.slots[i].stats_dead, &st);
         self.slots[i].incarnation += 1;
-        self.slots[i].timers = [None; 4];
+        self.slots[i].timers = [None; TIMERS.len()];
         let me = self.slots[i].key.public();
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -1097,6 +1116,17 @@ impl Sim {
         if self.trace == Some(from) {
             eprintln!("{} ms: {from} -> {to}: {}", self.now, self.describe(&bytes));
         }
+        if self.slots[from].honest {
+            let to_amplifier = self.slots[to]
+                .malicious
+                .is_some_and(|m| self.sc.malicious[m].want_amplifier > 0);
+            let len = bytes.len() as u64;
+            if to_amplifier {
+                *self.amplifier_bytes.entry((from, to)).or_default() += len;
+            } else if self.slots[to].honest {
+                *self.honest_link_bytes.entry((from, to)).or_default() += len;
+            }
+        }
         if let Some(m) = self.slots[from].malicious
             && self.sc.malicious[m].withhold
             && matches!(
@@ -1192,6 +1222,46 @@ impl Sim {
             t.change[mid] ^= 0x40;
             batch.push(t);
             self.forged.extend(batch.iter().cloned());
+        }
+        if spec.want_amplifier > 0
+            && let Some(e) = &self.slots[i].engine
+        {
+            let items: Vec<Item> = e
+                .replica()
+                .docs()
+                .into_iter()
+                .map(|(doc, _)| Item {
+                    doc,
+                    heads: Vec::new(),
+                })
+                .collect();
+            let want = Message::Want { items }.encode();
+            let sync = Message::Sync {
+                root_version: 1,
+                depth: 0,
+                splits: Vec::new(),
+                items: vec![RangeItems {
+                    lo: 0,
+                    hi: u64::MAX,
+                    items: Vec::new(),
+                    reply: true,
+                }],
+            }
+            .encode();
+            let asks: Vec<Vec<u8>> = (0..spec.want_amplifier)
+                .map(|k| {
+                    if k % 2 == 0 {
+                        want.clone()
+                    } else {
+                        sync.clone()
+                    }
+                })
+                .collect();
+            for &b in &peers {
+                for ask in &asks {
+                    self.transmit(i, b, ask.clone());
+                }
+            }
         }
         if spec.replay
             && let Some(e) = &self.slots[i].engine
@@ -1487,6 +1557,26 @@ impl Sim {
             new_change_bytes_per_node: window.new_change_bytes_received as f64
                 / counted.max(1) as f64,
         };
+        // Amplification: what an honest node sends a peer that asks for
+        // everything, over and over, is bounded by its answer budget (burst
+        // and refill over the run) plus what it sends any honest peer anyway.
+        let amplifier_bytes_max = self.amplifier_bytes.values().max().copied();
+        let amplifier_bytes_bound = amplifier_bytes_max.map(|_| {
+            let c = &self.config;
+            c.answer_burst_bytes
+                + c.answer_refill_bytes_per_s * self.sc.duration_ms / 1000
+                + self.honest_link_bytes.values().max().copied().unwrap_or(0)
+        });
+        let mut amplification = Vec::new();
+        if let (Some(max), Some(bound)) = (amplifier_bytes_max, amplifier_bytes_bound) {
+            for (&(from, to), &bytes) in &self.amplifier_bytes {
+                if bytes > bound {
+                    amplification.push(Violation(format!(
+                        "honest node {from} sent {bytes} bytes to want_amplifier {to}, over the bound {bound} (max {max})"
+                    )));
+                }
+            }
+        }
         let report = Report {
             scenario: self.sc.name.clone(),
             seed: self.seed,
@@ -1498,6 +1588,8 @@ impl Sim {
             last_heal_ms: (self.last_heal != u64::MAX).then_some(self.last_heal),
             convergence_after_heal_ms: self.converged_at.map(|t| t - self.last_heal),
             anti_entropy_rounds: total.anti_entropy_rounds,
+            sync_retries: total.sync_retries,
+            sync_ranges_held: total.sync_ranges_held,
             changes_received_eager: window.eager_changes_received,
             changes_received_reply: window.reply_changes_received,
             reply_duplicates: window.reply_duplicates_received,
@@ -1512,6 +1604,11 @@ impl Sim {
             safety_violations: self.safety.iter().map(|v| v.0.clone()).collect(),
             liveness_failure: liveness.as_ref().map(|v| v.0.clone()),
             link_model_violations: self.model.iter().map(|v| v.0.clone()).collect(),
+            requests_refused: total.requests_refused,
+            answer_bytes_sent: total.answer_bytes_sent,
+            amplifier_bytes_max,
+            amplifier_bytes_bound,
+            amplification_violations: amplification.iter().map(|v| v.0.clone()).collect(),
         };
         self.safety.truncate(100);
         RunResult {
@@ -1519,6 +1616,7 @@ impl Sim {
             safety: self.safety,
             liveness,
             model: self.model,
+            amplification,
         }
     }
 

@@ -22,6 +22,19 @@ pub struct EngineConfig {
     /// urgent; the tree would add a graft delay for every origin but the tree's
     /// root). Status changes always follow PlumTree when `plumtree` is set.
     pub policy_flood: bool,
+    /// A reconciliation step that expects an answer (every step but the
+    /// last; a peer in sync answers with an empty step) and gets none from
+    /// the peer within this time was lost: this node reconciles again at once
+    /// with another peer rather than at the next interval.
+    pub sync_retry_ms: u64,
+    /// After listing the documents of a key range to one peer that showed it
+    /// holds changes this node lacks there (the peer answers with them), this
+    /// node does not list that range
+    /// to any peer again until the answer comes or this time passes: after a
+    /// heal, one missing change comes from one neighbour, not from all.
+    pub sync_hold_ms: u64,
+    /// Most key ranges held so (older holds are dropped first).
+    pub sync_holds_max: usize,
     /// Anti-entropy does not send changes of a document this node changed
     /// within this time (they are most likely still in flight through the
     /// tree); the next round does if they are still missing.
@@ -35,6 +48,27 @@ pub struct EngineConfig {
     pub penalty_max: u32,
     /// Penalty for one invalid change or malformed message.
     pub penalty_per_offence: u32,
+    /// Penalty for a request (`Want`, `Graft`, `Sync`) that arrives when the
+    /// peer's answer budget is already spent (mild: a request answered in
+    /// part, because the budget ran out while answering it, costs nothing).
+    pub penalty_per_refusal: u32,
+    /// A peer's penalty decays by this much per second, so that a rare
+    /// offence (a corrupt frame now and then) never adds up to a disconnect.
+    pub penalty_decay_per_s: u32,
+    /// Work (index entries scanned, documents and short ids looked up,
+    /// changes collected) this node does in answer to one peer's `Want`,
+    /// `Graft` and `Sync` requests, at most in one burst: a token bucket per
+    /// peer, full when the peer connects. Once it is empty the peer's requests
+    /// are not answered (see `penalty_per_refusal`) until it refills.
+    pub answer_work_burst_lookups: u64,
+    /// The work bucket refills at this rate.
+    pub answer_work_refill_lookups_per_s: u64,
+    /// Bytes this node sends in answer to one peer's requests (changes,
+    /// reconciliation steps, trust roots), at most in one burst (a token
+    /// bucket per peer, like the work budget).
+    pub answer_burst_bytes: u64,
+    /// The bytes bucket refills at this rate.
+    pub answer_refill_bytes_per_s: u64,
     /// Bounds on decoded messages (also respected by what this engine sends).
     pub wire: WireLimits,
     /// Target size of one message of changes.
@@ -52,6 +86,10 @@ pub struct EngineConfig {
     pub lazy_queue_max: usize,
     /// Most owners one peer may be pruned for (one tree per status owner).
     pub pruned_origins_max: usize,
+    /// Peers whose connection went down whose pruned owners are remembered,
+    /// so that a link that comes back (a heal) keeps its place in the trees
+    /// instead of flooding every owner's changes until pruned again.
+    pub pruned_memory_peers_max: usize,
     /// Most announced-but-missing changes tracked for grafting.
     pub missing_max: usize,
     /// Most peers remembered as announcers of one missing change.
@@ -77,11 +115,26 @@ impl Default for EngineConfig {
             graft_retry_ms: 400,
             plumtree: true,
             policy_flood: true,
+            sync_retry_ms: 400,
+            sync_hold_ms: 400,
+            sync_holds_max: 1024,
             sync_settle_ms: 1_000,
             recent_keep_ms: 120_000,
             recent_max: 1 << 16,
             penalty_max: 100,
             penalty_per_offence: 25,
+            penalty_per_refusal: 10,
+            penalty_decay_per_s: 1,
+            // An honest round over a 10,000-document index after a heal scans
+            // it about once per level (3 levels) and lists the small ranges:
+            // ~40,000 lookups. The burst allows five such rounds at once, the
+            // refill more than one per anti-entropy interval.
+            answer_work_burst_lookups: 200_000,
+            answer_work_refill_lookups_per_s: 50_000,
+            // Two whole answers of one step (`sync_send_max_bytes`) at once,
+            // then 1 MiB/s: a store rebuilt from 6 peers after a wipe gets 6 MiB/s.
+            answer_burst_bytes: 8 << 20,
+            answer_refill_bytes_per_s: 1 << 20,
             wire: WireLimits {
                 message_size_max_bytes: 8 << 20,
                 changes_per_message_max: 1024,
@@ -98,6 +151,7 @@ impl Default for EngineConfig {
             sync_send_max_bytes: 4 << 20,
             lazy_queue_max: 4096,
             pruned_origins_max: 1 << 16,
+            pruned_memory_peers_max: 64,
             missing_max: 8192,
             announcers_max: 4,
             own_unpublished_max: 64,

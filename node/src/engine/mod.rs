@@ -63,6 +63,19 @@
 //! each way. Changes of a document this node changed within
 //! [`EngineConfig::sync_settle_ms`] are left to the tree (they are most likely
 //! in flight) unless the peer connected after they arrived.
+//! A step with nothing to add is answered by an empty step, so a step left
+//! unanswered for [`EngineConfig::sync_retry_ms`] was lost: a new round starts
+//! at once with another peer ([`Timer::SyncRetry`]). A range listed to one
+//! peer is not listed to another until it answers or
+//! [`EngineConfig::sync_hold_ms`] passes, and links that come up together
+//! start one round, so that after a heal each missing change comes from about
+//! one neighbour.
+//!
+//! **Answer budgets.** What a peer's `Want`, `Graft` and `Sync` requests make
+//! this node do and send is bounded by two token buckets per peer (work and
+//! bytes, [`EngineConfig::answer_burst_bytes`] and the fields beside it); a
+//! request that finds them empty is refused and mildly penalised, and
+//! penalties decay ([`EngineConfig::penalty_decay_per_s`]).
 //!
 //! **Status and liveness.** [`Engine::new`] writes a heartbeat (a node says it
 //! is up), then one every [`EngineConfig::heartbeat_interval_ms`];
@@ -116,6 +129,9 @@ pub enum Timer {
     LazyFlush,
     /// Check for missing changes announced lazily but not received (PlumTree graft).
     Graft,
+    /// Check for reconciliation steps left unanswered (lost): reconcile again
+    /// at once, with another peer, instead of waiting a whole interval.
+    SyncRetry,
 }
 
 /// What happens to the engine.

@@ -57,6 +57,22 @@ pub struct EngineStats {
     pub grafts_sent: u64,
     /// Prunes sent.
     pub prunes_sent: u64,
+    /// Requests (`Want`, `Graft`, `Sync`) not answered at all: the sender's
+    /// answer budget was spent (`EngineConfig::answer_burst_bytes` and
+    /// `answer_work_burst_lookups`).
+    pub requests_refused: u64,
+    /// Requests answered in part: the budget ran out while answering.
+    pub answers_cut_short: u64,
+    /// Bytes sent in answer to requests (changes, reconciliation steps, roots).
+    pub answer_bytes_sent: u64,
+    /// Work done in answer to requests (lookups, see `answer_work_burst_lookups`).
+    pub answer_lookups: u64,
+    /// Reconciliation steps left unanswered past `sync_retry_ms` (lost):
+    /// each started a new round at once.
+    pub sync_retries: u64,
+    /// Key ranges not listed to a peer because another peer was already
+    /// answering for them (`sync_hold_ms`).
+    pub sync_ranges_held: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -76,12 +92,91 @@ impl std::fmt::Display for FreshnessRefusal {
     }
 }
 
+/// A token bucket: `tokens` left, refilled with time up to a capacity.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: u64,
+    /// When tokens were last added.
+    at: Millis,
+}
+
+impl Bucket {
+    fn full(capacity: u64, now: Millis) -> Bucket {
+        Bucket {
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Millis, capacity: u64, per_s: u64) {
+        let elapsed = now.saturating_sub(self.at);
+        let add = u64::try_from(u128::from(elapsed) * u128::from(per_s) / 1000).unwrap_or(u64::MAX);
+        // Time that adds less than one token is kept for the next refill.
+        if add > 0 || self.tokens >= capacity {
+            self.tokens = self.tokens.saturating_add(add).min(capacity);
+            self.at = now;
+        }
+    }
+}
+
+/// What is left of a peer's answer budget while one request is answered.
+#[derive(Clone, Copy, Debug)]
+struct Allowance {
+    work: u64,
+    bytes: u64,
+    /// Whether some work or bytes were wanted but not allowed.
+    short: bool,
+}
+
+impl Allowance {
+    /// Take `n` units of work; false (and nothing taken) if none is left.
+    fn work(&mut self, n: u64) -> bool {
+        if self.work == 0 {
+            self.short = true;
+            return false;
+        }
+        self.work = self.work.saturating_sub(n);
+        true
+    }
+
+    /// Whether any work is left (noting that more was wanted if not).
+    fn has_work(&mut self) -> bool {
+        if self.work == 0 {
+            self.short = true;
+        }
+        self.work > 0
+    }
+
+    /// Take `n` units of work or bytes done already (saturating).
+    fn spend(&mut self, work: u64, bytes: u64) {
+        self.work = self.work.saturating_sub(work);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether `n` more bytes may be sent (taking them if so). The last
+    /// answer may overshoot by one change or one message: the bound is the
+    /// budget plus one message.
+    fn bytes(&mut self, n: u64) -> bool {
+        if self.bytes == 0 {
+            self.short = true;
+            return false;
+        }
+        self.bytes = self.bytes.saturating_sub(n);
+        true
+    }
+}
+
 #[derive(Debug)]
 struct Peer {
     /// Owners whose status changes go to this peer lazily (the link is off
     /// their dissemination tree); every other owner's go eagerly.
     pruned: BTreeSet<NodeId>,
     penalty: u32,
+    /// When the penalty last decayed.
+    penalty_at: Millis,
+    /// What this node still does for the peer's requests (token buckets).
+    work: Bucket,
+    bytes: Bucket,
     /// Announcements waiting for the next lazy flush.
     lazy: Vec<ShortId>,
     /// When the connection came up.
@@ -126,6 +221,17 @@ pub struct Engine {
     /// round comes sooner.
     repairing: bool,
     graft_timer_at: Option<Millis>,
+    /// Peers from which an answer to a reconciliation step is awaited, since when.
+    awaiting: BTreeMap<NodeId, Millis>,
+    sync_retry_at: Option<Millis>,
+    /// When the next anti-entropy round is due.
+    anti_entropy_at: Option<Millis>,
+    /// Pruned owners of peers whose connection went down, restored when it
+    /// comes back (bounded by `pruned_memory_peers_max`).
+    pruned_memory: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Key ranges whose documents were listed to a peer that has not answered
+    /// yet: (lo, hi, peer, until). Not listed to anyone else meanwhile.
+    holds: VecDeque<(u64, u64, NodeId, Millis)>,
     freshness: Option<SignedFreshness>,
     /// Each status owner's allowance of applied changes (see
     /// [`EngineConfig::status_owner_burst`]).
@@ -222,13 +328,20 @@ impl Engine {
             lazy_timer_at: None,
             repairing: false,
             graft_timer_at: None,
+            awaiting: BTreeMap::new(),
+            sync_retry_at: None,
+            anti_entropy_at: None,
+            pruned_memory: BTreeMap::new(),
+            holds: VecDeque::new(),
             freshness: None,
             owner_rates: OwnerRates::default(),
             stats: EngineStats::default(),
         };
+        let first_round = now + engine.config.anti_entropy_interval_ms;
+        engine.anti_entropy_at = Some(first_round);
         let mut out = vec![Output::SetTimer {
             timer: Timer::AntiEntropy,
-            at: now + engine.config.anti_entropy_interval_ms,
+            at: first_round,
         }];
         engine.publish_own(first_heartbeat, now, &mut out);
         let interval = engine.config.heartbeat_interval_ms;
@@ -307,7 +420,19 @@ impl Engine {
         match input {
             Input::PeerUp { peer } => self.on_peer_up(peer, now, &mut out),
             Input::PeerDown { peer } => {
-                self.peers.remove(&peer);
+                if let Some(p) = self.peers.remove(&peer)
+                    && self.config.pruned_memory_peers_max > 0
+                {
+                    // Its place in the owners' trees, for when it comes back
+                    // (a heal): links that were redundant before stay lazy
+                    // rather than flooding every owner's changes once more.
+                    if self.pruned_memory.len() >= self.config.pruned_memory_peers_max {
+                        self.pruned_memory.pop_first();
+                    }
+                    self.pruned_memory.insert(peer, p.pruned);
+                }
+                self.awaiting.remove(&peer);
+                self.holds.retain(|h| h.2 != peer);
             }
             Input::Message { from, bytes } => self.on_bytes(from, &bytes, now, &mut out),
             Input::Timer(t) => self.on_timer(t, now, rng, &mut out),
@@ -368,19 +493,41 @@ impl Engine {
             });
             return;
         }
-        // A repeated PeerUp (no PeerDown between) keeps the penalty.
-        let penalty = self.peers.get(&peer).map_or(0, |p| p.penalty);
+        // A repeated PeerUp (no PeerDown between) keeps the penalty and what
+        // is left of the answer budget.
+        let cfg = &self.config;
+        let (penalty, penalty_at, work, bytes) = self.peers.get(&peer).map_or(
+            (
+                0,
+                now,
+                Bucket::full(cfg.answer_work_burst_lookups, now),
+                Bucket::full(cfg.answer_burst_bytes, now),
+            ),
+            |p| (p.penalty, p.penalty_at, p.work, p.bytes),
+        );
+        let pruned = match self.peers.get(&peer) {
+            Some(p) => p.pruned.clone(),
+            None => self.pruned_memory.remove(&peer).unwrap_or_default(),
+        };
         self.peers.insert(
             peer,
             Peer {
-                pruned: BTreeSet::new(),
+                pruned,
                 penalty,
+                penalty_at,
+                work,
+                bytes,
                 lazy: Vec::new(),
                 connected_at: now,
             },
         );
-        // Catch up at once (after a restart or a heal) rather than at the next round.
-        self.start_sync(peer, out);
+        // Catch up at once (after a restart or a heal) rather than at the next
+        // round; but one round at a time: when many links come up together
+        // (a heal), the peers' own rounds cover the others, and this node's
+        // first lists then go to one neighbour rather than to all at once.
+        if self.awaiting.is_empty() {
+            self.start_sync(peer, now, out);
+        }
         if let Some(f) = &self.freshness {
             let msg = Message::Freshness {
                 statement: f.encode(),
@@ -392,6 +539,7 @@ impl Engine {
     fn on_bytes(&mut self, from: NodeId, bytes: &[u8], now: Millis, out: &mut Vec<Output>) {
         self.stats.messages_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
+        self.decay_penalty(from, now);
         match Message::decode(bytes, &self.config.wire) {
             Err(e) => {
                 self.stats.malformed_messages += 1;
@@ -401,11 +549,18 @@ impl Engine {
             }
             Ok(msg) => self.on_message(from, msg, now, out),
         }
+        if self.repairing {
+            self.hasten_anti_entropy(now, out);
+        }
     }
 
     fn on_message(&mut self, from: NodeId, msg: Message, now: Millis, out: &mut Vec<Output>) {
         match msg {
             Message::Changes { push, changes } => {
+                if push == Push::Reply {
+                    // The answer to what this node listed to the peer.
+                    self.holds.retain(|h| h.2 != from);
+                }
                 let a = self.absorb(Some(from), changes, push == Push::Eager, now, out);
                 // Not new: everything but what applied or now waits (`new`
                 // also holds earlier changes that this batch let apply).
@@ -449,11 +604,26 @@ impl Engine {
             }
             Message::IHave { ids } => self.on_ihave(from, ids, now, out),
             Message::Graft { ids } => {
-                let found: Vec<SignedChange> = ids
-                    .iter()
-                    .filter_map(|s| self.recent.get(s).map(|r| &r.0))
-                    .filter_map(|id| self.replica.get(&id.doc, &id.change_hash()).cloned())
-                    .collect();
+                let Some(mut allow) = self.open_budget(from, "Graft", now, out) else {
+                    return;
+                };
+                let mut found: Vec<SignedChange> = Vec::new();
+                for s in &ids {
+                    if !allow.work(1) {
+                        break;
+                    }
+                    let Some(c) = self
+                        .recent
+                        .get(s)
+                        .and_then(|r| self.replica.get(&r.0.doc, &r.0.change_hash()))
+                    else {
+                        continue;
+                    };
+                    if !allow.bytes(encoded_len(c) as u64) {
+                        break;
+                    }
+                    found.push(c.clone());
+                }
                 if let Some(p) = self.peers.get_mut(&from) {
                     for c in &found {
                         if let Some(o) = origin(&c.doc) {
@@ -461,7 +631,8 @@ impl Engine {
                         }
                     }
                 }
-                self.send_changes(from, Push::Reply, found, out);
+                self.close_budget(from, allow);
+                self.answer_changes(from, found, out);
             }
             Message::Prune { origins } => {
                 let max = self.config.pruned_origins_max;
@@ -475,9 +646,15 @@ impl Engine {
                 }
             }
             Message::Want { items } => {
+                let Some(mut allow) = self.open_budget(from, "Want", now, out) else {
+                    return;
+                };
                 let mut found = Vec::new();
                 let mut bytes = 0usize;
-                for it in items {
+                'items: for it in items {
+                    if !allow.work(1) {
+                        break;
+                    }
                     let Some(e) = self.index.get(&it.doc) else {
                         continue;
                     };
@@ -492,14 +669,18 @@ impl Engine {
                     };
                     let doc = e.doc;
                     for c in self.replica.missing_for(&doc, &theirs) {
-                        if bytes >= self.config.sync_send_max_bytes {
-                            break;
+                        if bytes >= self.config.sync_send_max_bytes
+                            || !allow.work(1)
+                            || !allow.bytes(encoded_len(c) as u64)
+                        {
+                            break 'items;
                         }
                         bytes += c.change.len();
                         found.push(c.clone());
                     }
                 }
-                self.send_changes(from, Push::Reply, found, out);
+                self.close_budget(from, allow);
+                self.answer_changes(from, found, out);
             }
             Message::Roots { roots } => {
                 let advanced = self.ingest_roots(Some(from), roots, out);
@@ -578,11 +759,9 @@ impl Engine {
     fn on_timer(&mut self, t: Timer, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
         match t {
             Timer::AntiEntropy => {
-                if !self.peers.is_empty() {
-                    let i = rng.random_range(0..self.peers.len());
-                    let peer = *self.peers.keys().nth(i).expect("index in range");
+                if let Some(peer) = self.random_peer(None, rng) {
                     self.stats.anti_entropy_rounds += 1;
-                    self.start_sync(peer, out);
+                    self.start_sync(peer, now, out);
                 }
                 let mut base = self.config.anti_entropy_interval_ms;
                 if std::mem::take(&mut self.repairing) {
@@ -593,9 +772,11 @@ impl Engine {
                 } else {
                     0
                 };
+                let at = now + base - base / 20 + jitter;
+                self.anti_entropy_at = Some(at);
                 out.push(Output::SetTimer {
                     timer: Timer::AntiEntropy,
-                    at: now + base - base / 20 + jitter,
+                    at,
                 });
             }
             Timer::Heartbeat => {
@@ -619,7 +800,89 @@ impl Engine {
                 self.graft_timer_at = None;
                 self.on_graft_timer(now, out);
             }
+            Timer::SyncRetry => {
+                self.sync_retry_at = None;
+                self.on_sync_retry(now, rng, out);
+            }
         }
+    }
+
+    /// Something is being repaired: the next round comes a quarter interval
+    /// from now, not at the end of a whole interval set before it was known.
+    fn hasten_anti_entropy(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let soon = now + self.config.anti_entropy_interval_ms / 4;
+        if self.anti_entropy_at.is_some_and(|at| at > soon) {
+            self.anti_entropy_at = Some(soon);
+            out.push(Output::SetTimer {
+                timer: Timer::AntiEntropy,
+                at: soon,
+            });
+        }
+    }
+
+    /// A random connected peer, other than `not` if there is another.
+    fn random_peer(&self, not: Option<NodeId>, rng: &mut impl rand::Rng) -> Option<NodeId> {
+        let others = self.peers.keys().filter(|p| Some(**p) != not).count();
+        if others == 0 {
+            return self.peers.keys().next().copied();
+        }
+        let i = rng.random_range(0..others);
+        self.peers
+            .keys()
+            .filter(|p| Some(**p) != not)
+            .nth(i)
+            .copied()
+    }
+
+    /// Steps left unanswered past `sync_retry_ms` were lost (or the peer is
+    /// gone quiet): reconcile again at once with another peer.
+    fn on_sync_retry(&mut self, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
+        let retry = self.config.sync_retry_ms;
+        let stalled: Vec<NodeId> = self
+            .awaiting
+            .iter()
+            .filter(|(_, since)| **since + retry <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &stalled {
+            self.awaiting.remove(p);
+        }
+        // One new round for all the stalls of this check: bounded.
+        if let Some(&last) = stalled.last()
+            && let Some(peer) = self.random_peer(Some(last), rng)
+        {
+            self.stats.sync_retries += 1;
+            self.stats.anti_entropy_rounds += 1;
+            self.start_sync(peer, now, out);
+        }
+        self.arm_sync_retry(out);
+    }
+
+    fn arm_sync_retry(&mut self, out: &mut Vec<Output>) {
+        if self.config.sync_retry_ms == 0 {
+            return;
+        }
+        let Some(next) = self
+            .awaiting
+            .values()
+            .min()
+            .map(|t| t + self.config.sync_retry_ms)
+        else {
+            return;
+        };
+        if self.sync_retry_at.is_none_or(|t| next < t) {
+            self.sync_retry_at = Some(next);
+            out.push(Output::SetTimer {
+                timer: Timer::SyncRetry,
+                at: next,
+            });
+        }
+    }
+
+    /// An answer to a reconciliation step is awaited from `peer` from now.
+    fn await_answer(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
+        self.awaiting.insert(peer, now);
+        self.arm_sync_retry(out);
     }
 
     fn on_publish(
@@ -1127,7 +1390,7 @@ impl Engine {
         self.replica.trust().current().version
     }
 
-    fn start_sync(&mut self, peer: NodeId, out: &mut Vec<Output>) {
+    fn start_sync(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
         let (count, fp) = self.index.range_fp(0, u64::MAX);
         let msg = Message::Sync {
             root_version: self.root_version(),
@@ -1140,6 +1403,7 @@ impl Engine {
             items: Vec::new(),
         };
         self.send(peer, &msg, out);
+        self.await_answer(peer, now, out);
     }
 
     /// One step of range-based reconciliation. For each range the peer
@@ -1158,9 +1422,19 @@ impl Engine {
         else {
             unreachable!("called with a Sync message")
         };
+        let Some(mut allow) = self.open_budget(from, "Sync", now, out) else {
+            return;
+        };
+        // The peer answered: nothing awaited from it any more, and what this
+        // node listed to it has been answered.
+        self.awaiting.remove(&from);
+        self.holds.retain(|h| h.2 != from && h.3 > now);
+        let expects_answer = !splits.is_empty() || items.iter().any(|ri| ri.reply);
         if root_version < self.root_version() {
             let roots = self.replica.trust().roots().to_vec();
-            self.send(from, &Message::Roots { roots }, out);
+            let before = self.stats.bytes_sent;
+            self.answer(from, &Message::Roots { roots }, out);
+            allow.spend(1, self.stats.bytes_sent - before);
         }
         let cfg = &self.config;
         // Changes that arrived before this connection are not in flight to the
@@ -1172,10 +1446,16 @@ impl Engine {
         for sp in splits {
             let ranges = split(sp.lo, sp.hi, sp.parts.len() as u64);
             for ((lo, hi), (count, fp)) in ranges.into_iter().zip(sp.parts) {
+                if !allow.has_work() {
+                    break;
+                }
                 let (my_count, my_fp) = self.index.range_fp(lo, hi);
+                allow.spend(1 + u64::from(my_count), 0);
                 if my_count == count && my_fp == fp {
                     continue;
                 }
+                // Listing or splitting the range scans it once more.
+                allow.spend(u64::from(my_count), 0);
                 if my_count <= cfg.sync_items_threshold || depth >= cfg.sync_depth_max || lo == hi {
                     reply_items.push(RangeItems {
                         lo,
@@ -1195,6 +1475,10 @@ impl Engine {
         let mut to_send: Vec<SignedChange> = Vec::new();
         let mut send_bytes = 0usize;
         for ri in items {
+            if !allow.has_work() {
+                break;
+            }
+            allow.spend(ri.items.len() as u64, 0);
             let theirs: BTreeMap<_, &Item> = ri
                 .items
                 .iter()
@@ -1203,6 +1487,7 @@ impl Engine {
                 .collect();
             let mut i_lack = false;
             for (key, e) in self.index.range(ri.lo, ri.hi) {
+                allow.spend(1, 0);
                 let their_heads: Vec<ChangeHash> = match theirs.get(key) {
                     None => Vec::new(),
                     Some(it) if it.doc == e.doc => {
@@ -1214,6 +1499,31 @@ impl Engine {
                         // missing dependency still needs the peer's help.
                         if hs.iter().any(|h| self.replica.get(&e.doc, h).is_none()) {
                             i_lack = true;
+                            // The peer holds changes this node lacks, so this
+                            // node cannot tell which of its own the peer
+                            // lacks: most often none (one writer, the peer is
+                            // ahead). If the peer will see this node's list
+                            // it sends exactly what this node lacks and, on
+                            // a fork, the rest follows from its answer; else
+                            // offer the heads only (a fork's peer holds them
+                            // pending and `Want`s the rest), not the whole
+                            // history, which was mostly duplicates.
+                            if ri.reply {
+                                continue;
+                            }
+                            if matches!(e.doc, DocId::Status { .. }) {
+                                for h in &e.heads {
+                                    if let Some(c) = self.replica.get(&e.doc, h)
+                                        && !hs.contains(h)
+                                        && allow.work(1)
+                                        && allow.bytes(c.change.len() as u64)
+                                    {
+                                        send_bytes += c.change.len();
+                                        to_send.push(c.clone());
+                                    }
+                                }
+                                continue;
+                            }
                         }
                         hs
                     }
@@ -1228,12 +1538,28 @@ impl Engine {
                         }
                     },
                 };
-                if send_bytes >= cfg.sync_send_max_bytes
-                    || (e.updated_at + cfg.sync_settle_ms > now && e.updated_at > connected_at)
-                {
+                if send_bytes >= cfg.sync_send_max_bytes {
                     continue;
                 }
+                // Changes that arrived here within the settle time, after
+                // this connection came up, are most likely in flight to the
+                // peer down the tree: left to it. Older ones the peer lacks
+                // (a heal, a lost push) are sent now.
+                let settling =
+                    e.updated_at + cfg.sync_settle_ms > now && e.updated_at > connected_at;
                 for c in self.replica.missing_for(&e.doc, &their_heads) {
+                    if settling
+                        && c.hash().ok().is_some_and(|h| {
+                            self.recent.get(&short_id(&h)).is_some_and(|r| {
+                                r.1 + cfg.sync_settle_ms > now && r.1 > connected_at
+                            })
+                        })
+                    {
+                        continue;
+                    }
+                    if !allow.work(1) || !allow.bytes(c.change.len() as u64) {
+                        break;
+                    }
                     send_bytes += c.change.len();
                     to_send.push(c.clone());
                 }
@@ -1261,9 +1587,36 @@ impl Engine {
             }
         }
         if !to_send.is_empty() {
-            self.send_changes(from, Push::Reply, to_send, out);
+            self.answer_changes(from, to_send, out);
+        }
+        // One listing of a range in flight at a time: a range listed to a
+        // peer that has not answered yet is not listed to another (nor again
+        // to the same one), so that what this node lacks there comes once.
+        while self.holds.front().is_some_and(|h| h.3 <= now) {
+            self.holds.pop_front();
+        }
+        let before = reply_items.len();
+        let holds = &self.holds;
+        reply_items.retain(|ri| !holds.iter().any(|h| h.0 <= ri.hi && ri.lo <= h.1));
+        if reply_items.len() < before {
+            // Left for now, to the peer answering for them: look again soon.
+            self.stats.sync_ranges_held += (before - reply_items.len()) as u64;
+            self.repairing = true;
         }
         if reply_splits.is_empty() && reply_items.is_empty() {
+            if expects_answer {
+                // An empty step: "nothing more here" (the peer stops awaiting).
+                let msg = Message::Sync {
+                    root_version: self.root_version(),
+                    depth: depth.saturating_add(1),
+                    splits: Vec::new(),
+                    items: Vec::new(),
+                };
+                let before = self.stats.bytes_sent;
+                self.answer(from, &msg, out);
+                allow.spend(0, self.stats.bytes_sent - before);
+            }
+            self.close_budget(from, allow);
             return;
         }
         // Bound one step: what does not fit waits for the next round.
@@ -1283,13 +1636,29 @@ impl Engine {
             ri.items.truncate(items_max.saturating_sub(total));
             total += ri.items.len();
         }
+        // A list sent because the peer holds what this node lacks there (not
+        // a first listing, which may find nothing): the peer answers with it.
+        let hold_until = now + self.config.sync_hold_ms;
+        for ri in reply_items.iter().filter(|ri| !ri.reply) {
+            if self.holds.len() >= self.config.sync_holds_max {
+                self.holds.pop_front();
+            }
+            self.holds.push_back((ri.lo, ri.hi, from, hold_until));
+        }
+        let awaits = !reply_splits.is_empty() || reply_items.iter().any(|ri| ri.reply);
         let msg = Message::Sync {
             root_version: self.root_version(),
             depth: depth.saturating_add(1),
             splits: reply_splits,
             items: reply_items,
         };
-        self.send(from, &msg, out);
+        let before = self.stats.bytes_sent;
+        self.answer(from, &msg, out);
+        allow.spend(0, self.stats.bytes_sent - before);
+        self.close_budget(from, allow);
+        if awaits {
+            self.await_answer(from, now, out);
+        }
     }
 
     // ---- sending and penalties ----
@@ -1334,6 +1703,85 @@ impl Engine {
                 out,
             );
         }
+    }
+
+    /// Let `peer`'s penalty decay with the time since it last did.
+    fn decay_penalty(&mut self, peer: NodeId, now: Millis) {
+        let per_s = u64::from(self.config.penalty_decay_per_s);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let elapsed = now.saturating_sub(p.penalty_at);
+        let decay = elapsed.saturating_mul(per_s) / 1000;
+        if decay > 0 || p.penalty == 0 {
+            p.penalty = p
+                .penalty
+                .saturating_sub(u32::try_from(decay).unwrap_or(u32::MAX));
+            p.penalty_at = now;
+        }
+    }
+
+    /// The answer budget left for `peer`'s request `what` (refilled up to
+    /// now), or None if it is spent: the request is refused, counted and
+    /// mildly penalised.
+    fn open_budget(
+        &mut self,
+        peer: NodeId,
+        what: &str,
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) -> Option<Allowance> {
+        let cfg = &self.config;
+        let p = self.peers.get_mut(&peer)?;
+        p.work.refill(
+            now,
+            cfg.answer_work_burst_lookups,
+            cfg.answer_work_refill_lookups_per_s,
+        );
+        p.bytes
+            .refill(now, cfg.answer_burst_bytes, cfg.answer_refill_bytes_per_s);
+        if p.work.tokens > 0 && p.bytes.tokens > 0 {
+            return Some(Allowance {
+                work: p.work.tokens,
+                bytes: p.bytes.tokens,
+                short: false,
+            });
+        }
+        self.stats.requests_refused += 1;
+        let w = self.config.penalty_per_refusal;
+        self.penalise(
+            peer,
+            w,
+            format!("{what} refused: answer budget spent (asks for more than it may)"),
+            out,
+        );
+        None
+    }
+
+    /// Put back what is left of a request's allowance.
+    fn close_budget(&mut self, peer: NodeId, allow: Allowance) {
+        if allow.short {
+            self.stats.answers_cut_short += 1;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            self.stats.answer_lookups += p.work.tokens.saturating_sub(allow.work);
+            p.work.tokens = allow.work;
+            p.bytes.tokens = allow.bytes;
+        }
+    }
+
+    /// Send changes in answer to a request (counted in `answer_bytes_sent`).
+    fn answer_changes(&mut self, to: NodeId, changes: Vec<SignedChange>, out: &mut Vec<Output>) {
+        let before = self.stats.bytes_sent;
+        self.send_changes(to, Push::Reply, changes, out);
+        self.stats.answer_bytes_sent += self.stats.bytes_sent - before;
+    }
+
+    /// Send a message in answer to a request (counted in `answer_bytes_sent`).
+    fn answer(&mut self, to: NodeId, msg: &Message, out: &mut Vec<Output>) {
+        let before = self.stats.bytes_sent;
+        self.send(to, msg, out);
+        self.stats.answer_bytes_sent += self.stats.bytes_sent - before;
     }
 
     fn penalise(&mut self, peer: NodeId, weight: u32, reason: String, out: &mut Vec<Output>) {
