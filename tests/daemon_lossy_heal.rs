@@ -279,16 +279,15 @@ async fn agrees(f: &Fleet, heads: &BTreeSet<String>) -> bool {
         if sorted(&fleet["policy_heads"]).as_ref() != Some(heads) {
             return false;
         }
-        for j in 0..N {
-            let id = f.nodes[j].id.to_hex();
+        for (node, epoch) in f.nodes.iter().zip(&epochs) {
+            let id = node.id.to_hex();
             let Some(row) = fleet["nodes"]
                 .as_array()
                 .and_then(|rows| rows.iter().find(|r| r["id"] == id.as_str()))
             else {
                 return false;
             };
-            if row["epoch"] != epochs[j] || sorted(&row["applied"]["heads"]).as_ref() != Some(heads)
-            {
+            if row["epoch"] != *epoch || sorted(&row["applied"]["heads"]).as_ref() != Some(heads) {
                 return false;
             }
         }
