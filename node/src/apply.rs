@@ -174,6 +174,17 @@ pub fn render_secrets(path: &Path, tree: &serde_json::Value) -> Result<(), Rende
     };
     let mut text = serde_json::to_vec_pretty(tree).expect("a JSON value serialises");
     text.push(b'\n');
+    // Unchanged, and still 0600: nothing to write (an apply of a policy that
+    // changed no secret needs no disk, even a full one).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o777 == 0o600
+            && std::fs::read(path).is_ok_and(|old| old == text)
+        {
+            return Ok(());
+        }
+    }
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
         path.file_name()

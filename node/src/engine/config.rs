@@ -98,11 +98,11 @@ pub struct EngineConfig {
     pub own_unpublished_max: usize,
     /// Status changes of one owner applied at once before its rate bound
     /// applies (an epoch's worth: a node catching up receives a whole epoch).
-    pub status_owner_burst: u32,
-    /// One more status change of an owner is applied per this interval beyond
-    /// the burst; changes over the rate are refused without blame to the
-    /// relay (`rate_limited`) and come again with anti-entropy. 0: no bound.
-    pub status_owner_refill_ms: u64,
+    pub status_owner_burst: u64,
+    /// Status changes of one owner applied per second beyond the burst;
+    /// changes over the rate are refused without blame to the relay
+    /// (`rate_limited`) and come again with anti-entropy. 0: no bound.
+    pub status_owner_refill_per_s: u64,
 }
 
 impl Default for EngineConfig {
@@ -156,7 +156,7 @@ impl Default for EngineConfig {
             announcers_max: 4,
             own_unpublished_max: 64,
             status_owner_burst: 64,
-            status_owner_refill_ms: 1_000,
+            status_owner_refill_per_s: 1,
         }
     }
 }

@@ -239,37 +239,28 @@ pub struct Engine {
     stats: EngineStats,
 }
 
-/// A token bucket per status owner: `burst` changes at once, one more every
-/// `refill_ms`. Owners are enrolled nodes (the replica asks only after
+/// A token bucket per status owner: `burst` changes at once, then `per_s`
+/// more a second. Owners are enrolled nodes (the replica asks only after
 /// authorising), so the map is bounded by the fleet.
 #[derive(Debug, Default)]
 struct OwnerRates {
-    buckets: HashMap<NodeId, (u32, Millis)>,
+    buckets: HashMap<NodeId, Bucket>,
 }
 
 impl OwnerRates {
-    fn take(&mut self, owner: NodeId, now: Millis, burst: u32, refill_ms: u64) -> bool {
-        if refill_ms == 0 {
+    fn take(&mut self, owner: NodeId, now: Millis, burst: u64, per_s: u64) -> bool {
+        if per_s == 0 {
             return true;
         }
-        let (tokens, at) = self.buckets.entry(owner).or_insert((burst, now));
-        if now > *at {
-            let earned = (now - *at) / refill_ms;
-            if earned > 0 {
-                *tokens = u32::try_from(u64::from(*tokens) + earned)
-                    .unwrap_or(u32::MAX)
-                    .min(burst);
-                *at += earned * refill_ms;
-            }
-        }
-        if *tokens >= burst {
-            // A full bucket does not bank time.
-            *at = now;
-        }
-        if *tokens == 0 {
+        let b = self
+            .buckets
+            .entry(owner)
+            .or_insert_with(|| Bucket::full(burst, now));
+        b.refill(now, burst, per_s);
+        if b.tokens == 0 {
             return false;
         }
-        *tokens -= 1;
+        b.tokens -= 1;
         true
     }
 }
@@ -969,7 +960,7 @@ impl Engine {
         let rates = &mut self.owner_rates;
         let (burst, refill) = (
             self.config.status_owner_burst,
-            self.config.status_owner_refill_ms,
+            self.config.status_owner_refill_per_s,
         );
         let reports = self.replica.ingest_with(changes.clone(), &mut |owner| {
             *owner == me || rates.take(*owner, now, burst, refill)

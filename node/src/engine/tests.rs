@@ -708,7 +708,7 @@ fn status_over_the_owner_rate_is_refused_without_blame_and_applies_later() {
         format!("s{}", burst + 39)
     );
     // Later, the same changes again (as anti-entropy would bring them).
-    f.now += (burst as u64 + 40) * config.status_owner_refill_ms;
+    f.now += (burst as u64 + 40) * 1000 / config.status_owner_refill_per_s;
     let outs = push_from_1(&mut f, changes);
     assert_eq!(misbehaved(&outs), Vec::<String>::new());
     assert_eq!(
