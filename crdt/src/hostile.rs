@@ -27,9 +27,7 @@ fn commit(doc: &mut Automerge, field: &str, value: &str) -> automerge::Change {
     tx.put(ROOT, field, value)
         .expect("put on the root map cannot fail");
     tx.commit();
-    doc.get_last_local_change()
-        .expect("just committed")
-        .to_owned()
+    doc.get_last_local_change().expect("just committed")
 }
 
 /// An over-full status epoch: a first change, then `siblings` changes that

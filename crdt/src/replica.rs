@@ -417,6 +417,8 @@ pub struct ReplicaStats {
     pub status_docs: usize,
     /// Changes held (policy and status).
     pub changes: usize,
+    /// Of those, status changes.
+    pub status_changes: usize,
     /// Bytes of change data held.
     pub change_bytes: usize,
     /// Changes waiting for dependencies.
@@ -1097,6 +1099,11 @@ impl Replica {
                 }
                 let d = next_doc.get_or_insert_with(|| StatusDoc::new(epoch));
                 let hash = change.hash();
+                // Only a change that had waited is reported (and so copied).
+                match idx {
+                    Some(i) => reports[i].outcome = Outcome::Applied,
+                    None => self.promoted.push((sc.clone(), hash)),
+                }
                 if d.changes.len() >= self.limits.status_epoch_changes_max {
                     // One change past the bound voids the epoch, on every
                     // replica alike, whichever changes arrived first: its
@@ -1107,14 +1114,10 @@ impl Replica {
                     d.status = NodeStatus::default();
                     d.hashes.push(hash);
                     d.deps.push(change.deps().to_vec());
-                    d.changes.push(sc.clone());
+                    d.changes.push(sc);
                     d.heads.clear();
                 } else {
-                    apply_status_change(d, sc.clone(), &change);
-                }
-                match idx {
-                    Some(i) => reports[i].outcome = Outcome::Applied,
-                    None => self.promoted.push((sc, hash)),
+                    apply_status_change(d, sc, &change);
                 }
                 progressed = true;
             }
@@ -1308,6 +1311,7 @@ impl Replica {
         ReplicaStats {
             status_docs: self.statuses.len(),
             changes: self.policy_changes.len() + status_changes,
+            status_changes,
             change_bytes: bytes,
             pending: self.pending.count,
             pending_dropped: self.pending.dropped,

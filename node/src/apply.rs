@@ -114,13 +114,42 @@ impl Applier {
 /// Render `config` to `path` atomically: write a temporary file beside it, sync
 /// it, rename it over the target, sync the directory.
 pub fn render(path: &Path, config: &serde_json::Value) -> Result<(), RenderError> {
+    write_atomically(path, &json_text(config), None)
+}
+
+/// Write `tree` to `path` atomically with mode 0600: a fresh temporary file
+/// created 0600 beside it, synced, renamed over the target, directory synced.
+pub fn render_secrets(path: &Path, tree: &serde_json::Value) -> Result<(), RenderError> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = json_text(tree);
+    // Unchanged, and still 0600: nothing to write (an apply of a policy that
+    // changed no secret needs no disk, even a full one).
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o777 == 0o600
+        && std::fs::read(path).is_ok_and(|old| old == text)
+    {
+        return Ok(());
+    }
+    write_atomically(path, &text, Some(0o600))
+}
+
+fn json_text(v: &serde_json::Value) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(v).expect("a JSON value serialises");
+    text.push(b'\n');
+    text
+}
+
+/// Write `text` to a temporary file beside `path`, sync it, rename it over
+/// `path`, sync the directory. With `mode`, the temporary file is created
+/// fresh with that mode (a stale one is removed first), so the content is
+/// never readable under a wider mode, even for an instant.
+fn write_atomically(path: &Path, text: &[u8], mode: Option<u32>) -> Result<(), RenderError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| RenderError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut text = serde_json::to_vec_pretty(config).expect("a JSON value serialises");
-    text.push(b'\n');
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
         path.file_name()
@@ -128,8 +157,23 @@ pub fn render(path: &Path, config: &serde_json::Value) -> Result<(), RenderError
             .unwrap_or_default(),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&text).map_err(io)?;
+    let mut f = match mode {
+        None => std::fs::File::create(&tmp).map_err(io)?,
+        Some(mode) => {
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(io)?
+        }
+    };
+    f.write_all(text).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -161,58 +205,6 @@ pub fn open_secrets(
         dcloud_crdt::policy::deep_merge(&mut tree, t);
     }
     Ok(tree)
-}
-
-/// Write `tree` to `path` atomically with mode 0600: a fresh temporary file
-/// created 0600 beside it, synced, renamed over the target, directory synced.
-pub fn render_secrets(path: &Path, tree: &serde_json::Value) -> Result<(), RenderError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| RenderError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut text = serde_json::to_vec_pretty(tree).expect("a JSON value serialises");
-    text.push(b'\n');
-    // Unchanged, and still 0600: nothing to write (an apply of a policy that
-    // changed no secret needs no disk, even a full one).
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o777 == 0o600
-            && std::fs::read(path).is_ok_and(|old| old == text)
-        {
-            return Ok(());
-        }
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&text).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 async fn apply_once(config: &ApplyConfig, key: &SecretKey, req: &ApplyRequest) -> ApplyResult {

@@ -1345,8 +1345,7 @@ impl Sim {
             }
             let r = e.replica();
             let st = r.stats();
-            let policy = r.policy_changes().len();
-            let status_changes = st.changes - policy;
+            let status_changes = st.status_changes;
             self.peak_pending = self.peak_pending.max(st.pending);
             self.void_seen = self.void_seen.max(st.void_epochs);
             let bound_pending = self.limits.pending_changes_max;
