@@ -29,15 +29,26 @@ fn invalid_config_fails_at_start_with_file_key_and_reason() {
 
     std::fs::write(
         &cfg,
-        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\nheartbeat_ms = 1\n",
+        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine]\nheartbeat_interval_ms = 1\n",
     )
     .unwrap();
     let (ok, err) = run(&["--config", cfg_s]);
     assert!(!ok);
     assert!(
-        err.contains("node.toml") && err.contains("`heartbeat_ms`") && err.contains("outside"),
+        err.contains("node.toml")
+            && err.contains("`engine.heartbeat_interval_ms`")
+            && err.contains("1 is outside 50..=3600000"),
         "{err}"
     );
+    // The engine's table refuses a key it does not know, by name.
+    std::fs::write(
+        &cfg,
+        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine]\ngraft_timout_ms = 1\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&["--config", cfg_s]);
+    assert!(!ok);
+    assert!(err.contains("graft_timout_ms"), "{err}");
 
     std::fs::write(&cfg, "data_dir = \"/tmp/x\"\nlisten = \"not a list\"\n").unwrap();
     let (ok, err) = run(&["--config", cfg_s]);

@@ -25,6 +25,6 @@ pub use change::{Bundle, DecodeError, DocId, Limits, SignedChange};
 pub use freshness::{FreshnessError, FreshnessStatement, SignedFreshness};
 pub use keys::{KeySignature, NodeId, PublicKey, SecretKey};
 pub use policy::{Edit, Level, Member, Policy, PolicyEditor};
-pub use replica::{Outcome, Rejection, Replica, Report};
+pub use replica::{Outcome, Rejection, RejectionKind, Replica, Report};
 pub use root::{RootError, SignedTrustRoot, TrustChain, TrustRoot};
 pub use status::{NodeStatus, StatusWriter};

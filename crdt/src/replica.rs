@@ -150,26 +150,88 @@ pub enum Rejection {
     RateLimited(String),
 }
 
-impl Rejection {
-    /// A short stable label, for metrics.
-    pub fn kind(&self) -> &'static str {
+/// The kind of a [`Rejection`], without its details: a stable key for
+/// counters and metrics ([`RejectionKind::label`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectionKind {
+    /// [`Rejection::Malformed`].
+    Malformed,
+    /// [`Rejection::TooLarge`].
+    TooLarge,
+    /// [`Rejection::SignatureCount`].
+    SignatureCount,
+    /// [`Rejection::Signature`].
+    Signature,
+    /// [`Rejection::ActorNotAuthor`].
+    ActorNotAuthor,
+    /// [`Rejection::Threshold`].
+    Threshold,
+    /// [`Rejection::UnknownRoot`].
+    UnknownRoot,
+    /// [`Rejection::NotOwner`].
+    NotOwner,
+    /// [`Rejection::Unenrolled`].
+    Unenrolled,
+    /// [`Rejection::Revoked`].
+    Revoked,
+    /// [`Rejection::Schema`].
+    Schema,
+    /// [`Rejection::EpochJump`].
+    EpochJump,
+    /// [`Rejection::RateLimited`].
+    RateLimited,
+    /// [`Rejection::Fork`].
+    Fork,
+    /// [`Rejection::Unappliable`].
+    Unappliable,
+    /// [`Rejection::RotatedOut`].
+    RotatedOut,
+}
+
+impl RejectionKind {
+    /// A short stable label (`snake_case`), for metrics.
+    pub fn label(self) -> &'static str {
         match self {
-            Rejection::Malformed(_) => "malformed",
-            Rejection::TooLarge { .. } => "too_large",
-            Rejection::SignatureCount { .. } => "signature_count",
-            Rejection::Signature(_) => "signature",
-            Rejection::ActorNotAuthor { .. } => "actor_not_author",
-            Rejection::Threshold { .. } => "threshold",
-            Rejection::UnknownRoot { .. } => "unknown_root",
-            Rejection::NotOwner { .. } => "not_owner",
-            Rejection::Unenrolled(_) => "unenrolled",
-            Rejection::Revoked(_) => "revoked",
-            Rejection::Schema(_) => "schema",
-            Rejection::EpochJump { .. } => "epoch_jump",
-            Rejection::RateLimited(_) => "rate_limited",
-            Rejection::Fork { .. } => "fork",
-            Rejection::Unappliable(_) => "unappliable",
-            Rejection::RotatedOut { .. } => "rotated_out",
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::TooLarge => "too_large",
+            RejectionKind::SignatureCount => "signature_count",
+            RejectionKind::Signature => "signature",
+            RejectionKind::ActorNotAuthor => "actor_not_author",
+            RejectionKind::Threshold => "threshold",
+            RejectionKind::UnknownRoot => "unknown_root",
+            RejectionKind::NotOwner => "not_owner",
+            RejectionKind::Unenrolled => "unenrolled",
+            RejectionKind::Revoked => "revoked",
+            RejectionKind::Schema => "schema",
+            RejectionKind::EpochJump => "epoch_jump",
+            RejectionKind::RateLimited => "rate_limited",
+            RejectionKind::Fork => "fork",
+            RejectionKind::Unappliable => "unappliable",
+            RejectionKind::RotatedOut => "rotated_out",
+        }
+    }
+}
+
+impl Rejection {
+    /// What kind of rejection (metrics, counters).
+    pub fn kind(&self) -> RejectionKind {
+        match self {
+            Rejection::Malformed(_) => RejectionKind::Malformed,
+            Rejection::TooLarge { .. } => RejectionKind::TooLarge,
+            Rejection::SignatureCount { .. } => RejectionKind::SignatureCount,
+            Rejection::Signature(_) => RejectionKind::Signature,
+            Rejection::ActorNotAuthor { .. } => RejectionKind::ActorNotAuthor,
+            Rejection::Threshold { .. } => RejectionKind::Threshold,
+            Rejection::UnknownRoot { .. } => RejectionKind::UnknownRoot,
+            Rejection::NotOwner { .. } => RejectionKind::NotOwner,
+            Rejection::Unenrolled(_) => RejectionKind::Unenrolled,
+            Rejection::Revoked(_) => RejectionKind::Revoked,
+            Rejection::Schema(_) => RejectionKind::Schema,
+            Rejection::EpochJump { .. } => RejectionKind::EpochJump,
+            Rejection::RateLimited(_) => RejectionKind::RateLimited,
+            Rejection::Fork { .. } => RejectionKind::Fork,
+            Rejection::Unappliable(_) => RejectionKind::Unappliable,
+            Rejection::RotatedOut { .. } => RejectionKind::RotatedOut,
         }
     }
 

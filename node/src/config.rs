@@ -8,7 +8,6 @@
 //! listen = ["/ip4/0.0.0.0/tcp/7700", "/ip4/0.0.0.0/udp/7700/quic-v1"]
 //! bootstrap = ["/ip4/192.0.2.10/tcp/7700"]
 //! api = "127.0.0.1:7780"
-//! heartbeat_ms = 15000
 //! mdns = false
 //! freshness_skew_ms = 60000       # timestamp keys only (docs/operator-guide.md)
 //! freshness_grace_ms = 120000
@@ -20,8 +19,9 @@
 //! timeout_ms = 30000
 //! secrets_file = "/etc/site/dcloud-secrets.json"   # default: <data_dir>/secrets.json, mode 0600
 //!
-//! [engine]                      # replication tuning (optional)
-//! anti_entropy_interval_ms = 1500
+//! [engine]                      # replication tuning (optional; every key of
+//! heartbeat_interval_ms = 15000 # dcloud_node::engine::EngineConfig, with its
+//! anti_entropy_interval_ms = 1500   # defaults; docs/daemon.md lists them)
 //! lazy_flush_interval_ms = 100
 //! graft_timeout_ms = 150
 //! ```
@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
+use crate::engine::EngineConfig;
+
 /// Default local API address.
 pub const API_DEFAULT: &str = "127.0.0.1:7780";
-/// Default heartbeat period.
-pub const HEARTBEAT_DEFAULT_MS: u64 = 15_000;
 /// Default apply command timeout.
 pub const APPLY_TIMEOUT_DEFAULT_MS: u64 = 30_000;
 /// Default number of peers the daemon tries to stay connected to.
@@ -75,7 +75,7 @@ pub enum ConfigError {
         /// "config file X" or "flag/environment".
         origin: String,
         /// The key.
-        key: &'static str,
+        key: String,
         /// What is wrong.
         reason: String,
     },
@@ -106,18 +106,6 @@ pub struct RawApply {
     pub secrets_file: Option<PathBuf>,
 }
 
-/// Replication tuning as written (`[engine]`).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEngine {
-    /// Reconcile with a random neighbour this often.
-    pub anti_entropy_interval_ms: Option<u64>,
-    /// Gather lazy announcements for this long.
-    pub lazy_flush_interval_ms: Option<u64>,
-    /// How long an announced change may stay missing before it is fetched.
-    pub graft_timeout_ms: Option<u64>,
-}
-
 /// The configuration as written in the file, before validation. Every field is
 /// optional so that flags and environment variables can fill or override it.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -133,16 +121,14 @@ pub struct RawConfig {
     pub bootstrap: Option<Vec<String>>,
     /// Local API address.
     pub api: Option<String>,
-    /// Heartbeat period.
-    pub heartbeat_ms: Option<u64>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: Option<bool>,
     /// Peers to stay connected to.
     pub peers_target: Option<usize>,
     /// Applying policy to the site.
     pub apply: Option<RawApply>,
-    /// Replication tuning.
-    pub engine: Option<RawEngine>,
+    /// Replication tuning: the engine's own configuration, with its defaults.
+    pub engine: Option<EngineConfig>,
     /// Clock skew allowed past a freshness statement's expiry.
     pub freshness_skew_ms: Option<u64>,
     /// How long after start a node may hold no freshness statement.
@@ -171,26 +157,6 @@ pub fn secrets_path(data_dir: &Path) -> PathBuf {
     data_dir.join("secrets.json")
 }
 
-/// Replication tuning (daemon defaults favour latency; see `docs/daemon.md`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EngineTuning {
-    /// Anti-entropy period.
-    pub anti_entropy_interval_ms: u64,
-    /// Lazy announcement batching.
-    pub lazy_flush_interval_ms: u64,
-    /// Graft timeout.
-    pub graft_timeout_ms: u64,
-}
-
-/// Daemon default anti-entropy period.
-pub const ANTI_ENTROPY_DEFAULT_MS: u64 = 1_500;
-/// Daemon default lazy announcement batching. Announcements only repair a
-/// broken tree; batching them for 100 ms instead of 10 ms cut a 32-node
-/// fleet's CPU per rollout by about a third (docs/daemon.md, benchmark).
-pub const LAZY_FLUSH_DEFAULT_MS: u64 = 100;
-/// Daemon default graft timeout.
-pub const GRAFT_TIMEOUT_DEFAULT_MS: u64 = 150;
-
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -204,16 +170,14 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Local API address.
     pub api: SocketAddr,
-    /// Heartbeat period.
-    pub heartbeat_ms: u64,
     /// mDNS discovery.
     pub mdns: bool,
     /// Peers to stay connected to.
     pub peers_target: usize,
     /// Applying policy.
     pub apply: ApplyConfig,
-    /// Replication tuning.
-    pub engine: EngineTuning,
+    /// Replication tuning (validated).
+    pub engine: EngineConfig,
     /// The freshness verdict's bounds.
     pub freshness: crate::freshness::FreshnessConfig,
 }
@@ -258,7 +222,7 @@ impl RawConfig {
         let origin = self.origin();
         let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
             origin: origin.clone(),
-            key,
+            key: key.to_string(),
             reason,
         };
         let data_dir = self.data_dir.clone().ok_or(ConfigError::Missing {
@@ -296,13 +260,6 @@ impl RawConfig {
                 format!("{api_text:?} is not an address like 127.0.0.1:7780: {e}"),
             )
         })?;
-        let heartbeat_ms = self.heartbeat_ms.unwrap_or(HEARTBEAT_DEFAULT_MS);
-        if !(50..=3_600_000).contains(&heartbeat_ms) {
-            return Err(invalid(
-                "heartbeat_ms",
-                format!("{heartbeat_ms} is outside 50..=3600000"),
-            ));
-        }
         let peers_target = self.peers_target.unwrap_or(PEERS_TARGET_DEFAULT);
         if !(1..=256).contains(&peers_target) {
             return Err(invalid(
@@ -354,7 +311,19 @@ impl RawConfig {
         {
             return Err(invalid("apply.command", "is empty".into()));
         }
-        let e = self.engine.clone().unwrap_or_default();
+        let engine = self.engine.clone().unwrap_or_default();
+        engine.validate().map_err(|e| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: format!("engine.{}", e.field),
+            reason: e.reason,
+        })?;
+        if engine.heartbeat_interval_ms == 0 {
+            // A daemon's liveness in the fleet view comes from its heartbeats.
+            return Err(invalid(
+                "engine.heartbeat_interval_ms",
+                "0 (never) is for the simulator; a daemon needs 50..=3600000".into(),
+            ));
+        }
         let ranged = |key: &'static str, v: Option<u64>, default: u64, lo: u64, hi: u64| {
             let v = v.unwrap_or(default);
             if (lo..=hi).contains(&v) {
@@ -362,29 +331,6 @@ impl RawConfig {
             } else {
                 Err(invalid(key, format!("{v} is outside {lo}..={hi}")))
             }
-        };
-        let engine = EngineTuning {
-            anti_entropy_interval_ms: ranged(
-                "engine.anti_entropy_interval_ms",
-                e.anti_entropy_interval_ms,
-                ANTI_ENTROPY_DEFAULT_MS,
-                50,
-                600_000,
-            )?,
-            lazy_flush_interval_ms: ranged(
-                "engine.lazy_flush_interval_ms",
-                e.lazy_flush_interval_ms,
-                LAZY_FLUSH_DEFAULT_MS,
-                1,
-                10_000,
-            )?,
-            graft_timeout_ms: ranged(
-                "engine.graft_timeout_ms",
-                e.graft_timeout_ms,
-                GRAFT_TIMEOUT_DEFAULT_MS,
-                1,
-                60_000,
-            )?,
         };
         let fd = crate::freshness::FreshnessConfig::default();
         let freshness = crate::freshness::FreshnessConfig {
@@ -422,7 +368,6 @@ impl RawConfig {
             listen,
             bootstrap,
             api,
-            heartbeat_ms,
             mdns: self.mdns.unwrap_or(false),
             peers_target,
             apply: ApplyConfig {
@@ -478,7 +423,7 @@ mod tests {
         };
         let c = raw.validate().unwrap();
         assert_eq!(c.api.to_string(), API_DEFAULT);
-        assert_eq!(c.heartbeat_ms, HEARTBEAT_DEFAULT_MS);
+        assert_eq!(c.engine, EngineConfig::default());
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.freshness, crate::freshness::FreshnessConfig::default());
         assert_eq!(c.freshness.skew_ms, 60_000);

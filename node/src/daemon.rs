@@ -33,10 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dcloud_crdt::root::{TrustChain, decode_chain};
-use dcloud_crdt::status::{EPOCH_CHANGES_DEFAULT, HealthCheck};
+use dcloud_crdt::status::HealthCheck;
 use dcloud_crdt::{
-    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, Rejection, Replica, SecretKey,
-    SignedFreshness, StatusWriter,
+    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, Rejection, SecretKey,
+    SignedFreshness,
 };
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use crate::apply::{Applier, ApplyInput, ApplyRequest, ApplyResult};
 use crate::config::Config;
 use crate::dial::{Candidate, Dialer, Redial};
-use crate::engine::{Engine, EngineConfig, Event, Input, Millis, Output, Persist, Timer};
+use crate::engine::{DisconnectReason, Engine, Event, Input, Millis, Output, Persist, Stored};
 use crate::freshness::{self, FreshnessTracker, Verdict};
 use crate::links::{LinkEvent, Links, SendError};
 use crate::metrics::Metrics;
@@ -227,7 +227,6 @@ struct Daemon {
     store_retry_at: Millis,
     metrics: Arc<Metrics>,
     rng: rand::rngs::StdRng,
-    timers: BTreeMap<Timer, Millis>,
     queue: VecDeque<Input>,
     /// Admitted peers with at least one connection (the engine knows them).
     up: HashSet<PeerId>,
@@ -254,6 +253,9 @@ struct Daemon {
     held_sends: Vec<(NodeId, Vec<u8>)>,
     /// A publish verdict waiting for that flush.
     held_reply: Option<(PublishReply, Result<PublishView, PublishError>)>,
+    /// The policy changed but is not durable yet: the applier is told after
+    /// the flush (see `on_event`).
+    policy_change_held: bool,
     /// Since when heads a freshness statement names have been missing.
     freshness: FreshnessTracker,
     /// The latest freshness verdict.
@@ -323,34 +325,38 @@ pub async fn start(
             "the trust-root file is older than the chain this node holds; the newer chain stays in force"
         );
     }
-    for root in loaded.roots {
-        if root.root.version > chain.current().version
-            && let Err(e) = chain.advance(root)
-        {
-            tracing::warn!(error = %e, "a stored trust root does not extend the chain; ignored");
-        }
-    }
-    trust_file.record(&chain)?;
-    let mut replica = Replica::new(chain, limits);
-    let stored = loaded.changes.len();
-    let mut own_epoch_max = 0u32;
-    for c in &loaded.changes {
-        if let DocId::Status { node, epoch } = c.doc
-            && node == me
-        {
-            own_epoch_max = own_epoch_max.max(epoch);
-        }
-    }
+    // A new status epoch at every start, above anything this node ever wrote
+    // (the epoch file survives a lost store), so its status never goes back.
+    let mut epoch_file = EpochFile::open(&cfg.data_dir.join("status-epoch"))?;
     let unclean = loaded.unclean;
-    let reports = replica.ingest(loaded.changes);
-    let refused = reports
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Rejected(_)))
-        .count();
+    let started = Instant::now();
+    let (engine, first, restored) = Engine::restore(
+        cfg.engine.clone(),
+        Stored {
+            key: key.clone(),
+            chain,
+            roots: loaded.roots,
+            changes: loaded.changes,
+            limits,
+            epoch_floor: epoch_file.get(),
+            actor_seed: None,
+        },
+        0,
+    );
+    epoch_file.raise(restored.epoch)?;
+    let replica = engine.replica();
+    if restored.roots_ignored > 0 {
+        tracing::warn!(
+            count = restored.roots_ignored,
+            "stored trust roots do not extend the chain; ignored"
+        );
+    }
+    trust_file.record(replica.trust())?;
     tracing::info!(
         node = %me,
-        stored,
-        refused,
+        stored = restored.changes,
+        refused = restored.refused,
+        epoch = restored.epoch,
         policy_heads = ?view::hex_heads(&replica.policy_heads()),
         "replica restored from the store"
     );
@@ -364,12 +370,6 @@ pub async fn start(
             store.drop_node(node)?;
         }
     }
-    // A new status epoch at every start: above anything this node ever wrote
-    // (the epoch file survives a lost store), so its status never goes back.
-    let mut epoch_file = EpochFile::open(&cfg.data_dir.join("status-epoch"))?;
-    let epoch = epoch_file.get().max(own_epoch_max) + 1;
-    epoch_file.raise(epoch)?;
-    let writer = StatusWriter::new(key.clone(), epoch, EPOCH_CHANGES_DEFAULT);
 
     let mut swarm = net::build_swarm(&key, cfg.mdns)?;
     let (links, link_rx) = Links::start(
@@ -393,16 +393,6 @@ pub async fn start(
         }
     }
     let metrics = Arc::new(Metrics::new());
-    let engine_cfg = EngineConfig {
-        heartbeat_interval_ms: cfg.heartbeat_ms,
-        anti_entropy_interval_ms: cfg.engine.anti_entropy_interval_ms,
-        lazy_flush_interval_ms: cfg.engine.lazy_flush_interval_ms,
-        graft_timeout_ms: cfg.engine.graft_timeout_ms,
-        graft_retry_ms: (cfg.engine.graft_timeout_ms * 2).max(100),
-        ..EngineConfig::default()
-    };
-    let started = Instant::now();
-    let (engine, first) = Engine::new(engine_cfg, replica, writer, 0);
     let (applier, apply_rx) = Applier::spawn(cfg.apply.clone(), key.clone());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let bootstrap = cfg
@@ -427,7 +417,6 @@ pub async fn start(
         store_retry_at: 0,
         metrics: metrics.clone(),
         rng: rand::rngs::StdRng::from_rng(&mut rand::rng()),
-        timers: BTreeMap::new(),
         queue: VecDeque::new(),
         up: HashSet::new(),
         links,
@@ -446,6 +435,7 @@ pub async fn start(
         dirty_foreign: false,
         held_sends: Vec::new(),
         held_reply: None,
+        policy_change_held: false,
         freshness: FreshnessTracker::default(),
         freshness_verdict: Verdict {
             fresh: true,
@@ -479,7 +469,7 @@ impl Daemon {
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next_timer = self.timers.values().min().copied();
+            let next_timer = self.engine.poll_timeout();
             let sleep_until = next_timer
                 .map(|at| self.started + Duration::from_millis(at))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -549,6 +539,9 @@ impl Daemon {
                 if let Some((tx, result)) = reply {
                     let _ = tx.send(result);
                 }
+                if std::mem::take(&mut self.policy_change_held) {
+                    self.policy_changed();
+                }
             }
             Err(e) => {
                 self.store_failed(e);
@@ -574,7 +567,7 @@ impl Daemon {
         let mut budget = 10_000;
         while let Some(input) = self.queue.pop_front() {
             let now = self.now();
-            let out = self.engine.handle(input, now, &mut self.rng);
+            let out = self.engine.handle(input, now);
             self.carry_out(out);
             budget -= 1;
             if budget == 0 {
@@ -591,26 +584,21 @@ impl Daemon {
 
     fn fire_timers(&mut self) {
         let now = self.now();
-        let due: Vec<Timer> = self
-            .timers
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in due {
-            self.timers.remove(&t);
-            if t == Timer::AntiEntropy {
-                self.metrics.anti_entropy_rounds.inc();
-            }
-            self.queue.push_back(Input::Timer(t));
+        if self.engine.poll_timeout().is_some_and(|at| at <= now) {
+            let rounds = self.engine.stats().anti_entropy_rounds;
+            let out = self.engine.handle_timeout(now, &mut self.rng);
+            self.metrics.anti_entropy_rounds.inc_by(
+                self.engine
+                    .stats()
+                    .anti_entropy_rounds
+                    .saturating_sub(rounds),
+            );
+            self.carry_out(out);
         }
     }
 
     fn carry_out(&mut self, outputs: Vec<Output>) {
         self.persist_failed_in_call = false;
-        let mut policy_changed = false;
-        let mut disconnects: Vec<(NodeId, String)> = Vec::new();
-        let mut misbehaved: HashSet<NodeId> = HashSet::new();
         for out in outputs {
             match out {
                 Output::Persist(p) => {
@@ -633,37 +621,32 @@ impl Daemon {
                 Output::Send { .. } if self.persist_failed_in_call => {}
                 Output::Send { to, bytes } if self.dirty => self.held_sends.push((to, bytes)),
                 Output::Send { to, bytes } => self.send(to, bytes),
-                Output::SetTimer { timer, at } => {
-                    self.timers.insert(timer, at);
-                }
-                Output::Disconnect { peer, reason } => disconnects.push((peer, reason)),
-                Output::Event(ev) => match ev {
-                    Event::PolicyChanged => policy_changed = true,
-                    Event::PeerMisbehaved { peer, reason } => {
-                        tracing::warn!(peer = %peer.short(), %reason, "peer misbehaved");
-                        misbehaved.insert(peer);
-                    }
-                    other => self.on_event(other),
-                },
+                Output::Disconnect { peer, reason } => self.disconnect(peer, reason),
+                Output::Event(ev) => self.on_event(ev),
             }
         }
-        for (peer, reason) in disconnects {
-            let Some(pid) = net::peer_id(&peer) else {
-                continue;
-            };
-            if misbehaved.contains(&peer) {
-                // Penalty bound reached: keep it away for a while.
-                tracing::warn!(peer = %peer.short(), %reason, "disconnecting and blocking a misbehaving peer");
-                self.metrics.disconnected("misbehaviour");
+    }
+
+    /// Carry out the engine's [`Output::Disconnect`]: counted once, by reason.
+    fn disconnect(&mut self, peer: NodeId, reason: DisconnectReason) {
+        let Some(pid) = net::peer_id(&peer) else {
+            return;
+        };
+        self.metrics.disconnected(reason.label());
+        match &reason {
+            DisconnectReason::Revoked => {
+                tracing::info!(peer = %peer.short(), "peer is revoked: cutting it off for good");
+                self.block(pid, None);
+            }
+            DisconnectReason::Misbehaved { offence } => {
+                tracing::warn!(peer = %peer.short(), %offence, "disconnecting and blocking a misbehaving peer");
                 let until = self.now() + MISBEHAVIOUR_BLOCK_MS;
                 self.block(pid, Some(until));
-            } else {
-                tracing::info!(peer = %peer.short(), %reason, "disconnecting peer");
-                self.cut_off(pid, "not_admitted");
             }
-        }
-        if policy_changed {
-            self.policy_changed();
+            DisconnectReason::NotAdmitted => {
+                tracing::info!(peer = %peer.short(), "disconnecting a peer the policy does not admit");
+                self.close_peer(pid);
+            }
         }
     }
 
@@ -731,6 +714,9 @@ impl Daemon {
                 self.store_error = None;
                 self.metrics.store_ok.set(1);
                 self.refresh_status();
+                if std::mem::take(&mut self.policy_change_held) {
+                    self.policy_changed();
+                }
             }
             Err(e) => self.store_error = Some(e.to_string()),
         }
@@ -803,7 +789,7 @@ impl Daemon {
                         Outcome::Applied => {
                             self.metrics.changes_applied.inc();
                         }
-                        Outcome::Rejected(rej) => self.metrics.rejected(rej.kind()),
+                        Outcome::Rejected(rej) => self.metrics.rejected(rej.kind().label(), 1),
                         _ => {}
                     }
                 }
@@ -815,50 +801,35 @@ impl Daemon {
                     }
                 }
             }
+            // The applier acts on the policy only once it is durable (the
+            // engine's contract): held until the group commit's flush, or
+            // until a failed store takes writes again.
+            Event::PolicyChanged if self.dirty || self.store_error.is_some() => {
+                self.policy_change_held = true;
+            }
             Event::PolicyChanged => self.policy_changed(),
             Event::PeerMisbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), %reason, "peer misbehaved");
             }
-            Event::PeerNotAdmitted { peer } => {
-                if let Some(pid) = net::peer_id(&peer) {
-                    self.cut_off(pid, "not_admitted");
-                }
-            }
         }
     }
 
-    /// Whether a peer may talk to this node (see the module docs).
-    fn admitted(&self, node: &NodeId) -> bool {
-        let policy = self.engine.replica().policy();
-        if policy.revoked.contains_key(node) {
-            return false;
+    /// Whether the engine admits a peer (its rule; see `engine` docs).
+    fn admitted(&self, node: &NodeId) -> Result<(), DisconnectReason> {
+        if *node == self.me {
+            return Err(DisconnectReason::NotAdmitted);
         }
-        policy.members.is_empty() || policy.is_active_member(node)
+        self.engine.admits(node)
     }
 
-    fn cut_off(&mut self, pid: PeerId, why: &'static str) {
-        let revoked = net::node_id(&pid)
-            .is_some_and(|n| self.engine.replica().policy().revoked.contains_key(&n));
-        self.metrics
-            .disconnected(if revoked { "revoked" } else { why });
-        if revoked {
-            tracing::info!(peer = %pid, "peer is revoked: cutting it off for good");
-            self.block(pid, None);
-        } else {
-            self.links.close(&pid);
-            let _ = self.swarm.disconnect_peer_id(pid);
-        }
+    fn close_peer(&mut self, pid: PeerId) {
+        self.links.close(&pid);
+        let _ = self.swarm.disconnect_peer_id(pid);
     }
 
+    /// The policy changed and is durable: re-render. (The engine has already
+    /// disconnected the peers it no longer admits.)
     fn policy_changed(&mut self) {
-        // Admission is checked again against the new policy.
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for pid in connected {
-            let ok = net::node_id(&pid).is_some_and(|n| self.admitted(&n));
-            if !ok {
-                self.cut_off(pid, "not_admitted");
-            }
-        }
         // Re-render this node's effective config when it changed.
         let replica = self.engine.replica();
         let heads = view::hex_heads(&replica.policy_heads());
@@ -1001,7 +972,7 @@ impl Daemon {
             self.refresh_status();
         }
         let now = self.now();
-        let stale_after_ms = self.cfg.heartbeat_ms * 3 + 2000;
+        let stale_after_ms = self.cfg.engine.heartbeat_interval_ms * 3 + 2000;
         let engine = &self.engine;
         let last_heard = |n: &NodeId| engine.last_heard(n);
         let ctx = FleetCtx {
@@ -1363,11 +1334,17 @@ impl Daemon {
             } => {
                 self.dial_ended(Some(peer_id), connection_id);
                 let node = net::node_id(&peer_id);
-                let ok = node.is_some_and(|n| n != self.me && self.admitted(&n));
-                if !ok {
-                    tracing::info!(peer = %peer_id, "refusing a peer that is not an enrolled, non-revoked node");
-                    self.metrics.disconnected("not_admitted");
+                let Some(node) = node else {
+                    self.metrics
+                        .disconnected(DisconnectReason::NotAdmitted.label());
                     self.swarm.close_connection(connection_id);
+                    return;
+                };
+                if let Err(reason) = self.admitted(&node) {
+                    // Counted, logged and carried out as the engine's own
+                    // disconnect would be (a revoked peer is kept away).
+                    self.swarm.close_connection(connection_id);
+                    self.disconnect(node, reason);
                     return;
                 }
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
@@ -1379,7 +1356,7 @@ impl Daemon {
                     }
                     self.remember_addr(peer_id, address.clone(), true);
                 }
-                self.peer_up(peer_id, node.expect("checked above"));
+                self.peer_up(peer_id, node);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -1451,7 +1428,7 @@ impl Daemon {
             // Its stream can be handed over before the swarm reports the
             // connection: admit it now rather than drop its first messages.
             match net::node_id(&peer) {
-                Some(n) if n != self.me && self.swarm.is_connected(&peer) && self.admitted(&n) => {
+                Some(n) if self.swarm.is_connected(&peer) && self.admitted(&n).is_ok() => {
                     self.peer_up(peer, n);
                 }
                 _ => return,
@@ -1494,10 +1471,7 @@ impl Daemon {
             let d = v.saturating_sub(before.rejected.get(k).copied().unwrap_or(0));
             if d > 0 {
                 rejected += d;
-                self.metrics
-                    .changes_rejected
-                    .get_or_create(&vec![("reason".to_string(), k.clone())])
-                    .inc_by(d);
+                self.metrics.rejected(k.label(), d);
             }
         }
         self.metrics.changes_received.inc_by(received + rejected);

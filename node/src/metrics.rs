@@ -178,10 +178,10 @@ impl Metrics {
     }
 
     /// Count a rejection.
-    pub fn rejected(&self, reason: &str) {
+    pub fn rejected(&self, reason: &str, count: u64) {
         self.changes_rejected
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
-            .inc();
+            .inc_by(count);
     }
 
     /// Count a disconnection.
@@ -221,7 +221,7 @@ mod tests {
     fn encodes_with_prefix() {
         let m = Metrics::new();
         m.changes_received.inc();
-        m.rejected("signature");
+        m.rejected("signature", 1);
         let text = m.encode();
         assert!(text.contains("dcloud_changes_received_total 1"), "{text}");
         assert!(

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use dcloud_node::engine::EngineConfig;
 use serde::{Deserialize, Serialize};
 
 /// Why a scenario could not be loaded.
@@ -73,28 +74,6 @@ impl Default for LinkModel {
             asymmetric_loss: 0.5,
         }
     }
-}
-
-/// Engine settings a scenario may override.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineOverrides {
-    /// See `EngineConfig`.
-    pub anti_entropy_interval_ms: Option<u64>,
-    /// See `EngineConfig`; the simulator defaults to 0 (statuses are driven by `status`).
-    pub heartbeat_interval_ms: Option<u64>,
-    /// See `EngineConfig`.
-    pub lazy_flush_interval_ms: Option<u64>,
-    /// See `EngineConfig`.
-    pub graft_timeout_ms: Option<u64>,
-    /// See `EngineConfig`.
-    pub graft_retry_ms: Option<u64>,
-    /// See `EngineConfig`.
-    pub plumtree: Option<bool>,
-    /// See `EngineConfig`.
-    pub policy_flood: Option<bool>,
-    /// See `EngineConfig`.
-    pub sync_settle_ms: Option<u64>,
 }
 
 /// A policy change published at one node.
@@ -237,8 +216,9 @@ pub struct Scenario {
     pub check_interval_ms: u64,
     /// Links.
     pub link: LinkModel,
-    /// Engine overrides.
-    pub engine: EngineOverrides,
+    /// The engine's configuration (`[engine]`): the daemon's own
+    /// `EngineConfig`, with the daemon's defaults.
+    pub engine: EngineConfig,
     /// Status updates.
     pub status: StatusLoad,
     /// Policy changes.
@@ -270,7 +250,7 @@ impl Default for Scenario {
             liveness_bound_ms: 5_000,
             check_interval_ms: 50,
             link: LinkModel::default(),
-            engine: EngineOverrides::default(),
+            engine: EngineConfig::default(),
             status: StatusLoad::default(),
             policy: Vec::new(),
             partition: Vec::new(),
@@ -312,6 +292,9 @@ impl Scenario {
         };
         if self.nodes < 2 {
             return bad("at least 2 nodes".into());
+        }
+        if let Err(e) = self.engine.validate() {
+            return bad(e.to_string());
         }
         if self.link.latency_min_ms > self.link.latency_max_ms {
             return bad("latency_min_ms > latency_max_ms".into());

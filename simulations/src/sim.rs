@@ -15,25 +15,13 @@ use dcloud_crdt::{
 };
 use dcloud_node::engine::wire::{Item, Message, Push, RangeItems};
 use dcloud_node::engine::{
-    Engine, EngineConfig, EngineStats, Event, Input, Output, Persist, Timer,
+    Engine, EngineConfig, EngineStats, Event, Input, Output, Persist, Stored,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::report::{PolicyReport, Report, Traffic};
 use crate::scenario::Scenario;
-
-const TIMERS: [Timer; 5] = [
-    Timer::AntiEntropy,
-    Timer::Heartbeat,
-    Timer::LazyFlush,
-    Timer::Graft,
-    Timer::SyncRetry,
-];
-
-fn timer_index(t: Timer) -> usize {
-    TIMERS.iter().position(|x| *x == t).expect("known timer")
-}
 
 #[derive(Debug)]
 enum Ev {
@@ -43,9 +31,10 @@ enum Ev {
         bytes: Vec<u8>,
         incarnation: u32,
     },
+    /// The engine's deadline ([`Engine::poll_timeout`]) as it was when
+    /// this event was queued; stale if it has moved since.
     Timer {
         node: usize,
-        timer: Timer,
         incarnation: u32,
     },
     Start(usize),
@@ -108,7 +97,8 @@ struct Slot {
     key: SecretKey,
     engine: Option<Engine>,
     incarnation: u32,
-    timers: [Option<u64>; TIMERS.len()],
+    /// The engine's deadline an `Ev::Timer` is queued for.
+    deadline: Option<u64>,
     store: Option<Store>,
     /// Policy heads last seen (safety: never go backwards).
     heads: Vec<ChangeHash>,
@@ -230,7 +220,7 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.reply_changes_received += b.reply_changes_received;
     a.reply_duplicates_received += b.reply_duplicates_received;
     for (k, v) in &b.rejected {
-        *a.rejected.entry(k.clone()).or_default() += v;
+        *a.rejected.entry(*k).or_default() += v;
     }
     a.anti_entropy_rounds += b.anti_entropy_rounds;
     a.malformed_messages += b.malformed_messages;
@@ -382,35 +372,7 @@ impl Sim {
                 links.insert((x, y), LinkDir { latency_ms, loss });
             }
         }
-        let mut config = EngineConfig {
-            heartbeat_interval_ms: 0,
-            ..EngineConfig::default()
-        };
-        let o = &sc.engine;
-        if let Some(v) = o.anti_entropy_interval_ms {
-            config.anti_entropy_interval_ms = v;
-        }
-        if let Some(v) = o.heartbeat_interval_ms {
-            config.heartbeat_interval_ms = v;
-        }
-        if let Some(v) = o.lazy_flush_interval_ms {
-            config.lazy_flush_interval_ms = v;
-        }
-        if let Some(v) = o.graft_timeout_ms {
-            config.graft_timeout_ms = v;
-        }
-        if let Some(v) = o.graft_retry_ms {
-            config.graft_retry_ms = v;
-        }
-        if let Some(v) = o.plumtree {
-            config.plumtree = v;
-        }
-        if let Some(v) = o.policy_flood {
-            config.policy_flood = v;
-        }
-        if let Some(v) = o.sync_settle_ms {
-            config.sync_settle_ms = v;
-        }
+        let config = sc.engine.clone();
         let mut needs_store = vec![false; n];
         let mut crash_plan = Vec::new();
         for c in &sc.crash {
@@ -434,7 +396,7 @@ impl Sim {
                 key: k.clone(),
                 engine: None,
                 incarnation: 0,
-                timers: [None; TIMERS.len()],
+                deadline: None,
                 store: needs_store[i].then(Store::default),
                 heads: Vec::new(),
                 status_seq: 0,
@@ -721,20 +683,17 @@ impl Sim {
                     },
                 );
             }
-            Ev::Timer {
-                node,
-                timer,
-                incarnation,
-            } => {
-                let slot = &self.slots[node];
-                if slot.incarnation != incarnation
-                    || slot.timers[timer_index(timer)] != Some(self.now)
-                    || slot.engine.is_none()
-                {
+            Ev::Timer { node, incarnation } => {
+                let slot = &mut self.slots[node];
+                if slot.incarnation != incarnation || slot.deadline != Some(self.now) {
                     return;
                 }
-                self.slots[node].timers[timer_index(timer)] = None;
-                self.input(node, Input::Timer(timer));
+                slot.deadline = None;
+                let Some(engine) = slot.engine.as_mut() else {
+                    return;
+                };
+                let outs = engine.handle_timeout(self.now, &mut self.rng);
+                self.process(node, outs);
             }
             Ev::Start(i) => self.start(i, false),
             Ev::Crash {
@@ -866,58 +825,54 @@ impl Sim {
             return;
         }
         let key = self.slots[i].key.clone();
-        let mut replica = Replica::new(self.chain.clone(), self.limits.clone());
-        replica.ingest(vec![self.bootstrap.clone()]);
-        let mut epoch = 1;
         if wipe && let Some(store) = &mut self.slots[i].store {
             *store = Store::default();
         }
+        // Every node is provisioned with the bootstrap policy; the rest is
+        // what its store kept.
+        let mut changes = vec![self.bootstrap.clone()];
+        let mut roots = Vec::new();
         if let Some(store) = &self.slots[i].store {
-            for r in &store.roots {
-                // A stored root advanced this chain once; it does again.
-                let _ = replica.ingest_root(r.clone());
-            }
-            let all: Vec<SignedChange> = store.changes.values().flatten().cloned().collect();
-            replica.ingest(all);
-            for d in store.changes.keys() {
-                if let DocId::Status { node, epoch: e } = d
-                    && *node == key.public()
-                {
-                    epoch = epoch.max(e + 1);
-                }
-            }
+            roots = store.roots.clone();
+            changes.extend(store.changes.values().flatten().cloned());
         }
+        let nonce_seed = self.nonces.random();
+        let (engine, outs, _restored) = Engine::restore(
+            self.config.clone(),
+            Stored {
+                key,
+                chain: self.chain.clone(),
+                roots,
+                changes,
+                limits: self.limits.clone(),
+                epoch_floor: 0,
+                actor_seed: Some(nonce_seed),
+            },
+            self.now,
+        );
+        let replica = engine.replica();
         // Safety across restarts: the policy read back from the store never
         // goes behind what the node had applied.
         if self.slots[i].started && !wipe {
-            let lost: Vec<&ChangeHash> = self.slots[i]
+            let lost = self.slots[i]
                 .heads
                 .iter()
                 .filter(|h| !replica.contains(&DocId::Policy, h))
-                .collect();
-            if !lost.is_empty() {
+                .count();
+            if lost > 0 {
                 self.safety.push(Violation(format!(
-                    "node {i} restarted without policy it had applied ({} heads lost) at {} ms",
-                    lost.len(),
+                    "node {i} restarted without policy it had applied ({lost} heads lost) at {} ms",
                     self.now
                 )));
             }
         }
         let mut heads = replica.policy_heads();
         heads.sort();
-        let nonce_seed = self.nonces.random();
-        let writer = StatusWriter::seeded(
-            key,
-            epoch,
-            dcloud_crdt::status::EPOCH_CHANGES_DEFAULT,
-            nonce_seed,
-        );
-        let (engine, outs) = Engine::new(self.config.clone(), replica, writer, self.now);
         let slot = &mut self.slots[i];
         slot.engine = Some(engine);
         slot.started = true;
         slot.heads = heads;
-        slot.timers = [None; TIMERS.len()];
+        slot.deadline = None;
         self.process(i, outs);
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -936,7 +891,7 @@ impl Sim {
         let st = engine.stats();
         add_stats(&mut self.slots[i].stats_dead, &st);
         self.slots[i].incarnation += 1;
-        self.slots[i].timers = [None; TIMERS.len()];
+        self.slots[i].deadline = None;
         let me = self.slots[i].key.public();
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -950,28 +905,42 @@ impl Sim {
         let Some(engine) = self.slots[i].engine.as_mut() else {
             return;
         };
-        let outs = engine.handle(input, self.now, &mut self.rng);
+        let outs = engine.handle(input, self.now);
         self.process(i, outs);
     }
 
+    /// Queue an `Ev::Timer` for node `i`'s engine deadline if it moved (the
+    /// engine owns its timers; the simulator keeps one deadline per node).
+    fn arm(&mut self, i: usize) {
+        let Some(at) = self.slots[i].engine.as_ref().and_then(|e| e.poll_timeout()) else {
+            self.slots[i].deadline = None;
+            return;
+        };
+        let at = at.max(self.now);
+        if self.slots[i].deadline == Some(at) {
+            return;
+        }
+        self.slots[i].deadline = Some(at);
+        let incarnation = self.slots[i].incarnation;
+        self.push(
+            at,
+            Ev::Timer {
+                node: i,
+                incarnation,
+            },
+        );
+    }
+
     fn process(&mut self, i: usize, outs: Vec<Output>) {
+        self.process_outputs(i, outs);
+        self.arm(i);
+    }
+
+    fn process_outputs(&mut self, i: usize, outs: Vec<Output>) {
         for o in outs {
             match o {
                 Output::Send { to, bytes } => self.send(i, to, bytes),
                 Output::Persist(p) => self.persist(i, p),
-                Output::SetTimer { timer, at } => {
-                    let at = at.max(self.now);
-                    self.slots[i].timers[timer_index(timer)] = Some(at);
-                    let incarnation = self.slots[i].incarnation;
-                    self.push(
-                        at,
-                        Ev::Timer {
-                            node: i,
-                            timer,
-                            incarnation,
-                        },
-                    );
-                }
                 Output::Disconnect { peer, reason } => {
                     self.disconnects += 1;
                     if let Some(&b) = self.index.get(&peer) {
@@ -1031,7 +1000,7 @@ impl Sim {
                     )));
                 }
             }
-            Event::PeerNotAdmitted { .. } | Event::Published { .. } => {}
+            Event::Published { .. } => {}
         }
     }
 
@@ -1594,7 +1563,11 @@ impl Sim {
             reply_duplicates: window.reply_duplicates_received,
             grafts: window.grafts_sent,
             prunes: window.prunes_sent,
-            rejected: total.rejected.clone(),
+            rejected: total
+                .rejected
+                .iter()
+                .map(|(k, v)| (k.label().to_string(), *v))
+                .collect(),
             malformed_messages: total.malformed_messages,
             misbehaviour_events: self.misbehaved_events,
             disconnects: self.disconnects,

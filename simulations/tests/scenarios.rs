@@ -233,6 +233,22 @@ fn scenarios_parse_and_bad_ones_are_refused() {
         "enrolled 11 exceeds the fleet of 10 nodes",
     );
     refused("check_interval_ms = 0\n", "check_interval_ms must be > 0");
+    // The engine's table is the daemon's EngineConfig: validated the same way.
+    refused(
+        "[engine]\nanti_entropy_interval_ms = 0\n",
+        "`engine.anti_entropy_interval_ms`: 0 is outside 50..=600000",
+    );
+    assert!(
+        Scenario::parse("name = \"x\"\n[engine]\ngraft_timout_ms = 1\n", "inline")
+            .unwrap_err()
+            .to_string()
+            .contains("graft_timout_ms")
+    );
+    // With no [engine] table a scenario runs the daemon's defaults.
+    assert_eq!(
+        Scenario::parse("name = \"x\"\n", "inline").unwrap().engine,
+        dcloud_node::engine::EngineConfig::default()
+    );
     // Overlapping partitions are valid.
     Scenario::parse(
         "name = \"x\"\nnodes = 10\n\

@@ -176,7 +176,7 @@ fn merge(args: &RunArgs) -> Result<config::Config> {
         raw.api = Some(v.clone());
     }
     if let Some(v) = args.heartbeat_ms {
-        raw.heartbeat_ms = Some(v);
+        raw.engine.get_or_insert_default().heartbeat_interval_ms = v;
     }
     if let Some(v) = args.mdns {
         raw.mdns = Some(v);

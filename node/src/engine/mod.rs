@@ -10,13 +10,28 @@
 //!   acknowledged);
 //! * [`Output::Send`] queues bytes for one peer (the engine bounds what it asks
 //!   for; the driver may drop on a full socket, anti-entropy repairs it);
-//! * [`Output::SetTimer`] asks for [`Input::Timer`] at or after a time
-//!   (a timer of the same kind set again replaces the earlier one);
-//! * [`Output::Disconnect`] closes the connection to a peer;
-//! * [`Output::Event`] tells the daemon what happened.
+//! * [`Output::Disconnect`] closes the connection to a peer, for a typed
+//!   [`DisconnectReason`] (the driver keeps a revoked peer away for good, a
+//!   misbehaving one for a while, and only closes the connection of one not
+//!   admitted);
+//! * [`Output::Event`] tells the daemon what happened. An event that reports
+//!   state ([`Event::PolicyChanged`], [`Event::Published`]) must reach the
+//!   applier or the caller only once every [`Output::Persist`] before it is
+//!   durable (a driver that groups its flushes holds the event until then).
 //!
-//! Call order: [`Engine::new`] once (carry out its outputs, which set the first
-//! timers), then [`Engine::handle`] for every input, in the order they happen.
+//! Call order: [`Engine::restore`] (or [`Engine::new`]) once, carrying out its
+//! outputs; then [`Engine::handle`] for every input, in the order they happen,
+//! and [`Engine::handle_timeout`] whenever the clock passes
+//! [`Engine::poll_timeout`] (the engine owns its timers: the driver keeps one
+//! deadline, asked again after every call).
+//!
+//! **Admission** is the engine's rule: a peer may talk to this node if it is
+//! an active member of the policy and not revoked; while this node holds no
+//! policy with members yet (a site that has just been set up), any peer is
+//! admitted, so that the policy enrolling it can reach it. [`Input::PeerUp`] of
+//! a peer not admitted is answered with [`Output::Disconnect`]
+//! ([`DisconnectReason::NotAdmitted`] or [`DisconnectReason::Revoked`]), and a
+//! policy change disconnects every connected peer it no longer admits.
 //!
 //! THE INTERFACE IN THIS FILE IS SHARED BY THE DAEMON AND THE SIMULATOR:
 //! extend it, do not break it.
@@ -108,8 +123,8 @@ mod index;
 mod state;
 pub mod wire;
 
-pub use config::EngineConfig;
-pub use state::{Engine, EngineStats};
+pub use config::{EngineConfig, EngineConfigError};
+pub use state::{Engine, EngineStats, RejectReason, Restored, Stored};
 pub use wire::{ChangeId, Message, WireError, WireLimits};
 
 use dcloud_crdt::replica::Report;
@@ -134,10 +149,50 @@ pub enum Timer {
     SyncRetry,
 }
 
+/// Why the engine closes a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The policy revokes the peer: keep it away for good.
+    Revoked,
+    /// The peer is not an active member of the policy (not enrolled yet, or
+    /// no longer): close the connection; it may be admitted later.
+    NotAdmitted,
+    /// The peer's penalty reached [`EngineConfig::penalty_max`]: keep it away
+    /// for a while.
+    Misbehaved {
+        /// The last offence, for the log.
+        offence: String,
+    },
+}
+
+impl DisconnectReason {
+    /// A short label (metrics, logs): `revoked`, `not_admitted`, `misbehaviour`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DisconnectReason::Revoked => "revoked",
+            DisconnectReason::NotAdmitted => "not_admitted",
+            DisconnectReason::Misbehaved { .. } => "misbehaviour",
+        }
+    }
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::Revoked => f.write_str("revoked by policy"),
+            DisconnectReason::NotAdmitted => f.write_str("not an active member of the policy"),
+            DisconnectReason::Misbehaved { offence } => {
+                write!(f, "penalty bound reached; last offence: {offence}")
+            }
+        }
+    }
+}
+
 /// What happens to the engine.
 #[derive(Debug)]
 pub enum Input {
-    /// A connection to an (admitted) peer is up.
+    /// A connection to a peer is up (the engine decides whether it is
+    /// admitted; see the module docs).
     PeerUp {
         /// The peer.
         peer: NodeId,
@@ -154,8 +209,6 @@ pub enum Input {
         /// The bytes, as received.
         bytes: Vec<u8>,
     },
-    /// A timer fired.
-    Timer(Timer),
     /// Local command: publish signed changes (from a bundle posted to the local API).
     Publish {
         /// Trust roots carried by the bundle.
@@ -187,19 +240,12 @@ pub enum Output {
     },
     /// Make this durable before carrying out any later output.
     Persist(Persist),
-    /// Ask for a timer.
-    SetTimer {
-        /// Which.
-        timer: Timer,
-        /// When (driver clock).
-        at: Millis,
-    },
-    /// Close the connection to a peer (it misbehaved, or was revoked).
+    /// Close the connection to a peer (see [`DisconnectReason`]).
     Disconnect {
         /// The peer.
         peer: NodeId,
-        /// Why, for the log.
-        reason: String,
+        /// Why.
+        reason: DisconnectReason,
     },
     /// Tell the daemon.
     Event(Event),
@@ -244,11 +290,6 @@ pub enum Event {
         peer: NodeId,
         /// What it did.
         reason: String,
-    },
-    /// A revoked or unenrolled peer must be cut off.
-    PeerNotAdmitted {
-        /// The peer.
-        peer: NodeId,
     },
 }
 

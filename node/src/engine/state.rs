@@ -2,16 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use dcloud_crdt::status::EPOCH_CHANGES_DEFAULT;
 use dcloud_crdt::{
-    ChangeHash, DocId, FreshnessError, NodeId, Outcome, Rejection, Replica, Report, SignedChange,
-    SignedFreshness, SignedTrustRoot, StatusWriter,
+    ChangeHash, DocId, FreshnessError, Limits, NodeId, Outcome, Rejection, RejectionKind, Replica,
+    Report, SecretKey, SignedChange, SignedFreshness, SignedTrustRoot, StatusWriter, TrustChain,
 };
 use rand::RngExt;
 
 use super::config::EngineConfig;
 use super::index::{DocIndex, key_of, split};
 use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
-use super::{Event, Input, Millis, Output, Persist, Timer};
+use super::{DisconnectReason, Event, Input, Millis, Output, Persist, Timer};
 
 /// Counters, for metrics and the simulator's report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,8 +42,8 @@ pub struct EngineStats {
     /// Times this node's writer moved past its own status from an earlier
     /// life (a lost store, a backup) that peers still held.
     pub earlier_lives_passed: u64,
-    /// Rejected changes, by reason.
-    pub rejected: BTreeMap<String, u64>,
+    /// Rejected changes, trust roots and freshness statements, by reason.
+    pub rejected: BTreeMap<RejectReason, u64>,
     /// Reconciliation rounds started.
     pub anti_entropy_rounds: u64,
     /// Messages that did not decode.
@@ -199,6 +200,62 @@ struct Absorbed {
     tree_dup_origins: BTreeSet<NodeId>,
 }
 
+/// What a node's store holds, for [`Engine::restore`].
+pub struct Stored {
+    /// This node's key.
+    pub key: SecretKey,
+    /// The trust chain in force (raised by the driver from its durable files).
+    pub chain: TrustChain,
+    /// Trust roots stored (those newer than the chain and extending it advance it).
+    pub roots: Vec<SignedTrustRoot>,
+    /// Changes stored (verified again).
+    pub changes: Vec<SignedChange>,
+    /// The replica's bounds.
+    pub limits: Limits,
+    /// The highest status epoch this node is known to have written (0: none).
+    pub epoch_floor: u32,
+    /// `Some(seed)`: each status epoch's automerge actor is drawn from a
+    /// generator seeded so (the simulator, for runs that repeat); `None`: it
+    /// is derived from the key (the daemon).
+    pub actor_seed: Option<u64>,
+}
+
+/// What [`Engine::restore`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// Changes read from the store.
+    pub changes: usize,
+    /// Of those, refused (they no longer verify).
+    pub refused: usize,
+    /// Stored trust roots that do not extend the chain (ignored).
+    pub roots_ignored: usize,
+    /// The status epoch this life writes in.
+    pub epoch: u32,
+}
+
+/// What was refused from a peer, for [`EngineStats::rejected`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectReason {
+    /// A change, for this reason.
+    Change(RejectionKind),
+    /// A trust root that does not extend the chain.
+    Root,
+    /// A freshness statement that does not verify.
+    Freshness,
+}
+
+impl RejectReason {
+    /// A short stable label (the metrics' `reason`): the change's
+    /// [`RejectionKind::label`], or `root`, or `freshness`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Change(k) => k.label(),
+            RejectReason::Root => "root",
+            RejectReason::Freshness => "freshness",
+        }
+    }
+}
+
 /// The replication engine of one node.
 pub struct Engine {
     config: EngineConfig,
@@ -216,16 +273,14 @@ pub struct Engine {
     revoked: BTreeSet<NodeId>,
     own_unpublished: Vec<SignedChange>,
     policy_heads: Vec<ChangeHash>,
-    lazy_timer_at: Option<Millis>,
+    /// The engine's timers: when each is due (one entry per kind; setting
+    /// one again replaces it). Drivers ask [`Engine::poll_timeout`].
+    timers: BTreeMap<Timer, Millis>,
     /// Anti-entropy found something to repair since the last round: the next
     /// round comes sooner.
     repairing: bool,
-    graft_timer_at: Option<Millis>,
     /// Peers from which an answer to a reconciliation step is awaited, since when.
     awaiting: BTreeMap<NodeId, Millis>,
-    sync_retry_at: Option<Millis>,
-    /// When the next anti-entropy round is due.
-    anti_entropy_at: Option<Millis>,
     /// Pruned owners of peers whose connection went down, restored when it
     /// comes back (bounded by `pruned_memory_peers_max`).
     pruned_memory: BTreeMap<NodeId, BTreeSet<NodeId>>,
@@ -287,6 +342,11 @@ impl Engine {
         writer: StatusWriter,
         now: Millis,
     ) -> (Engine, Vec<Output>) {
+        if let Err(e) = config.validate() {
+            panic!(
+                "invalid engine configuration (check it with EngineConfig::validate first): {e}"
+            );
+        }
         let mut index = DocIndex::default();
         for (doc, heads) in replica.docs() {
             index.set(doc, heads, now);
@@ -316,12 +376,9 @@ impl Engine {
             revoked,
             own_unpublished: Vec::new(),
             policy_heads,
-            lazy_timer_at: None,
+            timers: BTreeMap::new(),
             repairing: false,
-            graft_timer_at: None,
             awaiting: BTreeMap::new(),
-            sync_retry_at: None,
-            anti_entropy_at: None,
             pruned_memory: BTreeMap::new(),
             holds: VecDeque::new(),
             freshness: None,
@@ -329,11 +386,8 @@ impl Engine {
             stats: EngineStats::default(),
         };
         let first_round = now + engine.config.anti_entropy_interval_ms;
-        engine.anti_entropy_at = Some(first_round);
-        let mut out = vec![Output::SetTimer {
-            timer: Timer::AntiEntropy,
-            at: first_round,
-        }];
+        engine.timers.insert(Timer::AntiEntropy, first_round);
+        let mut out = Vec::new();
         engine.publish_own(first_heartbeat, now, &mut out);
         let interval = engine.config.heartbeat_interval_ms;
         if interval > 0 {
@@ -341,12 +395,92 @@ impl Engine {
             // interval, spread by node id, so that a fleet started at once
             // does not beat in step (later beats are jittered too).
             let spread = u64::from(u16::from_be_bytes([id.0[0], id.0[1]]));
-            out.push(Output::SetTimer {
-                timer: Timer::Heartbeat,
-                at: now + interval / 2 + spread * (interval / 2) / u64::from(u16::MAX),
-            });
+            engine.timers.insert(
+                Timer::Heartbeat,
+                now + interval / 2 + spread * (interval / 2) / u64::from(u16::MAX),
+            );
         }
         (engine, out)
+    }
+
+    /// Start from what a node's store holds: the trust chain in force (the
+    /// driver raises it from its own durable files first), the stored trust
+    /// roots (those that extend it advance it), the stored changes (verified
+    /// again like any others: a store is not trusted more than a peer), and
+    /// the highest status epoch this node is known to have written
+    /// (`epoch_floor`, from a file that survives a lost store). This node
+    /// writes its status in a new epoch above every one it ever used, so that
+    /// what it says after a restart never contradicts what it said before;
+    /// Daemon and simulator both start so.
+    pub fn restore(
+        config: EngineConfig,
+        stored: Stored,
+        now: Millis,
+    ) -> (Engine, Vec<Output>, Restored) {
+        let Stored {
+            key,
+            mut chain,
+            roots,
+            changes,
+            limits,
+            epoch_floor,
+            actor_seed,
+        } = stored;
+        let mut roots_ignored = 0;
+        let mut roots = roots;
+        roots.sort_by_key(|r| r.root.version);
+        for root in roots {
+            if root.root.version > chain.current().version && chain.advance(root).is_err() {
+                roots_ignored += 1;
+            }
+        }
+        let mut replica = Replica::new(chain, limits);
+        let me = key.public();
+        let own_epoch_max = changes
+            .iter()
+            .filter_map(|c| match c.doc {
+                DocId::Status { node, epoch } if node == me => Some(epoch),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let stored_count = changes.len();
+        let refused = replica
+            .ingest(changes)
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Rejected(_)))
+            .count();
+        let epoch = epoch_floor.max(own_epoch_max) + 1;
+        let writer = match actor_seed {
+            Some(seed) => StatusWriter::seeded(key, epoch, EPOCH_CHANGES_DEFAULT, seed),
+            None => StatusWriter::new(key, epoch, EPOCH_CHANGES_DEFAULT),
+        };
+        let (engine, out) = Engine::new(config, replica, writer, now);
+        (
+            engine,
+            out,
+            Restored {
+                changes: stored_count,
+                refused,
+                roots_ignored,
+                epoch,
+            },
+        )
+    }
+
+    /// Whether `peer` may talk to this node: an active member of the policy
+    /// and not revoked, or anyone while the policy has no members yet (the
+    /// bootstrap exception: a site just set up must be able to receive the
+    /// policy that enrols it). The reason when not.
+    pub fn admits(&self, peer: &NodeId) -> Result<(), DisconnectReason> {
+        let policy = self.replica.policy();
+        if self.revoked.contains(peer) || policy.revoked.contains_key(peer) {
+            Err(DisconnectReason::Revoked)
+        } else if policy.members.is_empty() || policy.is_active_member(peer) {
+            Ok(())
+        } else {
+            Err(DisconnectReason::NotAdmitted)
+        }
     }
 
     /// This node's id.
@@ -405,8 +539,52 @@ impl Engine {
         self.stats.clone()
     }
 
+    /// When the engine next wants [`Engine::handle_timeout`] called (driver
+    /// clock); `None` while no timer is set. Ask again after every call.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.values().min().copied()
+    }
+
+    /// Fire every timer due at `now` (earliest first); carry out the outputs
+    /// in order, as for [`Engine::handle`].
+    pub fn handle_timeout(&mut self, now: Millis, rng: &mut impl rand::Rng) -> Vec<Output> {
+        let mut out = Vec::new();
+        // Bounded: each kind fires at most once per call (one set again for
+        // `now` waits for the next call).
+        let due: Vec<(Millis, Timer)> = {
+            let mut d: Vec<(Millis, Timer)> = self
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(t, at)| (*at, *t))
+                .collect();
+            d.sort();
+            d
+        };
+        for (_, t) in due {
+            self.timers.remove(&t);
+            self.on_timer(t, now, rng, &mut out);
+        }
+        out
+    }
+
+    /// Fire one timer now, whether or not it is due (tests).
+    #[cfg(test)]
+    pub(crate) fn fire(&mut self, t: Timer, now: Millis, rng: &mut impl rand::Rng) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.timers.remove(&t);
+        self.on_timer(t, now, rng, &mut out);
+        out
+    }
+
+    /// Set `t` for `at` unless it is already set for earlier.
+    fn arm(&mut self, t: Timer, at: Millis) {
+        let e = self.timers.entry(t).or_insert(at);
+        *e = (*e).min(at);
+    }
+
     /// Handle one input at time `now`; carry out the outputs in order.
-    pub fn handle(&mut self, input: Input, now: Millis, rng: &mut impl rand::Rng) -> Vec<Output> {
+    pub fn handle(&mut self, input: Input, now: Millis) -> Vec<Output> {
         let mut out = Vec::new();
         match input {
             Input::PeerUp { peer } => self.on_peer_up(peer, now, &mut out),
@@ -426,7 +604,6 @@ impl Engine {
                 self.holds.retain(|h| h.2 != peer);
             }
             Input::Message { from, bytes } => self.on_bytes(from, &bytes, now, &mut out),
-            Input::Timer(t) => self.on_timer(t, now, rng, &mut out),
             Input::Publish { roots, changes } => self.on_publish(roots, changes, now, &mut out),
             Input::SetStatus(status) => {
                 if let Some(c) = self.writer.update(&status) {
@@ -476,12 +653,9 @@ impl Engine {
     // ---- inputs ----
 
     fn on_peer_up(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
-        if self.revoked.contains(&peer) {
-            out.push(Output::Event(Event::PeerNotAdmitted { peer }));
-            out.push(Output::Disconnect {
-                peer,
-                reason: "revoked by policy".into(),
-            });
+        if let Err(reason) = self.admits(&peer) {
+            self.peers.remove(&peer);
+            out.push(Output::Disconnect { peer, reason });
             return;
         }
         // A repeated PeerUp (no PeerDown between) keeps the penalty and what
@@ -541,7 +715,7 @@ impl Engine {
             Ok(msg) => self.on_message(from, msg, now, out),
         }
         if self.repairing {
-            self.hasten_anti_entropy(now, out);
+            self.hasten_anti_entropy(now);
         }
     }
 
@@ -593,7 +767,7 @@ impl Engine {
                 }
                 self.disseminate(Some(from), &a.new, now, out);
             }
-            Message::IHave { ids } => self.on_ihave(from, ids, now, out),
+            Message::IHave { ids } => self.on_ihave(from, ids, now),
             Message::Graft { ids } => {
                 let Some(mut allow) = self.open_budget(from, "Graft", now, out) else {
                     return;
@@ -684,7 +858,11 @@ impl Engine {
                 if let Err(FreshnessRefusal::Invalid(e)) =
                     self.on_freshness(Some(from), &statement, out)
                 {
-                    *self.stats.rejected.entry("freshness".into()).or_default() += 1;
+                    *self
+                        .stats
+                        .rejected
+                        .entry(RejectReason::Freshness)
+                        .or_default() += 1;
                     let w = self.config.penalty_per_offence;
                     self.penalise(from, w, format!("freshness statement refused: {e}"), out);
                 }
@@ -764,11 +942,7 @@ impl Engine {
                     0
                 };
                 let at = now + base - base / 20 + jitter;
-                self.anti_entropy_at = Some(at);
-                out.push(Output::SetTimer {
-                    timer: Timer::AntiEntropy,
-                    at,
-                });
+                self.timers.insert(Timer::AntiEntropy, at);
             }
             Timer::Heartbeat => {
                 if self.config.heartbeat_interval_ms > 0 {
@@ -777,37 +951,24 @@ impl Engine {
                     // Within a tenth either side of the interval.
                     let base = self.config.heartbeat_interval_ms;
                     let jitter = rng.random_range(0..=base / 5);
-                    out.push(Output::SetTimer {
-                        timer: Timer::Heartbeat,
-                        at: now + base - base / 10 + jitter,
-                    });
+                    self.timers
+                        .insert(Timer::Heartbeat, now + base - base / 10 + jitter);
                 }
             }
-            Timer::LazyFlush => {
-                self.lazy_timer_at = None;
-                self.flush_lazy(out);
-            }
-            Timer::Graft => {
-                self.graft_timer_at = None;
-                self.on_graft_timer(now, out);
-            }
-            Timer::SyncRetry => {
-                self.sync_retry_at = None;
-                self.on_sync_retry(now, rng, out);
-            }
+            Timer::LazyFlush => self.flush_lazy(out),
+            Timer::Graft => self.on_graft_timer(now, out),
+            Timer::SyncRetry => self.on_sync_retry(now, rng, out),
         }
     }
 
     /// Something is being repaired: the next round comes a quarter interval
     /// from now, not at the end of a whole interval set before it was known.
-    fn hasten_anti_entropy(&mut self, now: Millis, out: &mut Vec<Output>) {
+    fn hasten_anti_entropy(&mut self, now: Millis) {
         let soon = now + self.config.anti_entropy_interval_ms / 4;
-        if self.anti_entropy_at.is_some_and(|at| at > soon) {
-            self.anti_entropy_at = Some(soon);
-            out.push(Output::SetTimer {
-                timer: Timer::AntiEntropy,
-                at: soon,
-            });
+        if let Some(at) = self.timers.get_mut(&Timer::AntiEntropy)
+            && *at > soon
+        {
+            *at = soon;
         }
     }
 
@@ -846,10 +1007,10 @@ impl Engine {
             self.stats.anti_entropy_rounds += 1;
             self.start_sync(peer, now, out);
         }
-        self.arm_sync_retry(out);
+        self.arm_sync_retry();
     }
 
-    fn arm_sync_retry(&mut self, out: &mut Vec<Output>) {
+    fn arm_sync_retry(&mut self) {
         if self.config.sync_retry_ms == 0 {
             return;
         }
@@ -861,19 +1022,13 @@ impl Engine {
         else {
             return;
         };
-        if self.sync_retry_at.is_none_or(|t| next < t) {
-            self.sync_retry_at = Some(next);
-            out.push(Output::SetTimer {
-                timer: Timer::SyncRetry,
-                at: next,
-            });
-        }
+        self.arm(Timer::SyncRetry, next);
     }
 
     /// An answer to a reconciliation step is awaited from `peer` from now.
-    fn await_answer(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
+    fn await_answer(&mut self, peer: NodeId, now: Millis) {
         self.awaiting.insert(peer, now);
-        self.arm_sync_retry(out);
+        self.arm_sync_retry();
     }
 
     fn on_publish(
@@ -1025,15 +1180,15 @@ impl Engine {
                     *self
                         .stats
                         .rejected
-                        .entry(rej.kind().to_string())
+                        .entry(RejectReason::Change(rej.kind()))
                         .or_default() += 1;
                     if rej.is_misbehaviour() {
                         offences.push(format!("change for {} rejected: {rej}", sc.doc));
                     } else if matches!(rej, Rejection::Revoked(_))
                         // Not Unenrolled: a newly enrolled peer's status can
                         // overtake its enrolment on another stream. Unenrolled
-                        // peers are refused by the daemon's admission check,
-                        // which runs again on every policy change.
+                        // peers are refused by admission (`admits`), checked
+                        // again on every policy change.
                         && from.is_some()
                         && matches!(sc.doc, DocId::Status { node, .. } if Some(node) == from)
                     {
@@ -1081,8 +1236,10 @@ impl Engine {
         if heads != self.policy_heads {
             self.index.set(DocId::Policy, heads.clone(), now);
             self.policy_heads = heads;
-            out.push(Output::Event(Event::PolicyChanged));
             self.on_policy_changed(now, out);
+            // After every Persist it implies (module docs: events that report
+            // state follow what makes them durable).
+            out.push(Output::Event(Event::PolicyChanged));
         }
         if let Some(peer) = from
             && !incomplete.is_empty()
@@ -1112,10 +1269,9 @@ impl Engine {
                 self.penalise(peer, w, reason, out);
             }
             if not_admitted && self.peers.remove(&peer).is_some() {
-                out.push(Output::Event(Event::PeerNotAdmitted { peer }));
                 out.push(Output::Disconnect {
                     peer,
-                    reason: "not enrolled, or revoked".into(),
+                    reason: DisconnectReason::Revoked,
                 });
             }
         }
@@ -1161,12 +1317,23 @@ impl Engine {
             self.last_heard.remove(&node);
             out.push(Output::Persist(Persist::DropNode { node }));
             if self.peers.remove(&node).is_some() {
-                out.push(Output::Event(Event::PeerNotAdmitted { peer: node }));
                 out.push(Output::Disconnect {
                     peer: node,
-                    reason: "revoked by policy".into(),
+                    reason: DisconnectReason::Revoked,
                 });
             }
+        }
+        // Peers the new policy does not admit (a policy with members has
+        // arrived at a node that admitted everyone while it had none).
+        let refused: Vec<(NodeId, DisconnectReason)> = self
+            .peers
+            .keys()
+            .filter_map(|p| self.admits(p).err().map(|r| (*p, r)))
+            .collect();
+        for (peer, reason) in refused {
+            self.peers.remove(&peer);
+            self.awaiting.remove(&peer);
+            out.push(Output::Disconnect { peer, reason });
         }
         if !self.own_unpublished.is_empty() && self.replica.policy().is_active_member(&self.id) {
             let mine = std::mem::take(&mut self.own_unpublished);
@@ -1225,13 +1392,9 @@ impl Engine {
         for (peer, changes) in eager {
             self.send_changes(peer, Push::Eager, changes, out);
         }
-        if lazy_any && self.lazy_timer_at.is_none() {
+        if lazy_any && !self.timers.contains_key(&Timer::LazyFlush) {
             let at = now + self.config.lazy_flush_interval_ms;
-            self.lazy_timer_at = Some(at);
-            out.push(Output::SetTimer {
-                timer: Timer::LazyFlush,
-                at,
-            });
+            self.timers.insert(Timer::LazyFlush, at);
         }
     }
 
@@ -1253,7 +1416,7 @@ impl Engine {
         }
     }
 
-    fn on_ihave(&mut self, from: NodeId, ids: Vec<ShortId>, now: Millis, out: &mut Vec<Output>) {
+    fn on_ihave(&mut self, from: NodeId, ids: Vec<ShortId>, now: Millis) {
         let due = now + self.config.graft_timeout_ms;
         for id in ids {
             if self.recent.contains_key(&id) {
@@ -1280,20 +1443,14 @@ impl Engine {
                 None => {}
             }
         }
-        self.arm_graft_timer(out);
+        self.arm_graft_timer();
     }
 
-    fn arm_graft_timer(&mut self, out: &mut Vec<Output>) {
+    fn arm_graft_timer(&mut self) {
         let Some(next) = self.missing.values().map(|m| m.due).min() else {
             return;
         };
-        if self.graft_timer_at.is_none_or(|t| next < t) {
-            self.graft_timer_at = Some(next);
-            out.push(Output::SetTimer {
-                timer: Timer::Graft,
-                at: next,
-            });
-        }
+        self.arm(Timer::Graft, next);
     }
 
     fn on_graft_timer(&mut self, now: Millis, out: &mut Vec<Output>) {
@@ -1329,7 +1486,7 @@ impl Engine {
                 );
             }
         }
-        self.arm_graft_timer(out);
+        self.arm_graft_timer();
     }
 
     // ---- trust roots ----
@@ -1350,7 +1507,7 @@ impl Engine {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    *self.stats.rejected.entry("root".into()).or_default() += 1;
+                    *self.stats.rejected.entry(RejectReason::Root).or_default() += 1;
                     if let Some(peer) = from {
                         let w = self.config.penalty_per_offence;
                         self.penalise(peer, w, format!("trust root v{v} refused: {e}"), out);
@@ -1394,7 +1551,7 @@ impl Engine {
             items: Vec::new(),
         };
         self.send(peer, &msg, out);
-        self.await_answer(peer, now, out);
+        self.await_answer(peer, now);
     }
 
     /// One step of range-based reconciliation. For each range the peer
@@ -1648,7 +1805,7 @@ impl Engine {
         allow.spend(0, self.stats.bytes_sent - before);
         self.close_budget(from, allow);
         if awaits {
-            self.await_answer(from, now, out);
+            self.await_answer(from, now);
         }
     }
 
@@ -1789,7 +1946,7 @@ impl Engine {
             self.peers.remove(&peer);
             out.push(Output::Disconnect {
                 peer,
-                reason: format!("penalty bound reached; last offence: {reason}"),
+                reason: DisconnectReason::Misbehaved { offence: reason },
             });
         }
     }

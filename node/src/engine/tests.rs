@@ -4,14 +4,17 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use dcloud_crdt::{
-    DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, Outcome, PolicyEditor, Replica,
-    SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+    DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, Outcome, PolicyEditor, RejectionKind,
+    Replica, SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::wire::{Message, Push, WIRE_VERSION};
-use super::{Engine, EngineConfig, Event, Input, Output, Persist, Timer};
+use super::{
+    DisconnectReason, Engine, EngineConfig, Event, Input, Output, Persist, RejectReason, Stored,
+    Timer,
+};
 
 struct Fleet {
     authority: SecretKey,
@@ -123,7 +126,14 @@ impl Fleet {
 
     fn input(&mut self, at: NodeId, input: Input) {
         let e = self.engines.get_mut(&at).unwrap();
-        let outs = e.handle(input, self.now, &mut self.rng);
+        let outs = e.handle(input, self.now);
+        self.apply(at, outs);
+    }
+
+    /// Fire one of `at`'s timers now, due or not.
+    fn fire(&mut self, at: NodeId, t: Timer) {
+        let e = self.engines.get_mut(&at).unwrap();
+        let outs = e.fire(t, self.now, &mut self.rng);
         self.apply(at, outs);
     }
 
@@ -142,7 +152,7 @@ impl Fleet {
     fn fire_all(&mut self, t: Timer) {
         let ids: Vec<NodeId> = self.engines.keys().copied().collect();
         for id in ids {
-            self.input(id, Input::Timer(t));
+            self.fire(id, t);
         }
         self.run();
     }
@@ -348,8 +358,16 @@ fn revoked_peer_is_cut_off_and_unenrolled_status_is_refused() {
         },
     );
     f.run();
-    assert!(f.log.iter().any(|(n, o)| *n == a
-        && matches!(o, Output::Event(Event::PeerNotAdmitted { peer }) if *peer == b)));
+    // One signal, typed, counted once.
+    let cut: Vec<&DisconnectReason> = f
+        .log
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Output::Disconnect { peer, reason } if *n == a && *peer == b => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cut, vec![&DisconnectReason::Revoked]);
     assert!(
         f.log.iter().any(|(n, o)| *n == a
             && matches!(o, Output::Persist(Persist::DropNode { node }) if *node == b))
@@ -412,7 +430,7 @@ fn heartbeat_updates_last_heard_and_rolls_epochs() {
     let (a, b) = (f.id(0), f.id(1));
     for _ in 0..40 {
         f.now += 1000;
-        f.input(b, Input::Timer(Timer::Heartbeat));
+        f.fire(b, Timer::Heartbeat);
         f.run();
     }
     let e = &f.engines[&a];
@@ -607,14 +625,14 @@ fn push_from_1(f: &mut Fleet, changes: Vec<SignedChange>) -> Vec<Output> {
     }
     .encode();
     let e = f.engines.get_mut(&a).unwrap();
-    e.handle(Input::Message { from: b, bytes }, f.now, &mut f.rng)
+    e.handle(Input::Message { from: b, bytes }, f.now)
 }
 
 fn misbehaved(outs: &[Output]) -> Vec<String> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Event(Event::PeerMisbehaved { reason, .. }) => Some(reason.clone()),
-            Output::Disconnect { reason, .. } => Some(reason.clone()),
+            Output::Disconnect { reason, .. } => Some(reason.to_string()),
             _ => None,
         })
         .collect()
@@ -701,7 +719,11 @@ fn status_over_the_owner_rate_is_refused_without_blame_and_applies_later() {
         .collect();
     let outs = push_from_1(&mut f, changes.clone());
     assert_eq!(misbehaved(&outs), Vec::<String>::new());
-    let refused = f.engines[&a].stats().rejected.get("rate_limited").copied();
+    let refused = f.engines[&a]
+        .stats()
+        .rejected
+        .get(&RejectReason::Change(RejectionKind::RateLimited))
+        .copied();
     assert!(refused.is_some_and(|n| n > 0), "{refused:?}");
     assert_ne!(
         f.engines[&a].replica().status(&f.id(1)).unwrap().0.name,
@@ -1003,11 +1025,11 @@ fn a_lost_reconciliation_step_is_retried_at_once_with_another_peer() {
     f.run();
     let a = f.id(0);
     // In sync: the peer answers the round with an empty step, nothing is retried.
-    f.input(a, Input::Timer(Timer::AntiEntropy));
+    f.fire(a, Timer::AntiEntropy);
     f.run();
     f.now += cfg.sync_retry_ms;
     let start = f.log.len();
-    f.input(a, Input::Timer(Timer::SyncRetry));
+    f.fire(a, Timer::SyncRetry);
     let syncs = |f: &Fleet, start: usize| -> Vec<NodeId> {
         f.log[start..]
             .iter()
@@ -1032,15 +1054,230 @@ fn a_lost_reconciliation_step_is_retried_at_once_with_another_peer() {
     assert_eq!(f.engines[&a].stats().sync_retries, 0);
     // The first step of a round is lost: the retry goes to the other peer.
     let start = f.log.len();
-    f.input(a, Input::Timer(Timer::AntiEntropy));
+    f.fire(a, Timer::AntiEntropy);
     let first = syncs(&f, start);
     assert_eq!(first.len(), 1);
     f.queue.clear();
     f.now += cfg.sync_retry_ms;
     let start = f.log.len();
-    f.input(a, Input::Timer(Timer::SyncRetry));
+    f.fire(a, Timer::SyncRetry);
     let retried = syncs(&f, start);
     assert_eq!(retried.len(), 1, "one new round");
     assert_ne!(retried[0], first[0], "with another peer");
     assert_eq!(f.engines[&a].stats().sync_retries, 1);
+}
+
+/// Each of `at`'s disconnects in the log from `start` on, with its reason.
+fn disconnects(f: &Fleet, at: NodeId, start: usize) -> Vec<(NodeId, DisconnectReason)> {
+    f.log[start..]
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Output::Disconnect { peer, reason } if *n == at => Some((*peer, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn admission_is_the_engines_rule_and_a_refused_peer_up_is_one_typed_disconnect() {
+    // Node 2 is not enrolled: the enrolled nodes refuse its connection.
+    let mut f = Fleet::new(2, 1, false, EngineConfig::default());
+    f.run();
+    let (a, b, outsider) = (f.id(0), f.id(1), f.id(2));
+    assert_eq!(f.engines[&a].admits(&b), Ok(()));
+    assert_eq!(
+        f.engines[&a].admits(&outsider),
+        Err(DisconnectReason::NotAdmitted)
+    );
+    // The line 0-1-2: node 1 was offered node 2 and refused it, once.
+    assert_eq!(
+        disconnects(&f, b, 0),
+        vec![(outsider, DisconnectReason::NotAdmitted)]
+    );
+    assert!(!f.engines[&b].peers().contains(&outsider));
+    // A repeated PeerUp is refused again, with no state kept.
+    let start = f.log.len();
+    f.input(b, Input::PeerUp { peer: outsider });
+    assert_eq!(
+        disconnects(&f, b, start),
+        vec![(outsider, DisconnectReason::NotAdmitted)]
+    );
+    assert!(!f.engines[&b].peers().contains(&outsider));
+    // The outsider holds the policy and admits the members (they may enrol it).
+    assert_eq!(f.engines[&outsider].admits(&b), Ok(()));
+}
+
+#[test]
+fn a_node_with_no_members_admits_anyone_until_a_policy_with_members_arrives() {
+    // Two engines whose replicas hold no policy at all (a site just set up).
+    let authority = SecretKey::from_seed([1; 32]);
+    let root = TrustRoot {
+        version: 1,
+        threshold: 1,
+        keys: vec![authority.public()],
+        ..Default::default()
+    };
+    let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
+    let keys = [node_key(0), node_key(1), node_key(2)];
+    let mut rng = StdRng::seed_from_u64(3);
+    let (mut e, _) = Engine::new(
+        EngineConfig::default(),
+        Replica::new(chain, Limits::default()),
+        StatusWriter::new(keys[0].clone(), 1, 16),
+        0,
+    );
+    let (b, c) = (keys[1].public(), keys[2].public());
+    for p in [b, c] {
+        let outs = e.handle(Input::PeerUp { peer: p }, 0);
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Disconnect { .. })),
+            "bootstrap exception: admitted"
+        );
+    }
+    assert_eq!(e.peers().len(), 2);
+    // A policy enrolling nodes 0 and 1 (not 2) arrives.
+    let mut ed = PolicyEditor::new(&[]).unwrap();
+    for (i, k) in keys.iter().take(2).enumerate() {
+        ed.push(Edit::Enrol(
+            k.public(),
+            Member {
+                name: format!("n{i}"),
+                region: "eu".into(),
+                labels: Default::default(),
+            },
+        ))
+        .unwrap();
+    }
+    let enrol = ed.finish(&authority, 1).unwrap();
+    let outs = e.handle(
+        Input::Publish {
+            roots: vec![],
+            changes: vec![enrol],
+        },
+        1,
+    );
+    let cut: Vec<(NodeId, DisconnectReason)> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Disconnect { peer, reason } => Some((*peer, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cut, vec![(c, DisconnectReason::NotAdmitted)]);
+    assert_eq!(e.peers(), vec![b]);
+    // The event that reports the policy change comes after every Persist.
+    let last_persist = outs
+        .iter()
+        .rposition(|o| matches!(o, Output::Persist(_)))
+        .expect("the policy is persisted");
+    let changed = outs
+        .iter()
+        .position(|o| matches!(o, Output::Event(Event::PolicyChanged)))
+        .expect("policy changed");
+    assert!(changed > last_persist, "PolicyChanged after its Persist");
+    let _ = &mut rng;
+}
+
+#[test]
+fn the_engine_owns_its_timers_and_the_driver_keeps_one_deadline() {
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(2, 0, true, cfg.clone());
+    let a = f.id(0);
+    let first = f.engines[&a].poll_timeout().expect("timers set at start");
+    assert!(first <= cfg.anti_entropy_interval_ms);
+    // Before the deadline nothing fires.
+    let mut rng = StdRng::seed_from_u64(9);
+    let e = f.engines.get_mut(&a).unwrap();
+    assert!(e.handle_timeout(first - 1, &mut rng).is_empty());
+    assert_eq!(e.poll_timeout(), Some(first));
+    // At the deadline it fires and the deadline moves on.
+    let rounds = e.stats().anti_entropy_rounds;
+    f.run();
+    let mut fired = 0;
+    for _ in 0..100 {
+        let Some(at) = f.engines[&a].poll_timeout() else {
+            break;
+        };
+        f.now = f.now.max(at);
+        let outs = f
+            .engines
+            .get_mut(&a)
+            .unwrap()
+            .handle_timeout(f.now, &mut rng);
+        assert!(
+            f.engines[&a].poll_timeout().is_none_or(|t| t > f.now),
+            "every timer due was fired"
+        );
+        f.apply(a, outs);
+        f.run();
+        fired += 1;
+        if f.now > 4 * cfg.anti_entropy_interval_ms {
+            break;
+        }
+    }
+    assert!(fired > 2);
+    assert!(f.engines[&a].stats().anti_entropy_rounds >= rounds + 3);
+}
+
+#[test]
+fn restore_starts_above_every_epoch_used_and_reverifies_the_store() {
+    let mut f = Fleet::new(2, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    let held: Vec<SignedChange> = f.engines[&a].replica().all_changes().cloned().collect();
+    let chain = f.engines[&a].replica().trust().clone();
+    let own = f.engines[&a].replica().status_epoch(&a).unwrap();
+    // A forged change in the store is refused like one from a peer.
+    let mut forged = held[0].clone();
+    forged.sigs.clear();
+    // First, so that it is not taken for a copy of the valid one.
+    let mut changes = vec![forged];
+    changes.extend(held.iter().cloned());
+    let stored = |floor: u32, changes: Vec<SignedChange>| Stored {
+        key: f.keys[0].clone(),
+        chain: chain.clone(),
+        roots: vec![],
+        changes,
+        limits: Limits::default(),
+        epoch_floor: floor,
+        actor_seed: None,
+    };
+    let (e, _, r) = Engine::restore(EngineConfig::default(), stored(0, changes.clone()), 0);
+    assert_eq!(r.changes, held.len() + 1);
+    assert_eq!(r.refused, 1);
+    assert_eq!(r.epoch, own + 1);
+    assert_eq!(e.replica().status_epoch(&a), Some(own + 1));
+    assert!(e.replica().status(&b).is_some());
+    // The epoch file is above the store (a lost store): above the file.
+    let (_, _, r) = Engine::restore(EngineConfig::default(), stored(own + 10, vec![]), 0);
+    assert_eq!(r.epoch, own + 11);
+}
+
+#[test]
+fn an_invalid_engine_config_is_refused_by_name() {
+    let cfg = EngineConfig {
+        graft_timeout_ms: 0,
+        ..EngineConfig::default()
+    };
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(err.field, "graft_timeout_ms");
+    let panic = std::panic::catch_unwind(|| {
+        let authority = SecretKey::from_seed([1; 32]);
+        let root = TrustRoot {
+            version: 1,
+            threshold: 1,
+            keys: vec![authority.public()],
+            ..Default::default()
+        };
+        let chain =
+            TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
+        Engine::new(
+            cfg,
+            Replica::new(chain, Limits::default()),
+            StatusWriter::new(node_key(0), 1, 16),
+            0,
+        )
+    });
+    let msg = *panic.err().unwrap().downcast::<String>().unwrap();
+    assert!(msg.contains("engine.graft_timeout_ms"), "{msg}");
 }

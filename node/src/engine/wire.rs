@@ -150,7 +150,8 @@ pub enum Message {
 }
 
 /// Bounds applied when decoding a message from a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WireLimits {
     /// Largest message.
     pub message_size_max_bytes: usize,
@@ -166,6 +167,20 @@ pub struct WireLimits {
     pub heads_per_doc_max: usize,
     /// Most trust roots in one message.
     pub roots_per_message_max: usize,
+}
+
+impl Default for WireLimits {
+    fn default() -> Self {
+        WireLimits {
+            message_size_max_bytes: 8 << 20,
+            changes_per_message_max: 1024,
+            ids_per_message_max: 1024,
+            ranges_per_message_max: 256,
+            items_per_message_max: 4096,
+            heads_per_doc_max: 64,
+            roots_per_message_max: 64,
+        }
+    }
 }
 
 /// Why bytes from a peer are not a valid message.
