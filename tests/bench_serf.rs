@@ -807,8 +807,8 @@ fn marked_down(row: &Value) -> bool {
 
 async fn dcloud_half(nodes: usize, window: Duration, tcpdump: bool) -> Figures {
     let mut f = Fleet::new(nodes, FIRST_IP);
-    let heartbeat_ms =
-        env_u64("DCLOUD_BENCH_HEARTBEAT_MS").unwrap_or(dcloud_node::config::HEARTBEAT_DEFAULT_MS);
+    let heartbeat_ms = env_u64("DCLOUD_BENCH_HEARTBEAT_MS")
+        .unwrap_or(dcloud_node::engine::EngineConfig::default().heartbeat_interval_ms);
     for n in &mut f.nodes {
         n.heartbeat_ms = heartbeat_ms;
     }

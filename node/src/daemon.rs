@@ -220,29 +220,32 @@ struct Daemon {
     started: Instant,
     engine: Engine,
     swarm: Swarm<Behaviour>,
-    store: Store,
-    epoch_file: EpochFile,
-    trust_file: TrustFile,
-    store_error: Option<String>,
-    store_retry_at: Millis,
+    /// The store and what waits for its next flush (group commit).
+    dur: Durable,
+    /// Connections, dials and addresses.
+    net: Mesh,
     metrics: Arc<Metrics>,
     rng: rand::rngs::StdRng,
     queue: VecDeque<Input>,
-    /// Admitted peers with at least one connection (the engine knows them).
-    up: HashSet<PeerId>,
-    /// The engine streams to admitted peers.
-    links: Links,
-    bootstrap: Vec<Bootstrap>,
-    /// Backoff and budget of dials to members.
-    dialer: Dialer,
-    /// Dials of members still under way (libp2p refuses a second one).
-    dialing: HashMap<PeerId, libp2p::swarm::ConnectionId>,
-    addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    blocked_until: HashMap<PeerId, Option<Millis>>,
-    listen_addrs: Vec<Multiaddr>,
     last_status: Option<NodeStatus>,
     applier: Applier,
     apply: ApplyState,
+    /// Since when heads a freshness statement names have been missing.
+    freshness: FreshnessTracker,
+    /// The latest freshness verdict.
+    freshness_verdict: Verdict,
+}
+
+/// The daemon's durable state and its group commit: what was written since
+/// the last flush, and the sends, reply and policy event waiting for it.
+struct Durable {
+    store: Store,
+    epoch_file: EpochFile,
+    trust_file: TrustFile,
+    /// Why the store refuses writes (until it takes them again).
+    store_error: Option<String>,
+    store_retry_at: Millis,
+    /// The verdict on a local publish, from the engine's `Published`.
     publish_reply: Option<oneshot::Sender<Result<PublishView, PublishError>>>,
     persist_failed_in_call: bool,
     /// Written to sled since the last flush.
@@ -256,10 +259,22 @@ struct Daemon {
     /// The policy changed but is not durable yet: the applier is told after
     /// the flush (see `on_event`).
     policy_change_held: bool,
-    /// Since when heads a freshness statement names have been missing.
-    freshness: FreshnessTracker,
-    /// The latest freshness verdict.
-    freshness_verdict: Verdict,
+}
+
+/// The daemon's view of the mesh: who is up, the streams, dials, addresses.
+struct Mesh {
+    /// Admitted peers with at least one connection (the engine knows them).
+    up: HashSet<PeerId>,
+    /// The engine streams to admitted peers.
+    links: Links,
+    bootstrap: Vec<Bootstrap>,
+    /// Backoff and budget of dials to members.
+    dialer: Dialer,
+    /// Dials of members still under way (libp2p refuses a second one).
+    dialing: HashMap<PeerId, libp2p::swarm::ConnectionId>,
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    blocked_until: HashMap<PeerId, Option<Millis>>,
+    listen_addrs: Vec<Multiaddr>,
 }
 
 fn now_ms(started: Instant) -> Millis {
@@ -304,138 +319,26 @@ pub async fn start(
 > {
     let key = SecretKey::read_file(&cfg.key_path())?;
     let me = key.public();
-    let mut chain = read_trust_chain(&cfg.trust_root)?;
-    let limits = Limits::default();
-    let (mut store, loaded) = Store::open(
-        &cfg.data_dir.join("store"),
-        limits.encoded_change_size_max_bytes(),
-    )?;
-    if let Some(aside) = &loaded.moved_aside {
-        tracing::warn!(moved_to = %aside.display(), "started with an empty store; rebuilding from peers");
-    }
-    // The root never goes back: the durable trust-chain file (outside the
-    // store) raises an older --trust-root file, and must agree with it.
-    let mut trust_file = TrustFile::open(&cfg.data_dir.join("trust-chain"))?;
-    let given = chain.current().version;
-    trust_file.raise_chain(&mut chain)?;
-    if chain.current().version > given {
-        tracing::info!(
-            given,
-            held = chain.current().version,
-            "the trust-root file is older than the chain this node holds; the newer chain stays in force"
-        );
-    }
-    // A new status epoch at every start, above anything this node ever wrote
-    // (the epoch file survives a lost store), so its status never goes back.
-    let mut epoch_file = EpochFile::open(&cfg.data_dir.join("status-epoch"))?;
-    let unclean = loaded.unclean;
     let started = Instant::now();
-    let (engine, first, restored) = Engine::restore(
-        cfg.engine.clone(),
-        Stored {
-            key: key.clone(),
-            chain,
-            roots: loaded.roots,
-            changes: loaded.changes,
-            limits,
-            epoch_floor: epoch_file.get(),
-            actor_seed: None,
-        },
-        0,
-    );
-    epoch_file.raise(restored.epoch)?;
-    let replica = engine.replica();
-    if restored.roots_ignored > 0 {
-        tracing::warn!(
-            count = restored.roots_ignored,
-            "stored trust roots do not extend the chain; ignored"
-        );
-    }
-    trust_file.record(replica.trust())?;
-    tracing::info!(
-        node = %me,
-        stored = restored.changes,
-        refused = restored.refused,
-        epoch = restored.epoch,
-        policy_heads = ?view::hex_heads(&replica.policy_heads()),
-        "replica restored from the store"
-    );
-    if unclean {
-        // The last run did not stop cleanly: deletions it deferred to a
-        // checkpoint may be lost. Issue them again (old epochs, revoked nodes).
-        for (node, _, epoch) in replica.statuses() {
-            store.drop_status_before(node, epoch)?;
-        }
-        for node in replica.policy().revoked.keys() {
-            store.drop_node(node)?;
-        }
-    }
-
-    let mut swarm = net::build_swarm(&key, cfg.mdns)?;
-    let (links, link_rx) = Links::start(
-        swarm.behaviour().streams.new_control(),
-        net::FRAME_SIZE_MAX_BYTES,
-    )
-    .map_err(|e| net::NetError::Transport(e.to_string()))?;
-    for addr in &cfg.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| StartError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-    }
-    let mut addrs: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
-    for (node, list) in loaded.peers {
-        if let Some(pid) = net::peer_id(&node) {
-            let parsed: Vec<Multiaddr> = list.iter().filter_map(|a| a.parse().ok()).collect();
-            addrs.insert(pid, parsed);
-        }
-    }
+    let (dur, engine, first, peers) = Durable::open(&cfg, &key)?;
+    let (swarm, net, link_rx) = Mesh::open(&cfg, &key, peers)?;
     let metrics = Arc::new(Metrics::new());
     let (applier, apply_rx) = Applier::spawn(cfg.apply.clone(), key.clone());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
-    let bootstrap = cfg
-        .bootstrap
-        .iter()
-        .map(|a| Bootstrap {
-            addr: a.clone(),
-            peer: p2p_of(a),
-            redial: Redial::bootstrap(),
-        })
-        .collect();
     let mut d = Daemon {
         cfg,
         me,
         started,
         engine,
         swarm,
-        store,
-        epoch_file,
-        trust_file,
-        store_error: None,
-        store_retry_at: 0,
+        dur,
+        net,
         metrics: metrics.clone(),
         rng: rand::rngs::StdRng::from_rng(&mut rand::rng()),
         queue: VecDeque::new(),
-        up: HashSet::new(),
-        links,
-        bootstrap,
-        dialer: Dialer::default(),
-        dialing: HashMap::new(),
-        addrs,
-        blocked_until: HashMap::new(),
-        listen_addrs: Vec::new(),
         last_status: None,
         applier,
         apply: ApplyState::default(),
-        publish_reply: None,
-        persist_failed_in_call: false,
-        dirty: false,
-        dirty_foreign: false,
-        held_sends: Vec::new(),
-        held_reply: None,
-        policy_change_held: false,
         freshness: FreshnessTracker::default(),
         freshness_verdict: Verdict {
             fresh: true,
@@ -452,6 +355,152 @@ pub async fn start(
     let (stop_tx, stop_rx) = oneshot::channel();
     let handle = Handle { tx, metrics };
     Ok((handle, d.run(rx, apply_rx, link_rx, stop_rx), stop_tx))
+}
+
+impl Durable {
+    /// Open the store and the files beside it, raise the trust chain from
+    /// them, and restore the engine: a new status epoch above every one this
+    /// node used. Also the peer addresses the store remembers.
+    #[allow(clippy::type_complexity)]
+    fn open(
+        cfg: &Config,
+        key: &SecretKey,
+    ) -> Result<(Durable, Engine, Vec<Output>, Vec<(NodeId, Vec<String>)>), StartError> {
+        let me = key.public();
+        let mut chain = read_trust_chain(&cfg.trust_root)?;
+        let limits = Limits::default();
+        let (mut store, loaded) = Store::open(
+            &cfg.data_dir.join("store"),
+            limits.encoded_change_size_max_bytes(),
+        )?;
+        if let Some(aside) = &loaded.moved_aside {
+            tracing::warn!(moved_to = %aside.display(), "started with an empty store; rebuilding from peers");
+        }
+        // The root never goes back: the durable trust-chain file (outside the
+        // store) raises an older --trust-root file, and must agree with it.
+        let mut trust_file = TrustFile::open(&cfg.data_dir.join("trust-chain"))?;
+        let given = chain.current().version;
+        trust_file.raise_chain(&mut chain)?;
+        if chain.current().version > given {
+            tracing::info!(
+                given,
+                held = chain.current().version,
+                "the trust-root file is older than the chain this node holds; the newer chain stays in force"
+            );
+        }
+        // A new status epoch at every start, above anything this node ever
+        // wrote (the epoch file survives a lost store), so its status never
+        // goes back.
+        let mut epoch_file = EpochFile::open(&cfg.data_dir.join("status-epoch"))?;
+        let unclean = loaded.unclean;
+        let (engine, first, restored) = Engine::restore(
+            cfg.engine.clone(),
+            Stored {
+                key: key.clone(),
+                chain,
+                roots: loaded.roots,
+                changes: loaded.changes,
+                limits,
+                epoch_floor: epoch_file.get(),
+                actor_seed: None,
+            },
+            0,
+        );
+        epoch_file.raise(restored.epoch)?;
+        let replica = engine.replica();
+        if restored.roots_ignored > 0 {
+            tracing::warn!(
+                count = restored.roots_ignored,
+                "stored trust roots do not extend the chain; ignored"
+            );
+        }
+        trust_file.record(replica.trust())?;
+        tracing::info!(
+            node = %me,
+            stored = restored.changes,
+            refused = restored.refused,
+            epoch = restored.epoch,
+            policy_heads = ?view::hex_heads(&replica.policy_heads()),
+            "replica restored from the store"
+        );
+        if unclean {
+            // The last run did not stop cleanly: deletions it deferred to a
+            // checkpoint may be lost. Issue them again (old epochs, revoked nodes).
+            for (node, _, epoch) in replica.statuses() {
+                store.drop_status_before(node, epoch)?;
+            }
+            for node in replica.policy().revoked.keys() {
+                store.drop_node(node)?;
+            }
+        }
+        let dur = Durable {
+            store,
+            epoch_file,
+            trust_file,
+            store_error: None,
+            store_retry_at: 0,
+            publish_reply: None,
+            persist_failed_in_call: false,
+            dirty: false,
+            dirty_foreign: false,
+            held_sends: Vec::new(),
+            held_reply: None,
+            policy_change_held: false,
+        };
+        Ok((dur, engine, first, loaded.peers))
+    }
+}
+
+impl Mesh {
+    /// Build the swarm, start the engine streams, listen, and remember the
+    /// stored peer addresses and the bootstrap peers.
+    fn open(
+        cfg: &Config,
+        key: &SecretKey,
+        peers: Vec<(NodeId, Vec<String>)>,
+    ) -> Result<(Swarm<Behaviour>, Mesh, mpsc::Receiver<LinkEvent>), StartError> {
+        let mut swarm = net::build_swarm(key, cfg.mdns)?;
+        let (links, link_rx) = Links::start(
+            swarm.behaviour().streams.new_control(),
+            net::FRAME_SIZE_MAX_BYTES,
+        )
+        .map_err(|e| net::NetError::Transport(e.to_string()))?;
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut addrs: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (node, list) in peers {
+            if let Some(pid) = net::peer_id(&node) {
+                let parsed: Vec<Multiaddr> = list.iter().filter_map(|a| a.parse().ok()).collect();
+                addrs.insert(pid, parsed);
+            }
+        }
+        let bootstrap = cfg
+            .bootstrap
+            .iter()
+            .map(|a| Bootstrap {
+                addr: a.clone(),
+                peer: p2p_of(a),
+                redial: Redial::bootstrap(),
+            })
+            .collect();
+        let mesh = Mesh {
+            up: HashSet::new(),
+            links,
+            bootstrap,
+            dialer: Dialer::default(),
+            dialing: HashMap::new(),
+            addrs,
+            blocked_until: HashMap::new(),
+            listen_addrs: Vec::new(),
+        };
+        Ok((swarm, mesh, link_rx))
+    }
 }
 
 impl Daemon {
@@ -505,7 +554,7 @@ impl Daemon {
             self.commit();
         }
         tracing::info!("shutting down: flushing the store and closing connections");
-        if let Err(e) = self.store.checkpoint(true) {
+        if let Err(e) = self.dur.store.checkpoint(true) {
             tracing::error!(error = %e, "final flush failed");
         }
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -517,15 +566,15 @@ impl Daemon {
     /// Group commit: flush what was written, then carry out the sends and
     /// acknowledgements that waited for it. A failed flush drops them.
     fn commit(&mut self) {
-        if !self.dirty {
+        if !self.dur.dirty {
             return;
         }
-        self.dirty = false;
-        let foreign = std::mem::replace(&mut self.dirty_foreign, false);
-        let sends = std::mem::take(&mut self.held_sends);
-        let reply = self.held_reply.take();
+        self.dur.dirty = false;
+        let foreign = std::mem::replace(&mut self.dur.dirty_foreign, false);
+        let sends = std::mem::take(&mut self.dur.held_sends);
+        let reply = self.dur.held_reply.take();
         let t0 = std::time::Instant::now();
-        let flushed = self.store.flush();
+        let flushed = self.dur.store.flush();
         tracing::trace!(
             flush_us = t0.elapsed().as_micros() as u64,
             sends = sends.len(),
@@ -539,7 +588,7 @@ impl Daemon {
                 if let Some((tx, result)) = reply {
                     let _ = tx.send(result);
                 }
-                if std::mem::take(&mut self.policy_change_held) {
+                if std::mem::take(&mut self.dur.policy_change_held) {
                     self.policy_changed();
                 }
             }
@@ -554,7 +603,7 @@ impl Daemon {
                 }
                 if let Some((tx, _)) = reply {
                     let _ = tx.send(Err(PublishError::NotDurable(
-                        self.store_error.clone().unwrap_or_default(),
+                        self.dur.store_error.clone().unwrap_or_default(),
                     )));
                 }
                 self.drain();
@@ -598,7 +647,7 @@ impl Daemon {
     }
 
     fn carry_out(&mut self, outputs: Vec<Output>) {
-        self.persist_failed_in_call = false;
+        self.dur.persist_failed_in_call = false;
         for out in outputs {
             match out {
                 Output::Persist(p) => {
@@ -607,19 +656,21 @@ impl Daemon {
                     // was sent can be contradicted later.
                     let own_only = matches!(&p, Persist::Changes(cs) if cs.iter().all(
                         |c| matches!(c.doc, DocId::Status { node, .. } if node == self.me)));
-                    self.dirty = true;
-                    self.dirty_foreign |= !own_only;
+                    self.dur.dirty = true;
+                    self.dur.dirty_foreign |= !own_only;
                     if let Err(e) = self.persist(p) {
                         let tolerable = own_only && matches!(e, StoreError::Write(_));
                         self.store_failed(e);
                         if !tolerable {
-                            self.persist_failed_in_call = true;
+                            self.dur.persist_failed_in_call = true;
                         }
                     }
                 }
                 // After a failed write, the sends of this call are dropped.
-                Output::Send { .. } if self.persist_failed_in_call => {}
-                Output::Send { to, bytes } if self.dirty => self.held_sends.push((to, bytes)),
+                Output::Send { .. } if self.dur.persist_failed_in_call => {}
+                Output::Send { to, bytes } if self.dur.dirty => {
+                    self.dur.held_sends.push((to, bytes))
+                }
                 Output::Send { to, bytes } => self.send(to, bytes),
                 Output::Disconnect { peer, reason } => self.disconnect(peer, reason),
                 Output::Event(ev) => self.on_event(ev),
@@ -662,63 +713,63 @@ impl Daemon {
                     })
                     .max();
                 if let Some(e) = own_max {
-                    self.epoch_file.raise(e)?;
+                    self.dur.epoch_file.raise(e)?;
                 }
-                self.store.put_changes(&changes)
+                self.dur.store.put_changes(&changes)
             }
             Persist::Root(root) => {
                 // The durable chain file first: it must never be behind.
-                self.trust_file.record(self.engine.replica().trust())?;
-                self.store.put_root(&root)
+                self.dur.trust_file.record(self.engine.replica().trust())?;
+                self.dur.store.put_root(&root)
             }
             Persist::DropStatusBefore { node, epoch } => {
-                self.store.drop_status_before(&node, epoch)
+                self.dur.store.drop_status_before(&node, epoch)
             }
-            Persist::DropNode { node } => self.store.drop_node(&node),
+            Persist::DropNode { node } => self.dur.store.drop_node(&node),
         }
     }
 
     fn store_failed(&mut self, e: StoreError) {
-        if self.store_error.is_none() {
+        if self.dur.store_error.is_none() {
             tracing::error!(error = %e, "the store cannot write: not accepting new changes until it can (reads keep working)");
         }
-        self.store_error = Some(e.to_string());
+        self.dur.store_error = Some(e.to_string());
         self.metrics.store_ok.set(0);
         self.refresh_status();
     }
 
     fn try_recover_store(&mut self, now: Millis) {
-        if self.store_error.is_none() || now < self.store_retry_at {
+        if self.dur.store_error.is_none() || now < self.dur.store_retry_at {
             return;
         }
-        self.store_retry_at = now + STORE_RETRY_MS;
+        self.dur.store_retry_at = now + STORE_RETRY_MS;
         // sled refuses every write after an I/O error until it is reopened.
-        let result = self.store.probe().or_else(|_| {
-            self.store.reopen()?;
-            self.store.probe()
+        let result = self.dur.store.probe().or_else(|_| {
+            self.dur.store.reopen()?;
+            self.dur.store.probe()
         });
         let result = result.and_then(|()| {
             let all: Vec<_> = self.engine.replica().all_changes().cloned().collect();
             for chunk in all.chunks(512) {
-                self.store.put_changes(chunk)?;
+                self.dur.store.put_changes(chunk)?;
             }
             for root in self.engine.replica().trust().roots() {
-                self.store.put_root(root)?;
+                self.dur.store.put_root(root)?;
             }
             // Straight into sled: the whole replica need not pass the log.
-            self.store.checkpoint(true)
+            self.dur.store.checkpoint(true)
         });
         match result {
             Ok(()) => {
                 tracing::info!("the store takes writes again; accepting changes");
-                self.store_error = None;
+                self.dur.store_error = None;
                 self.metrics.store_ok.set(1);
                 self.refresh_status();
-                if std::mem::take(&mut self.policy_change_held) {
+                if std::mem::take(&mut self.dur.policy_change_held) {
                     self.policy_changed();
                 }
             }
-            Err(e) => self.store_error = Some(e.to_string()),
+            Err(e) => self.dur.store_error = Some(e.to_string()),
         }
     }
 
@@ -726,11 +777,11 @@ impl Daemon {
         let Some(pid) = net::peer_id(&to) else {
             return;
         };
-        if !self.up.contains(&pid) {
+        if !self.net.up.contains(&pid) {
             return;
         }
         let len = bytes.len() as u64;
-        match self.links.send(pid, bytes) {
+        match self.net.links.send(pid, bytes) {
             Ok(()) => {
                 self.metrics.messages_out.inc();
                 self.metrics.bytes_out.inc_by(len);
@@ -748,24 +799,24 @@ impl Daemon {
     }
 
     fn block(&mut self, pid: PeerId, until: Option<Millis>) {
-        self.blocked_until.insert(pid, until);
+        self.net.blocked_until.insert(pid, until);
         self.swarm.behaviour_mut().blocked.block_peer(pid);
         // Nothing more to it, even before its connections are reported closed.
-        self.links.close(&pid);
+        self.net.links.close(&pid);
     }
 
     /// A connected, admitted peer becomes known to the engine (once).
     fn peer_up(&mut self, pid: PeerId, node: NodeId) {
-        if self.up.insert(pid) {
+        if self.net.up.insert(pid) {
             tracing::debug!(peer = %pid, "peer up");
             // The network may have healed: try the peers that are backing
             // off now rather than at the end of their backoff.
-            self.dialer.network_changed();
-            for b in &mut self.bootstrap {
+            self.net.dialer.network_changed();
+            for b in &mut self.net.bootstrap {
                 b.redial.kick();
             }
-            self.links.open(pid);
-            self.metrics.peers.set(self.up.len() as i64);
+            self.net.links.open(pid);
+            self.metrics.peers.set(self.net.up.len() as i64);
             self.feed(Input::PeerUp { peer: node });
         }
     }
@@ -776,10 +827,10 @@ impl Daemon {
                 root_errors,
                 reports,
             } => {
-                let reply = self.publish_reply.take();
-                let result = if self.persist_failed_in_call {
+                let reply = self.dur.publish_reply.take();
+                let result = if self.dur.persist_failed_in_call {
                     Err(PublishError::NotDurable(
-                        self.store_error.clone().unwrap_or_default(),
+                        self.dur.store_error.clone().unwrap_or_default(),
                     ))
                 } else {
                     Ok(publish_view(root_errors, &reports))
@@ -794,8 +845,8 @@ impl Daemon {
                     }
                 }
                 if let Some(tx) = reply {
-                    if self.dirty && result.is_ok() {
-                        self.held_reply = Some((tx, result));
+                    if self.dur.dirty && result.is_ok() {
+                        self.dur.held_reply = Some((tx, result));
                     } else {
                         let _ = tx.send(result);
                     }
@@ -804,8 +855,8 @@ impl Daemon {
             // The applier acts on the policy only once it is durable (the
             // engine's contract): held until the group commit's flush, or
             // until a failed store takes writes again.
-            Event::PolicyChanged if self.dirty || self.store_error.is_some() => {
-                self.policy_change_held = true;
+            Event::PolicyChanged if self.dur.dirty || self.dur.store_error.is_some() => {
+                self.dur.policy_change_held = true;
             }
             Event::PolicyChanged => self.policy_changed(),
             Event::PeerMisbehaved { peer, reason } => {
@@ -823,7 +874,7 @@ impl Daemon {
     }
 
     fn close_peer(&mut self, pid: PeerId) {
-        self.links.close(&pid);
+        self.net.links.close(&pid);
         let _ = self.swarm.disconnect_peer_id(pid);
     }
 
@@ -908,8 +959,8 @@ impl Daemon {
         health.insert(
             "store".to_string(),
             HealthCheck {
-                ok: self.store_error.is_none(),
-                detail: self.store_error.clone().unwrap_or_default(),
+                ok: self.dur.store_error.is_none(),
+                detail: self.dur.store_error.clone().unwrap_or_default(),
             },
         );
         health.insert(
@@ -936,6 +987,7 @@ impl Daemon {
             );
         }
         let mut addrs: Vec<String> = self
+            .net
             .listen_addrs
             .iter()
             .take(ADDRS_PER_PEER_MAX)
@@ -993,6 +1045,7 @@ impl Daemon {
                     .max();
                 let last_heard_any_ms_ago = last_any.map(|t| now.saturating_sub(t));
                 let mut peers: Vec<String> = self
+                    .net
                     .up
                     .iter()
                     .filter_map(net::node_id)
@@ -1007,15 +1060,20 @@ impl Daemon {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     enrolled: member.is_some(),
                     revoked: policy.revoked.contains_key(&self.me),
-                    listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                    listen_addrs: self
+                        .net
+                        .listen_addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect(),
                     peers,
                     policy_heads: view::hex_heads(&replica.policy_heads()),
                     trust_root_version: replica.trust().current().version,
                     status_epoch: replica.status(&self.me).map(|(_, e)| e).unwrap_or(0),
                     applied: self.apply.applied.clone(),
                     store: StoreView {
-                        ok: self.store_error.is_none(),
-                        error: self.store_error.clone(),
+                        ok: self.dur.store_error.is_none(),
+                        error: self.dur.store_error.clone(),
                     },
                     last_heard_any_ms_ago,
                     stale: fleet_size > 1
@@ -1056,7 +1114,7 @@ impl Daemon {
                 let _ = tx.send(view::rollout(replica, &heads));
             }
             Command::Publish(bundle, tx) => {
-                if let Some(e) = &self.store_error {
+                if let Some(e) = &self.dur.store_error {
                     let _ = tx.send(Err(PublishError::Unavailable(e.clone())));
                     return;
                 }
@@ -1066,12 +1124,12 @@ impl Daemon {
                     roots = bundle.roots.len(),
                     "publishing a bundle from the local API"
                 );
-                self.publish_reply = Some(tx);
+                self.dur.publish_reply = Some(tx);
                 self.feed(Input::Publish {
                     roots: bundle.roots,
                     changes: bundle.changes,
                 });
-                if let Some(tx) = self.publish_reply.take() {
+                if let Some(tx) = self.dur.publish_reply.take() {
                     let _ = tx.send(Err(PublishError::Gone("the engine gave no verdict".into())));
                 }
             }
@@ -1128,18 +1186,19 @@ impl Daemon {
         let now = self.now();
         // Lift expired temporary blocks.
         let expired: Vec<PeerId> = self
+            .net
             .blocked_until
             .iter()
             .filter(|(_, until)| until.is_some_and(|u| u <= now))
             .map(|(p, _)| *p)
             .collect();
         for p in expired {
-            self.blocked_until.remove(&p);
+            self.net.blocked_until.remove(&p);
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
         }
         self.try_recover_store(now);
-        if self.store_error.is_none()
-            && let Err(e) = self.store.checkpoint(false)
+        if self.dur.store_error.is_none()
+            && let Err(e) = self.dur.store.checkpoint(false)
         {
             self.store_failed(e);
         }
@@ -1150,7 +1209,7 @@ impl Daemon {
         self.metrics
             .replica_status_docs
             .set(stats.status_docs as i64);
-        self.metrics.peers.set(self.up.len() as i64);
+        self.metrics.peers.set(self.net.up.len() as i64);
         if self.update_freshness() {
             self.refresh_status();
         }
@@ -1184,10 +1243,10 @@ impl Daemon {
 
     fn dial(&mut self, now: Millis) {
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
-        for i in 0..self.bootstrap.len() {
-            let b = &self.bootstrap[i];
+        for i in 0..self.net.bootstrap.len() {
+            let b = &self.net.bootstrap[i];
             if b.peer
-                .is_some_and(|p| connected.contains(&p) || self.blocked_until.contains_key(&p))
+                .is_some_and(|p| connected.contains(&p) || self.net.blocked_until.contains_key(&p))
             {
                 continue;
             }
@@ -1206,7 +1265,7 @@ impl Daemon {
                     .build(),
             };
             let addr = b.addr.clone();
-            self.bootstrap[i].redial.dialed(now, &mut self.rng);
+            self.net.bootstrap[i].redial.dialed(now, &mut self.rng);
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%addr, error = %e, "bootstrap dial refused");
             }
@@ -1214,7 +1273,7 @@ impl Daemon {
         // Keep up to peers_target admitted peers, dialing members we know
         // addresses of (bounded and rate-limited: see `dial.rs`).
         let target = self.cfg.peers_target;
-        if self.up.len() >= target {
+        if self.net.up.len() >= target {
             return;
         }
         let replica = self.engine.replica();
@@ -1226,8 +1285,8 @@ impl Daemon {
             }
             let Some(pid) = net::peer_id(n) else { continue };
             if connected.contains(&pid)
-                || self.blocked_until.contains_key(&pid)
-                || self.dialing.contains_key(&pid)
+                || self.net.blocked_until.contains_key(&pid)
+                || self.net.dialing.contains_key(&pid)
             {
                 continue;
             }
@@ -1237,14 +1296,14 @@ impl Daemon {
         let no_claims: Vec<String> = Vec::new();
         let candidates = members.iter().map(|(pid, n)| Candidate {
             peer: *pid,
-            known: self.addrs.get(pid).unwrap_or(&no_addrs),
+            known: self.net.addrs.get(pid).unwrap_or(&no_addrs),
             claimed: replica
                 .status(n)
                 .map(|(s, _)| &s.addrs)
                 .unwrap_or(&no_claims),
         });
-        let want = target - self.up.len();
-        let round = self.dialer.plan(now, candidates, want, &mut self.rng);
+        let want = target - self.net.up.len();
+        let round = self.net.dialer.plan(now, candidates, want, &mut self.rng);
         for why in &round.ignored {
             self.metrics.dial_addr_ignored(why.label());
         }
@@ -1262,7 +1321,7 @@ impl Daemon {
             let id = opts.connection_id();
             match self.swarm.dial(opts) {
                 Ok(()) => {
-                    self.dialing.insert(d.peer, id);
+                    self.net.dialing.insert(d.peer, id);
                 }
                 Err(e) => tracing::debug!(peer = %d.peer, error = %e, "dial refused"),
             }
@@ -1271,9 +1330,9 @@ impl Daemon {
 
     fn dial_ended(&mut self, peer: Option<PeerId>, id: libp2p::swarm::ConnectionId) {
         if let Some(p) = peer
-            && self.dialing.get(&p) == Some(&id)
+            && self.net.dialing.get(&p) == Some(&id)
         {
-            self.dialing.remove(&p);
+            self.net.dialing.remove(&p);
         }
     }
 
@@ -1288,7 +1347,7 @@ impl Daemon {
                 return;
             }
         };
-        let list = self.addrs.entry(pid).or_default();
+        let list = self.net.addrs.entry(pid).or_default();
         match list.iter().position(|a| *a == addr) {
             Some(0) => return,
             Some(i) if reached => {
@@ -1309,7 +1368,7 @@ impl Daemon {
         }
         let strings: Vec<String> = list.iter().map(|a| a.to_string()).collect();
         if let Some(n) = net::node_id(&pid) {
-            let _ = self.store.put_peer(&n, &strings);
+            let _ = self.dur.store.put_peer(&n, &strings);
         }
     }
 
@@ -1317,13 +1376,13 @@ impl Daemon {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
-                if !self.listen_addrs.contains(&address) {
-                    self.listen_addrs.push(address);
+                if !self.net.listen_addrs.contains(&address) {
+                    self.net.listen_addrs.push(address);
                 }
                 self.refresh_status();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.listen_addrs.retain(|a| *a != address);
+                self.net.listen_addrs.retain(|a| *a != address);
                 self.refresh_status();
             }
             SwarmEvent::ConnectionEstablished {
@@ -1349,7 +1408,7 @@ impl Daemon {
                 }
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     let plain = without_p2p(address);
-                    for b in &mut self.bootstrap {
+                    for b in &mut self.net.bootstrap {
                         if without_p2p(&b.addr) == plain {
                             b.peer = Some(peer_id);
                         }
@@ -1362,10 +1421,10 @@ impl Daemon {
                 peer_id,
                 num_established,
                 ..
-            } if num_established == 0 && self.up.remove(&peer_id) => {
+            } if num_established == 0 && self.net.up.remove(&peer_id) => {
                 tracing::debug!(peer = %peer_id, "peer down");
-                self.metrics.peers.set(self.up.len() as i64);
-                self.links.close(&peer_id);
+                self.metrics.peers.set(self.net.up.len() as i64);
+                self.net.links.close(&peer_id);
                 if let Some(n) = net::node_id(&peer_id) {
                     self.feed(Input::PeerDown { peer: n });
                 }
@@ -1374,7 +1433,7 @@ impl Daemon {
                 peer_id,
                 info,
                 ..
-            })) if self.up.contains(&peer_id) => {
+            })) if self.net.up.contains(&peer_id) => {
                 for a in info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX) {
                     self.remember_addr(peer_id, a, false);
                 }
@@ -1421,10 +1480,10 @@ impl Daemon {
                 return;
             }
         };
-        if self.blocked_until.contains_key(&peer) {
+        if self.net.blocked_until.contains_key(&peer) {
             return;
         }
-        if !self.up.contains(&peer) {
+        if !self.net.up.contains(&peer) {
             // Its stream can be handed over before the swarm reports the
             // connection: admit it now rather than drop its first messages.
             match net::node_id(&peer) {
@@ -1435,15 +1494,15 @@ impl Daemon {
             }
         }
         // The peer talks to us: it admitted us; reset its redial backoff.
-        self.dialer.reset(&peer);
-        for b in &mut self.bootstrap {
+        self.net.dialer.reset(&peer);
+        for b in &mut self.net.bootstrap {
             if b.peer == Some(peer) {
                 b.redial.reset();
             }
         }
         self.metrics.messages_in.inc();
         self.metrics.bytes_in.inc_by(request.len() as u64);
-        if self.store_error.is_some() {
+        if self.dur.store_error.is_some() {
             // Not accepting changes: the peer's anti-entropy retries later.
             return;
         }

@@ -23,6 +23,127 @@ use rand::{RngExt, SeedableRng};
 use crate::report::{PolicyReport, Report, Traffic};
 use crate::scenario::Scenario;
 
+/// The authority's trust chain, the bootstrap policy every node is
+/// provisioned with (enrolling the first `enrolled` nodes), and the policy
+/// changes under measurement, each on top of the previous (one authority
+/// actor makes no concurrent changes), signed once and shared.
+struct FleetPolicy {
+    chain: TrustChain,
+    bootstrap: SignedChange,
+    policy_changes: Vec<SignedChange>,
+}
+
+fn fleet_policy(sc: &Scenario, keys: &[SecretKey], nonces: &mut StdRng) -> FleetPolicy {
+    let n = sc.nodes;
+    let authority = SecretKey::from_seed([0xa1; 32]);
+    let root = TrustRoot {
+        version: 1,
+        threshold: 1,
+        keys: vec![authority.public()],
+        ..Default::default()
+    };
+    let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])])
+        .expect("a self-signed first root");
+    let enrolled_count = sc.enrolled.unwrap_or(n).min(n);
+    let mut ed = PolicyEditor::new(&[]).expect("empty base");
+    ed.push(Edit::Set(
+        Level::Fleet,
+        "sim.bootstrap".into(),
+        serde_json::json!(true),
+    ))
+    .expect("valid edit");
+    for (i, k) in keys.iter().take(enrolled_count).enumerate() {
+        ed.push(Edit::Enrol(
+            k.public(),
+            Member {
+                name: format!("n{i}"),
+                region: format!("r{}", i % 4),
+                labels: Default::default(),
+            },
+        ))
+        .expect("valid enrolment");
+    }
+    let bootstrap = ed
+        .finish_as(
+            &authority,
+            1,
+            actor_with_nonce(&authority.public(), nonces.random()),
+        )
+        .expect("signed bootstrap");
+    // Policy changes under measurement, each on top of the previous (one
+    // authority actor makes no concurrent changes), signed once and shared.
+    let mut base = vec![bootstrap.clone()];
+    let mut policy_changes = Vec::new();
+    for (i, _) in sc.policy.iter().enumerate() {
+        let mut ed = PolicyEditor::new(&base).expect("valid base");
+        ed.push(Edit::Set(
+            Level::Fleet,
+            format!("sim.change{i}"),
+            serde_json::json!(i),
+        ))
+        .expect("valid edit");
+        let c = ed
+            .finish_as(
+                &authority,
+                1,
+                actor_with_nonce(&authority.public(), nonces.random()),
+            )
+            .expect("signed");
+        base.push(c.clone());
+        policy_changes.push(c);
+    }
+    FleetPolicy {
+        chain,
+        bootstrap,
+        policy_changes,
+    }
+}
+
+/// The overlay: a random ring (so it is connected) plus random chords up to
+/// the scenario's degree, each link direction with its base latency and loss.
+#[allow(clippy::type_complexity)]
+fn overlay(sc: &Scenario, rng: &mut StdRng) -> (Vec<Vec<usize>>, HashMap<(usize, usize), LinkDir>) {
+    let n = sc.nodes;
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
+    for w in 0..n {
+        let (a, b) = (order[w], order[(w + 1) % n]);
+        if a != b {
+            edges.insert((a.min(b), a.max(b)));
+        }
+    }
+    let chords = sc.degree.saturating_sub(2) / 2;
+    for a in 0..n {
+        for _ in 0..chords {
+            let b = rng.random_range(0..n);
+            if a != b {
+                edges.insert((a.min(b), a.max(b)));
+            }
+        }
+    }
+    let mut adj = vec![Vec::new(); n];
+    let mut links = HashMap::new();
+    let lm = &sc.link;
+    for &(a, b) in &edges {
+        adj[a].push(b);
+        adj[b].push(a);
+        for (x, y) in [(a, b), (b, a)] {
+            let latency_ms = rng.random_range(lm.latency_min_ms..=lm.latency_max_ms);
+            let loss = if rng.random_bool(lm.asymmetric_fraction) {
+                lm.asymmetric_loss
+            } else {
+                lm.loss
+            };
+            links.insert((x, y), LinkDir { latency_ms, loss });
+        }
+    }
+    (adj, links)
+}
+
 #[derive(Debug)]
 enum Ev {
     Deliver {
@@ -262,64 +383,15 @@ impl Sim {
         // from the OS), so that a seed replays a run exactly.
         let mut nonces = StdRng::seed_from_u64(seed ^ 0x6e6f_6e63_6573);
         let n = sc.nodes;
-        let authority = SecretKey::from_seed([0xa1; 32]);
-        let root = TrustRoot {
-            version: 1,
-            threshold: 1,
-            keys: vec![authority.public()],
-            ..Default::default()
-        };
-        let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])])
-            .expect("a self-signed first root");
         let keys: Vec<SecretKey> = (0..n).map(key_for).collect();
         let enrolled_count = sc.enrolled.unwrap_or(n).min(n);
-        let mut ed = PolicyEditor::new(&[]).expect("empty base");
-        ed.push(Edit::Set(
-            Level::Fleet,
-            "sim.bootstrap".into(),
-            serde_json::json!(true),
-        ))
-        .expect("valid edit");
-        for (i, k) in keys.iter().take(enrolled_count).enumerate() {
-            ed.push(Edit::Enrol(
-                k.public(),
-                Member {
-                    name: format!("n{i}"),
-                    region: format!("r{}", i % 4),
-                    labels: Default::default(),
-                },
-            ))
-            .expect("valid enrolment");
-        }
-        let bootstrap = ed
-            .finish_as(
-                &authority,
-                1,
-                actor_with_nonce(&authority.public(), nonces.random()),
-            )
-            .expect("signed bootstrap");
-        // Policy changes under measurement, each on top of the previous (one
-        // authority actor makes no concurrent changes), signed once and shared.
+        let FleetPolicy {
+            chain,
+            bootstrap,
+            policy_changes,
+        } = fleet_policy(&sc, &keys, &mut nonces);
         let mut base = vec![bootstrap.clone()];
-        let mut policy_changes = Vec::new();
-        for (i, _) in sc.policy.iter().enumerate() {
-            let mut ed = PolicyEditor::new(&base).expect("valid base");
-            ed.push(Edit::Set(
-                Level::Fleet,
-                format!("sim.change{i}"),
-                serde_json::json!(i),
-            ))
-            .expect("valid edit");
-            let c = ed
-                .finish_as(
-                    &authority,
-                    1,
-                    actor_with_nonce(&authority.public(), nonces.random()),
-                )
-                .expect("signed");
-            base.push(c.clone());
-            policy_changes.push(c);
-        }
+        base.extend(policy_changes.iter().cloned());
         let mut authorised: HashSet<ChangeHash> = HashSet::new();
         for c in &base {
             authorised.insert(c.hash().expect("parses"));
@@ -334,44 +406,7 @@ impl Sim {
                 held_at: vec![None; n],
             })
             .collect();
-        // Overlay: a random ring (connected) plus random chords up to the degree.
-        let mut order: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = rng.random_range(0..=i);
-            order.swap(i, j);
-        }
-        let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
-        for w in 0..n {
-            let (a, b) = (order[w], order[(w + 1) % n]);
-            if a != b {
-                edges.insert((a.min(b), a.max(b)));
-            }
-        }
-        let chords = sc.degree.saturating_sub(2) / 2;
-        for a in 0..n {
-            for _ in 0..chords {
-                let b = rng.random_range(0..n);
-                if a != b {
-                    edges.insert((a.min(b), a.max(b)));
-                }
-            }
-        }
-        let mut adj = vec![Vec::new(); n];
-        let mut links = HashMap::new();
-        let lm = &sc.link;
-        for &(a, b) in &edges {
-            adj[a].push(b);
-            adj[b].push(a);
-            for (x, y) in [(a, b), (b, a)] {
-                let latency_ms = rng.random_range(lm.latency_min_ms..=lm.latency_max_ms);
-                let loss = if rng.random_bool(lm.asymmetric_fraction) {
-                    lm.asymmetric_loss
-                } else {
-                    lm.loss
-                };
-                links.insert((x, y), LinkDir { latency_ms, loss });
-            }
-        }
+        let (adj, links) = overlay(&sc, &mut rng);
         let config = sc.engine.clone();
         let mut needs_store = vec![false; n];
         let mut crash_plan = Vec::new();

@@ -1207,6 +1207,29 @@ impl Engine {
             self.remember(id, now, eager);
             new.push((id, sc));
         }
+        self.record_new(&new, epochs_before, touched, now, out);
+        if let Some(peer) = from {
+            self.want_dependencies(peer, incomplete, out);
+            self.judge_sender(peer, offences, not_admitted, out);
+        }
+        Absorbed {
+            reports,
+            new,
+            tree_dup_origins,
+        }
+    }
+
+    /// Make what was newly held durable (and drop the status epochs it
+    /// obsoletes), update the reconciliation index, and act on a policy
+    /// change: in that order (events after the Persist they report).
+    fn record_new(
+        &mut self,
+        new: &[(ChangeId, SignedChange)],
+        epochs_before: BTreeMap<NodeId, Option<u32>>,
+        touched: BTreeSet<DocId>,
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) {
         if !new.is_empty() {
             out.push(Output::Persist(Persist::Changes(
                 new.iter().map(|(_, c)| c.clone()).collect(),
@@ -1241,10 +1264,17 @@ impl Engine {
             // state follow what makes them durable).
             out.push(Output::Event(Event::PolicyChanged));
         }
-        if let Some(peer) = from
-            && !incomplete.is_empty()
-            && self.peers.contains_key(&peer)
-        {
+    }
+
+    /// Some changes from `peer` wait for dependencies: it may hold them, so
+    /// ask it at once (and reconcile sooner, in case it does not).
+    fn want_dependencies(
+        &mut self,
+        peer: NodeId,
+        incomplete: BTreeSet<DocId>,
+        out: &mut Vec<Output>,
+    ) {
+        if !incomplete.is_empty() && self.peers.contains_key(&peer) {
             // The sender may hold the missing dependencies: ask it at once
             // (and reconcile sooner, in case it does not).
             self.repairing = true;
@@ -1258,27 +1288,31 @@ impl Engine {
                 .collect();
             self.send(peer, &Message::Want { items }, out);
         }
-        if let Some(peer) = from {
-            if !offences.is_empty() {
-                let reason = if offences.len() == 1 {
-                    offences.swap_remove(0)
-                } else {
-                    format!("{} invalid changes; first: {}", offences.len(), offences[0])
-                };
-                let w = self.config.penalty_per_offence;
-                self.penalise(peer, w, reason, out);
-            }
-            if not_admitted && self.peers.remove(&peer).is_some() {
-                out.push(Output::Disconnect {
-                    peer,
-                    reason: DisconnectReason::Revoked,
-                });
-            }
+    }
+
+    /// Penalise `peer` for the invalid changes it sent, and cut it off if it
+    /// sent its own status while revoked.
+    fn judge_sender(
+        &mut self,
+        peer: NodeId,
+        mut offences: Vec<String>,
+        not_admitted: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if !offences.is_empty() {
+            let reason = if offences.len() == 1 {
+                offences.swap_remove(0)
+            } else {
+                format!("{} invalid changes; first: {}", offences.len(), offences[0])
+            };
+            let w = self.config.penalty_per_offence;
+            self.penalise(peer, w, reason, out);
         }
-        Absorbed {
-            reports,
-            new,
-            tree_dup_origins,
+        if not_admitted && self.peers.remove(&peer).is_some() {
+            out.push(Output::Disconnect {
+                peer,
+                reason: DisconnectReason::Revoked,
+            });
         }
     }
 
@@ -1560,37 +1594,19 @@ impl Engine {
     /// send what the peer lacks (except documents changed here in the last
     /// `sync_settle_ms`, most likely still in flight), and list this side's
     /// documents back once if the peer holds something this side lacks.
-    fn on_sync(&mut self, from: NodeId, sync: Message, now: Millis, out: &mut Vec<Output>) {
-        let Message::Sync {
-            root_version,
-            depth,
-            splits,
-            items,
-        } = sync
-        else {
-            unreachable!("called with a Sync message")
-        };
-        let Some(mut allow) = self.open_budget(from, "Sync", now, out) else {
-            return;
-        };
-        // The peer answered: nothing awaited from it any more, and what this
-        // node listed to it has been answered.
-        self.awaiting.remove(&from);
-        self.holds.retain(|h| h.2 != from && h.3 > now);
-        let expects_answer = !splits.is_empty() || items.iter().any(|ri| ri.reply);
-        if root_version < self.root_version() {
-            let roots = self.replica.trust().roots().to_vec();
-            let before = self.stats.bytes_sent;
-            self.answer(from, &Message::Roots { roots }, out);
-            allow.spend(1, self.stats.bytes_sent - before);
-        }
+    /// The peer's fingerprints of split ranges against this node's: equal
+    /// ranges stop; differing ones are listed (small, or deep enough) or
+    /// split again, within the answer budget.
+    fn compare_splits(
+        &self,
+        splits: Vec<Split>,
+        depth: u8,
+        allow: &mut Allowance,
+        reply_splits: &mut Vec<Split>,
+        reply_items: &mut Vec<RangeItems>,
+    ) {
         let cfg = &self.config;
-        // Changes that arrived before this connection are not in flight to the
-        // peer through this node: the settle rule does not hold them back.
-        let connected_at = self.peers.get(&from).map_or(0, |p| p.connected_at);
         let fanout = cfg.sync_fanout.clamp(2, 64);
-        let mut reply_splits: Vec<Split> = Vec::new();
-        let mut reply_items: Vec<RangeItems> = Vec::new();
         for sp in splits {
             let ranges = split(sp.lo, sp.hi, sp.parts.len() as u64);
             for ((lo, hi), (count, fp)) in ranges.into_iter().zip(sp.parts) {
@@ -1620,8 +1636,25 @@ impl Engine {
                 }
             }
         }
-        let mut to_send: Vec<SignedChange> = Vec::new();
+    }
+
+    /// The peer's listed ranges against this node's documents: collects the
+    /// changes the peer lacks (within the budget and the step's byte bound,
+    /// leaving to the tree what is most likely in flight) and lists back the
+    /// ranges where this node lacks something the peer has. True if this
+    /// node lacks anything.
+    fn compare_items(
+        &self,
+        items: Vec<RangeItems>,
+        connected_at: Millis,
+        now: Millis,
+        allow: &mut Allowance,
+        to_send: &mut Vec<SignedChange>,
+        reply_items: &mut Vec<RangeItems>,
+    ) -> bool {
+        let cfg = &self.config;
         let mut send_bytes = 0usize;
+        let mut lacks = false;
         for ri in items {
             if !allow.has_work() {
                 break;
@@ -1722,9 +1755,7 @@ impl Engine {
                     i_lack = true;
                 }
             }
-            if i_lack {
-                self.repairing = true;
-            }
+            lacks |= i_lack;
             if i_lack && ri.reply {
                 reply_items.push(RangeItems {
                     lo: ri.lo,
@@ -1733,6 +1764,56 @@ impl Engine {
                     reply: false,
                 });
             }
+        }
+        lacks
+    }
+
+    fn on_sync(&mut self, from: NodeId, sync: Message, now: Millis, out: &mut Vec<Output>) {
+        let Message::Sync {
+            root_version,
+            depth,
+            splits,
+            items,
+        } = sync
+        else {
+            unreachable!("called with a Sync message")
+        };
+        let Some(mut allow) = self.open_budget(from, "Sync", now, out) else {
+            return;
+        };
+        // The peer answered: nothing awaited from it any more, and what this
+        // node listed to it has been answered.
+        self.awaiting.remove(&from);
+        self.holds.retain(|h| h.2 != from && h.3 > now);
+        let expects_answer = !splits.is_empty() || items.iter().any(|ri| ri.reply);
+        if root_version < self.root_version() {
+            let roots = self.replica.trust().roots().to_vec();
+            let before = self.stats.bytes_sent;
+            self.answer(from, &Message::Roots { roots }, out);
+            allow.spend(1, self.stats.bytes_sent - before);
+        }
+        // Changes that arrived before this connection are not in flight to the
+        // peer through this node: the settle rule does not hold them back.
+        let connected_at = self.peers.get(&from).map_or(0, |p| p.connected_at);
+        let mut reply_splits: Vec<Split> = Vec::new();
+        let mut reply_items: Vec<RangeItems> = Vec::new();
+        self.compare_splits(
+            splits,
+            depth,
+            &mut allow,
+            &mut reply_splits,
+            &mut reply_items,
+        );
+        let mut to_send: Vec<SignedChange> = Vec::new();
+        if self.compare_items(
+            items,
+            connected_at,
+            now,
+            &mut allow,
+            &mut to_send,
+            &mut reply_items,
+        ) {
+            self.repairing = true;
         }
         if !to_send.is_empty() {
             self.answer_changes(from, to_send, out);
