@@ -4,7 +4,7 @@ mod common;
 
 use automerge::transaction::Transactable;
 use common::{Fleet, fingerprint};
-use dcloud_crdt::change::DecodeError;
+use dcloud_crdt::DecodeError;
 use dcloud_crdt::keys::{KeyError, KeySignature, PublicKey, SignatureBytes};
 use dcloud_crdt::verify::SignatureError;
 use dcloud_crdt::{
@@ -571,7 +571,11 @@ fn malformed_and_truncated_bytes_are_rejected() {
         other[0] = v;
         assert_eq!(
             SignedChange::decode(&other, 1 << 20).unwrap_err(),
-            DecodeError::UnknownVersion(v)
+            DecodeError::UnknownVersion {
+                what: "signed change",
+                found: v,
+                expected: dcloud_crdt::change::CHANGE_FORMAT_VERSION
+            }
         );
     }
     assert!(matches!(
