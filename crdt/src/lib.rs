@@ -20,6 +20,8 @@ pub mod replica;
 pub mod root;
 pub mod secret;
 pub mod status;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod verify;
 
 pub use automerge::ChangeHash;
