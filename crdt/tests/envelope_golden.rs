@@ -8,7 +8,7 @@
 
 use dcloud_crdt::change::{DocId, signing_message};
 use dcloud_crdt::freshness::FRESHNESS_SIZE_MAX_BYTES;
-use dcloud_crdt::root::{decode_chain, encode_chain};
+use dcloud_crdt::root::{CHAIN_SIZE_MAX_BYTES, decode_chain, encode_chain};
 use dcloud_crdt::{
     Bundle, ChangeHash, DecodeError, FreshnessStatement, SecretKey, SignedChange, SignedFreshness,
     SignedTrustRoot, TrustChain, TrustRoot,
@@ -226,7 +226,7 @@ fn cases() -> Vec<Case> {
             what: "trust chain",
             bytes: encode_chain(&[anchor(), rotation()]),
             magic_len: 0,
-            size_max_bytes: 1 << 20,
+            size_max_bytes: CHAIN_SIZE_MAX_BYTES,
             decode: |b, _| decode_chain(b).map(drop),
         },
         Case {
