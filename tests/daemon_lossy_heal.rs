@@ -153,23 +153,16 @@ fn daemon_pid(f: &Fleet, i: usize) -> u32 {
 async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) -> Duration {
     let _one = RUN.lock().await;
     let net = net(run).unwrap_or_else(|e| panic!("cannot build the test network: {e}"));
-    let mut f = Fleet::new(0, 1);
-    for i in 0..N {
-        let k = f.add_node(&format!("site-{i}"), 1);
-        let n = &mut f.nodes[k];
-        n.ip = net.addr(i);
-        n.p2p_port = 7700;
-        n.api = format!("{}:{API_PORT}", net.addr(i));
-        n.netns = Some(net.nodes[i].clone());
-        if let Some(hb) = env_u64("DCLOUD_LOSSY_HEARTBEAT_MS") {
+    // One bootstrap peer per side.
+    let mut f = netns::fleet(
+        &net,
+        |i| format!("{}:{API_PORT}", net.addr(i)),
+        &[0, SIDE_A],
+    );
+    if let Some(hb) = env_u64("DCLOUD_LOSSY_HEARTBEAT_MS") {
+        for n in &mut f.nodes {
             n.heartbeat_ms = hb;
         }
-    }
-    // One bootstrap peer per side.
-    let boot = [f.nodes[0].addr(), f.nodes[SIDE_A].addr()];
-    for (i, n) in f.nodes.iter_mut().enumerate() {
-        let me = format!("/ip4/{}/tcp/7700", net.addr(i));
-        n.bootstrap = boot.iter().filter(|a| **a != me).cloned().collect();
     }
     f.start_all();
     let all: Vec<usize> = (0..N).collect();

@@ -70,23 +70,7 @@ async fn split_three_two_publish_both_sides_heal_converge() {
             return;
         }
     };
-    let mut f = Fleet::new(0, 1);
-    for i in 0..N {
-        let k = f.add_node(&format!("site-{i}"), 1);
-        let n = &mut f.nodes[k];
-        n.ip = net.addr(i);
-        n.p2p_port = 7700;
-        n.api = "127.0.0.1:7780".into();
-        n.netns = Some(net.nodes[i].clone());
-    }
-    let boot = [f.nodes[0].addr(), f.nodes[3].addr()];
-    for (i, n) in f.nodes.iter_mut().enumerate() {
-        n.bootstrap = boot
-            .iter()
-            .filter(|a| **a != format!("/ip4/{}/tcp/7700", net.addr(i)))
-            .cloned()
-            .collect();
-    }
+    let mut f = netns::fleet(&net, |_| "127.0.0.1:7780".into(), &[0, 3]);
     f.start_all();
     let ns = net.nodes.clone();
     f.wait(

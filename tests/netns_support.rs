@@ -1,5 +1,6 @@
 //! Network namespaces for the daemon tests that need a real network between
-//! nodes (`daemon_partition`, `daemon_lossy_heal`): one namespace per node,
+//! nodes (`daemon_partition`, `daemon_lossy_heal`; include it beside
+//! `daemon_support.rs` as `mod support`): one namespace per node,
 //! each joined by a veth pair to a bridge in a hub namespace, addresses from
 //! 198.18.0.0/15 (set aside for network tests; each test takes its own /24),
 //! and nftables rules on the bridge for loss and splits. Everything is
@@ -11,6 +12,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::process::Command;
+
+use crate::support::Fleet;
 
 /// Run `cmd args`; its stderr as the error when it fails.
 pub fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -240,6 +243,27 @@ impl Net {
     pub fn heal(&self) -> Result<(), String> {
         nft(&self.hub, "delete table bridge split")
     }
+}
+
+/// A fleet (not started) of one daemon in each namespace of `net`: node `i`
+/// listens on [`Net::addr`]`(i)`, TCP port 7700, serves its API at `api(i)`,
+/// and bootstraps from the nodes `boot` (other than itself).
+pub fn fleet(net: &Net, api: impl Fn(usize) -> String, boot: &[usize]) -> Fleet {
+    let mut f = Fleet::new(0, 1);
+    for (i, ns) in net.nodes.iter().enumerate() {
+        let k = f.add_node(&format!("site-{i}"), 1);
+        let n = &mut f.nodes[k];
+        n.ip = net.addr(i);
+        n.p2p_port = 7700;
+        n.api = api(i);
+        n.netns = Some(ns.clone());
+    }
+    let boot: Vec<String> = boot.iter().map(|&b| f.nodes[b].addr()).collect();
+    for n in &mut f.nodes {
+        let me = n.addr();
+        n.bootstrap = boot.iter().filter(|a| **a != me).cloned().collect();
+    }
+    f
 }
 
 impl Drop for Net {
