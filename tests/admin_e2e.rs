@@ -9,25 +9,15 @@ mod local_fleet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dcloud_crdt::{Bundle, Edit, PolicyEditor, SecretKey};
+use dcloud_crdt::testkit;
+use dcloud_crdt::{Bundle, Edit, SecretKey};
 use local_fleet::{Bins, Site, free_ports, get_json, wait_until};
 use serde_json::Value;
 
 #[path = "admin_support.rs"]
 mod support;
 
-use support::{admin, ok};
-
-#[track_caller]
-fn refused(dir: &Path, args: &[&str], needle: &str) {
-    let o = admin(dir, args);
-    assert!(!o.ok, "dcloud-admin {args:?} succeeded:\n{}", o.text());
-    assert!(
-        o.stderr.contains(needle),
-        "dcloud-admin {args:?}: expected {needle:?} in:\n{}",
-        o.text()
-    );
-}
+use support::{admin, ok, refused};
 
 /// A fleet of real daemons sharing one trust chain file.
 struct Fleet {
@@ -478,18 +468,8 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
         .collect();
     let read = |k: &str| SecretKey::read_file(&d.join(k)).unwrap();
     let change = |signers: &[&SecretKey]| {
-        let mut ed = PolicyEditor::new(&base).unwrap();
-        ed.push(Edit::Set(
-            dcloud_crdt::Level::Fleet,
-            "x".into(),
-            serde_json::json!(1),
-        ))
-        .unwrap();
-        let mut c = ed.finish(signers[0], 1).unwrap();
-        for k in &signers[1..] {
-            c.cosign(k).unwrap();
-        }
-        c
+        let edit = Edit::Set(dcloud_crdt::Level::Fleet, "x".into(), serde_json::json!(1));
+        testkit::sign_policy(&base, [edit], 1, signers)
     };
     let (a, b, dkey) = (read("a.key"), read("b.key"), read("d.key"));
 
@@ -565,15 +545,8 @@ fn rejected_posts_are_answered_with_the_reason_and_change_nothing() {
         "{body}"
     );
     // A trust root v2 signed only by keys outside v1.
-    let rogue = dcloud_crdt::SignedTrustRoot::sign(
-        dcloud_crdt::TrustRoot {
-            version: 2,
-            threshold: 1,
-            keys: vec![dkey.public()],
-            ..Default::default()
-        },
-        &[&dkey],
-    );
+    let rogue =
+        dcloud_crdt::SignedTrustRoot::sign(testkit::trust_root(2, &[dkey.public()], 1), &[&dkey]);
     let mut rogue_roots = roots.clone();
     rogue_roots.push(rogue);
     let (status, body) = fleet.post(

@@ -17,13 +17,7 @@ use support::{admin, ok};
 #[track_caller]
 fn refused(dir: &Path, args: &[&str], needle: &str, out: Option<&str>) {
     let before = out.and_then(|f| std::fs::read(dir.join(f)).ok());
-    let o = admin(dir, args);
-    assert!(!o.ok, "dcloud-admin {args:?} succeeded:\n{}", o.text());
-    assert!(
-        o.stderr.contains(needle),
-        "dcloud-admin {args:?}: expected {needle:?} in:\n{}",
-        o.text()
-    );
+    support::refused(dir, args, needle);
     if let Some(f) = out {
         assert_eq!(
             std::fs::read(dir.join(f)).ok(),

@@ -30,6 +30,18 @@ pub(crate) fn admin(dir: &Path, args: &[&str]) -> Out {
     }
 }
 
+/// Run `dcloud-admin args`, expect it to fail with `needle` in its error.
+#[track_caller]
+pub(crate) fn refused(dir: &Path, args: &[&str], needle: &str) {
+    let o = admin(dir, args);
+    assert!(!o.ok, "dcloud-admin {args:?} succeeded:\n{}", o.text());
+    assert!(
+        o.stderr.contains(needle),
+        "dcloud-admin {args:?}: expected {needle:?} in:\n{}",
+        o.text()
+    );
+}
+
 /// Run `dcloud-admin args`, expect success, return its stdout.
 #[track_caller]
 pub(crate) fn ok(dir: &Path, args: &[&str]) -> String {

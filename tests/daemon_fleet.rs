@@ -8,7 +8,6 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use dcloud_crdt::SecretKey;
 use support::{DCLOUD, Fleet};
 
 const ALL: [usize; 5] = [0, 1, 2, 3, 4];
@@ -103,11 +102,7 @@ async fn five_nodes_converge_and_the_api_answers() {
         body["error"].as_str().unwrap().contains("does not decode"),
         "{body}"
     );
-    let real_auth = f.auth.clone();
-    f.auth = SecretKey::generate();
-    let forged = f.sign(vec![Fleet::set_fleet("evil", true.into())]);
-    f.policy.pop();
-    f.auth = real_auth;
+    let forged = f.forge(vec![Fleet::set_fleet("evil", true.into())]);
     let (status, body) = f.publish(2, f.bundle(vec![forged])).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["accepted"], false);

@@ -9,7 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use dcloud_crdt::policy::{Edit, Member};
+use dcloud_crdt::policy::Edit;
+use dcloud_crdt::testkit;
 use dcloud_crdt::{DocId, SecretKey, SignedChange};
 use dcloud_node::engine::Message;
 use dcloud_node::engine::wire::Push;
@@ -105,14 +106,7 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     f.start_all();
     let mallory = SecretKey::generate();
     let mut edits: Vec<Edit> = NODES.iter().map(|i| f.enrol(*i)).collect();
-    edits.push(Edit::Enrol(
-        mallory.public(),
-        Member {
-            name: "mallory".into(),
-            region: "eu".into(),
-            labels: Default::default(),
-        },
-    ));
+    edits.push(testkit::enrol(mallory.public(), "mallory", "eu"));
     let c = f.sign(edits);
     let h = Fleet::head(&c);
     f.ready(&NODES).await;
@@ -160,14 +154,14 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     // 3. Forged policy changes (signed by a key outside the trust root) at node 2.
     let p2 = peer(2);
     connect(&mut swarm, &f.nodes[2].addr(), p2).await;
-    let real = f.auth.clone();
-    f.auth = SecretKey::generate();
+    // One forger key, each change on top of the one before.
+    let forger = SecretKey::generate();
     let mut forged: Vec<SignedChange> = Vec::new();
     for k in 0..6 {
-        forged.push(f.sign(vec![Fleet::set_fleet(&format!("forged.k{k}"), k.into())]));
+        let base: Vec<SignedChange> = f.policy.iter().chain(&forged).cloned().collect();
+        let edit = Fleet::set_fleet(&format!("forged.k{k}"), k.into());
+        forged.push(testkit::sign_policy(&base, [edit], 1, &[&forger]));
     }
-    f.policy.truncate(f.policy.len() - 6);
-    f.auth = real;
     let msgs: Vec<Vec<u8>> = forged
         .iter()
         .map(|c| {

@@ -29,13 +29,15 @@
 //! nodes' heartbeat, 1000 ms by default, `DCLOUD_LOSSY_HEAL_MAX_MS` the
 //! deadline after the heal, `DCLOUD_LOSSY_LOGS=DIR` keeps the nodes' logs.)
 
+#[path = "netns_support.rs"]
+mod netns;
 #[path = "daemon_support.rs"]
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netns::{Net, NetSpec};
 use serde_json::Value;
 use support::Fleet;
 
@@ -61,195 +63,16 @@ const API_PORT: u16 = 7780;
 /// namespace's address on it.
 static RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    run("ip", args)
-}
-
-/// Load an nftables ruleset into namespace `ns`.
-fn nft(ns: &str, rules: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft in {ns}: {}\n{rules}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Why this test cannot run here, if it cannot.
-fn missing() -> Option<String> {
-    if !is_root() {
-        return Some("network namespaces need root".into());
-    }
-    if ip(&["-V"]).is_err() {
-        return Some("iproute2 (`ip`) is not installed".into());
-    }
-    if run("nft", &["--version"]).is_err() {
-        return Some("nftables (`nft`) is not installed".into());
-    }
-    None
-}
-
-/// The namespaces, bridge and links of one run; deleted on drop.
-struct Net {
-    prefix: String,
-    hub: String,
-    nodes: Vec<String>,
-}
-
-impl Net {
-    fn new(run: usize) -> Result<Net, String> {
-        let prefix = format!("dl{}{run}", std::process::id() % 10_000);
-        let mut net = Net {
-            hub: format!("{prefix}h"),
-            nodes: Vec::new(),
-            prefix,
-        };
-        ip(&["netns", "add", &net.hub])?;
-        ip(&["-n", &net.hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &net.hub, "link", "set", "br0", "up"])?;
-        // The root namespace on the bridge too, to reach the APIs.
-        let (r, rh) = (format!("{}r", net.prefix), format!("{}R", net.prefix));
-        ip(&["link", "add", &r, "type", "veth", "peer", "name", &rh])?;
-        ip(&["link", "set", &rh, "netns", &net.hub])?;
-        ip(&["-n", &net.hub, "link", "set", &rh, "master", "br0"])?;
-        ip(&["-n", &net.hub, "link", "set", &rh, "up"])?;
-        ip(&["addr", "add", &format!("{HOST_ADDR}/24"), "dev", &r])?;
-        ip(&["link", "set", &r, "up"])?;
-        for i in 0..N {
-            let ns = format!("{}n{i}", net.prefix);
-            ip(&["netns", "add", &ns])?;
-            net.nodes.push(ns.clone());
-            let (a, b) = (net.hub_port(i), Net::veth(&net.prefix, i));
-            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            ip(&["link", "set", &a, "netns", &net.hub])?;
-            ip(&["link", "set", &b, "netns", &ns])?;
-            ip(&["-n", &net.hub, "link", "set", &a, "master", "br0"])?;
-            ip(&["-n", &net.hub, "link", "set", &a, "up"])?;
-            let addr = format!("{}/24", Net::addr(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", &b])?;
-            ip(&["-n", &ns, "link", "set", &b, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(net)
-    }
-
-    fn addr(i: usize) -> String {
-        format!("{SUBNET}.{}", i + 1)
-    }
-
-    fn veth(prefix: &str, i: usize) -> String {
-        format!("{prefix}b{i}")
-    }
-
-    fn hub_port(&self, i: usize) -> String {
-        format!("{}a{i}", self.prefix)
-    }
-
-    /// Random loss of what every node sends (the API's answers exempt),
-    /// dropped on the bridge: to the sender's TCP it is loss in the network.
-    /// (A rule in the sender's own output hook would fail the send locally,
-    /// which TCP retries every 500 ms without backing off: not loss.)
-    fn lossy(&self) -> Result<(), String> {
-        let ports: Vec<String> = (0..N)
-            .map(|i| format!("\"{}\"", self.hub_port(i)))
-            .collect();
-        nft(
-            &self.hub,
-            &format!(
-                "table bridge lossy {{
-                   chain through {{
-                     type filter hook forward priority 0; policy accept;
-                     iifname {{ {ports} }} tcp sport {API_PORT} accept
-                     iifname {{ {ports} }} numgen random mod 100 < {loss} drop
-                   }}
-                 }}",
-                ports = ports.join(", "),
-                loss = loss_percent(),
-            ),
-        )
-    }
-
-    /// Split the nodes into `a` and `b` on the bridge: frames between the
-    /// sides are dropped, silently, like a network that went away.
-    fn split(&self, a: &[usize], b: &[usize]) -> Result<(), String> {
-        let set = |v: &[usize]| {
-            v.iter()
-                .map(|i| format!("\"{}\"", self.hub_port(*i)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let (a, b) = (set(a), set(b));
-        nft(
-            &self.hub,
-            &format!(
-                "table bridge split {{
-                   chain through {{
-                     type filter hook forward priority -10; policy accept;
-                     iifname {{ {a} }} oifname {{ {b} }} drop
-                     iifname {{ {b} }} oifname {{ {a} }} drop
-                   }}
-                 }}"
-            ),
-        )
-    }
-
-    fn heal(&self) -> Result<(), String> {
-        nft(&self.hub, "delete table bridge split")
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the links in it, and their peers.
-        for ns in self.nodes.iter().chain(std::iter::once(&self.hub)) {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        let _ = ip(&["link", "del", &format!("{}r", self.prefix)]);
-    }
+/// The namespaces of run `run`: one bridge, the root namespace on it at
+/// [`HOST_ADDR`].
+fn net(run: usize) -> Result<Net, String> {
+    Net::new(NetSpec {
+        prefix: format!("dl{}{run}", std::process::id() % 10_000),
+        subnet: SUBNET,
+        nodes: N,
+        bridges: &["br0"],
+        host_addr: Some(HOST_ADDR),
+    })
 }
 
 fn sorted(v: &Value) -> Option<BTreeSet<String>> {
@@ -329,24 +152,17 @@ fn daemon_pid(f: &Fleet, i: usize) -> u32 {
 /// One run; the heal-to-agreement time.
 async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) -> Duration {
     let _one = RUN.lock().await;
-    let net = Net::new(run).unwrap_or_else(|e| panic!("cannot build the test network: {e}"));
-    let mut f = Fleet::new(0, 1);
-    for i in 0..N {
-        let k = f.add_node(&format!("site-{i}"), 1);
-        let n = &mut f.nodes[k];
-        n.ip = Net::addr(i);
-        n.p2p_port = 7700;
-        n.api = format!("{}:{API_PORT}", Net::addr(i));
-        n.netns = Some(net.nodes[i].clone());
-        if let Some(hb) = env_u64("DCLOUD_LOSSY_HEARTBEAT_MS") {
+    let net = net(run).unwrap_or_else(|e| panic!("cannot build the test network: {e}"));
+    // One bootstrap peer per side.
+    let mut f = netns::fleet(
+        &net,
+        |i| format!("{}:{API_PORT}", net.addr(i)),
+        &[0, SIDE_A],
+    );
+    if let Some(hb) = env_u64("DCLOUD_LOSSY_HEARTBEAT_MS") {
+        for n in &mut f.nodes {
             n.heartbeat_ms = hb;
         }
-    }
-    // One bootstrap peer per side.
-    let boot = [f.nodes[0].addr(), f.nodes[SIDE_A].addr()];
-    for (i, n) in f.nodes.iter_mut().enumerate() {
-        let me = format!("/ip4/{}/tcp/7700", Net::addr(i));
-        n.bootstrap = boot.iter().filter(|a| **a != me).cloned().collect();
     }
     f.start_all();
     let all: Vec<usize> = (0..N).collect();
@@ -355,7 +171,7 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
     let h = Fleet::head(&c);
     f.wait_applied("enrolment applied everywhere", &all, &h)
         .await;
-    net.lossy().unwrap();
+    net.lossy(loss_percent(), API_PORT).unwrap();
 
     // Split 4/3; each side publishes, signed by the SAME admin key on the same
     // base (each signing run is its own automerge actor, so they merge).
@@ -443,7 +259,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_split_four_three_kill_restart_heal_agree() {
-    if let Some(why) = missing() {
+    if let Some(why) = netns::missing(true) {
         println!("SKIPPED: {why}");
         return;
     }
@@ -457,7 +273,7 @@ async fn lossy_split_four_three_kill_restart_heal_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: several minutes; run with --ignored --nocapture"]
 async fn bench_lossy_heal() {
-    if let Some(why) = missing() {
+    if let Some(why) = netns::missing(true) {
         println!("SKIPPED: {why}");
         return;
     }

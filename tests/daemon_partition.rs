@@ -6,112 +6,19 @@
 //! Needs root (network namespaces) and iproute2; skipped with a printed reason
 //! otherwise. Everything the test creates is deleted when it ends.
 
+#[path = "netns_support.rs"]
+mod netns;
 #[path = "daemon_support.rs"]
 mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use netns::{Net, NetSpec};
 use serde_json::Value;
 use support::{DCLOUD, Fleet};
 
 const N: usize = 5;
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// The namespaces, bridges and links of the test; deleted on drop.
-struct Net {
-    prefix: String,
-    hub: String,
-    nodes: Vec<String>,
-}
-
-impl Net {
-    fn new() -> Result<Net, String> {
-        let prefix = format!("dc{}", std::process::id() % 100_000);
-        let mut net = Net {
-            hub: format!("{prefix}h"),
-            nodes: Vec::new(),
-            prefix,
-        };
-        ip(&["netns", "add", &net.hub])?;
-        for br in ["br0", "br1"] {
-            ip(&["-n", &net.hub, "link", "add", br, "type", "bridge"])?;
-            ip(&["-n", &net.hub, "link", "set", br, "up"])?;
-        }
-        for i in 0..N {
-            let ns = format!("{}n{i}", net.prefix);
-            ip(&["netns", "add", &ns])?;
-            net.nodes.push(ns.clone());
-            let (a, b) = (net.hub_link(i), format!("{}b{i}", net.prefix));
-            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            ip(&["link", "set", &a, "netns", &net.hub])?;
-            ip(&["link", "set", &b, "netns", &ns])?;
-            ip(&["-n", &net.hub, "link", "set", &a, "master", "br0"])?;
-            ip(&["-n", &net.hub, "link", "set", &a, "up"])?;
-            let addr = format!("{}/24", Net::addr(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", &b])?;
-            ip(&["-n", &ns, "link", "set", &b, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(net)
-    }
-
-    fn addr(i: usize) -> String {
-        format!("198.18.0.{}", i + 1)
-    }
-
-    fn hub_link(&self, i: usize) -> String {
-        format!("{}a{i}", self.prefix)
-    }
-
-    /// Put node `i`'s link on bridge `br`.
-    fn attach(&self, i: usize, br: &str) {
-        ip(&[
-            "-n",
-            &self.hub,
-            "link",
-            "set",
-            &self.hub_link(i),
-            "master",
-            br,
-        ])
-        .unwrap();
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in self.nodes.iter().chain(std::iter::once(&self.hub)) {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
 
 /// Run a `dcloud` query inside node `i`'s namespace.
 fn query(ns: &str, args: &[&str]) -> Option<Value> {
@@ -146,38 +53,24 @@ fn has(policy: &Value, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_three_two_publish_both_sides_heal_converge() {
-    if !is_root() {
-        println!("SKIPPED: network namespaces need root");
+    if let Some(why) = netns::missing(false) {
+        println!("SKIPPED: {why}");
         return;
     }
-    if ip(&["-V"]).is_err() {
-        println!("SKIPPED: iproute2 (`ip`) is not installed");
-        return;
-    }
-    let net = match Net::new() {
+    let net = match Net::new(NetSpec {
+        prefix: format!("dc{}", std::process::id() % 100_000),
+        subnet: "198.18.0",
+        nodes: N,
+        bridges: &["br0", "br1"],
+        host_addr: None,
+    }) {
         Ok(n) => n,
         Err(e) => {
             println!("SKIPPED: cannot create network namespaces here: {e}");
             return;
         }
     };
-    let mut f = Fleet::new(0, 1);
-    for i in 0..N {
-        let k = f.add_node(&format!("site-{i}"), 1);
-        let n = &mut f.nodes[k];
-        n.ip = Net::addr(i);
-        n.p2p_port = 7700;
-        n.api = "127.0.0.1:7780".into();
-        n.netns = Some(net.nodes[i].clone());
-    }
-    let boot = [f.nodes[0].addr(), f.nodes[3].addr()];
-    for (i, n) in f.nodes.iter_mut().enumerate() {
-        n.bootstrap = boot
-            .iter()
-            .filter(|a| **a != format!("/ip4/{}/tcp/7700", Net::addr(i)))
-            .cloned()
-            .collect();
-    }
+    let mut f = netns::fleet(&net, |_| "127.0.0.1:7780".into(), &[0, 3]);
     f.start_all();
     let ns = net.nodes.clone();
     f.wait(

@@ -8,7 +8,8 @@ mod support;
 use std::time::Duration;
 
 use dcloud_crdt::root::encode_chain;
-use dcloud_crdt::{Bundle, Edit, Level, PolicyEditor, SecretKey, SignedTrustRoot, TrustRoot};
+use dcloud_crdt::testkit::{self, trust_root};
+use dcloud_crdt::{Bundle, SecretKey, SignedTrustRoot, TrustRoot};
 use support::Fleet;
 
 const ALL: [usize; 2] = [0, 1];
@@ -31,11 +32,8 @@ async fn rotation_revokes_and_the_root_never_goes_back() {
     let new_key = SecretKey::generate();
     let v2 = SignedTrustRoot::sign(
         TrustRoot {
-            version: 2,
-            threshold: 1,
-            keys: vec![new_key.public()],
             grandfathered_heads: vec![c.hash().unwrap().0],
-            ..Default::default()
+            ..trust_root(2, &[new_key.public()], 1)
         },
         &[&f.auth, &new_key],
     );
@@ -63,10 +61,8 @@ async fn rotation_revokes_and_the_root_never_goes_back() {
     f.policy.pop();
 
     // The new key governs.
-    let mut ed = PolicyEditor::new(&f.policy).unwrap();
-    ed.push(Edit::Set(Level::Fleet, "after.rotation".into(), 1.into()))
-        .unwrap();
-    let good = ed.finish(&new_key, 2).unwrap();
+    let edit = Fleet::set_fleet("after.rotation", 1.into());
+    let good = testkit::sign_policy(&f.policy, [edit], 2, &[&new_key]);
     let head = Fleet::head(&good);
     let bundle = Bundle {
         roots: vec![v1.clone(), v2.clone()],
@@ -81,12 +77,7 @@ async fn rotation_revokes_and_the_root_never_goes_back() {
     // refused with a reason, never silently ignored.
     let intruder = SecretKey::generate();
     let other_v2 = SignedTrustRoot::sign(
-        TrustRoot {
-            version: 2,
-            threshold: 1,
-            keys: vec![intruder.public()],
-            ..Default::default()
-        },
+        trust_root(2, &[intruder.public()], 1),
         &[&f.auth2, &intruder],
     );
     let bundle = Bundle {

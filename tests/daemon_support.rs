@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use dcloud_crdt::policy::{Edit, Level, Member, PolicyEditor};
+use dcloud_crdt::policy::{Edit, Level};
 use dcloud_crdt::root::encode_chain;
+use dcloud_crdt::testkit::{self, trust_root};
 use dcloud_crdt::{Bundle, NodeId, SecretKey, SignedChange, SignedTrustRoot, TrustRoot};
 use serde_json::Value;
 
@@ -159,12 +160,9 @@ impl Fleet {
         let auth2 = SecretKey::generate();
         let root = SignedTrustRoot::sign(
             TrustRoot {
-                version: 1,
-                threshold: 1,
-                keys: vec![auth.public(), auth2.public()],
                 timestamp_keys: timestamp.iter().map(|k| k.public()).collect(),
                 timestamp_threshold: u32::from(timestamp.is_some()),
-                ..Default::default()
+                ..trust_root(1, &[auth.public(), auth2.public()], 1)
             },
             &[&auth],
         );
@@ -331,30 +329,22 @@ impl Fleet {
 
     /// Sign `edits` as one policy change on top of everything signed so far.
     pub fn sign(&mut self, edits: Vec<Edit>) -> SignedChange {
-        let mut ed = PolicyEditor::new(&self.policy).expect("base loads");
-        for e in edits {
-            ed.push(e).expect("edit is valid");
-        }
-        let c = ed.finish(&self.auth, 1).expect("signs");
+        let c = testkit::sign_policy(&self.policy, edits, 1, &[&self.auth]);
         self.policy.push(c.clone());
         c
+    }
+
+    /// `edits` signed on top of the policy so far by a fresh key outside the
+    /// trust root (a forgery); not added to [`Fleet::policy`].
+    pub fn forge(&self, edits: Vec<Edit>) -> SignedChange {
+        testkit::sign_policy(&self.policy, edits, 1, &[&SecretKey::generate()])
     }
 
     /// An edit enrolling node `i`.
     pub fn enrol(&self, i: usize) -> Edit {
         let n = &self.nodes[i];
-        Edit::Enrol(
-            n.id,
-            Member {
-                name: n.name.clone(),
-                region: if i.is_multiple_of(2) {
-                    "eu".into()
-                } else {
-                    "us".into()
-                },
-                labels: Default::default(),
-            },
-        )
+        let region = if i.is_multiple_of(2) { "eu" } else { "us" };
+        testkit::enrol(n.id, n.name.clone(), region)
     }
 
     /// A fleet-level config edit.

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use dcloud_crdt::status::{AppliedPolicy, HealthCheck};
+use dcloud_crdt::testkit;
 use dcloud_crdt::{
-    Edit, Limits, Member, NodeStatus, PolicyEditor, Replica, SecretKey, SignedChange,
-    SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+    Edit, Limits, Member, NodeStatus, Replica, SecretKey, SignedChange, SignedTrustRoot,
+    StatusWriter, TrustChain,
 };
 
 pub(crate) struct Bench {
@@ -56,14 +57,9 @@ pub(crate) fn realistic_status(i: usize, hb: u64) -> NodeStatus {
 impl Bench {
     /// An authority and `n` enrolled nodes (enrolled in changes of 1,000).
     pub(crate) fn new(n: usize) -> Bench {
-        let auth = SecretKey::from_seed([200; 32]);
-        let root = TrustRoot {
-            version: 1,
-            threshold: 1,
-            keys: vec![auth.public()],
-            ..Default::default()
-        };
-        let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&auth])]).unwrap();
+        let auth = testkit::seeded_key(200);
+        let root = SignedTrustRoot::sign(testkit::trust_root(1, &[auth.public()], 1), &[&auth]);
+        let chain = TrustChain::from_roots(vec![root]).unwrap();
         let keys: Vec<SecretKey> = (0..n)
             .map(|i| {
                 let mut seed = [0u8; 32];
@@ -72,24 +68,15 @@ impl Bench {
             })
             .collect();
         let mut policy: Vec<SignedChange> = Vec::new();
-        for chunk in keys.chunks(1000).enumerate() {
-            let (c, ks) = chunk;
-            let mut ed = PolicyEditor::new(&policy).unwrap();
-            for (j, k) in ks.iter().enumerate() {
+        for (c, ks) in keys.chunks(1000).enumerate() {
+            let edits = ks.iter().enumerate().map(|(j, k)| {
                 let i = c * 1000 + j;
                 let mut labels = BTreeMap::new();
                 labels.insert("tier".to_string(), (i % 3).to_string());
-                ed.push(Edit::Enrol(
-                    k.public(),
-                    Member {
-                        name: format!("site-{i:05}"),
-                        region: format!("region-{}", i % 12),
-                        labels,
-                    },
-                ))
-                .unwrap();
-            }
-            policy.push(ed.finish(&auth, 1).unwrap());
+                let member = testkit::member(format!("site-{i:05}"), format!("region-{}", i % 12));
+                Edit::Enrol(k.public(), Member { labels, ..member })
+            });
+            policy.push(testkit::sign_policy(&policy, edits, 1, &[&auth]));
         }
         let writers = keys
             .into_iter()

@@ -1,5 +1,5 @@
 //! The signed change: one automerge change plus the signatures that authorise it,
-//! and its compact, versioned binary encoding.
+//! and its compact, versioned binary encoding ([`crate::envelope`]).
 //!
 //! A signature covers a domain-separated message: a context string, the document
 //! id, the trust-root version it was made under, and the automerge change hash.
@@ -13,6 +13,7 @@ use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk;
+use crate::envelope::{self, DecodeError, Format};
 use crate::keys::{KeySignature, NodeId, PublicKey, SecretKey};
 use crate::root::SignedTrustRoot;
 
@@ -27,6 +28,19 @@ pub const CHANGE_FORMAT_VERSION: u8 = 2;
 pub const BUNDLE_MAGIC: &[u8; 8] = b"DCBUNDLE";
 /// Version byte of the bundle encoding (2: changes of format 2).
 pub const BUNDLE_FORMAT_VERSION: u8 = 2;
+
+/// The envelope of a signed change: a version byte, no magic.
+const CHANGE_FORMAT: Format = Format {
+    what: "signed change",
+    magic: b"",
+    version: CHANGE_FORMAT_VERSION,
+};
+/// The envelope of a bundle file.
+const BUNDLE_FORMAT: Format = Format {
+    what: "bundle",
+    magic: BUNDLE_MAGIC,
+    version: BUNDLE_FORMAT_VERSION,
+};
 
 /// Bytes of the random nonce that follows the signer's key in an actor id.
 pub const ACTOR_NONCE_BYTES: usize = 16;
@@ -160,35 +174,6 @@ impl Limits {
     }
 }
 
-/// Errors decoding a signed change or a bundle.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
-    /// No bytes at all.
-    #[error("empty input")]
-    Empty,
-    /// The format version is not one this build reads.
-    #[error(
-        "format version {0} is not read by this build (it reads the current version only; re-make the file with this release's tools)"
-    )]
-    UnknownVersion(u8),
-    /// The bytes are not a bundle file.
-    #[error("not a dcloud bundle (bad magic)")]
-    BadMagic,
-    /// Larger than the bound.
-    #[error("{what} is {size} bytes, over the {max}-byte limit")]
-    TooLarge {
-        /// What was too large.
-        what: &'static str,
-        /// Its size.
-        size: usize,
-        /// The bound.
-        max: usize,
-    },
-    /// The bytes do not decode.
-    #[error("malformed: {0}")]
-    Malformed(String),
-}
-
 /// A change with the signatures that authorise it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedChange {
@@ -282,33 +267,12 @@ impl SignedChange {
 
     /// Encode: one version byte, then the fields (postcard).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![CHANGE_FORMAT_VERSION];
-        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
-        out
+        envelope::encode(&CHANGE_FORMAT, self)
     }
 
     /// Decode, refusing input over `max_bytes`.
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Self, DecodeError> {
-        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if bytes.len() > max_bytes {
-            return Err(DecodeError::TooLarge {
-                what: "signed change",
-                size: bytes.len(),
-                max: max_bytes,
-            });
-        }
-        if version != CHANGE_FORMAT_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
-        let (change, rest): (SignedChange, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
-        }
-        Ok(change)
+        envelope::decode(&CHANGE_FORMAT, bytes, max_bytes)
     }
 }
 
@@ -324,38 +288,11 @@ pub struct Bundle {
 impl Bundle {
     /// Encode: magic, version byte, then the fields (postcard).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = BUNDLE_MAGIC.to_vec();
-        out.push(BUNDLE_FORMAT_VERSION);
-        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
-        out
+        envelope::encode(&BUNDLE_FORMAT, self)
     }
 
     /// Decode, refusing input over `max_bytes`.
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Self, DecodeError> {
-        if bytes.is_empty() {
-            return Err(DecodeError::Empty);
-        }
-        if bytes.len() > max_bytes {
-            return Err(DecodeError::TooLarge {
-                what: "bundle",
-                size: bytes.len(),
-                max: max_bytes,
-            });
-        }
-        if bytes.len() < 9 || &bytes[..8] != BUNDLE_MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        if bytes[8] != BUNDLE_FORMAT_VERSION {
-            return Err(DecodeError::UnknownVersion(bytes[8]));
-        }
-        let (bundle, rest): (Bundle, &[u8]) = postcard::take_from_bytes(&bytes[9..])
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
-        }
-        Ok(bundle)
+        envelope::decode(&BUNDLE_FORMAT, bytes, max_bytes)
     }
 }

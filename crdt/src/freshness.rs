@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::DecodeError;
+use crate::envelope::{self, DecodeError, Format};
 use crate::keys::{KeySignature, PublicKey, SecretKey};
 use crate::root::{TrustChain, TrustRoot};
 use crate::verify::{SignatureError, distinct_signers, verify_all};
@@ -35,6 +35,13 @@ pub const FRESHNESS_FORMAT_VERSION: u8 = 1;
 
 /// Largest encoded statement accepted.
 pub const FRESHNESS_SIZE_MAX_BYTES: usize = 64 << 10;
+
+/// The envelope of a statement: a version byte, no magic.
+const FRESHNESS_FORMAT: Format = Format {
+    what: "freshness statement",
+    magic: b"",
+    version: FRESHNESS_FORMAT_VERSION,
+};
 
 /// Most policy heads one statement may name.
 pub const FRESHNESS_HEADS_MAX: usize = 256;
@@ -177,34 +184,13 @@ impl SignedFreshness {
 
     /// Encode: one version byte, then the fields (postcard).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FRESHNESS_FORMAT_VERSION];
-        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
-        out
+        envelope::encode(&FRESHNESS_FORMAT, self)
     }
 
     /// Decode, refusing input over [`FRESHNESS_SIZE_MAX_BYTES`], another
     /// version, and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if bytes.len() > FRESHNESS_SIZE_MAX_BYTES {
-            return Err(DecodeError::TooLarge {
-                what: "freshness statement",
-                size: bytes.len(),
-                max: FRESHNESS_SIZE_MAX_BYTES,
-            });
-        }
-        if version != FRESHNESS_FORMAT_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
-        let (st, rest): (SignedFreshness, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
-        }
-        Ok(st)
+        envelope::decode(&FRESHNESS_FORMAT, bytes, FRESHNESS_SIZE_MAX_BYTES)
     }
 
     /// The signers' keys (for logs).
@@ -339,7 +325,11 @@ mod tests {
         v[0] = 2;
         assert_eq!(
             SignedFreshness::decode(&v),
-            Err(DecodeError::UnknownVersion(2))
+            Err(DecodeError::UnknownVersion {
+                what: "freshness statement",
+                found: 2,
+                expected: FRESHNESS_FORMAT_VERSION
+            })
         );
         bytes.push(0);
         assert!(matches!(

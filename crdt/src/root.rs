@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{self, DecodeError, Format};
 use crate::keys::{KeySignature, PublicKey};
 use crate::verify::{SignatureError, distinct_signers, verify_all};
 
@@ -17,6 +18,14 @@ const ROOT_CONTEXT: &[u8] = b"dcloud/root/v2\0";
 /// Version byte of a trust-chain file ([`encode_chain`]). Version 2 added the
 /// grandfathered heads and the timestamp keys; a version-1 file is refused.
 pub const CHAIN_FORMAT_VERSION: u8 = 2;
+/// Largest trust-chain file read.
+pub const CHAIN_SIZE_MAX_BYTES: usize = 1 << 20;
+/// The envelope of a trust-chain file: a version byte, no magic.
+const CHAIN_FORMAT: Format = Format {
+    what: "trust chain",
+    magic: b"",
+    version: CHAIN_FORMAT_VERSION,
+};
 /// Most grandfathered heads one rotation may record.
 pub const GRANDFATHERED_HEADS_MAX: usize = 1024;
 
@@ -324,29 +333,11 @@ impl TrustChain {
 
 /// Encode a chain for a file: a version byte, then postcard.
 pub fn encode_chain(roots: &[SignedTrustRoot]) -> Vec<u8> {
-    let mut out = vec![CHAIN_FORMAT_VERSION];
-    postcard::to_io(&roots.to_vec(), &mut out).expect("writing to a Vec cannot fail");
-    out
+    envelope::encode(&CHAIN_FORMAT, roots)
 }
 
-/// Decode a chain written by [`encode_chain`].
-pub fn decode_chain(bytes: &[u8]) -> Result<Vec<SignedTrustRoot>, crate::change::DecodeError> {
-    use crate::change::DecodeError;
-    let (&v, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if v != CHAIN_FORMAT_VERSION {
-        return Err(DecodeError::UnknownVersion(v));
-    }
-    if bytes.len() > 1 << 20 {
-        return Err(DecodeError::TooLarge {
-            what: "trust chain",
-            size: bytes.len(),
-            max: 1 << 20,
-        });
-    }
-    let (roots, rest): (Vec<SignedTrustRoot>, &[u8]) =
-        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed("trailing bytes".into()));
-    }
-    Ok(roots)
+/// Decode a chain written by [`encode_chain`], refusing a file over
+/// [`CHAIN_SIZE_MAX_BYTES`].
+pub fn decode_chain(bytes: &[u8]) -> Result<Vec<SignedTrustRoot>, DecodeError> {
+    envelope::decode(&CHAIN_FORMAT, bytes, CHAIN_SIZE_MAX_BYTES)
 }

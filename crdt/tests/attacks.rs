@@ -4,11 +4,12 @@ mod common;
 
 use automerge::transaction::Transactable;
 use common::{Fleet, fingerprint};
-use dcloud_crdt::change::DecodeError;
+use dcloud_crdt::DecodeError;
 use dcloud_crdt::keys::{KeyError, KeySignature, PublicKey, SignatureBytes};
+use dcloud_crdt::testkit::{self, seeded_key};
 use dcloud_crdt::verify::SignatureError;
 use dcloud_crdt::{
-    DocId, Edit, Level, Member, NodeStatus, Outcome, Rejection, Replica, RootError, SecretKey,
+    DocId, Edit, Level, NodeStatus, Outcome, Rejection, Replica, RootError, SecretKey,
     SignedChange, SignedTrustRoot, TrustRoot,
 };
 use serde_json::json;
@@ -228,13 +229,8 @@ fn one_key_signing_twice_counts_once() {
     );
 
     // A root listing one key twice does not reach a threshold of 2 with it.
-    let a = SecretKey::from_seed([50; 32]);
-    let root = TrustRoot {
-        version: 1,
-        threshold: 2,
-        keys: vec![a.public(), a.public()],
-        ..Default::default()
-    };
+    let a = seeded_key(50);
+    let root = testkit::trust_root(1, &[a.public(), a.public()], 2);
     let err = dcloud_crdt::TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&a, &a])])
         .unwrap_err();
     assert!(matches!(err, RootError::Malformed { .. }), "{err}");
@@ -316,12 +312,10 @@ fn next_root_over(
     heads: &[dcloud_crdt::ChangeHash],
 ) -> SignedTrustRoot {
     let _ = fleet;
+    let keys: Vec<PublicKey> = new_keys.iter().map(|k| k.public()).collect();
     let root = TrustRoot {
-        version,
-        threshold: 2,
-        keys: new_keys.iter().map(|k| k.public()).collect(),
         grandfathered_heads: heads.iter().map(|h| h.0).collect(),
-        ..Default::default()
+        ..testkit::trust_root(version, &keys, 2)
     };
     SignedTrustRoot::sign(root, signers)
 }
@@ -333,7 +327,7 @@ fn rotated_out_key_no_longer_governs() {
     // rotation; the grandfathered history stays valid, also for a replica that
     // receives it only after the rotation.
     let (fleet, mut r, enrol) = setup();
-    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([70 + i; 32])).collect();
+    let n: Vec<SecretKey> = (0..3).map(|i| seeded_key(70 + i)).collect();
     let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
     let new: Vec<&SecretKey> = n.iter().collect();
     let before_rotation = fleet.set(std::slice::from_ref(&enrol), "a", json!(1));
@@ -400,7 +394,7 @@ fn rotation_drops_old_changes_it_does_not_grandfather() {
             .iter()
             .all(|x| x.outcome == Outcome::Applied)
     );
-    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([80 + i; 32])).collect();
+    let n: Vec<SecretKey> = (0..3).map(|i| seeded_key(80 + i)).collect();
     let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
     let new: Vec<&SecretKey> = n.iter().collect();
     let v2 = next_root_over(&fleet, 2, &new, &both, &a.policy_heads());
@@ -414,7 +408,7 @@ fn rotation_drops_old_changes_it_does_not_grandfather() {
 #[test]
 fn trust_root_rotation_attacks_are_refused() {
     let (fleet, mut r, _) = setup();
-    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([60 + i; 32])).collect();
+    let n: Vec<SecretKey> = (0..3).map(|i| seeded_key(60 + i)).collect();
     let new: Vec<&SecretKey> = n.iter().collect();
     let old: Vec<&SecretKey> = fleet.authorities.iter().collect();
     let both: Vec<&SecretKey> = old.iter().chain(new.iter()).copied().collect();
@@ -476,17 +470,15 @@ fn trust_root_rotation_attacks_are_refused() {
 #[test]
 fn policy_under_rotated_root_needs_new_keys() {
     let (fleet, mut r, enrol) = setup();
-    let n: Vec<SecretKey> = (0..3).map(|i| SecretKey::from_seed([60 + i; 32])).collect();
+    let n: Vec<SecretKey> = (0..3).map(|i| seeded_key(60 + i)).collect();
     let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
     let new: Vec<&SecretKey> = n.iter().collect();
     r.ingest_root(next_root_over(&fleet, 2, &new, &both, &r.policy_heads()))
         .unwrap();
     // Old keys claiming v2: not in v2's key set.
-    let mut ed = dcloud_crdt::PolicyEditor::new(std::slice::from_ref(&enrol)).unwrap();
-    ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
-        .unwrap();
-    let mut sc = ed.finish(&fleet.authorities[0], 2).unwrap();
-    sc.cosign(&fleet.authorities[1]).unwrap();
+    let set_a = || vec![Edit::Set(Level::Fleet, "a".into(), json!(1))];
+    let old = [&fleet.authorities[0], &fleet.authorities[1]];
+    let sc = testkit::sign_policy(std::slice::from_ref(&enrol), set_a(), 2, &old);
     let why = assert_rejected(&mut r, sc);
     assert_eq!(
         why,
@@ -497,11 +489,7 @@ fn policy_under_rotated_root_needs_new_keys() {
         }
     );
     // New keys under v2: accepted.
-    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol]).unwrap();
-    ed.push(Edit::Set(Level::Fleet, "a".into(), json!(1)))
-        .unwrap();
-    let mut sc = ed.finish(&n[0], 2).unwrap();
-    sc.cosign(&n[1]).unwrap();
+    let sc = testkit::sign_policy(&[enrol], set_a(), 2, &[&n[0], &n[1]]);
     assert_eq!(r.ingest(vec![sc])[0].outcome, Outcome::Applied);
 }
 
@@ -509,18 +497,11 @@ fn policy_under_rotated_root_needs_new_keys() {
 fn oversized_change_is_rejected() {
     let (fleet, mut r, enrol) = setup();
     let big = "x".repeat(r.limits().policy_change_size_max_bytes);
-    let mut ed = dcloud_crdt::PolicyEditor::new(&[enrol]).unwrap();
     // The editor bounds one value; many values make one oversized change.
-    for i in 0..(big.len() / 60_000 + 1) {
-        ed.push(Edit::Set(
-            Level::Fleet,
-            format!("k{i}"),
-            json!(big[..60_000]),
-        ))
-        .unwrap();
-    }
-    let mut sc = ed.finish(&fleet.authorities[0], 1).unwrap();
-    sc.cosign(&fleet.authorities[1]).unwrap();
+    let edits = (0..(big.len() / 60_000 + 1))
+        .map(|i| Edit::Set(Level::Fleet, format!("k{i}"), json!(big[..60_000])))
+        .collect();
+    let sc = fleet.sign_policy(&[enrol], edits);
     let why = assert_rejected(&mut r, sc);
     assert!(matches!(why, Rejection::TooLarge { .. }), "{why}");
 
@@ -571,7 +552,11 @@ fn malformed_and_truncated_bytes_are_rejected() {
         other[0] = v;
         assert_eq!(
             SignedChange::decode(&other, 1 << 20).unwrap_err(),
-            DecodeError::UnknownVersion(v)
+            DecodeError::UnknownVersion {
+                what: "signed change",
+                found: v,
+                expected: dcloud_crdt::change::CHANGE_FORMAT_VERSION
+            }
         );
     }
     assert!(matches!(
@@ -631,14 +616,7 @@ fn site_edit_of_unenrolled_node_is_refused_by_the_editor() {
         .unwrap_err();
     assert!(err.to_string().contains("not enrolled"), "{err}");
     let err = ed
-        .push(Edit::Enrol(
-            stranger,
-            Member {
-                name: "x".into(),
-                region: "bad region".into(),
-                labels: Default::default(),
-            },
-        ))
+        .push(testkit::enrol(stranger, "x", "bad region"))
         .unwrap_err();
     assert!(err.to_string().contains("region"), "{err}");
 }

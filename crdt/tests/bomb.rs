@@ -22,6 +22,7 @@ use automerge::{ActorId, AutoCommit, ObjType, ROOT};
 use common::{Fleet, fingerprint};
 use dcloud_crdt::change::signing_message;
 use dcloud_crdt::chunk::{self, CHANGE_OPS_MAX, ChunkError};
+use dcloud_crdt::testkit;
 use dcloud_crdt::{
     DocId, Edit, Level, Member, NodeStatus, Outcome, Rejection, SecretKey, SignedChange,
 };
@@ -524,9 +525,8 @@ fn enrol_many(fleet: &Fleet, n: usize, label_bytes: usize) -> SignedChange {
             Edit::Enrol(
                 node,
                 Member {
-                    name: format!("site-{i}"),
-                    region: format!("r{}", i % 7),
                     labels,
+                    ..testkit::member(format!("site-{i}"), format!("r{}", i % 7))
                 },
             )
         })

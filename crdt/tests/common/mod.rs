@@ -1,9 +1,10 @@
 //! A small fleet for tests: authorities, a trust root, nodes and their enrolment.
 #![allow(dead_code)]
 
+use dcloud_crdt::testkit::{self, seeded_key, trust_root};
 use dcloud_crdt::{
-    Edit, Level, Limits, Member, NodeId, PolicyEditor, Replica, SecretKey, SignedChange,
-    SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+    Edit, Level, Limits, NodeId, PublicKey, Replica, SecretKey, SignedChange, SignedTrustRoot,
+    StatusWriter, TrustChain,
 };
 
 pub(crate) struct Fleet {
@@ -16,20 +17,11 @@ pub(crate) struct Fleet {
 impl Fleet {
     /// `n_auth` authorities with `threshold`, and `n_nodes` nodes (not yet enrolled).
     pub(crate) fn new(n_auth: u8, threshold: u32, n_nodes: u8) -> Self {
-        let authorities: Vec<SecretKey> = (0..n_auth)
-            .map(|i| SecretKey::from_seed([100 + i; 32]))
-            .collect();
-        let root = TrustRoot {
-            version: 1,
-            threshold,
-            keys: authorities.iter().map(|k| k.public()).collect(),
-            ..Default::default()
-        };
+        let authorities: Vec<SecretKey> = (0..n_auth).map(|i| seeded_key(100 + i)).collect();
+        let keys: Vec<PublicKey> = authorities.iter().map(|k| k.public()).collect();
         let signers: Vec<&SecretKey> = authorities.iter().collect();
-        let root = SignedTrustRoot::sign(root, &signers);
-        let nodes = (0..n_nodes)
-            .map(|i| SecretKey::from_seed([i + 1; 32]))
-            .collect();
+        let root = SignedTrustRoot::sign(trust_root(1, &keys, threshold), &signers);
+        let nodes = (0..n_nodes).map(|i| seeded_key(i + 1)).collect();
         Fleet {
             authorities,
             threshold,
@@ -66,30 +58,14 @@ impl Fleet {
         edits: Vec<Edit>,
         signers: &[usize],
     ) -> SignedChange {
-        let mut ed = PolicyEditor::new(base).expect("base loads");
-        for e in edits {
-            ed.push(e).expect("edit is valid");
-        }
-        let mut sc = ed.finish(&self.authorities[signers[0]], 1).expect("edits");
-        for &i in &signers[1..] {
-            sc.cosign(&self.authorities[i]).expect("parses");
-        }
-        sc
+        let signers: Vec<&SecretKey> = signers.iter().map(|&i| &self.authorities[i]).collect();
+        testkit::sign_policy(base, edits, 1, &signers)
     }
 
     /// One change enrolling every node, regions r0/r1 alternating.
     pub(crate) fn enrolment(&self) -> SignedChange {
         let edits = (0..self.nodes.len())
-            .map(|i| {
-                Edit::Enrol(
-                    self.node(i),
-                    Member {
-                        name: format!("site-{i}"),
-                        region: format!("r{}", i % 2),
-                        labels: Default::default(),
-                    },
-                )
-            })
+            .map(|i| testkit::enrol(self.node(i), format!("site-{i}"), format!("r{}", i % 2)))
             .collect();
         self.sign_policy(&[], edits)
     }

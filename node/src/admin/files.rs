@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dcloud_crdt::change::DecodeError;
+use dcloud_crdt::DecodeError;
 use dcloud_crdt::root::{decode_chain, encode_chain};
 use dcloud_crdt::{Bundle, SignedTrustRoot};
 
