@@ -1138,13 +1138,10 @@ fn a_node_with_no_members_admits_anyone_until_a_policy_with_members_arrives() {
     // A policy enrolling nodes 0 and 1 (not 2) arrives.
     let mut ed = PolicyEditor::new(&[]).unwrap();
     for (i, k) in keys.iter().take(2).enumerate() {
-        ed.push(Edit::Enrol(
+        ed.push(dcloud_crdt::testkit::enrol(
             k.public(),
-            Member {
-                name: format!("n{i}"),
-                region: "eu".into(),
-                labels: Default::default(),
-            },
+            format!("n{i}"),
+            "eu",
         ))
         .unwrap();
     }
