@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use dcloud_crdt::testkit;
 use dcloud_crdt::{
-    DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, Outcome, PolicyEditor, RejectionKind,
-    Replica, SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+    DocId, Edit, Level, Limits, NodeId, NodeStatus, Outcome, PolicyEditor, RejectionKind, Replica,
+    SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -47,31 +48,21 @@ impl Fleet {
         config: EngineConfig,
         timestamp: Option<dcloud_crdt::PublicKey>,
     ) -> Fleet {
-        let authority = SecretKey::from_seed([1; 32]);
+        let authority = testkit::seeded_key(1);
         let root = TrustRoot {
-            version: 1,
-            threshold: 1,
-            keys: vec![authority.public()],
             timestamp_keys: timestamp.into_iter().collect(),
             timestamp_threshold: u32::from(timestamp.is_some()),
-            ..Default::default()
+            ..testkit::trust_root(1, &[authority.public()], 1)
         };
         let chain =
             TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
         let keys: Vec<SecretKey> = (0..n + extra).map(node_key).collect();
-        let mut ed = PolicyEditor::new(&[]).unwrap();
-        for (i, k) in keys.iter().take(n).enumerate() {
-            ed.push(Edit::Enrol(
-                k.public(),
-                Member {
-                    name: format!("n{i}"),
-                    region: "eu".into(),
-                    labels: Default::default(),
-                },
-            ))
-            .unwrap();
-        }
-        let enrol = ed.finish(&authority, 1).unwrap();
+        let enrols = keys
+            .iter()
+            .take(n)
+            .enumerate()
+            .map(|(i, k)| testkit::enrol(k.public(), format!("n{i}"), "eu"));
+        let enrol = testkit::sign_policy(&[], enrols, 1, &[&authority]);
         let mut f = Fleet {
             authority,
             policy: vec![enrol.clone()],
@@ -1110,13 +1101,8 @@ fn admission_is_the_engines_rule_and_a_refused_peer_up_is_one_typed_disconnect()
 #[test]
 fn a_node_with_no_members_admits_anyone_until_a_policy_with_members_arrives() {
     // Two engines whose replicas hold no policy at all (a site just set up).
-    let authority = SecretKey::from_seed([1; 32]);
-    let root = TrustRoot {
-        version: 1,
-        threshold: 1,
-        keys: vec![authority.public()],
-        ..Default::default()
-    };
+    let authority = testkit::seeded_key(1);
+    let root = testkit::trust_root(1, &[authority.public()], 1);
     let chain = TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
     let keys = [node_key(0), node_key(1), node_key(2)];
     let mut rng = StdRng::seed_from_u64(3);
@@ -1136,16 +1122,8 @@ fn a_node_with_no_members_admits_anyone_until_a_policy_with_members_arrives() {
     }
     assert_eq!(e.peers().len(), 2);
     // A policy enrolling nodes 0 and 1 (not 2) arrives.
-    let mut ed = PolicyEditor::new(&[]).unwrap();
-    for (i, k) in keys.iter().take(2).enumerate() {
-        ed.push(dcloud_crdt::testkit::enrol(
-            k.public(),
-            format!("n{i}"),
-            "eu",
-        ))
-        .unwrap();
-    }
-    let enrol = ed.finish(&authority, 1).unwrap();
+    let enrols = (0..2).map(|i| testkit::enrol(keys[i].public(), format!("n{i}"), "eu"));
+    let enrol = testkit::sign_policy(&[], enrols, 1, &[&authority]);
     let outs = e.handle(
         Input::Publish {
             roots: vec![],
@@ -1259,13 +1237,8 @@ fn an_invalid_engine_config_is_refused_by_name() {
     let err = cfg.validate().unwrap_err();
     assert_eq!(err.field, "graft_timeout_ms");
     let panic = std::panic::catch_unwind(|| {
-        let authority = SecretKey::from_seed([1; 32]);
-        let root = TrustRoot {
-            version: 1,
-            threshold: 1,
-            keys: vec![authority.public()],
-            ..Default::default()
-        };
+        let authority = testkit::seeded_key(1);
+        let root = testkit::trust_root(1, &[authority.public()], 1);
         let chain =
             TrustChain::from_roots(vec![SignedTrustRoot::sign(root, &[&authority])]).unwrap();
         Engine::new(

@@ -3,6 +3,7 @@
 //! announcement, ranges per reconciliation step, heads per document) and every
 //! failure is a typed [`WireError`]; decoding never panics.
 
+use dcloud_crdt::envelope::{self, DecodeError, Format};
 use dcloud_crdt::{ChangeHash, DocId, NodeId, SignedChange, SignedTrustRoot};
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,13 @@ use serde::{Deserialize, Serialize};
 /// refused with [`WireError::UnknownVersion`].
 /// Version 2 added [`Message::Freshness`].
 pub const WIRE_VERSION: u8 = 2;
+
+/// The engine message envelope: no magic, the version byte, postcard.
+const WIRE_FORMAT: Format = Format {
+    what: "engine message",
+    magic: b"",
+    version: WIRE_VERSION,
+};
 
 /// One change, named compactly: its document and automerge hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -200,12 +208,9 @@ pub enum WireError {
         /// The bound.
         max: usize,
     },
-    /// Postcard could not decode the body.
+    /// Postcard could not decode the body, or bytes trail it.
     #[error("malformed message: {0}")]
     Malformed(String),
-    /// Bytes after the message.
-    #[error("{0} trailing bytes after the message")]
-    Trailing(usize),
     /// A list longer than its bound.
     #[error("{what}: {count} entries, over the limit of {max}")]
     TooMany {
@@ -237,30 +242,23 @@ pub enum WireError {
 }
 
 impl Message {
-    /// Encode: the version byte, then postcard.
+    /// Encode: the version byte, then postcard (an envelope with no magic,
+    /// [`dcloud_crdt::envelope`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![WIRE_VERSION];
-        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
-        out
+        envelope::encode(&WIRE_FORMAT, self)
     }
 
-    /// Decode bytes from a peer, enforcing `limits`.
+    /// Decode bytes from a peer, enforcing `limits`: the envelope's checks
+    /// (size first, then version, postcard, trailing bytes), then every
+    /// list's bound.
     pub fn decode(bytes: &[u8], limits: &WireLimits) -> Result<Message, WireError> {
-        let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
-        if bytes.len() > limits.message_size_max_bytes {
-            return Err(WireError::TooLarge {
-                size: bytes.len(),
-                max: limits.message_size_max_bytes,
-            });
-        }
-        if version != WIRE_VERSION {
-            return Err(WireError::UnknownVersion(version));
-        }
-        let (msg, rest): (Message, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(WireError::Trailing(rest.len()));
-        }
+        let msg: Message = envelope::decode(&WIRE_FORMAT, bytes, limits.message_size_max_bytes)
+            .map_err(|e| match e {
+                DecodeError::TooLarge { size, max, .. } => WireError::TooLarge { size, max },
+                DecodeError::Empty | DecodeError::BadMagic { .. } => WireError::Empty,
+                DecodeError::UnknownVersion { found, .. } => WireError::UnknownVersion(found),
+                DecodeError::Malformed(why) => WireError::Malformed(why),
+            })?;
         msg.check(limits)?;
         Ok(msg)
     }
