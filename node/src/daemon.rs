@@ -100,6 +100,9 @@ pub enum StartError {
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// The engine cannot start from the store.
+    #[error(transparent)]
+    Restore(#[from] crate::engine::RestoreError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -405,7 +408,7 @@ impl Durable {
                 actor_seed: None,
             },
             0,
-        );
+        )?;
         epoch_file.raise(restored.epoch)?;
         let replica = engine.replica();
         if restored.roots_ignored > 0 {
@@ -588,7 +591,12 @@ impl Daemon {
                 if let Some((tx, result)) = reply {
                     let _ = tx.send(result);
                 }
-                if std::mem::take(&mut self.dur.policy_change_held) {
+                // Only if what was written is in the store: a write that
+                // failed in this batch (the store refuses writes now) was not
+                // flushed; recovery rewrites the replica, then releases it.
+                if self.dur.store_error.is_none()
+                    && std::mem::take(&mut self.dur.policy_change_held)
+                {
                     self.policy_changed();
                 }
             }

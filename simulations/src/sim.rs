@@ -884,7 +884,8 @@ impl Sim {
                 actor_seed: Some(nonce_seed),
             },
             self.now,
-        );
+        )
+        .expect("epochs start at 1 in the simulator");
         let replica = engine.replica();
         // Safety across restarts: the policy read back from the store never
         // goes behind what the node had applied.

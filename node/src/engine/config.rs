@@ -213,7 +213,9 @@ impl EngineConfig {
         )?;
         ranged("graft_timeout_ms", c.graft_timeout_ms, 1, 60_000)?;
         ranged("graft_retry_ms", c.graft_retry_ms, 1, 60_000)?;
-        ranged("sync_retry_ms", c.sync_retry_ms, 1, 600_000)?;
+        // Below a round trip, every step would be retried with another peer
+        // at once: rounds by the hundred per second.
+        ranged("sync_retry_ms", c.sync_retry_ms, 50, 600_000)?;
         ranged("sync_hold_ms", c.sync_hold_ms, 0, 600_000)?;
         ranged("sync_settle_ms", c.sync_settle_ms, 0, 600_000)?;
         ranged("recent_keep_ms", c.recent_keep_ms, 0, 86_400_000)?;
@@ -222,6 +224,20 @@ impl EngineConfig {
             u64::from(c.penalty_max),
             1,
             u64::from(u32::MAX),
+        )?;
+        // An offence must cost something (else the defence is off), and one
+        // refused request must not be enough to disconnect an honest peer.
+        ranged(
+            "penalty_per_offence",
+            u64::from(c.penalty_per_offence),
+            1,
+            u64::from(c.penalty_max),
+        )?;
+        ranged(
+            "penalty_per_refusal",
+            u64::from(c.penalty_per_refusal),
+            0,
+            u64::from(c.penalty_max) - 1,
         )?;
         ranged("sync_fanout", c.sync_fanout, 2, 64)?;
         ranged("sync_depth_max", u64::from(c.sync_depth_max), 1, 64)?;
@@ -232,10 +248,13 @@ impl EngineConfig {
             1 << 20,
         )?;
         let w = &c.wire;
+        // One message must hold the largest change a replica accepts, with
+        // room for its framing: else a valid change could never be sent.
+        let change_max = dcloud_crdt::Limits::default().encoded_change_size_max_bytes() + (1 << 10);
         ranged(
             "wire.message_size_max_bytes",
             w.message_size_max_bytes as u64,
-            1 << 10,
+            change_max as u64,
             1 << 30,
         )?;
         for (field, v) in [
@@ -259,10 +278,12 @@ impl EngineConfig {
             });
         }
         for (field, v, hi) in [
+            // Batches are filled by an estimate of each change's encoded
+            // size: half the message bound leaves room for its error.
             (
                 "batch_size_max_bytes",
                 c.batch_size_max_bytes,
-                w.message_size_max_bytes,
+                w.message_size_max_bytes / 2,
             ),
             ("sync_send_max_bytes", c.sync_send_max_bytes, usize::MAX),
             ("lazy_queue_max", c.lazy_queue_max, usize::MAX),
@@ -286,6 +307,19 @@ impl EngineConfig {
             u64::MAX,
         )?;
         ranged("answer_burst_bytes", c.answer_burst_bytes, 1, u64::MAX)?;
+        // A budget that never refills would starve honest peers for good.
+        ranged(
+            "answer_work_refill_lookups_per_s",
+            c.answer_work_refill_lookups_per_s,
+            1,
+            u64::MAX,
+        )?;
+        ranged(
+            "answer_refill_bytes_per_s",
+            c.answer_refill_bytes_per_s,
+            1,
+            u64::MAX,
+        )?;
         ranged("status_owner_burst", c.status_owner_burst, 1, u64::MAX)?;
         Ok(())
     }
@@ -325,5 +359,66 @@ mod config_tests {
             ..EngineConfig::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "sync_fanout");
+        // Values that pass a range check alone but break the engine: a
+        // message too small for the largest change, a batch as large as a
+        // message, budgets that never refill, one refusal that disconnects,
+        // no cost for an offence, retries faster than a round trip.
+        let d = EngineConfig::default;
+        for (c, field) in [
+            (
+                EngineConfig {
+                    wire: WireLimits {
+                        message_size_max_bytes: 64 << 10,
+                        ..WireLimits::default()
+                    },
+                    ..d()
+                },
+                "wire.message_size_max_bytes",
+            ),
+            (
+                EngineConfig {
+                    batch_size_max_bytes: 8 << 20,
+                    ..d()
+                },
+                "batch_size_max_bytes",
+            ),
+            (
+                EngineConfig {
+                    answer_refill_bytes_per_s: 0,
+                    ..d()
+                },
+                "answer_refill_bytes_per_s",
+            ),
+            (
+                EngineConfig {
+                    answer_work_refill_lookups_per_s: 0,
+                    ..d()
+                },
+                "answer_work_refill_lookups_per_s",
+            ),
+            (
+                EngineConfig {
+                    penalty_per_refusal: 100,
+                    ..d()
+                },
+                "penalty_per_refusal",
+            ),
+            (
+                EngineConfig {
+                    penalty_per_offence: 0,
+                    ..d()
+                },
+                "penalty_per_offence",
+            ),
+            (
+                EngineConfig {
+                    sync_retry_ms: 1,
+                    ..d()
+                },
+                "sync_retry_ms",
+            ),
+        ] {
+            assert_eq!(c.validate().unwrap_err().field, field);
+        }
     }
 }

@@ -26,8 +26,9 @@
 //! deadline, asked again after every call).
 //!
 //! **Admission** is the engine's rule: a peer may talk to this node if it is
-//! an active member of the policy and not revoked; while this node holds no
-//! policy with members yet (a site that has just been set up), any peer is
+//! an active member of the policy and not revoked; while this node is not
+//! itself an active member of the policy it holds (a site just set up, or one
+//! handed an old policy from before its enrolment), any peer not revoked is
 //! admitted, so that the policy enrolling it can reach it. [`Input::PeerUp`] of
 //! a peer not admitted is answered with [`Output::Disconnect`]
 //! ([`DisconnectReason::NotAdmitted`] or [`DisconnectReason::Revoked`]), and a
@@ -124,7 +125,7 @@ mod state;
 pub mod wire;
 
 pub use config::{EngineConfig, EngineConfigError};
-pub use state::{Engine, EngineStats, RejectReason, Restored, Stored};
+pub use state::{Engine, EngineStats, RejectReason, RestoreError, Restored, Stored};
 pub use wire::{ChangeId, Message, WireError, WireLimits};
 
 use dcloud_crdt::replica::Report;

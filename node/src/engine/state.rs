@@ -220,6 +220,19 @@ pub struct Stored {
     pub actor_seed: Option<u64>,
 }
 
+/// Why [`Engine::restore`] cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// This node has used the last status epoch (a corrupt epoch file or store).
+    #[error(
+        "status epoch {floor} is the last one: this node cannot write its status in a new epoch (is the epoch file corrupt?)"
+    )]
+    EpochsExhausted {
+        /// The highest epoch used.
+        floor: u32,
+    },
+}
+
 /// What [`Engine::restore`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restored {
@@ -416,7 +429,7 @@ impl Engine {
         config: EngineConfig,
         stored: Stored,
         now: Millis,
-    ) -> (Engine, Vec<Output>, Restored) {
+    ) -> Result<(Engine, Vec<Output>, Restored), RestoreError> {
         let Stored {
             key,
             mut chain,
@@ -436,27 +449,28 @@ impl Engine {
         }
         let mut replica = Replica::new(chain, limits);
         let me = key.public();
-        let own_epoch_max = changes
-            .iter()
-            .filter_map(|c| match c.doc {
-                DocId::Status { node, epoch } if node == me => Some(epoch),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
         let stored_count = changes.len();
         let refused = replica
             .ingest(changes)
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Rejected(_)))
             .count();
-        let epoch = epoch_floor.max(own_epoch_max) + 1;
+        // From what the replica accepted, not from what the store claims: a
+        // corrupt stored change must not push the epoch anywhere.
+        let own_epoch_max = replica.status_epoch(&me).unwrap_or(0);
+        let epoch =
+            epoch_floor
+                .max(own_epoch_max)
+                .checked_add(1)
+                .ok_or(RestoreError::EpochsExhausted {
+                    floor: epoch_floor.max(own_epoch_max),
+                })?;
         let writer = match actor_seed {
             Some(seed) => StatusWriter::seeded(key, epoch, EPOCH_CHANGES_DEFAULT, seed),
             None => StatusWriter::new(key, epoch, EPOCH_CHANGES_DEFAULT),
         };
         let (engine, out) = Engine::new(config, replica, writer, now);
-        (
+        Ok((
             engine,
             out,
             Restored {
@@ -465,18 +479,26 @@ impl Engine {
                 roots_ignored,
                 epoch,
             },
-        )
+        ))
     }
 
     /// Whether `peer` may talk to this node: an active member of the policy
-    /// and not revoked, or anyone while the policy has no members yet (the
-    /// bootstrap exception: a site just set up must be able to receive the
-    /// policy that enrols it). The reason when not.
+    /// and not revoked; or anyone not revoked while this node is not itself
+    /// an active member of the policy it holds (none yet, or one from before
+    /// its enrolment: the bootstrap exception, so that a site just set up can
+    /// receive the policy that enrols it). The reason when not.
     pub fn admits(&self, peer: &NodeId) -> Result<(), DisconnectReason> {
         let policy = self.replica.policy();
         if self.revoked.contains(peer) || policy.revoked.contains_key(peer) {
             Err(DisconnectReason::Revoked)
-        } else if policy.members.is_empty() || policy.is_active_member(peer) {
+        } else if policy.members.is_empty()
+            || !policy.is_active_member(&self.id)
+            || policy.is_active_member(peer)
+        {
+            // The bootstrap exception covers a node that is not (or not yet)
+            // a member of the policy it holds: an old policy relayed to a
+            // fresh node must not make it refuse the members that would bring
+            // it the newer one.
             Ok(())
         } else {
             Err(DisconnectReason::NotAdmitted)
@@ -654,7 +676,7 @@ impl Engine {
 
     fn on_peer_up(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
         if let Err(reason) = self.admits(&peer) {
-            self.peers.remove(&peer);
+            self.drop_peer(&peer);
             out.push(Output::Disconnect { peer, reason });
             return;
         }
@@ -1308,12 +1330,21 @@ impl Engine {
             let w = self.config.penalty_per_offence;
             self.penalise(peer, w, reason, out);
         }
-        if not_admitted && self.peers.remove(&peer).is_some() {
+        if not_admitted && self.drop_peer(&peer) {
             out.push(Output::Disconnect {
                 peer,
                 reason: DisconnectReason::Revoked,
             });
         }
+    }
+
+    /// Forget a peer this engine disconnects: its state, the answer awaited
+    /// from it and the ranges held for it (so that no retry round or hold
+    /// outlives the link). True if it was connected.
+    fn drop_peer(&mut self, peer: &NodeId) -> bool {
+        self.awaiting.remove(peer);
+        self.holds.retain(|h| h.2 != *peer);
+        self.peers.remove(peer).is_some()
     }
 
     /// Remember a change by short id for grafts and announcements (bounded in
@@ -1350,7 +1381,7 @@ impl Engine {
             self.index.remove_node(&node);
             self.last_heard.remove(&node);
             out.push(Output::Persist(Persist::DropNode { node }));
-            if self.peers.remove(&node).is_some() {
+            if self.drop_peer(&node) {
                 out.push(Output::Disconnect {
                     peer: node,
                     reason: DisconnectReason::Revoked,
@@ -1365,8 +1396,7 @@ impl Engine {
             .filter_map(|p| self.admits(p).err().map(|r| (*p, r)))
             .collect();
         for (peer, reason) in refused {
-            self.peers.remove(&peer);
-            self.awaiting.remove(&peer);
+            self.drop_peer(&peer);
             out.push(Output::Disconnect { peer, reason });
         }
         if !self.own_unpublished.is_empty() && self.replica.policy().is_active_member(&self.id) {
@@ -2024,7 +2054,7 @@ impl Engine {
         };
         p.penalty = p.penalty.saturating_add(weight);
         if p.penalty >= self.config.penalty_max {
-            self.peers.remove(&peer);
+            self.drop_peer(&peer);
             out.push(Output::Disconnect {
                 peer,
                 reason: DisconnectReason::Misbehaved { offence: reason },

@@ -440,6 +440,11 @@ mod wire_fuzz {
     use super::EngineConfig;
 
     proptest! {
+        // Fixed seed: the same cases every run (the guide's rule for tests).
+        #![proptest_config(ProptestConfig {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0xdc20),
+            ..ProptestConfig::default()
+        })]
         /// Arbitrary bytes never panic the decoder; a bad version is refused.
         #[test]
         fn arbitrary_bytes_decode_or_fail_cleanly(body in proptest::collection::vec(any::<u8>(), 0..512), v in any::<u8>()) {
@@ -1096,6 +1101,9 @@ fn admission_is_the_engines_rule_and_a_refused_peer_up_is_one_typed_disconnect()
     assert!(!f.engines[&b].peers().contains(&outsider));
     // The outsider holds the policy and admits the members (they may enrol it).
     assert_eq!(f.engines[&outsider].admits(&b), Ok(()));
+    // Not a member itself, it admits anyone not revoked: an old policy handed
+    // to a fresh node must not cut it off from those that bring the new one.
+    assert_eq!(f.engines[&outsider].admits(&node_key(9).public()), Ok(()));
 }
 
 #[test]
@@ -1217,15 +1225,37 @@ fn restore_starts_above_every_epoch_used_and_reverifies_the_store() {
         epoch_floor: floor,
         actor_seed: None,
     };
-    let (e, _, r) = Engine::restore(EngineConfig::default(), stored(0, changes.clone()), 0);
+    let (e, _, r) =
+        Engine::restore(EngineConfig::default(), stored(0, changes.clone()), 0).unwrap();
     assert_eq!(r.changes, held.len() + 1);
     assert_eq!(r.refused, 1);
     assert_eq!(r.epoch, own + 1);
     assert_eq!(e.replica().status_epoch(&a), Some(own + 1));
     assert!(e.replica().status(&b).is_some());
     // The epoch file is above the store (a lost store): above the file.
-    let (_, _, r) = Engine::restore(EngineConfig::default(), stored(own + 10, vec![]), 0);
+    let (_, _, r) = Engine::restore(EngineConfig::default(), stored(own + 10, vec![]), 0).unwrap();
     assert_eq!(r.epoch, own + 11);
+    // A stored status change of this node's with a tampered epoch is refused
+    // and moves nothing (the epoch comes from what the replica accepted).
+    let mine = held
+        .iter()
+        .find(|c| matches!(c.doc, DocId::Status { node, .. } if node == a))
+        .unwrap();
+    let mut tampered = mine.clone();
+    tampered.doc = DocId::Status {
+        node: a,
+        epoch: 5_000_000,
+    };
+    let mut changes = vec![tampered];
+    changes.extend(held.iter().cloned());
+    let (_, _, r) = Engine::restore(EngineConfig::default(), stored(0, changes), 0).unwrap();
+    assert_eq!(r.refused, 1);
+    assert_eq!(r.epoch, own + 1);
+    // The last epoch used: a clear error, not a wrap to 0.
+    assert_eq!(
+        Engine::restore(EngineConfig::default(), stored(u32::MAX, vec![]), 0).err(),
+        Some(super::RestoreError::EpochsExhausted { floor: u32::MAX })
+    );
 }
 
 #[test]
