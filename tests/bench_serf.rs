@@ -841,37 +841,7 @@ async fn dcloud_half(nodes: usize, window: Duration, tcpdump: bool) -> Figures {
     .await;
     // Steady: every node heartbeated (a status change seen at node 0) since
     // the mesh formed, as in daemon_bench.
-    let hbs = |v: &Value| -> std::collections::BTreeMap<String, u64> {
-        v["nodes"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| {
-                        (
-                            r["id"].as_str().unwrap_or_default().to_string(),
-                            r["hb"].as_u64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let hb0 = hbs(&f.get(0, "/v1/fleet").await.expect("fleet view"));
-    f.wait(
-        "every node heartbeats once after the fleet formed",
-        Duration::from_millis(heartbeat_ms * 2 + 10_000),
-        async |f| {
-            let Some(v) = f.get(0, "/v1/fleet").await else {
-                return false;
-            };
-            let now = hbs(&v);
-            now.len() == nodes
-                && now
-                    .iter()
-                    .all(|(id, hb)| hb0.get(id).is_some_and(|h0| hb > h0))
-        },
-    )
-    .await;
+    f.wait_heartbeat_round(nodes, heartbeat_ms).await;
     println!(
         "dcloud: {nodes} daemons enrolled, {want_peers} peers each, heartbeating (heartbeat {heartbeat_ms} ms) {:.1} s after start",
         t_start.elapsed().as_secs_f64()

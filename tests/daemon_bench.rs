@@ -140,37 +140,7 @@ async fn bench_32_nodes_publish_to_all_applied() {
     // first change); in a running fleet the heartbeats do that, not a rollout.
     // A rollout right after forming measured 360 to 540 ms with 7 changes
     // received per change applied, against about 1.9 afterwards.
-    let hbs = |v: &serde_json::Value| -> std::collections::BTreeMap<String, u64> {
-        v["nodes"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| {
-                        (
-                            r["id"].as_str().unwrap_or_default().to_string(),
-                            r["hb"].as_u64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let hb0 = hbs(&f.get(0, "/v1/fleet").await.expect("fleet view"));
-    f.wait(
-        "every node heartbeats once after the fleet formed",
-        Duration::from_millis(heartbeat_ms * 2 + 10_000),
-        async |f| {
-            let Some(v) = f.get(0, "/v1/fleet").await else {
-                return false;
-            };
-            let now = hbs(&v);
-            now.len() == nodes
-                && now
-                    .iter()
-                    .all(|(id, hb)| hb0.get(id).is_some_and(|h0| hb > h0))
-        },
-    )
-    .await;
+    f.wait_heartbeat_round(nodes, heartbeat_ms).await;
     println!(
         "steady (every node heartbeated since) {:.1} s after enrolment",
         formed.elapsed().as_secs_f64()

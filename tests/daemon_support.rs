@@ -450,6 +450,43 @@ impl Fleet {
         .await;
     }
 
+    /// Wait until every one of `nodes` nodes has heartbeated again, as node
+    /// 0's fleet view shows, since this call (a steady fleet: each owner's
+    /// first change, which floods, is behind it).
+    pub async fn wait_heartbeat_round(&self, nodes: usize, heartbeat_ms: u64) {
+        let hbs = |v: &Value| -> std::collections::BTreeMap<String, u64> {
+            v["nodes"]
+                .as_array()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            (
+                                r["id"].as_str().unwrap_or_default().to_string(),
+                                r["hb"].as_u64().unwrap_or(0),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let hb0 = hbs(&self.get(0, "/v1/fleet").await.expect("fleet view"));
+        self.wait(
+            "every node heartbeats once after the fleet formed",
+            Duration::from_millis(heartbeat_ms * 2 + 10_000),
+            async |f| {
+                let Some(v) = f.get(0, "/v1/fleet").await else {
+                    return false;
+                };
+                let now = hbs(&v);
+                now.len() == nodes
+                    && now
+                        .iter()
+                        .all(|(id, hb)| hb0.get(id).is_some_and(|h0| hb > h0))
+            },
+        )
+        .await;
+    }
+
     /// Poll `cond` every 50 ms until it holds, or fail after `within`.
     pub async fn wait(
         &self,
