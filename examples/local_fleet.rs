@@ -111,8 +111,6 @@ impl Site {
             .arg(self.api())
             .arg("--bootstrap")
             .arg(bootstrap.join(","))
-            .arg("--heartbeat-ms")
-            .arg("500")
             .arg("--mdns")
             .arg("false")
             .arg("--apply-file")

@@ -117,7 +117,7 @@ async fn garbage_oversized_and_forged_senders_are_cut_off() {
     })
     .await;
 
-    let mut swarm = net::build_swarm(&mallory, false).unwrap();
+    let mut swarm = net::build_swarm(&mallory, false, net::PING_INTERVAL_MS).unwrap();
     let peer = |i: usize| net::peer_id(&f.nodes[i].id).unwrap();
 
     // 1. Garbage frames at node 0: penalised until disconnected.

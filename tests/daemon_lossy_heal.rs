@@ -25,8 +25,8 @@
 //!
 //! Benchmark (5 runs with a one-minute split, each time and the median):
 //! `DCLOUD_BENCH_RUNS=5 cargo test --release -p dcloud-node --test daemon_lossy_heal -- --ignored --nocapture`
-//! (`DCLOUD_LOSSY_SPLIT_MS` sets the split, `DCLOUD_LOSSY_HEARTBEAT_MS` the
-//! nodes' heartbeat, 1000 ms by default, `DCLOUD_LOSSY_HEAL_MAX_MS` the
+//! (`DCLOUD_LOSSY_SPLIT_MS` sets the split, `DCLOUD_LOSSY_STATUS_REFRESH_MS` the
+//! nodes' status refresh, 1000 ms by default, `DCLOUD_LOSSY_HEAL_MAX_MS` the
 //! deadline after the heal, `DCLOUD_LOSSY_LOGS=DIR` keeps the nodes' logs.)
 
 #[path = "netns_support.rs"]
@@ -159,9 +159,9 @@ async fn lossy_split_heal(run: usize, split: Duration, heal_within: Duration) ->
         |i| format!("{}:{API_PORT}", net.addr(i)),
         &[0, SIDE_A],
     );
-    if let Some(hb) = env_u64("DCLOUD_LOSSY_HEARTBEAT_MS") {
+    if let Some(hb) = env_u64("DCLOUD_LOSSY_STATUS_REFRESH_MS") {
         for n in &mut f.nodes {
-            n.heartbeat_ms = hb;
+            n.status_refresh_ms = hb;
         }
     }
     f.start_all();

@@ -49,8 +49,8 @@ pub struct Node {
     pub extra: Vec<String>,
     /// Bootstrap multiaddrs.
     pub bootstrap: Vec<String>,
-    /// Heartbeat period.
-    pub heartbeat_ms: u64,
+    /// Status refresh period (a test fleet's steady load).
+    pub status_refresh_ms: u64,
     /// Run inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
     child: Option<Child>,
@@ -236,7 +236,7 @@ impl Fleet {
             apply_file,
             extra: Vec::new(),
             bootstrap: Vec::new(),
-            heartbeat_ms: 1000,
+            status_refresh_ms: 1000,
             netns: None,
             child: None,
             log,
@@ -271,8 +271,8 @@ impl Fleet {
             .arg(n.addr())
             .arg("--api")
             .arg(&n.api)
-            .arg("--heartbeat-ms")
-            .arg(n.heartbeat_ms.to_string())
+            .arg("--status-refresh-ms")
+            .arg(n.status_refresh_ms.to_string())
             .arg("--apply-file")
             .arg(&n.apply_file);
         for b in &n.bootstrap {

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod policy;
 pub mod replica;
 pub mod root;
+pub mod rumour;
 pub mod secret;
 pub mod status;
 #[cfg(feature = "testkit")]
@@ -32,4 +33,5 @@ pub use keys::{KeySignature, NodeId, PublicKey, SecretKey};
 pub use policy::{Edit, Level, Member, Policy, PolicyEditor};
 pub use replica::{Outcome, Rejection, RejectionKind, Replica, Report};
 pub use root::{RootError, SignedTrustRoot, TrustChain, TrustRoot};
+pub use rumour::{Claim, Rumour, RumourError, SignedRumour};
 pub use status::{NodeStatus, StatusWriter};

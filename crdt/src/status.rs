@@ -282,6 +282,12 @@ impl StatusWriter {
         ))
     }
 
+    /// Sign a membership rumour this node may sign: its own `Alive`, or a
+    /// `Suspect` it reports.
+    pub fn sign_rumour(&self, rumour: crate::rumour::Rumour) -> crate::rumour::SignedRumour {
+        crate::rumour::SignedRumour::sign(rumour, &self.key)
+    }
+
     /// Bump the heartbeat counter and write it.
     pub fn heartbeat(&mut self) -> SignedChange {
         let mut s = self.current();

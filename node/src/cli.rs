@@ -478,7 +478,13 @@ pub fn render_rollout(v: &RolloutView) -> String {
         );
     }
     for p in &v.pending {
-        let _ = writeln!(s, "  pending {} {}", p.name, short(&p.id));
+        let _ = writeln!(
+            s,
+            "  pending {} {}{}",
+            p.name,
+            short(&p.id),
+            if p.down { " (DOWN)" } else { "" }
+        );
     }
     s
 }

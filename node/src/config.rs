@@ -20,8 +20,8 @@
 //! secrets_file = "/etc/site/dcloud-secrets.json"   # default: <data_dir>/secrets.json, mode 0600
 //!
 //! [engine]                      # replication tuning (optional; every key of
-//! heartbeat_interval_ms = 15000 # dcloud_node::engine::EngineConfig, with its
-//! anti_entropy_interval_ms = 1500   # defaults; docs/daemon.md lists them)
+//! status_refresh_interval_ms = 600000 # dcloud_node::engine::EngineConfig,
+//! anti_entropy_interval_ms = 1500   # with its defaults; docs/daemon.md lists them)
 //! lazy_flush_interval_ms = 100
 //! graft_timeout_ms = 150
 //! ```
@@ -317,11 +317,11 @@ impl RawConfig {
             key: format!("engine.{}", e.field),
             reason: e.reason,
         })?;
-        if engine.heartbeat_interval_ms == 0 {
-            // A daemon's liveness in the fleet view comes from its heartbeats.
+        if engine.status_refresh_interval_ms == 0 {
+            // An owner's signed view must never be very old.
             return Err(invalid(
-                "engine.heartbeat_interval_ms",
-                "0 (never) is for the simulator; a daemon needs 50..=3600000".into(),
+                "engine.status_refresh_interval_ms",
+                "0 (never) is for the simulator; a daemon needs 50..=86400000".into(),
             ));
         }
         let ranged = |key: &'static str, v: Option<u64>, default: u64, lo: u64, hi: u64| {

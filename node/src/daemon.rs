@@ -51,7 +51,9 @@ use tokio::time::Instant;
 use crate::apply::{Applier, ApplyInput, ApplyRequest, ApplyResult};
 use crate::config::Config;
 use crate::dial::{Candidate, Dialer, Redial};
-use crate::engine::{DisconnectReason, Engine, Event, Input, Millis, Output, Persist, Stored};
+use crate::engine::{
+    DisconnectReason, Engine, Event, Input, MemberState, Millis, Output, Persist, Stored,
+};
 use crate::freshness::{self, FreshnessTracker, Verdict};
 use crate::links::{LinkEvent, Links, SendError};
 use crate::metrics::Metrics;
@@ -462,7 +464,12 @@ impl Mesh {
         key: &SecretKey,
         peers: Vec<(NodeId, Vec<String>)>,
     ) -> Result<(Swarm<Behaviour>, Mesh, mpsc::Receiver<LinkEvent>), StartError> {
-        let mut swarm = net::build_swarm(key, cfg.mdns)?;
+        let ping_ms = if cfg.engine.membership.enabled {
+            net::PING_INTERVAL_MEMBERSHIP_MS
+        } else {
+            net::PING_INTERVAL_MS
+        };
+        let mut swarm = net::build_swarm(key, cfg.mdns, ping_ms)?;
         let (links, link_rx) = Links::start(
             swarm.behaviour().streams.new_control(),
             net::FRAME_SIZE_MAX_BYTES,
@@ -870,6 +877,29 @@ impl Daemon {
             Event::PeerMisbehaved { peer, reason } => {
                 tracing::warn!(peer = %peer.short(), %reason, "peer misbehaved");
             }
+            Event::Member { node, state } => {
+                self.metrics.member_event(state.label());
+                let (_, suspect, down) = self.engine.membership().counts();
+                self.metrics.members_suspect.set(suspect as i64);
+                self.metrics.members_down.set(down as i64);
+                match state {
+                    MemberState::Alive => {
+                        tracing::info!(node = %node.short(), "member alive again")
+                    }
+                    MemberState::Suspect => tracing::info!(node = %node.short(), "member suspected"),
+                    MemberState::Down => tracing::warn!(node = %node.short(), "member down"),
+                }
+            }
+            Event::PeerUnresponsive { peer } => {
+                // The engine's probes went unanswered: the connection is dead
+                // (a partition, a peer gone without a FIN) or too slow to
+                // use; closing it lets the dialer try again.
+                if let Some(pid) = net::peer_id(&peer) {
+                    tracing::info!(peer = %peer.short(), "closing a connection whose peer stopped answering probes");
+                    self.metrics.disconnected("unresponsive");
+                    self.close_peer(pid);
+                }
+            }
         }
     }
 
@@ -1032,13 +1062,16 @@ impl Daemon {
             self.refresh_status();
         }
         let now = self.now();
-        let stale_after_ms = self.cfg.engine.heartbeat_interval_ms * 3 + 2000;
+        let stale_after_ms = self.cfg.engine.stale_after_ms();
         let engine = &self.engine;
         let last_heard = |n: &NodeId| engine.last_heard(n);
+        let liveness = |n: &NodeId| engine.liveness(n);
         let ctx = FleetCtx {
             me: self.me,
             now_ms: now,
             last_heard: &last_heard,
+            liveness: &liveness,
+            membership: self.cfg.engine.membership.enabled,
             stale_after_ms,
         };
         let replica = engine.replica();
@@ -1119,7 +1152,7 @@ impl Daemon {
             }
             Command::Rollout(heads, tx) => {
                 let heads = heads.unwrap_or_else(|| replica.policy_heads());
-                let _ = tx.send(view::rollout(replica, &heads));
+                let _ = tx.send(view::rollout(replica, &heads, &liveness));
             }
             Command::Publish(bundle, tx) => {
                 if let Some(e) = &self.dur.store_error {

@@ -366,8 +366,8 @@ mod tests {
     #[tokio::test]
     async fn frames_arrive_in_order_and_an_oversized_one_is_reported() {
         let (ka, kb) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
-        let mut a = net::build_swarm(&ka, false).unwrap();
-        let mut b = net::build_swarm(&kb, false).unwrap();
+        let mut a = net::build_swarm(&ka, false, net::PING_INTERVAL_MS).unwrap();
+        let mut b = net::build_swarm(&kb, false, net::PING_INTERVAL_MS).unwrap();
         let pid_b = *b.local_peer_id();
         let (mut links_a, _rx_a) = Links::start(a.behaviour().streams.new_control(), 1024).unwrap();
         let (_links_b, mut rx_b) = Links::start(b.behaviour().streams.new_control(), 1024).unwrap();

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub replica_status_docs: Gauge,
     /// Peers disconnected by this node, by reason.
     pub peers_disconnected: Family<Labels, Counter>,
+    /// Membership transitions seen here, by new state (suspect, down, alive).
+    pub member_events: Family<Labels, Counter>,
+    /// Members held suspect here.
+    pub members_suspect: Gauge,
+    /// Members held down here.
+    pub members_down: Gauge,
     /// Apply command runs, by result.
     pub apply_runs: Family<Labels, Counter>,
     /// 1 when the store accepts writes.
@@ -82,6 +88,9 @@ impl Metrics {
             replica_bytes: Gauge::default(),
             replica_status_docs: Gauge::default(),
             peers_disconnected: Family::default(),
+            member_events: Family::default(),
+            members_suspect: Gauge::default(),
+            members_down: Gauge::default(),
             apply_runs: Family::default(),
             store_ok: Gauge::default(),
             policy_fresh: Gauge::default(),
@@ -149,6 +158,17 @@ impl Metrics {
             m.peers_disconnected.clone(),
         );
         r.register(
+            "member_events",
+            "Membership transitions seen here, by new state",
+            m.member_events.clone(),
+        );
+        r.register(
+            "members_suspect",
+            "Members held suspect here",
+            m.members_suspect.clone(),
+        );
+        r.register("members_down", "Members held down here", m.members_down.clone());
+        r.register(
             "apply_runs",
             "Policy applications, by result",
             m.apply_runs.clone(),
@@ -182,6 +202,13 @@ impl Metrics {
         self.changes_rejected
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
             .inc_by(count);
+    }
+
+    /// Count a membership transition.
+    pub fn member_event(&self, state: &str) {
+        self.member_events
+            .get_or_create(&vec![("state".to_string(), state.to_string())])
+            .inc();
     }
 
     /// Count a disconnection.

@@ -36,8 +36,16 @@ pub const CONNECTIONS_MAX: u32 = 256;
 pub const PENDING_INCOMING_MAX: u32 = 64;
 /// Idle connections are kept this long (the engine's timers keep used ones busy).
 pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 120_000;
-/// Every connection is pinged this often...
+/// Every connection is pinged this often when membership is off...
 pub const PING_INTERVAL_MS: u64 = 2_000;
+/// ...and this often when it is on: the engine's probes find a dead
+/// connection first (the daemon closes it on
+/// [`crate::engine::Event::PeerUnresponsive`]), and a ping every 2 s on every
+/// link would cost more than membership itself. This is only the backstop.
+pub const PING_INTERVAL_MEMBERSHIP_MS: u64 = 300_000;
+/// Identify is sent again this often (its default, 5 minutes, would cost
+/// more than the whole idle budget on a thin link; addresses change rarely).
+pub const IDENTIFY_INTERVAL_MS: u64 = 3_600_000;
 /// ...and a ping unanswered for this long fails; the daemon closes a
 /// connection at the second failure in a row (libp2p reports no sooner), so
 /// a dead connection is closed within about 2 × (interval + timeout). At 20%
@@ -161,7 +169,11 @@ fn node_id_uncached(peer: &PeerId) -> Option<NodeId> {
 }
 
 /// Build the swarm for a node key.
-pub fn build_swarm(key: &SecretKey, mdns_enabled: bool) -> Result<Swarm<Behaviour>, NetError> {
+pub fn build_swarm(
+    key: &SecretKey,
+    mdns_enabled: bool,
+    ping_interval_ms: u64,
+) -> Result<Swarm<Behaviour>, NetError> {
     let kp = keypair(key)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
         .with_tokio()
@@ -194,11 +206,12 @@ pub fn build_swarm(key: &SecretKey, mdns_enabled: bool) -> Result<Swarm<Behaviou
                         // No address cache: it would add every address a
                         // peer claims to each dial of it; the daemon picks
                         // dial addresses itself (`dial.rs`).
-                        .with_cache_size(0),
+                        .with_cache_size(0)
+                        .with_interval(Duration::from_millis(IDENTIFY_INTERVAL_MS)),
                 ),
                 ping: ping::Behaviour::new(
                     ping::Config::new()
-                        .with_interval(Duration::from_millis(PING_INTERVAL_MS))
+                        .with_interval(Duration::from_millis(ping_interval_ms))
                         .with_timeout(Duration::from_millis(PING_TIMEOUT_MS)),
                 ),
                 streams: libp2p_stream::Behaviour::new(),

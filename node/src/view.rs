@@ -8,7 +8,7 @@ use dcloud_crdt::status::{AppliedPolicy, HealthCheck};
 use dcloud_crdt::{ChangeHash, Member, NodeId, Replica};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Millis;
+use crate::engine::{Liveness, MemberState, Millis};
 
 /// The store's state, as `/v1/node` shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,9 +97,16 @@ pub struct NodeRow {
     /// The node answering.
     #[serde(rename = "self")]
     pub is_self: bool,
-    /// Since its latest change was received here.
+    /// Since it was last heard from directly here (a message over a link,
+    /// or a status change of its own).
     pub last_heard_ms_ago: Option<u64>,
-    /// Not heard within the stale bound.
+    /// Membership's view: `alive`, `suspect`, `down`, or `unknown` (never
+    /// heard of).
+    pub liveness: String,
+    /// Since membership's state for it last changed (none: never suspected).
+    pub liveness_ms_ago: Option<u64>,
+    /// Down, or never heard of (with membership off: no status change
+    /// within the stale bound).
     pub stale: bool,
     /// Health checks it reports.
     pub health: BTreeMap<String, HealthCheck>,
@@ -200,6 +207,10 @@ pub struct RolloutSite {
     /// Exit code, for failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Membership holds it down here (a pending site that will not apply
+    /// until it is back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
 }
 
 /// `GET /v1/rollout`.
@@ -291,9 +302,14 @@ pub struct FleetCtx<'a> {
     pub me: NodeId,
     /// Driver clock now.
     pub now_ms: Millis,
-    /// Local receive time of each node's latest change.
+    /// Local time each node was last heard from directly (a message over a
+    /// link, or a status change of its own).
     pub last_heard: &'a dyn Fn(&NodeId) -> Option<Millis>,
-    /// The stale bound.
+    /// What membership holds about each node.
+    pub liveness: &'a dyn Fn(&NodeId) -> Option<Liveness>,
+    /// Membership runs (liveness comes from it); else from status changes.
+    pub membership: bool,
+    /// The stale bound (see `EngineConfig::stale_after_ms`).
     pub stale_after_ms: u64,
 }
 
@@ -330,7 +346,25 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
     } else {
         (ctx.last_heard)(n).map(|t| ctx.now_ms.saturating_sub(t))
     };
-    let stale = last_heard_ms_ago.is_none_or(|a| a > ctx.stale_after_ms);
+    let live = if is_self { None } else { (ctx.liveness)(n) };
+    let (liveness, stale) = match live.map(|l| l.state) {
+        _ if is_self => ("alive", false),
+        Some(s) => (s.label(), s == MemberState::Down),
+        // Membership holds nothing: nobody suspected it. Alive if it was
+        // ever heard of (directly or by its status), else unknown.
+        None if ctx.membership => {
+            if last_heard_ms_ago.is_some() || status.is_some() {
+                ("alive", false)
+            } else {
+                ("unknown", true)
+            }
+        }
+        None => {
+            let stale = last_heard_ms_ago.is_none_or(|a| a > ctx.stale_after_ms);
+            (if stale { "unknown" } else { "alive" }, stale)
+        }
+    };
+    let liveness_ms_ago = live.map(|l| ctx.now_ms.saturating_sub(l.since));
     let applied_heads = parse_heads(&st.applied.heads).unwrap_or_default();
     let behind = if status.is_some() {
         policy_missing(replica, &applied_heads).len() as u64
@@ -349,6 +383,8 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
         revoked: policy.revoked.contains_key(n),
         is_self,
         last_heard_ms_ago,
+        liveness: liveness.to_string(),
+        liveness_ms_ago,
         stale,
         healthy: st.health.values().all(|c| c.ok),
         health: st.health,
@@ -441,7 +477,11 @@ pub fn policy(replica: &Replica) -> PolicyView {
 }
 
 /// Rollout of `heads` across active members.
-pub fn rollout(replica: &Replica, heads: &[ChangeHash]) -> RolloutView {
+pub fn rollout(
+    replica: &Replica,
+    heads: &[ChangeHash],
+    liveness: &dyn Fn(&NodeId) -> Option<Liveness>,
+) -> RolloutView {
     let policy = replica.policy();
     let doc = replica.policy_doc();
     let known = heads
@@ -461,11 +501,13 @@ pub fn rollout(replica: &Replica, heads: &[ChangeHash]) -> RolloutView {
             continue;
         }
         view.enrolled += 1;
+        let down = liveness(n).is_some_and(|l| l.state == MemberState::Down);
         let site = |error: Option<String>, exit_code: Option<i32>| RolloutSite {
             id: n.to_hex(),
             name: m.name.clone(),
             error,
             exit_code,
+            down,
         };
         let Some((st, _)) = replica.status(n) else {
             view.pending.push(site(None, None));

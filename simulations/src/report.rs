@@ -127,6 +127,37 @@ pub struct Report {
     pub amplifier_bytes_bound: Option<u64>,
     /// Honest nodes that sent a `want_amplifier` more than that.
     pub amplification_violations: Vec<String>,
+    /// Failure detection (when membership runs).
+    pub membership: Option<MembershipReport>,
+    /// Membership probes sent, fleet-wide (whole run).
+    pub probes_sent: u64,
+    /// Membership rumours whose signature was checked, fleet-wide.
+    pub rumours_verified: u64,
+    /// Suspicions raised, fleet-wide.
+    pub suspicions_raised: u64,
+    /// Refutations, fleet-wide.
+    pub refutations: u64,
+}
+
+/// How fast, and how wrongly, crashed nodes were marked down.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MembershipReport {
+    /// (crashed node, live observer) pairs where the observer marked it down.
+    pub detections: u64,
+    /// Crash to marked down, over those pairs.
+    pub detection_median_ms: Option<u64>,
+    /// 99th percentile.
+    pub detection_p99_ms: Option<u64>,
+    /// Slowest.
+    pub detection_max_ms: Option<u64>,
+    /// Pairs where a live observer had not marked a crashed node down when
+    /// it came back (or by the end, for a crash that lasted twice the stale
+    /// bound).
+    pub detection_missed: u64,
+    /// Live honest nodes marked down while no partition was in force.
+    pub false_downs: u64,
+    /// Membership transitions, fleet-wide.
+    pub member_events: u64,
 }
 
 fn ms(x: Option<u64>) -> String {
@@ -238,6 +269,24 @@ impl Report {
                         self.amplification_violations[0]
                     )
                 }
+            );
+        }
+        if let Some(m) = &self.membership {
+            let secs = (self.duration_ms as f64 / 1000.0).max(1e-3) * self.nodes.max(1) as f64;
+            let _ = writeln!(
+                s,
+                "membership: crash to down {} pairs: median {}, p99 {}, max {}; missed {}; false downs {}; events {}; per node per second: {:.2} probes, {:.3} rumours verified; {} suspicions, {} refutations",
+                m.detections,
+                ms(m.detection_median_ms),
+                ms(m.detection_p99_ms),
+                ms(m.detection_max_ms),
+                m.detection_missed,
+                m.false_downs,
+                m.member_events,
+                self.probes_sent as f64 / secs,
+                self.rumours_verified as f64 / secs,
+                self.suspicions_raised,
+                self.refutations
             );
         }
         if self.link_model_violations.is_empty() {

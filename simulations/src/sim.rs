@@ -15,12 +15,12 @@ use dcloud_crdt::{
 };
 use dcloud_node::engine::wire::{Item, Message, Push, RangeItems};
 use dcloud_node::engine::{
-    Engine, EngineConfig, EngineStats, Event, Input, Output, Persist, Stored,
+    Engine, EngineConfig, EngineStats, Event, Input, MemberState, Output, Persist, Stored,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::report::{PolicyReport, Report, Traffic};
+use crate::report::{MembershipReport, PolicyReport, Report, Traffic};
 use crate::scenario::Scenario;
 
 /// The authority's trust chain, the bootstrap policy every node is
@@ -308,6 +308,19 @@ pub struct Sim {
     last_heal: u64,
     events: u64,
     misbehaved_events: u64,
+    /// When each node last crashed (cleared when it starts again).
+    crashed_at: Vec<Option<u64>>,
+    /// First time each live node marked a crashed one down: (subject,
+    /// observer) -> ms after the crash, for the crash in progress.
+    detections: HashMap<(usize, usize), u64>,
+    /// Detection times of crashes that ended (the node started again).
+    detection_samples: Vec<u64>,
+    /// Observers that had not marked a crashed node down when it started again.
+    detection_missed: u64,
+    /// Live honest nodes marked down while no partition was in force.
+    false_downs: u64,
+    /// Membership transitions, fleet-wide.
+    member_events: u64,
     disconnects: u64,
     malice_ticks: u64,
     /// Most void status epochs held by one honest node at a memory check.
@@ -356,6 +369,10 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.answer_lookups += b.answer_lookups;
     a.sync_retries += b.sync_retries;
     a.sync_ranges_held += b.sync_ranges_held;
+    a.probes_sent += b.probes_sent;
+    a.rumours_verified += b.rumours_verified;
+    a.suspicions_raised += b.suspicions_raised;
+    a.refutations += b.refutations;
 }
 
 fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
@@ -495,6 +512,12 @@ impl Sim {
             last_heal,
             events: 0,
             misbehaved_events: 0,
+            crashed_at: vec![None; sc.nodes],
+            detections: HashMap::new(),
+            detection_samples: Vec::new(),
+            detection_missed: 0,
+            false_downs: 0,
+            member_events: 0,
             disconnects: 0,
             malice_ticks: 0,
             void_seen: 0,
@@ -859,6 +882,9 @@ impl Sim {
         if self.live(i) {
             return;
         }
+        if self.crashed_at[i].take().is_some() {
+            self.close_detection(i);
+        }
         let key = self.slots[i].key.clone();
         if wipe && let Some(store) = &mut self.slots[i].store {
             *store = Store::default();
@@ -928,6 +954,7 @@ impl Sim {
         add_stats(&mut self.slots[i].stats_dead, &st);
         self.slots[i].incarnation += 1;
         self.slots[i].deadline = None;
+        self.crashed_at[i] = Some(self.now);
         let me = self.slots[i].key.public();
         for bi in 0..self.adj[i].len() {
             let b = self.adj[i][bi];
@@ -1037,6 +1064,25 @@ impl Sim {
                 }
             }
             Event::Published { .. } => {}
+            Event::PeerUnresponsive { .. } => {}
+            Event::Member { node, state } => {
+                self.member_events += 1;
+                let Some(&b) = self.index.get(&node) else {
+                    return;
+                };
+                if state != MemberState::Down || !self.slots[i].honest {
+                    return;
+                }
+                match self.crashed_at[b] {
+                    Some(t) if !self.live(b) => {
+                        self.detections.entry((b, i)).or_insert(self.now - t);
+                    }
+                    _ if self.active.is_empty() && self.slots[b].honest => {
+                        self.false_downs += 1;
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -1453,8 +1499,59 @@ impl Sim {
         self.push(self.now + self.sc.check_interval_ms, Ev::Check);
     }
 
+    /// A crashed node starts again (or the run ends): its detection times
+    /// become samples, and each live honest observer that never marked it
+    /// down a miss.
+    fn close_detection(&mut self, b: usize) {
+        for o in 0..self.sc.nodes {
+            if o == b || !self.slots[o].honest || !self.live(o) || !self.enrolled[o] {
+                continue;
+            }
+            match self.detections.remove(&(b, o)) {
+                Some(ms) => self.detection_samples.push(ms),
+                None => self.detection_missed += 1,
+            }
+        }
+        self.detections.retain(|(s, _), _| *s != b);
+    }
+
     fn finish(mut self) -> RunResult {
         let n = self.sc.nodes;
+        // Crashes still in force at the end: those that lasted long enough
+        // to be detected (twice the stale bound) count; shorter ones only
+        // by the detections made.
+        let bound = self.config.stale_after_ms() * 2;
+        for b in 0..n {
+            match self.crashed_at[b] {
+                Some(t) if self.now >= t + bound => self.close_detection(b),
+                Some(_) => {
+                    let made: Vec<u64> = self
+                        .detections
+                        .iter()
+                        .filter(|((s, _), _)| *s == b)
+                        .map(|(_, ms)| *ms)
+                        .collect();
+                    self.detection_samples.extend(made);
+                }
+                None => {}
+            }
+        }
+        let membership = self.config.membership.enabled.then(|| {
+            let mut v = self.detection_samples.clone();
+            v.sort_unstable();
+            let q = |f: f64| -> Option<u64> {
+                (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * f).round() as usize])
+            };
+            MembershipReport {
+                detections: v.len() as u64,
+                detection_median_ms: q(0.5),
+                detection_p99_ms: q(0.99),
+                detection_max_ms: v.last().copied(),
+                detection_missed: self.detection_missed,
+                false_downs: self.false_downs,
+                member_events: self.member_events,
+            }
+        });
         let honest_live: Vec<usize> = (0..n)
             .filter(|&i| self.live(i) && self.slots[i].honest)
             .collect();
@@ -1617,6 +1714,11 @@ impl Sim {
             amplifier_bytes_max,
             amplifier_bytes_bound,
             amplification_violations: amplification.iter().map(|v| v.0.clone()).collect(),
+            membership,
+            probes_sent: total.probes_sent,
+            rumours_verified: total.rumours_verified,
+            suspicions_raised: total.suspicions_raised,
+            refutations: total.refutations,
         };
         self.safety.truncate(100);
         RunResult {

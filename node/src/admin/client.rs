@@ -88,6 +88,9 @@ pub struct RolloutSite {
     /// The apply error (failed sites).
     #[serde(default)]
     pub error: Option<String>,
+    /// Membership holds it down at the node asked.
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// The answer to `GET /v1/rollout`.

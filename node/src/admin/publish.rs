@@ -237,7 +237,10 @@ pub async fn wait(
                 pending: r
                     .pending
                     .iter()
-                    .map(|s| site_name(&s.id, &s.name))
+                    .map(|s| {
+                        let n = site_name(&s.id, &s.name);
+                        if s.down { format!("{n} (down)") } else { n }
+                    })
                     .collect(),
             });
         }

@@ -56,8 +56,8 @@ struct RunArgs {
     #[arg(long, env = "DCLOUD_API")]
     api: Option<String>,
     /// Heartbeat period.
-    #[arg(long, env = "DCLOUD_HEARTBEAT_MS")]
-    heartbeat_ms: Option<u64>,
+    #[arg(long, env = "DCLOUD_STATUS_REFRESH_MS")]
+    status_refresh_ms: Option<u64>,
     /// Discover peers on the LAN with mDNS.
     #[arg(long, env = "DCLOUD_MDNS")]
     mdns: Option<bool>,
@@ -175,8 +175,8 @@ fn merge(args: &RunArgs) -> Result<config::Config> {
     if let Some(v) = &args.api {
         raw.api = Some(v.clone());
     }
-    if let Some(v) = args.heartbeat_ms {
-        raw.engine.get_or_insert_default().heartbeat_interval_ms = v;
+    if let Some(v) = args.status_refresh_ms {
+        raw.engine.get_or_insert_default().status_refresh_interval_ms = v;
     }
     if let Some(v) = args.mdns {
         raw.mdns = Some(v);

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::MembershipConfig;
 use super::wire::WireLimits;
 
 /// A configuration value out of range: names the key and says why.
@@ -26,8 +27,17 @@ pub struct EngineConfigError {
 pub struct EngineConfig {
     /// Reconcile with one random neighbour this often (jittered by up to a tenth).
     pub anti_entropy_interval_ms: u64,
-    /// Write a heartbeat into this node's status this often; 0 never does.
-    pub heartbeat_interval_ms: u64,
+    /// While rounds find the replicas equal, the interval doubles up to this
+    /// (idle cost); a round that finds a difference, a new change or a new
+    /// connection brings it back to `anti_entropy_interval_ms`.
+    pub anti_entropy_idle_max_ms: u64,
+    /// Sign this node's status again this often even when nothing in it
+    /// changed (a refresh counter), so that its signed view is never very
+    /// old; 0 never does. Status changes go out at once whenever the status
+    /// changes; liveness comes from membership, not from these.
+    pub status_refresh_interval_ms: u64,
+    /// Membership and failure detection (`[engine.membership]`).
+    pub membership: MembershipConfig,
     /// Gather lazy announcements for this long before sending them.
     pub lazy_flush_interval_ms: u64,
     /// How long an announced change may stay missing before it is grafted.
@@ -128,8 +138,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             anti_entropy_interval_ms: 1_500,
-            // A node is shown stale after three heartbeats plus 2 s.
-            heartbeat_interval_ms: 15_000,
+            anti_entropy_idle_max_ms: 12_000,
+            status_refresh_interval_ms: 600_000,
+            membership: MembershipConfig::default(),
             // Announcements only repair a broken tree; batching them for
             // 100 ms instead of 10 ms cut a 32-node fleet's CPU per rollout by
             // about a third (docs/daemon.md, benchmark).
@@ -177,6 +188,22 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// How long a live node can go without hearing any peer directly before
+    /// it is shown cut off (`stale`), and, with membership off, how long a
+    /// member can go without a status change before it is: with membership,
+    /// a probe period, every resend, and a suspicion's timeout; without,
+    /// three status refreshes and 2 s.
+    pub fn stale_after_ms(&self) -> u64 {
+        let m = &self.membership;
+        if m.enabled {
+            m.probe_interval_ms
+                + m.probe_retry_ms * u64::from(m.probe_attempts)
+                + m.suspicion_timeout_ms
+        } else {
+            self.status_refresh_interval_ms.saturating_mul(3) + 2_000
+        }
+    }
+
     /// Check every value: an interval of zero where the engine would spin, a
     /// bound of zero where nothing could pass, a fanout the wire cannot carry.
     pub fn validate(&self) -> Result<(), EngineConfigError> {
@@ -197,14 +224,41 @@ impl EngineConfig {
             50,
             600_000,
         )?;
-        if c.heartbeat_interval_ms != 0 {
+        ranged(
+            "anti_entropy_idle_max_ms",
+            c.anti_entropy_idle_max_ms,
+            c.anti_entropy_interval_ms,
+            600_000,
+        )?;
+        if c.status_refresh_interval_ms != 0 {
             ranged(
-                "heartbeat_interval_ms",
-                c.heartbeat_interval_ms,
+                "status_refresh_interval_ms",
+                c.status_refresh_interval_ms,
                 50,
-                3_600_000,
+                86_400_000,
             )?;
         }
+        let m = &c.membership;
+        ranged(
+            "membership.probe_interval_ms",
+            m.probe_interval_ms,
+            10,
+            600_000,
+        )?;
+        ranged("membership.probe_retry_ms", m.probe_retry_ms, 10, 600_000)?;
+        ranged(
+            "membership.probe_attempts",
+            u64::from(m.probe_attempts),
+            1,
+            100,
+        )?;
+        ranged(
+            "membership.suspicion_timeout_ms",
+            m.suspicion_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        ranged("membership.link_grace_ms", m.link_grace_ms, 0, 3_600_000)?;
         ranged(
             "lazy_flush_interval_ms",
             c.lazy_flush_interval_ms,
@@ -264,6 +318,7 @@ impl EngineConfig {
             ("wire.items_per_message_max", w.items_per_message_max),
             ("wire.heads_per_doc_max", w.heads_per_doc_max),
             ("wire.roots_per_message_max", w.roots_per_message_max),
+            ("wire.rumours_per_message_max", w.rumours_per_message_max),
         ] {
             ranged(field, v as u64, 1, 1 << 24)?;
         }

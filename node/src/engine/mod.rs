@@ -93,12 +93,18 @@
 //! request that finds them empty is refused and mildly penalised, and
 //! penalties decay ([`EngineConfig::penalty_decay_per_s`]).
 //!
-//! **Status and liveness.** [`Engine::new`] writes a heartbeat (a node says it
-//! is up), then one every [`EngineConfig::heartbeat_interval_ms`];
-//! [`Input::SetStatus`] writes what changed. The [`dcloud_crdt::StatusWriter`]
-//! starts a new epoch past its bound and replicas drop older epochs
-//! ([`Persist::DropStatusBefore`]). [`Engine::last_heard`] is the local time a
-//! node's latest status change arrived, never its clock.
+//! **Status and liveness.** [`Engine::new`] writes a refresh (a node says it
+//! is up); [`Input::SetStatus`] writes what changed, at once; and a slow
+//! signed refresh every [`EngineConfig::status_refresh_interval_ms`] (10
+//! minutes) keeps an owner's signed view from getting old. Nothing is
+//! written only to say "alive": liveness is membership's
+//! ([`membership`]: SWIM's probes, suspicions and refutations on the mesh),
+//! at a cost per node that does not grow with the fleet. The
+//! [`dcloud_crdt::StatusWriter`] starts a new epoch past its bound and
+//! replicas drop older epochs ([`Persist::DropStatusBefore`]).
+//! [`Engine::liveness`] is what membership holds about a node;
+//! [`Engine::last_heard`] the local time this node last heard from it
+//! directly, never its clock.
 //!
 //! **Bounds.** Message size and list lengths on decode ([`WireLimits`]);
 //! messages of changes by size and count; lazy announcements per peer;
@@ -121,10 +127,12 @@
 
 mod config;
 mod index;
+pub mod membership;
 mod state;
 pub mod wire;
 
 pub use config::{EngineConfig, EngineConfigError};
+pub use membership::{Liveness, MemberState, MembershipConfig};
 pub use state::{Engine, EngineStats, RejectReason, RestoreError, Restored, Stored};
 pub use wire::{ChangeId, Message, WireError, WireLimits};
 
@@ -139,8 +147,12 @@ pub type Millis = u64;
 pub enum Timer {
     /// Reconcile with a random neighbour.
     AntiEntropy,
-    /// Write this node's heartbeat into its status document.
-    Heartbeat,
+    /// Sign this node's status again (the slow refresh).
+    StatusRefresh,
+    /// Probe a neighbour (or send an unanswered probe again).
+    Probe,
+    /// Suspicions that time out, lost connections past their grace.
+    Membership,
     /// Send batched lazy announcements.
     LazyFlush,
     /// Check for missing changes announced lazily but not received (PlumTree graft).
@@ -285,6 +297,21 @@ pub enum Event {
     },
     /// The policy changed (new heads): the daemon re-renders this node's effective config.
     PolicyChanged,
+    /// A member's liveness changed here (suspected, marked down, or alive
+    /// again after either).
+    Member {
+        /// The member.
+        node: NodeId,
+        /// Its new state.
+        state: MemberState,
+    },
+    /// A connected peer left every membership probe unanswered (it is now
+    /// suspected): the daemon closes the connection so that it is dialled
+    /// again; the simulator's links are its own.
+    PeerUnresponsive {
+        /// The peer.
+        peer: NodeId,
+    },
     /// A peer sent something invalid; it has been penalised.
     PeerMisbehaved {
         /// The peer.

@@ -4,12 +4,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use dcloud_crdt::status::EPOCH_CHANGES_DEFAULT;
 use dcloud_crdt::{
-    ChangeHash, DocId, FreshnessError, Limits, NodeId, Outcome, Rejection, RejectionKind, Replica,
-    Report, SecretKey, SignedChange, SignedFreshness, SignedTrustRoot, StatusWriter, TrustChain,
+    ChangeHash, Claim, DocId, FreshnessError, Limits, NodeId, Outcome, Rejection, RejectionKind,
+    Replica, Report, Rumour, SecretKey, SignedChange, SignedFreshness, SignedRumour,
+    SignedTrustRoot, StatusWriter, TrustChain,
 };
 use rand::RngExt;
 
 use super::config::EngineConfig;
+use super::membership::{Adopted, Liveness, MemberState, Membership, incarnation_of_epoch};
 use super::index::{DocIndex, key_of, split};
 use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
 use super::{DisconnectReason, Event, Input, Millis, Output, Persist, Timer};
@@ -74,6 +76,14 @@ pub struct EngineStats {
     /// Key ranges not listed to a peer because another peer was already
     /// answering for them (`sync_hold_ms`).
     pub sync_ranges_held: u64,
+    /// Membership probes sent (first sends and repeats).
+    pub probes_sent: u64,
+    /// Membership rumours whose signature was checked (news only).
+    pub rumours_verified: u64,
+    /// Suspicions this node raised (a neighbour unanswered or its link lost).
+    pub suspicions_raised: u64,
+    /// Times this node refuted a suspicion of itself.
+    pub refutations: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -305,6 +315,28 @@ pub struct Engine {
     /// [`EngineConfig::status_owner_burst`]).
     owner_rates: OwnerRates,
     stats: EngineStats,
+    /// Liveness of the members (SWIM's rules on the mesh; `membership.rs`).
+    members: Membership,
+    /// The membership probe in flight, if any.
+    probe: Option<ProbeState>,
+    probe_seq: u32,
+    /// Connections lost, since when: suspected unless back within
+    /// `membership.link_grace_ms`.
+    lost: BTreeMap<NodeId, Millis>,
+    /// The anti-entropy interval in force: it doubles while rounds find
+    /// nothing, up to `anti_entropy_idle_max_ms`.
+    ae_interval: u64,
+}
+
+/// One membership probe.
+#[derive(Clone, Copy, Debug)]
+struct ProbeState {
+    peer: NodeId,
+    seq: u32,
+    /// Sends so far.
+    sends: u32,
+    started: Millis,
+    acked: bool,
 }
 
 /// A token bucket per status owner: `burst` changes at once, then `per_s`
@@ -371,6 +403,7 @@ impl Engine {
         // heartbeat, which every start writes (a node says it is up).
         let mut writer = writer;
         let first_heartbeat = writer.heartbeat();
+        let incarnation = incarnation_of_epoch(writer.epoch());
         let id = match first_heartbeat.doc {
             DocId::Status { node, .. } => node,
             DocId::Policy => unreachable!("a status writer writes status documents"),
@@ -397,21 +430,33 @@ impl Engine {
             freshness: None,
             owner_rates: OwnerRates::default(),
             stats: EngineStats::default(),
+            members: Membership::new(id, incarnation),
+            probe: None,
+            probe_seq: 0,
+            lost: BTreeMap::new(),
+            ae_interval: 0,
         };
+        engine.ae_interval = engine.config.anti_entropy_interval_ms;
         let first_round = now + engine.config.anti_entropy_interval_ms;
         engine.timers.insert(Timer::AntiEntropy, first_round);
         let mut out = Vec::new();
         engine.publish_own(first_heartbeat, now, &mut out);
-        let interval = engine.config.heartbeat_interval_ms;
+        // First timers spread by node id, so that a fleet started at once
+        // does not refresh or probe in step (later ones are jittered too).
+        let spread = u64::from(u16::from_be_bytes([id.0[0], id.0[1]]));
+        let interval = engine.config.status_refresh_interval_ms;
         if interval > 0 {
-            // The first heartbeat comes somewhere in the second half of the
-            // interval, spread by node id, so that a fleet started at once
-            // does not beat in step (later beats are jittered too).
-            let spread = u64::from(u16::from_be_bytes([id.0[0], id.0[1]]));
+            // Somewhere in the second half of the interval.
             engine.timers.insert(
-                Timer::Heartbeat,
+                Timer::StatusRefresh,
                 now + interval / 2 + spread * (interval / 2) / u64::from(u16::MAX),
             );
+        }
+        if engine.config.membership.enabled {
+            let p = engine.config.membership.probe_interval_ms;
+            engine
+                .timers
+                .insert(Timer::Probe, now + spread * p / u64::from(u16::MAX));
         }
         (engine, out)
     }
@@ -520,9 +565,22 @@ impl Engine {
         &self.config
     }
 
-    /// Local receive time of `node`'s latest status change (never its clock).
+    /// Local time this node last heard from `node` itself (never its clock):
+    /// a message over a direct link, or a status change of its own.
     pub fn last_heard(&self, node: &NodeId) -> Option<Millis> {
         self.last_heard.get(node).copied()
+    }
+
+    /// What membership holds about `node`: alive, suspect or down, since
+    /// when. `None`: nothing was ever said about it (membership off, or a
+    /// member nobody suspected and that never had to refute).
+    pub fn liveness(&self, node: &NodeId) -> Option<Liveness> {
+        self.members.liveness(node)
+    }
+
+    /// The membership table.
+    pub fn membership(&self) -> &Membership {
+        &self.members
     }
 
     /// Connected peers.
@@ -624,6 +682,7 @@ impl Engine {
                 }
                 self.awaiting.remove(&peer);
                 self.holds.retain(|h| h.2 != peer);
+                self.on_link_lost(peer, now);
             }
             Input::Message { from, bytes } => self.on_bytes(from, &bytes, now, &mut out),
             Input::Publish { roots, changes } => self.on_publish(roots, changes, now, &mut out),
@@ -639,6 +698,8 @@ impl Engine {
             }
         }
         self.move_past_earlier_life(now, &mut out);
+        self.members
+            .raise_incarnation(incarnation_of_epoch(self.writer.epoch()));
         out
     }
 
@@ -708,6 +769,16 @@ impl Engine {
                 connected_at: now,
             },
         );
+        self.last_heard.insert(peer, now);
+        self.lost.remove(&peer);
+        self.reset_anti_entropy(now);
+        if self.config.membership.enabled {
+            // What this node suspects, so that a suspected peer (restarted,
+            // or back from a partition) refutes, and the peer learns what it
+            // missed.
+            let suspicions = self.members.suspicions();
+            self.send_rumours(peer, suspicions, out);
+        }
         // Catch up at once (after a restart or a heal) rather than at the next
         // round; but one round at a time: when many links come up together
         // (a heal), the peers' own rounds cover the others, and this node's
@@ -727,6 +798,9 @@ impl Engine {
         self.stats.messages_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
         self.decay_penalty(from, now);
+        if self.peers.contains_key(&from) {
+            self.last_heard.insert(from, now);
+        }
         match Message::decode(bytes, &self.config.wire) {
             Err(e) => {
                 self.stats.malformed_messages += 1;
@@ -876,6 +950,16 @@ impl Engine {
                 }
             }
             sync @ Message::Sync { .. } => self.on_sync(from, sync, now, out),
+            Message::Probe { seq } => self.send(from, &Message::Ack { seq }, out),
+            Message::Ack { seq } => {
+                if let Some(p) = &mut self.probe
+                    && p.peer == from
+                    && p.seq == seq
+                {
+                    p.acked = true;
+                }
+            }
+            Message::Rumours { rumours } => self.on_rumours(from, rumours, now, out),
             Message::Freshness { statement } => {
                 if let Err(FreshnessRefusal::Invalid(e)) =
                     self.on_freshness(Some(from), &statement, out)
@@ -954,9 +1038,17 @@ impl Engine {
                     self.stats.anti_entropy_rounds += 1;
                     self.start_sync(peer, now, out);
                 }
-                let mut base = self.config.anti_entropy_interval_ms;
+                let mut base = self.ae_interval;
                 if std::mem::take(&mut self.repairing) {
-                    base /= 4;
+                    base = self.config.anti_entropy_interval_ms / 4;
+                    self.ae_interval = self.config.anti_entropy_interval_ms;
+                } else {
+                    // Nothing to repair was found since the last round: back
+                    // off while that lasts (the idle cost).
+                    self.ae_interval = self
+                        .ae_interval
+                        .saturating_mul(2)
+                        .min(self.config.anti_entropy_idle_max_ms);
                 }
                 let jitter = if base >= 10 {
                     rng.random_range(0..base / 10)
@@ -966,20 +1058,34 @@ impl Engine {
                 let at = now + base - base / 20 + jitter;
                 self.timers.insert(Timer::AntiEntropy, at);
             }
-            Timer::Heartbeat => {
-                if self.config.heartbeat_interval_ms > 0 {
+            Timer::StatusRefresh => {
+                if self.config.status_refresh_interval_ms > 0 {
                     let hb = self.writer.heartbeat();
                     self.publish_own(hb, now, out);
                     // Within a tenth either side of the interval.
-                    let base = self.config.heartbeat_interval_ms;
+                    let base = self.config.status_refresh_interval_ms;
                     let jitter = rng.random_range(0..=base / 5);
                     self.timers
-                        .insert(Timer::Heartbeat, now + base - base / 10 + jitter);
+                        .insert(Timer::StatusRefresh, now + base - base / 10 + jitter);
                 }
             }
+            Timer::Probe => self.on_probe_timer(now, rng, out),
+            Timer::Membership => self.on_membership_timer(now, out),
             Timer::LazyFlush => self.flush_lazy(out),
             Timer::Graft => self.on_graft_timer(now, out),
             Timer::SyncRetry => self.on_sync_retry(now, rng, out),
+        }
+    }
+
+    /// Something new arrived or a link came up: anti-entropy leaves its idle
+    /// back-off, and the next round is at most one base interval away.
+    fn reset_anti_entropy(&mut self, now: Millis) {
+        let base = self.config.anti_entropy_interval_ms;
+        self.ae_interval = base;
+        if let Some(at) = self.timers.get_mut(&Timer::AntiEntropy)
+            && *at > now + base
+        {
+            *at = now + base;
         }
     }
 
@@ -1256,6 +1362,7 @@ impl Engine {
             out.push(Output::Persist(Persist::Changes(
                 new.iter().map(|(_, c)| c.clone()).collect(),
             )));
+            self.reset_anti_entropy(now);
         }
         for (node, before) in epochs_before {
             if let Some(epoch) = self.replica.status_epoch(&node)
@@ -1380,6 +1487,8 @@ impl Engine {
             self.revoked.insert(node);
             self.index.remove_node(&node);
             self.last_heard.remove(&node);
+            self.members.forget(&node);
+            self.lost.remove(&node);
             out.push(Output::Persist(Persist::DropNode { node }));
             if self.drop_peer(&node) {
                 out.push(Output::Disconnect {
@@ -1917,6 +2026,267 @@ impl Engine {
         self.close_budget(from, allow);
         if awaits {
             self.await_answer(from, now);
+        }
+    }
+
+    // ---- membership ----
+
+    /// The probe timer: send the next probe, send an unanswered one again,
+    /// or suspect a neighbour that left every send unanswered.
+    fn on_probe_timer(&mut self, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
+        let m = self.config.membership.clone();
+        if !m.enabled {
+            return;
+        }
+        if let Some(p) = self.probe {
+            let connected = self.peers.contains_key(&p.peer);
+            if !p.acked && connected {
+                if p.sends >= m.probe_attempts {
+                    self.probe = None;
+                    self.suspect(p.peer, now, out);
+                    out.push(Output::Event(Event::PeerUnresponsive { peer: p.peer }));
+                    self.arm(Timer::Probe, now + m.probe_interval_ms);
+                } else {
+                    self.probe = Some(ProbeState {
+                        sends: p.sends + 1,
+                        ..p
+                    });
+                    self.stats.probes_sent += 1;
+                    self.send(p.peer, &Message::Probe { seq: p.seq }, out);
+                    self.arm(Timer::Probe, now + m.probe_retry_ms);
+                }
+                return;
+            }
+            // Answered (or the link went, which `lost` covers): the next
+            // probe comes a period after this one started.
+            if p.started + m.probe_interval_ms > now {
+                self.arm(Timer::Probe, p.started + m.probe_interval_ms);
+                return;
+            }
+        }
+        let Some(peer) = self.random_peer(None, rng) else {
+            self.probe = None;
+            self.arm(Timer::Probe, now + m.probe_interval_ms);
+            return;
+        };
+        self.probe_seq = self.probe_seq.wrapping_add(1);
+        self.probe = Some(ProbeState {
+            peer,
+            seq: self.probe_seq,
+            sends: 1,
+            started: now,
+            acked: false,
+        });
+        self.stats.probes_sent += 1;
+        self.send(
+            peer,
+            &Message::Probe {
+                seq: self.probe_seq,
+            },
+            out,
+        );
+        // A tenth of jitter on the period, so that probes do not fall in step.
+        let period = m.probe_interval_ms;
+        let jitter = rng.random_range(0..=period / 10);
+        self.arm(Timer::Probe, now + m.probe_retry_ms.min(period) + jitter / 2);
+    }
+
+    /// A connection went down: the peer is suspected unless it comes back
+    /// within the grace (a restart of this node's dialer, a flap).
+    fn on_link_lost(&mut self, peer: NodeId, now: Millis) {
+        if self.probe.is_some_and(|p| p.peer == peer) {
+            self.probe = None;
+        }
+        if !self.config.membership.enabled {
+            return;
+        }
+        self.lost.insert(peer, now);
+        self.arm_membership();
+    }
+
+    /// Suspicions that timed out become down marks; lost links past their
+    /// grace make their peers suspect.
+    fn on_membership_timer(&mut self, now: Millis, out: &mut Vec<Output>) {
+        for node in self.members.expire(now) {
+            tracing::debug!(node = %node.short(), "member marked down");
+            out.push(Output::Event(Event::Member {
+                node,
+                state: MemberState::Down,
+            }));
+        }
+        let grace = self.config.membership.link_grace_ms;
+        let due: Vec<NodeId> = self
+            .lost
+            .iter()
+            .filter(|(_, t)| **t + grace <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in due {
+            self.lost.remove(&node);
+            if !self.peers.contains_key(&node) {
+                self.suspect(node, now, out);
+            }
+        }
+        self.arm_membership();
+    }
+
+    fn arm_membership(&mut self) {
+        let grace = self.config.membership.link_grace_ms;
+        let lost = self.lost.values().min().map(|t| t + grace);
+        let next = match (self.members.next_deadline(), lost) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next {
+            self.arm(Timer::Membership, at);
+        }
+    }
+
+    /// Whether membership speaks about `node`: an active member of the policy
+    /// (a fleet without members has no membership).
+    fn is_member(&self, node: &NodeId) -> bool {
+        self.replica.policy().is_active_member(node)
+    }
+
+    /// This node could not reach `node`: sign a suspicion and flood it.
+    fn suspect(&mut self, node: NodeId, now: Millis, out: &mut Vec<Output>) {
+        if node == self.id || !self.is_member(&node) || !self.is_member(&self.id) {
+            return;
+        }
+        let rumour = Rumour {
+            subject: node,
+            incarnation: self.members.known_incarnation(&node),
+            claim: Claim::Suspect { reporter: self.id },
+        };
+        if self.members.judge(&rumour) != Adopted::News {
+            return;
+        }
+        let signed = self.writer.sign_rumour(rumour);
+        self.stats.suspicions_raised += 1;
+        tracing::debug!(node = %node.short(), "suspecting a member");
+        if self
+            .members
+            .adopt(signed, now, &self.config.membership.clone())
+        {
+            out.push(Output::Event(Event::Member {
+                node,
+                state: MemberState::Suspect,
+            }));
+        }
+        self.arm_membership();
+        self.flood_rumours(None, vec![signed], out);
+    }
+
+    /// This node's `Alive` at its current incarnation (signed once).
+    fn own_alive(&mut self) -> SignedRumour {
+        if let Some(r) = self.members.own_alive() {
+            return *r;
+        }
+        let r = self.writer.sign_rumour(Rumour {
+            subject: self.id,
+            incarnation: self.members.incarnation(),
+            claim: Claim::Alive,
+        });
+        self.members.set_own_alive(r);
+        r
+    }
+
+    /// Rumours from a peer: news is verified, adopted and flooded on; a
+    /// suspicion of this node is refuted; an outdated one is answered with
+    /// this node's current `Alive`.
+    fn on_rumours(
+        &mut self,
+        from: NodeId,
+        rumours: Vec<SignedRumour>,
+        now: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.config.membership.enabled || !self.is_member(&self.id) {
+            return;
+        }
+        let cfg = self.config.membership.clone();
+        let mut onward = Vec::new();
+        let mut refute = None;
+        let mut remind = false;
+        for r in rumours {
+            // About members, from members, of the policy held here (one from
+            // a newer or older policy is dropped quietly: not an offence).
+            if !self.is_member(&r.rumour.subject) || !self.is_member(&r.rumour.signer()) {
+                continue;
+            }
+            let verdict = self.members.judge(&r.rumour);
+            if matches!(verdict, Adopted::News | Adopted::Refute(_)) {
+                self.stats.rumours_verified += 1;
+                if let Err(e) = r.verify() {
+                    let w = self.config.penalty_per_offence;
+                    self.penalise(from, w, format!("sent an invalid rumour: {e}"), out);
+                    continue;
+                }
+            }
+            match verdict {
+                Adopted::Known => {}
+                Adopted::Remind => remind = true,
+                Adopted::Refute(inc) => refute = Some(refute.unwrap_or(0).max(inc)),
+                Adopted::News => {
+                    let subject = r.rumour.subject;
+                    let before = self.members.liveness(&subject).map(|l| l.state);
+                    if self.members.adopt(r, now, &cfg) {
+                        let after = self.members.liveness(&subject).map(|l| l.state);
+                        // First news of a member that is alive is no event.
+                        if after != before && !(before.is_none() && after == Some(MemberState::Alive))
+                            && let Some(state) = after
+                        {
+                            out.push(Output::Event(Event::Member {
+                                node: subject,
+                                state,
+                            }));
+                        }
+                        onward.push(r);
+                    }
+                }
+            }
+        }
+        if let Some(inc) = refute {
+            self.members.raise_incarnation(inc);
+            self.stats.refutations += 1;
+            tracing::info!(incarnation = inc, "refuting a suspicion of this node");
+            let alive = self.own_alive();
+            // To everyone, the sender included.
+            self.flood_rumours(None, vec![alive], out);
+        } else if remind {
+            let alive = self.own_alive();
+            self.send_rumours(from, vec![alive], out);
+        }
+        self.arm_membership();
+        if !onward.is_empty() {
+            self.flood_rumours(Some(from), onward, out);
+        }
+    }
+
+    fn flood_rumours(
+        &mut self,
+        except: Option<NodeId>,
+        rumours: Vec<SignedRumour>,
+        out: &mut Vec<Output>,
+    ) {
+        let peers: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|p| Some(**p) != except)
+            .copied()
+            .collect();
+        for p in peers {
+            self.send_rumours(p, rumours.clone(), out);
+        }
+    }
+
+    fn send_rumours(&mut self, to: NodeId, rumours: Vec<SignedRumour>, out: &mut Vec<Output>) {
+        let max = self.config.wire.rumours_per_message_max;
+        for chunk in rumours.chunks(max) {
+            let msg = Message::Rumours {
+                rumours: chunk.to_vec(),
+            };
+            self.send(to, &msg, out);
         }
     }
 

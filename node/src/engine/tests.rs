@@ -421,7 +421,7 @@ fn heartbeat_updates_last_heard_and_rolls_epochs() {
     let (a, b) = (f.id(0), f.id(1));
     for _ in 0..40 {
         f.now += 1000;
-        f.fire(b, Timer::Heartbeat);
+        f.fire(b, Timer::StatusRefresh);
         f.run();
     }
     let e = &f.engines[&a];

@@ -4,13 +4,14 @@
 //! failure is a typed [`WireError`]; decoding never panics.
 
 use dcloud_crdt::envelope::{self, DecodeError, Format};
-use dcloud_crdt::{ChangeHash, DocId, NodeId, SignedChange, SignedTrustRoot};
+use dcloud_crdt::{ChangeHash, DocId, NodeId, SignedChange, SignedRumour, SignedTrustRoot};
 use serde::{Deserialize, Serialize};
 
 /// Version byte of the engine protocol. A peer speaking another version is
 /// refused with [`WireError::UnknownVersion`].
-/// Version 2 added [`Message::Freshness`].
-pub const WIRE_VERSION: u8 = 2;
+/// Version 2 added [`Message::Freshness`]; version 3 added membership
+/// ([`Message::Probe`], [`Message::Ack`], [`Message::Rumours`]).
+pub const WIRE_VERSION: u8 = 3;
 
 /// The engine message envelope: no magic, the version byte, postcard.
 const WIRE_FORMAT: Format = Format {
@@ -155,6 +156,21 @@ pub enum Message {
         /// [`dcloud_crdt::SignedFreshness::encode`].
         statement: Vec<u8>,
     },
+    /// Membership: are you there? (answered with [`Message::Ack`]).
+    Probe {
+        /// Echoed in the answer.
+        seq: u32,
+    },
+    /// Membership: the answer to [`Message::Probe`].
+    Ack {
+        /// The probe's.
+        seq: u32,
+    },
+    /// Membership rumours (suspicions and refutations), each signed.
+    Rumours {
+        /// The rumours.
+        rumours: Vec<SignedRumour>,
+    },
 }
 
 /// Bounds applied when decoding a message from a peer.
@@ -175,6 +191,8 @@ pub struct WireLimits {
     pub heads_per_doc_max: usize,
     /// Most trust roots in one message.
     pub roots_per_message_max: usize,
+    /// Most membership rumours in one message.
+    pub rumours_per_message_max: usize,
 }
 
 impl Default for WireLimits {
@@ -187,6 +205,7 @@ impl Default for WireLimits {
             items_per_message_max: 4096,
             heads_per_doc_max: 64,
             roots_per_message_max: 64,
+            rumours_per_message_max: 256,
         }
     }
 }
@@ -294,6 +313,10 @@ impl Message {
                 Ok(())
             }
             Message::Roots { roots } => bound("roots", roots.len(), l.roots_per_message_max),
+            Message::Probe { .. } | Message::Ack { .. } => Ok(()),
+            Message::Rumours { rumours } => {
+                bound("rumours", rumours.len(), l.rumours_per_message_max)
+            }
             Message::Freshness { statement } => bound(
                 "freshness statement bytes",
                 statement.len(),

@@ -1,0 +1,454 @@
+//! Membership and failure detection: SWIM's rules (Das, Gupta, Motivala,
+//! "SWIM", DSN 2002; the Lifeguard refinements of Serf/memberlist; foca's
+//! state rules as the reference) run on the engine's existing mesh.
+//!
+//! Who is in the fleet is not discovered: the signed policy says it. What
+//! membership adds is *liveness* at a cost that does not grow with the fleet:
+//!
+//! * **Probing.** Every [`MembershipConfig::probe_interval_ms`] a node sends a
+//!   `Probe` to one random connected neighbour over the engine stream and
+//!   expects its `Ack`. A probe left unanswered is sent again every
+//!   [`MembershipConfig::probe_retry_ms`]; after
+//!   [`MembershipConfig::probe_attempts`] sends without an answer, the node
+//!   suspects that neighbour. A connection that goes down and does not come
+//!   back within [`MembershipConfig::link_grace_ms`] is suspected too (a
+//!   SIGKILL or a crash closes it at once). Each node is probed about once a
+//!   period in all, whatever the size of the fleet.
+//! * **Suspicion.** The suspecter signs `Suspect{subject, incarnation}` and
+//!   floods it to its peers; every node that adopts it floods it on once.
+//!   A node that holds a suspicion for [`MembershipConfig::suspicion_timeout_ms`]
+//!   without hearing a refutation marks the subject down itself (no second
+//!   broadcast: every node has its own timer).
+//! * **Refutation.** A node that hears it is suspected signs
+//!   `Alive{itself, higher incarnation}` and floods it; that overrides the
+//!   suspicion, and a down mark, everywhere it reaches. Only the subject can
+//!   sign its own `Alive`: a member can make others suspect a live node for a
+//!   moment, never keep a dead node alive nor speak in another's name.
+//! * **Incarnations** are `epoch << 32 | refutations`: the status epoch
+//!   already rises at every restart (it is durable), so a restarted node
+//!   speaks above everything said about its earlier life.
+//! * **Repair.** Rumours lost in flight are repaired when a connection comes
+//!   up: each side sends the suspicions it holds (a heal or a restart
+//!   brings a suspected node the rumour it must refute). A rumour is checked
+//!   against what is held before its signature is: only news is verified.
+//!
+//! This module is the pure state (no I/O, no clock, no rng); the engine
+//! drives it, signs and sends.
+
+use std::collections::{BTreeSet, HashMap};
+
+use dcloud_crdt::{Claim, NodeId, Rumour, SignedRumour};
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+
+/// Membership timings and bounds (`[engine.membership]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// Run failure detection (probes and rumours). Off, liveness is only the
+    /// time since a node's last status change.
+    pub enabled: bool,
+    /// Probe one random neighbour this often.
+    pub probe_interval_ms: u64,
+    /// Send an unanswered probe again after this long.
+    pub probe_retry_ms: u64,
+    /// Sends of one probe without an answer before the neighbour is suspected.
+    pub probe_attempts: u32,
+    /// A suspicion not refuted within this time marks its subject down.
+    pub suspicion_timeout_ms: u64,
+    /// A lost connection not back within this time makes the peer suspect.
+    pub link_grace_ms: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            enabled: true,
+            probe_interval_ms: 1_000,
+            probe_retry_ms: 500,
+            probe_attempts: 5,
+            suspicion_timeout_ms: 3_000,
+            link_grace_ms: 1_000,
+        }
+    }
+}
+
+/// A member's state as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// No suspicion held (or refuted).
+    Alive,
+    /// Suspected, not yet refuted; down when the suspicion times out.
+    Suspect,
+    /// Suspected and not refuted in time.
+    Down,
+}
+
+impl MemberState {
+    /// `alive`, `suspect`, `down`.
+    pub fn label(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+}
+
+/// What this node holds about one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// Alive, suspect or down.
+    pub state: MemberState,
+    /// The member's incarnation this state is about.
+    pub incarnation: u64,
+    /// Local time the state was entered.
+    pub since: Millis,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    incarnation: u64,
+    state: MemberState,
+    since: Millis,
+    /// The rumour that set this state (a suspicion, or the subject's Alive).
+    rumour: SignedRumour,
+}
+
+/// What adopting a rumour means for the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopted {
+    /// It changed what this node holds: flood it on.
+    News,
+    /// Nothing new.
+    Known,
+    /// It suspects this node: refute (sign `Alive` at this incarnation and
+    /// flood it).
+    Refute(u64),
+    /// An old suspicion of this node: the sender has not heard the
+    /// refutation; send it this node's current `Alive`.
+    Remind,
+}
+
+/// The membership table of one node.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    me: NodeId,
+    incarnation: u64,
+    /// This node's latest signed `Alive` (once it refuted, or was asked).
+    own_alive: Option<SignedRumour>,
+    entries: HashMap<NodeId, Entry>,
+    /// Suspicions by deadline.
+    deadlines: BTreeSet<(Millis, NodeId)>,
+}
+
+/// The incarnation a node starts at in status epoch `epoch`.
+pub fn incarnation_of_epoch(epoch: u32) -> u64 {
+    u64::from(epoch) << 32
+}
+
+impl Membership {
+    /// A table for `me`, at incarnation `incarnation`.
+    pub fn new(me: NodeId, incarnation: u64) -> Self {
+        Membership {
+            me,
+            incarnation,
+            own_alive: None,
+            entries: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Raise this node's incarnation to at least `inc` (a new status epoch).
+    pub fn raise_incarnation(&mut self, inc: u64) {
+        if inc > self.incarnation {
+            self.incarnation = inc;
+            self.own_alive = None;
+        }
+    }
+
+    /// This node's current signed `Alive`, if one was signed at its current
+    /// incarnation.
+    pub fn own_alive(&self) -> Option<&SignedRumour> {
+        self.own_alive
+            .as_ref()
+            .filter(|r| r.rumour.incarnation == self.incarnation)
+    }
+
+    /// Keep this node's newly signed `Alive`.
+    pub fn set_own_alive(&mut self, r: SignedRumour) {
+        debug_assert_eq!(r.rumour.subject, self.me);
+        self.incarnation = self.incarnation.max(r.rumour.incarnation);
+        self.own_alive = Some(r);
+    }
+
+    /// What this node holds about `node` (`None`: nothing was ever said).
+    pub fn liveness(&self, node: &NodeId) -> Option<Liveness> {
+        self.entries.get(node).map(|e| Liveness {
+            state: e.state,
+            incarnation: e.incarnation,
+            since: e.since,
+        })
+    }
+
+    /// The incarnation of `node` this node knows (0 if none).
+    pub fn known_incarnation(&self, node: &NodeId) -> u64 {
+        self.entries.get(node).map_or(0, |e| e.incarnation)
+    }
+
+    /// Whether `node` is held suspect or down.
+    pub fn is_suspected(&self, node: &NodeId) -> bool {
+        self.entries
+            .get(node)
+            .is_some_and(|e| e.state != MemberState::Alive)
+    }
+
+    /// Members held suspect or down, with the rumour that says so (for a
+    /// connection that comes up).
+    pub fn suspicions(&self) -> Vec<SignedRumour> {
+        let mut v: Vec<SignedRumour> = self
+            .entries
+            .values()
+            .filter(|e| e.state != MemberState::Alive)
+            .map(|e| e.rumour)
+            .collect();
+        v.sort_by_key(|r| r.rumour.subject);
+        v
+    }
+
+    /// Counts of members held in each state: (alive, suspect, down).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for e in self.entries.values() {
+            match e.state {
+                MemberState::Alive => c.0 += 1,
+                MemberState::Suspect => c.1 += 1,
+                MemberState::Down => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    /// What adopting `r` would do, judged before its signature is checked
+    /// (only news is worth a verification). Does not change anything.
+    pub fn judge(&self, r: &Rumour) -> Adopted {
+        if r.subject == self.me {
+            return match r.claim {
+                Claim::Suspect { .. } if r.incarnation >= self.incarnation => {
+                    Adopted::Refute(r.incarnation + 1)
+                }
+                Claim::Suspect { .. } => Adopted::Remind,
+                // An Alive of this node at or above its incarnation was
+                // signed in an earlier life (a restored key): speak above it.
+                Claim::Alive if r.incarnation >= self.incarnation => {
+                    Adopted::Refute(r.incarnation + 1)
+                }
+                Claim::Alive => Adopted::Known,
+            };
+        }
+        let Some(e) = self.entries.get(&r.subject) else {
+            return Adopted::News;
+        };
+        let news = match r.claim {
+            Claim::Alive => r.incarnation > e.incarnation,
+            Claim::Suspect { .. } => {
+                r.incarnation > e.incarnation
+                    || (r.incarnation == e.incarnation && e.state == MemberState::Alive)
+            }
+        };
+        if news { Adopted::News } else { Adopted::Known }
+    }
+
+    /// Adopt a rumour about another member that [`Membership::judge`] called
+    /// news and whose signature verified. True if the state changed.
+    pub fn adopt(&mut self, r: SignedRumour, now: Millis, cfg: &MembershipConfig) -> bool {
+        debug_assert_ne!(r.rumour.subject, self.me);
+        if self.judge(&r.rumour) != Adopted::News {
+            return false;
+        }
+        let subject = r.rumour.subject;
+        if let Some(old) = self.entries.get(&subject)
+            && old.state == MemberState::Suspect
+        {
+            self.deadlines.remove(&(old.since + cfg.suspicion_timeout_ms, subject));
+        }
+        let state = match r.rumour.claim {
+            Claim::Alive => MemberState::Alive,
+            Claim::Suspect { .. } => MemberState::Suspect,
+        };
+        let since = match self.entries.get(&subject) {
+            Some(old) if old.state == state => old.since,
+            _ => now,
+        };
+        if state == MemberState::Suspect {
+            self.deadlines
+                .insert((since + cfg.suspicion_timeout_ms, subject));
+        }
+        self.entries.insert(
+            subject,
+            Entry {
+                incarnation: r.rumour.incarnation,
+                state,
+                since,
+                rumour: r,
+            },
+        );
+        true
+    }
+
+    /// Suspicions past their timeout at `now` become down marks; returns
+    /// their subjects.
+    pub fn expire(&mut self, now: Millis) -> Vec<NodeId> {
+        let mut down = Vec::new();
+        while let Some(&(at, node)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(e) = self.entries.get_mut(&node)
+                && e.state == MemberState::Suspect
+            {
+                e.state = MemberState::Down;
+                e.since = now;
+                down.push(node);
+            }
+        }
+        down
+    }
+
+    /// The next suspicion deadline.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Forget `node` (revoked, or no longer a member).
+    pub fn forget(&mut self, node: &NodeId) {
+        if let Some(e) = self.entries.remove(node) {
+            self.deadlines.retain(|(_, n)| n != node);
+            let _ = e;
+        }
+    }
+
+    /// Members with an entry (for pruning against the policy).
+    pub fn members(&self) -> Vec<NodeId> {
+        self.entries.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcloud_crdt::SecretKey;
+
+    fn key(b: u8) -> SecretKey {
+        SecretKey::from_seed([b; 32])
+    }
+
+    fn alive(k: &SecretKey, inc: u64) -> SignedRumour {
+        SignedRumour::sign(
+            Rumour {
+                subject: k.public(),
+                incarnation: inc,
+                claim: Claim::Alive,
+            },
+            k,
+        )
+    }
+
+    fn suspect(subject: &SecretKey, by: &SecretKey, inc: u64) -> SignedRumour {
+        SignedRumour::sign(
+            Rumour {
+                subject: subject.public(),
+                incarnation: inc,
+                claim: Claim::Suspect {
+                    reporter: by.public(),
+                },
+            },
+            by,
+        )
+    }
+
+    #[test]
+    fn suspicion_times_out_to_down_unless_refuted() {
+        let cfg = MembershipConfig::default();
+        let (me, x, y) = (key(1), key(2), key(3));
+        let mut m = Membership::new(me.public(), incarnation_of_epoch(1));
+        let s = suspect(&x, &y, 0);
+        assert_eq!(m.judge(&s.rumour), Adopted::News);
+        assert!(m.adopt(s, 100, &cfg));
+        assert_eq!(m.judge(&s.rumour), Adopted::Known, "the same suspicion twice");
+        assert_eq!(m.next_deadline(), Some(100 + cfg.suspicion_timeout_ms));
+        assert!(m.expire(100 + cfg.suspicion_timeout_ms - 1).is_empty());
+        assert_eq!(m.expire(100 + cfg.suspicion_timeout_ms), vec![x.public()]);
+        assert_eq!(m.liveness(&x.public()).unwrap().state, MemberState::Down);
+        assert_eq!(m.suspicions(), vec![s]);
+        // Another suspicion at the same incarnation changes nothing.
+        assert_eq!(m.judge(&suspect(&x, &me, 0).rumour), Adopted::Known);
+        // The subject's Alive at a higher incarnation lifts the down mark.
+        let a = alive(&x, 1);
+        assert_eq!(m.judge(&a.rumour), Adopted::News);
+        assert!(m.adopt(a, 5_000, &cfg));
+        let l = m.liveness(&x.public()).unwrap();
+        assert_eq!((l.state, l.incarnation, l.since), (MemberState::Alive, 1, 5_000));
+        assert!(m.suspicions().is_empty());
+        // A replay of the old Alive or the old suspicion: nothing.
+        assert_eq!(m.judge(&alive(&x, 0).rumour), Adopted::Known);
+        assert_eq!(m.judge(&s.rumour), Adopted::Known);
+        // A suspicion at the new incarnation: news again.
+        assert_eq!(m.judge(&suspect(&x, &y, 1).rumour), Adopted::News);
+    }
+
+    #[test]
+    fn a_refutation_cancels_the_deadline() {
+        let cfg = MembershipConfig::default();
+        let (me, x, y) = (key(1), key(2), key(3));
+        let mut m = Membership::new(me.public(), 0);
+        m.adopt(suspect(&x, &y, 4), 0, &cfg);
+        m.adopt(alive(&x, 5), 10, &cfg);
+        assert_eq!(m.next_deadline(), None);
+        assert!(m.expire(u64::MAX / 2).is_empty());
+        assert_eq!(m.liveness(&x.public()).unwrap().state, MemberState::Alive);
+    }
+
+    #[test]
+    fn a_node_refutes_suspicions_of_itself_and_reminds_of_old_ones() {
+        let (me, y) = (key(1), key(3));
+        let inc = incarnation_of_epoch(3);
+        let mut m = Membership::new(me.public(), inc);
+        assert_eq!(
+            m.judge(&suspect(&me, &y, inc).rumour),
+            Adopted::Refute(inc + 1)
+        );
+        m.set_own_alive(alive(&me, inc + 1));
+        assert_eq!(m.incarnation(), inc + 1);
+        assert_eq!(m.judge(&suspect(&me, &y, inc).rumour), Adopted::Remind);
+        assert!(m.own_alive().is_some());
+        // A restart: a new epoch is above every refutation of the last one.
+        m.raise_incarnation(incarnation_of_epoch(4));
+        assert!(m.own_alive().is_none());
+        assert_eq!(
+            m.judge(&suspect(&me, &y, inc + 1).rumour),
+            Adopted::Remind
+        );
+    }
+
+    #[test]
+    fn suspicion_at_the_known_incarnation_of_an_alive_member_is_news() {
+        let cfg = MembershipConfig::default();
+        let (me, x, y) = (key(1), key(2), key(3));
+        let mut m = Membership::new(me.public(), 0);
+        m.adopt(alive(&x, 9), 0, &cfg);
+        assert_eq!(m.judge(&suspect(&x, &y, 9).rumour), Adopted::News);
+        assert_eq!(m.judge(&suspect(&x, &y, 8).rumour), Adopted::Known);
+        assert_eq!(m.counts(), (1, 0, 0));
+        m.forget(&x.public());
+        assert!(m.liveness(&x.public()).is_none());
+    }
+}
