@@ -148,7 +148,10 @@ mod tests {
         // b's suspicion re-labelled as a's own Alive: refused.
         let mut relabelled = suspect;
         relabelled.rumour.claim = Claim::Alive;
-        assert!(matches!(relabelled.verify(), Err(RumourError::Signature(_))));
+        assert!(matches!(
+            relabelled.verify(),
+            Err(RumourError::Signature(_))
+        ));
         // A self-suspicion is refused by name even when signed.
         let own = Rumour {
             subject: a.public(),

@@ -886,7 +886,9 @@ impl Daemon {
                     MemberState::Alive => {
                         tracing::info!(node = %node.short(), "member alive again")
                     }
-                    MemberState::Suspect => tracing::info!(node = %node.short(), "member suspected"),
+                    MemberState::Suspect => {
+                        tracing::info!(node = %node.short(), "member suspected")
+                    }
                     MemberState::Down => tracing::warn!(node = %node.short(), "member down"),
                 }
             }

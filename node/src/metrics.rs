@@ -167,7 +167,11 @@ impl Metrics {
             "Members held suspect here",
             m.members_suspect.clone(),
         );
-        r.register("members_down", "Members held down here", m.members_down.clone());
+        r.register(
+            "members_down",
+            "Members held down here",
+            m.members_down.clone(),
+        );
         r.register(
             "apply_runs",
             "Policy applications, by result",

@@ -310,6 +310,8 @@ pub struct Sim {
     misbehaved_events: u64,
     /// When each node last crashed (cleared when it starts again).
     crashed_at: Vec<Option<u64>>,
+    /// When each node last started.
+    started_at: Vec<u64>,
     /// First time each live node marked a crashed one down: (subject,
     /// observer) -> ms after the crash, for the crash in progress.
     detections: HashMap<(usize, usize), u64>,
@@ -513,6 +515,7 @@ impl Sim {
             events: 0,
             misbehaved_events: 0,
             crashed_at: vec![None; sc.nodes],
+            started_at: vec![0; sc.nodes],
             detections: HashMap::new(),
             detection_samples: Vec::new(),
             detection_missed: 0,
@@ -882,9 +885,11 @@ impl Sim {
         if self.live(i) {
             return;
         }
-        if self.crashed_at[i].take().is_some() {
-            self.close_detection(i);
+        if let Some(t) = self.crashed_at[i] {
+            self.close_detection(i, t);
+            self.crashed_at[i] = None;
         }
+        self.started_at[i] = self.now;
         let key = self.slots[i].key.clone();
         if wipe && let Some(store) = &mut self.slots[i].store {
             *store = Store::default();
@@ -1077,7 +1082,15 @@ impl Sim {
                     Some(t) if !self.live(b) => {
                         self.detections.entry((b, i)).or_insert(self.now - t);
                     }
-                    _ if self.active.is_empty() && self.slots[b].honest => {
+                    // A node that started again within two suspicion
+                    // timeouts may be marked down by a suspicion of its
+                    // last life still in flight; its refutation follows.
+                    _ if self.active.is_empty()
+                        && self.slots[b].honest
+                        && self.now
+                            > self.started_at[b]
+                                + 2 * self.config.membership.suspicion_timeout_ms =>
+                    {
                         self.false_downs += 1;
                     }
                     _ => {}
@@ -1502,9 +1515,15 @@ impl Sim {
     /// A crashed node starts again (or the run ends): its detection times
     /// become samples, and each live honest observer that never marked it
     /// down a miss.
-    fn close_detection(&mut self, b: usize) {
+    fn close_detection(&mut self, b: usize, crashed: u64) {
         for o in 0..self.sc.nodes {
-            if o == b || !self.slots[o].honest || !self.live(o) || !self.enrolled[o] {
+            // Observers live over the whole crash.
+            if o == b
+                || !self.slots[o].honest
+                || !self.live(o)
+                || !self.enrolled[o]
+                || self.started_at[o] > crashed
+            {
                 continue;
             }
             match self.detections.remove(&(b, o)) {
@@ -1523,7 +1542,7 @@ impl Sim {
         let bound = self.config.stale_after_ms() * 2;
         for b in 0..n {
             match self.crashed_at[b] {
-                Some(t) if self.now >= t + bound => self.close_detection(b),
+                Some(t) if self.now >= t + bound => self.close_detection(b, t),
                 Some(_) => {
                     let made: Vec<u64> = self
                         .detections

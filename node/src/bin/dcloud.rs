@@ -176,7 +176,9 @@ fn merge(args: &RunArgs) -> Result<config::Config> {
         raw.api = Some(v.clone());
     }
     if let Some(v) = args.status_refresh_ms {
-        raw.engine.get_or_insert_default().status_refresh_interval_ms = v;
+        raw.engine
+            .get_or_insert_default()
+            .status_refresh_interval_ms = v;
     }
     if let Some(v) = args.mdns {
         raw.mdns = Some(v);

@@ -245,9 +245,10 @@ impl Membership {
                     Adopted::Refute(r.incarnation + 1)
                 }
                 Claim::Suspect { .. } => Adopted::Remind,
-                // An Alive of this node at or above its incarnation was
-                // signed in an earlier life (a restored key): speak above it.
-                Claim::Alive if r.incarnation >= self.incarnation => {
+                // An Alive of this node above its incarnation was signed in
+                // an earlier life (a restored key): speak above it. Its own
+                // current one, flooded back to it, is known.
+                Claim::Alive if r.incarnation > self.incarnation => {
                     Adopted::Refute(r.incarnation + 1)
                 }
                 Claim::Alive => Adopted::Known,
@@ -277,7 +278,8 @@ impl Membership {
         if let Some(old) = self.entries.get(&subject)
             && old.state == MemberState::Suspect
         {
-            self.deadlines.remove(&(old.since + cfg.suspicion_timeout_ms, subject));
+            self.deadlines
+                .remove(&(old.since + cfg.suspicion_timeout_ms, subject));
         }
         let state = match r.rumour.claim {
             Claim::Alive => MemberState::Alive,
@@ -383,7 +385,11 @@ mod tests {
         let s = suspect(&x, &y, 0);
         assert_eq!(m.judge(&s.rumour), Adopted::News);
         assert!(m.adopt(s, 100, &cfg));
-        assert_eq!(m.judge(&s.rumour), Adopted::Known, "the same suspicion twice");
+        assert_eq!(
+            m.judge(&s.rumour),
+            Adopted::Known,
+            "the same suspicion twice"
+        );
         assert_eq!(m.next_deadline(), Some(100 + cfg.suspicion_timeout_ms));
         assert!(m.expire(100 + cfg.suspicion_timeout_ms - 1).is_empty());
         assert_eq!(m.expire(100 + cfg.suspicion_timeout_ms), vec![x.public()]);
@@ -396,7 +402,10 @@ mod tests {
         assert_eq!(m.judge(&a.rumour), Adopted::News);
         assert!(m.adopt(a, 5_000, &cfg));
         let l = m.liveness(&x.public()).unwrap();
-        assert_eq!((l.state, l.incarnation, l.since), (MemberState::Alive, 1, 5_000));
+        assert_eq!(
+            (l.state, l.incarnation, l.since),
+            (MemberState::Alive, 1, 5_000)
+        );
         assert!(m.suspicions().is_empty());
         // A replay of the old Alive or the old suspicion: nothing.
         assert_eq!(m.judge(&alive(&x, 0).rumour), Adopted::Known);
@@ -430,13 +439,17 @@ mod tests {
         assert_eq!(m.incarnation(), inc + 1);
         assert_eq!(m.judge(&suspect(&me, &y, inc).rumour), Adopted::Remind);
         assert!(m.own_alive().is_some());
+        // Its own Alive flooded back to it: known (no refutation loop); one
+        // from an earlier life above it: refuted.
+        assert_eq!(m.judge(&alive(&me, inc + 1).rumour), Adopted::Known);
+        assert_eq!(
+            m.judge(&alive(&me, inc + 5).rumour),
+            Adopted::Refute(inc + 6)
+        );
         // A restart: a new epoch is above every refutation of the last one.
         m.raise_incarnation(incarnation_of_epoch(4));
         assert!(m.own_alive().is_none());
-        assert_eq!(
-            m.judge(&suspect(&me, &y, inc + 1).rumour),
-            Adopted::Remind
-        );
+        assert_eq!(m.judge(&suspect(&me, &y, inc + 1).rumour), Adopted::Remind);
     }
 
     #[test]

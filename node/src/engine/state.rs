@@ -11,8 +11,8 @@ use dcloud_crdt::{
 use rand::RngExt;
 
 use super::config::EngineConfig;
-use super::membership::{Adopted, Liveness, MemberState, Membership, incarnation_of_epoch};
 use super::index::{DocIndex, key_of, split};
+use super::membership::{Adopted, Liveness, MemberState, Membership, incarnation_of_epoch};
 use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
 use super::{DisconnectReason, Event, Input, Millis, Output, Persist, Timer};
 
@@ -655,6 +655,12 @@ impl Engine {
         self.timers.remove(&t);
         self.on_timer(t, now, rng, &mut out);
         out
+    }
+
+    /// When timer `t` is due, if set (tests).
+    #[cfg(test)]
+    pub(crate) fn timer(&self, t: Timer) -> Option<Millis> {
+        self.timers.get(&t).copied()
     }
 
     /// Set `t` for `at` unless it is already set for earlier.
@@ -2088,7 +2094,10 @@ impl Engine {
         // A tenth of jitter on the period, so that probes do not fall in step.
         let period = m.probe_interval_ms;
         let jitter = rng.random_range(0..=period / 10);
-        self.arm(Timer::Probe, now + m.probe_retry_ms.min(period) + jitter / 2);
+        self.arm(
+            Timer::Probe,
+            now + m.probe_retry_ms.min(period) + jitter / 2,
+        );
     }
 
     /// A connection went down: the peer is suspected unless it comes back
@@ -2233,7 +2242,8 @@ impl Engine {
                     if self.members.adopt(r, now, &cfg) {
                         let after = self.members.liveness(&subject).map(|l| l.state);
                         // First news of a member that is alive is no event.
-                        if after != before && !(before.is_none() && after == Some(MemberState::Alive))
+                        if after != before
+                            && !(before.is_none() && after == Some(MemberState::Alive))
                             && let Some(state) = after
                         {
                             out.push(Output::Event(Event::Member {

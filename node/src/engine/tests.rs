@@ -1281,3 +1281,239 @@ fn an_invalid_engine_config_is_refused_by_name() {
     let msg = *panic.err().unwrap().downcast::<String>().unwrap();
     assert!(msg.contains("engine.graft_timeout_ms"), "{msg}");
 }
+
+fn member_events(f: &Fleet, at: NodeId, about: NodeId) -> Vec<super::MemberState> {
+    f.log
+        .iter()
+        .filter(|(n, _)| *n == at)
+        .filter_map(|(_, o)| match o {
+            Output::Event(Event::Member { node, state }) if *node == about => Some(*state),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state_at(f: &Fleet, at: NodeId, about: NodeId) -> Option<super::MemberState> {
+    f.engines[&at].liveness(&about).map(|l| l.state)
+}
+
+#[test]
+fn a_crashed_node_is_marked_down_everywhere_and_its_restart_lifts_it() {
+    use super::MemberState::{Alive, Down, Suspect};
+    let cfg = EngineConfig::default();
+    let m = cfg.membership.clone();
+    // A line 0-1-2-3: only node 2 is linked to node 3.
+    let mut f = Fleet::new(4, 0, false, cfg.clone());
+    f.run();
+    let ids: Vec<NodeId> = (0..4).map(|i| f.id(i)).collect();
+    // Node 3 crashes: its connection to node 2 closes.
+    let crashed = f.engines.remove(&ids[3]).unwrap();
+    drop(crashed);
+    f.input(ids[2], Input::PeerDown { peer: ids[3] });
+    f.run();
+    // Within the grace nothing is said.
+    f.now += m.link_grace_ms - 10;
+    f.fire(ids[2], Timer::Membership);
+    f.run();
+    assert_eq!(state_at(&f, ids[0], ids[3]), None);
+    // Past it, node 2 suspects node 3, and the suspicion floods.
+    f.now += 20;
+    f.fire(ids[2], Timer::Membership);
+    f.run();
+    for &i in &ids[..3] {
+        assert_eq!(state_at(&f, i, ids[3]), Some(Suspect), "at {}", i.short());
+    }
+    // Unrefuted for the suspicion timeout: down everywhere, each by its own timer.
+    f.now += m.suspicion_timeout_ms + 1;
+    for &i in &ids[..3] {
+        f.fire(i, Timer::Membership);
+    }
+    f.run();
+    for &i in &ids[..3] {
+        assert_eq!(state_at(&f, i, ids[3]), Some(Down));
+        assert_eq!(member_events(&f, i, ids[3]), vec![Suspect, Down]);
+    }
+    // Node 3 comes back in a new epoch (a restart): node 2 sends it the
+    // suspicion when the link is up, node 3 answers with its Alive at its
+    // new incarnation, and that lifts the down mark everywhere.
+    let mut replica = Replica::new(
+        f.engines[&ids[0]].replica().trust().clone(),
+        Limits::default(),
+    );
+    replica.ingest(f.policy.clone());
+    let writer = StatusWriter::new(f.keys[3].clone(), 2, 16);
+    let (e, outs) = Engine::new(cfg, replica, writer, f.now);
+    f.engines.insert(ids[3], e);
+    f.apply(ids[3], outs);
+    f.input(ids[2], Input::PeerUp { peer: ids[3] });
+    f.input(ids[3], Input::PeerUp { peer: ids[2] });
+    f.run();
+    for &i in &ids[..3] {
+        assert_eq!(state_at(&f, i, ids[3]), Some(Alive), "at {}", i.short());
+        assert_eq!(member_events(&f, i, ids[3]), vec![Suspect, Down, Alive]);
+    }
+}
+
+#[test]
+fn a_false_suspicion_is_refuted_by_its_subject_and_never_becomes_down() {
+    use super::MemberState::Alive;
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(3, 0, true, cfg.clone());
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
+    // Node 2 says node 1 is suspect (signed by node 2): node 0 adopts it and
+    // floods it on; node 1 hears it and refutes.
+    let suspicion = dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: b,
+            incarnation: f.engines[&b].membership().incarnation(),
+            claim: dcloud_crdt::Claim::Suspect { reporter: c },
+        },
+        &f.keys[2],
+    );
+    let msg = Message::Rumours {
+        rumours: vec![suspicion],
+    };
+    f.input(
+        a,
+        Input::Message {
+            from: c,
+            bytes: msg.encode(),
+        },
+    );
+    f.run();
+    assert_eq!(f.engines[&b].stats().refutations, 1);
+    assert!(f.engines[&b].membership().incarnation() > suspicion.rumour.incarnation);
+    f.now += cfg.membership.suspicion_timeout_ms * 2;
+    for id in [a, b, c] {
+        f.fire(id, Timer::Membership);
+    }
+    f.run();
+    for id in [a, c] {
+        assert_eq!(state_at(&f, id, b), Some(Alive));
+        assert!(
+            !member_events(&f, id, b).contains(&super::MemberState::Down),
+            "never down"
+        );
+    }
+    // The same suspicion again is old news: not verified again, no event.
+    let verified = f.engines[&a].stats().rumours_verified;
+    f.input(
+        a,
+        Input::Message {
+            from: c,
+            bytes: msg.encode(),
+        },
+    );
+    f.run();
+    assert_eq!(f.engines[&a].stats().rumours_verified, verified);
+}
+
+#[test]
+fn a_forged_rumour_is_penalised_and_not_adopted() {
+    let mut f = Fleet::new(3, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
+    // Node 2 forges node 1's suspicion in node 0's name... signed by itself.
+    let mut forged = dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: b,
+            incarnation: 1 << 40,
+            claim: dcloud_crdt::Claim::Suspect { reporter: c },
+        },
+        &f.keys[2],
+    );
+    forged.rumour.claim = dcloud_crdt::Claim::Suspect { reporter: a };
+    let start = f.log.len();
+    f.input(
+        a,
+        Input::Message {
+            from: c,
+            bytes: Message::Rumours {
+                rumours: vec![forged],
+            }
+            .encode(),
+        },
+    );
+    f.run();
+    let blamed: Vec<String> = f.log[start..]
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Output::Event(Event::PeerMisbehaved { peer, reason }) if *n == a && *peer == c => {
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(blamed.len(), 1, "{blamed:?}");
+    assert!(blamed[0].contains("invalid rumour"), "{}", blamed[0]);
+    assert_eq!(state_at(&f, a, b), None);
+}
+
+#[test]
+fn a_peer_that_leaves_every_probe_unanswered_is_suspected_and_reported() {
+    let cfg = EngineConfig::default();
+    let m = cfg.membership.clone();
+    let mut f = Fleet::new(2, 0, true, cfg);
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    // Node 1 goes silent without its connection closing (a hung process,
+    // a dead route): nothing it would answer arrives.
+    f.engines.remove(&b);
+    let start = f.log.len();
+    for _ in 0..=m.probe_attempts {
+        f.fire(a, Timer::Probe);
+        f.run();
+        f.now += m.probe_retry_ms;
+    }
+    let probes = f.log[start..]
+        .iter()
+        .filter(|(n, o)| {
+            *n == a
+                && matches!(o, Output::Send { to, bytes } if *to == b
+                    && matches!(Message::decode(bytes, &Default::default()), Ok(Message::Probe { .. })))
+        })
+        .count();
+    assert_eq!(probes, m.probe_attempts as usize);
+    assert_eq!(state_at(&f, a, b), Some(super::MemberState::Suspect));
+    assert!(f.log[start..].iter().any(|(n, o)| *n == a
+        && matches!(o, Output::Event(Event::PeerUnresponsive { peer }) if *peer == b)));
+}
+
+#[test]
+fn an_idle_fleet_backs_anti_entropy_off_and_a_new_change_brings_it_back() {
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(2, 0, true, cfg.clone());
+    f.run();
+    let a = f.id(0);
+    let next = |f: &Fleet| f.engines[&a].timer(Timer::AntiEntropy).unwrap() - f.now;
+    // The first rounds repair the fleet's first status changes (quick rounds).
+    for _ in 0..2 {
+        f.fire(a, Timer::AntiEntropy);
+        f.run();
+    }
+    let mut gaps = Vec::new();
+    for _ in 0..6 {
+        f.fire(a, Timer::AntiEntropy);
+        f.run();
+        gaps.push(next(&f));
+    }
+    // Doubling (within the jitter of a tenth) up to the idle bound.
+    let base = cfg.anti_entropy_interval_ms;
+    assert!(gaps[0] <= base * 2 * 23 / 20, "{gaps:?}");
+    assert!(gaps[1] >= base * 2 * 19 / 20, "{gaps:?}");
+    for g in &gaps[4..] {
+        assert!(*g >= cfg.anti_entropy_idle_max_ms * 19 / 20, "{gaps:?}");
+        assert!(*g <= cfg.anti_entropy_idle_max_ms * 23 / 20, "{gaps:?}");
+    }
+    // A new change: the next round is a base interval away at most.
+    let c = f.policy_change("x");
+    f.input(
+        a,
+        Input::Publish {
+            roots: vec![],
+            changes: vec![c],
+        },
+    );
+    assert!(next(&f) <= cfg.anti_entropy_interval_ms, "{}", next(&f));
+}
