@@ -29,15 +29,36 @@ fn invalid_config_fails_at_start_with_file_key_and_reason() {
 
     std::fs::write(
         &cfg,
-        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine]\nheartbeat_interval_ms = 1\n",
+        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine]\nstatus_refresh_interval_ms = 1\n",
     )
     .unwrap();
     let (ok, err) = run(&["--config", cfg_s]);
     assert!(!ok);
     assert!(
         err.contains("node.toml")
-            && err.contains("`engine.heartbeat_interval_ms`")
-            && err.contains("1 is outside 50..=3600000"),
+            && err.contains("`engine.status_refresh_interval_ms`")
+            && err.contains("1 is outside 50..=86400000"),
+        "{err}"
+    );
+    // The heartbeat is gone (liveness is membership's): its old key is
+    // refused by name, and so is a membership key out of range.
+    std::fs::write(
+        &cfg,
+        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine]\nheartbeat_interval_ms = 15000\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&["--config", cfg_s]);
+    assert!(!ok);
+    assert!(err.contains("heartbeat_interval_ms"), "{err}");
+    std::fs::write(
+        &cfg,
+        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine.membership]\nprobe_attempts = 0\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&["--config", cfg_s]);
+    assert!(!ok);
+    assert!(
+        err.contains("`engine.membership.probe_attempts`") && err.contains("0 is outside 1..=100"),
         "{err}"
     );
     // The engine's table refuses a key it does not know, by name.
