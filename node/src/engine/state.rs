@@ -950,9 +950,10 @@ impl Engine {
                 self.answer_changes(from, found, out);
             }
             Message::Roots { roots } => {
-                let advanced = self.ingest_roots(Some(from), roots, out);
+                let before = self.root_version();
+                let advanced = self.ingest_roots(Some(from), roots, now, out);
                 if !advanced.is_empty() {
-                    self.broadcast_roots(Some(from), out);
+                    self.broadcast_roots(Some(from), before, out);
                 }
             }
             sync @ Message::Sync { .. } => self.on_sync(from, sync, now, out),
@@ -1174,6 +1175,7 @@ impl Engine {
     ) {
         let mut root_errors = Vec::new();
         let mut advanced = false;
+        let root_version_before = self.root_version();
         for root in roots {
             let v = root.root.version;
             match self.replica.ingest_root(root.clone()) {
@@ -1191,7 +1193,7 @@ impl Engine {
             reports: a.reports,
         }));
         if advanced {
-            self.broadcast_roots(None, out);
+            self.broadcast_roots(None, root_version_before, out);
         }
         self.disseminate(None, &a.new, now, out);
     }
@@ -1674,9 +1676,11 @@ impl Engine {
         &mut self,
         from: Option<NodeId>,
         roots: Vec<SignedTrustRoot>,
+        now: Millis,
         out: &mut Vec<Output>,
     ) -> Vec<u64> {
         let mut advanced = Vec::new();
+        let mut gap = false;
         for root in roots {
             let v = root.root.version;
             match self.replica.ingest_root(root.clone()) {
@@ -1685,6 +1689,11 @@ impl Engine {
                     out.push(Output::Persist(Persist::Root(root)));
                 }
                 Ok(false) => {}
+                // Newer than the next: peers send only the roots they just
+                // took (or the ones a reconciliation showed missing), so one
+                // behind by more sees a gap. No offence: reconcile with the
+                // sender, whose answer carries every root after this node's.
+                Err(dcloud_crdt::RootError::NotNext { .. }) => gap = true,
                 Err(e) => {
                     *self.stats.rejected.entry(RejectReason::Root).or_default() += 1;
                     if let Some(peer) = from {
@@ -1694,20 +1703,53 @@ impl Engine {
                 }
             }
         }
+        if gap
+            && let Some(peer) = from
+            && self.peers.contains_key(&peer)
+        {
+            self.start_sync(peer, now, out);
+        }
         advanced
     }
 
-    fn broadcast_roots(&mut self, except: Option<NodeId>, out: &mut Vec<Output>) {
-        let roots = self.replica.trust().roots().to_vec();
+    /// The roots of the chain after `version`, oldest first, in messages of
+    /// at most `wire.roots_per_message_max` (a chain may grow past one
+    /// message; each message extends the receiver's chain in order).
+    fn roots_after(&self, version: u64) -> Vec<Vec<SignedTrustRoot>> {
+        let newer: Vec<SignedTrustRoot> = self
+            .replica
+            .trust()
+            .roots()
+            .iter()
+            .filter(|r| r.root.version > version)
+            .cloned()
+            .collect();
+        newer
+            .chunks(self.config.wire.roots_per_message_max)
+            .map(<[SignedTrustRoot]>::to_vec)
+            .collect()
+    }
+
+    /// Send every peer (but `except`) the roots after `after` (what this
+    /// node just took); a peer further behind asks for the rest.
+    fn broadcast_roots(&mut self, except: Option<NodeId>, after: u64, out: &mut Vec<Output>) {
+        let batches = self.roots_after(after);
         let peers: Vec<NodeId> = self
             .peers
             .keys()
             .filter(|p| Some(**p) != except)
             .copied()
             .collect();
-        let msg = Message::Roots { roots };
         for p in peers {
-            self.send(p, &msg, out);
+            for roots in &batches {
+                self.send(
+                    p,
+                    &Message::Roots {
+                        roots: roots.clone(),
+                    },
+                    out,
+                );
+            }
         }
     }
 
@@ -1932,9 +1974,11 @@ impl Engine {
         self.holds.retain(|h| h.2 != from && h.3 > now);
         let expects_answer = !splits.is_empty() || items.iter().any(|ri| ri.reply);
         if root_version < self.root_version() {
-            let roots = self.replica.trust().roots().to_vec();
+            // Only the roots the peer lacks, in messages within the bound.
             let before = self.stats.bytes_sent;
-            self.answer(from, &Message::Roots { roots }, out);
+            for roots in self.roots_after(root_version) {
+                self.answer(from, &Message::Roots { roots }, out);
+            }
             allow.spend(1, self.stats.bytes_sent - before);
         }
         // Changes that arrived before this connection are not in flight to the

@@ -1517,3 +1517,74 @@ fn an_idle_fleet_backs_anti_entropy_off_and_a_new_change_brings_it_back() {
     );
     assert!(next(&f) <= cfg.anti_entropy_interval_ms, "{}", next(&f));
 }
+
+#[test]
+fn a_chain_longer_than_one_message_reaches_every_node_in_bounded_messages() {
+    // Rotations past the wire's bound on roots per message: a node that takes
+    // them locally sends only the new ones, in messages within the bound; a
+    // node further behind fills the gap by reconciling, with no blame.
+    let cfg = EngineConfig::default();
+    let max = cfg.wire.roots_per_message_max as u64;
+    let mut f = Fleet::new(3, 0, false, cfg);
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
+    let heads: Vec<[u8; 32]> = f.engines[&a]
+        .replica()
+        .policy_heads()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    let root = |v: u64, f: &Fleet| {
+        SignedTrustRoot::sign(
+            TrustRoot {
+                grandfathered_heads: heads.clone(),
+                ..testkit::trust_root(v, &[f.authority.public()], 1)
+            },
+            &[&f.authority],
+        )
+    };
+    // Node 2 is away while node 0 takes the first ten rotations.
+    f.input(b, Input::PeerDown { peer: c });
+    f.input(c, Input::PeerDown { peer: b });
+    let first: Vec<SignedTrustRoot> = (2..=11).map(|v| root(v, &f)).collect();
+    f.input(
+        a,
+        Input::Publish {
+            roots: first,
+            changes: vec![],
+        },
+    );
+    f.run();
+    assert_eq!(f.engines[&b].replica().trust().current().version, 11);
+    assert_eq!(f.engines[&c].replica().trust().current().version, 1);
+    // Back, and then more rotations than one message holds.
+    f.input(b, Input::PeerUp { peer: c });
+    f.input(c, Input::PeerUp { peer: b });
+    let top = 11 + max + 10;
+    let more: Vec<SignedTrustRoot> = (12..=top).map(|v| root(v, &f)).collect();
+    let start = f.log.len();
+    f.input(
+        a,
+        Input::Publish {
+            roots: more,
+            changes: vec![],
+        },
+    );
+    f.run();
+    for id in [a, b, c] {
+        assert_eq!(
+            f.engines[&id].replica().trust().current().version,
+            top,
+            "at {}",
+            id.short()
+        );
+    }
+    let outs: Vec<Output> = f.log.drain(start..).map(|(_, o)| o).collect();
+    assert!(misbehaved(&outs).is_empty(), "{:?}", misbehaved(&outs));
+    let limits = super::WireLimits::default();
+    for o in &outs {
+        if let Output::Send { bytes, .. } = o {
+            Message::decode(bytes, &limits).expect("every message within the bounds");
+        }
+    }
+}
