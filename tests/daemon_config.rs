@@ -61,6 +61,19 @@ fn invalid_config_fails_at_start_with_file_key_and_reason() {
         err.contains("`engine.membership.probe_attempts`") && err.contains("0 is outside 1..=100"),
         "{err}"
     );
+    // A message bound the daemon's 8 MiB frames could not carry.
+    std::fs::write(
+        &cfg,
+        "data_dir = \"/tmp/x\"\ntrust_root = \"/tmp/r\"\n[engine.wire]\nmessage_size_max_bytes = 16777216\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&["--config", cfg_s]);
+    assert!(!ok);
+    assert!(
+        err.contains("`engine.wire.message_size_max_bytes`")
+            && err.contains("over the daemon's frame bound"),
+        "{err}"
+    );
     // The engine's table refuses a key it does not know, by name.
     std::fs::write(
         &cfg,

@@ -34,6 +34,9 @@ use serde::Deserialize;
 
 use crate::engine::EngineConfig;
 
+/// The largest engine frame the daemon accepts or sends (`net.rs`); the
+/// engine's `wire.message_size_max_bytes` may not exceed it.
+pub const FRAME_SIZE_MAX_BYTES: usize = 8 << 20;
 /// Default local API address.
 pub const API_DEFAULT: &str = "127.0.0.1:7780";
 /// Default apply command timeout.
@@ -317,6 +320,16 @@ impl RawConfig {
             key: format!("engine.{}", e.field),
             reason: e.reason,
         })?;
+        if engine.wire.message_size_max_bytes > FRAME_SIZE_MAX_BYTES {
+            // A message the daemon's framing would never carry.
+            return Err(invalid(
+                "engine.wire.message_size_max_bytes",
+                format!(
+                    "{} is over the daemon's frame bound of {} bytes",
+                    engine.wire.message_size_max_bytes, FRAME_SIZE_MAX_BYTES
+                ),
+            ));
+        }
         if engine.status_refresh_interval_ms == 0 {
             // An owner's signed view must never be very old.
             return Err(invalid(

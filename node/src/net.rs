@@ -29,7 +29,7 @@ use libp2p::{
 /// The engine protocol's name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dcloud/engine/3");
 /// The largest engine frame accepted or sent.
-pub const FRAME_SIZE_MAX_BYTES: usize = 8 << 20;
+pub const FRAME_SIZE_MAX_BYTES: usize = crate::config::FRAME_SIZE_MAX_BYTES;
 /// Established connections in all.
 pub const CONNECTIONS_MAX: u32 = 256;
 /// Incoming connections still in their handshake.
