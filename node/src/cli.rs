@@ -276,6 +276,10 @@ fn node_state(n: &NodeRow) -> String {
         "unenrolled".into()
     } else if n.applied.error.is_some() {
         "FAILED".into()
+    } else if n.liveness == "down" {
+        "DOWN".into()
+    } else if n.liveness == "suspect" {
+        "suspect".into()
     } else if n.stale {
         "stale".into()
     } else if n.up_to_date {

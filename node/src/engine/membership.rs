@@ -154,6 +154,15 @@ pub fn incarnation_of_epoch(epoch: u32) -> u64 {
     u64::from(epoch) << 32
 }
 
+/// The highest incarnation a rumour may name for a node whose status is
+/// held at `epoch` (0: none held): within the next epoch. A member could
+/// otherwise sign a suspicion at `u64::MAX`, which its subject could never
+/// refute (nothing is above it): one member would mark a live node down for
+/// good. The subject's epoch comes from its own signed status.
+pub fn incarnation_bound(epoch: u32) -> u64 {
+    incarnation_of_epoch(epoch.saturating_add(1)) | u64::from(u32::MAX)
+}
+
 impl Membership {
     /// A table for `me`, at incarnation `incarnation`.
     pub fn new(me: NodeId, incarnation: u64) -> Self {
@@ -247,14 +256,14 @@ impl Membership {
         if r.subject == self.me {
             return match r.claim {
                 Claim::Suspect { .. } if r.incarnation >= self.incarnation => {
-                    Adopted::Refute(r.incarnation + 1)
+                    Adopted::Refute(r.incarnation.saturating_add(1))
                 }
                 Claim::Suspect { .. } => Adopted::Remind,
                 // An Alive of this node above its incarnation was signed in
                 // an earlier life (a restored key): speak above it. Its own
                 // current one, flooded back to it, is known.
                 Claim::Alive if r.incarnation > self.incarnation => {
-                    Adopted::Refute(r.incarnation + 1)
+                    Adopted::Refute(r.incarnation.saturating_add(1))
                 }
                 Claim::Alive => Adopted::Known,
             };

@@ -12,7 +12,9 @@ use rand::RngExt;
 
 use super::config::EngineConfig;
 use super::index::{DocIndex, key_of, split};
-use super::membership::{Adopted, Liveness, MemberState, Membership, incarnation_of_epoch};
+use super::membership::{
+    Adopted, Liveness, MemberState, Membership, incarnation_bound, incarnation_of_epoch,
+};
 use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
 use super::{DisconnectReason, Event, Input, Millis, Output, Persist, Timer};
 
@@ -84,6 +86,9 @@ pub struct EngineStats {
     pub suspicions_raised: u64,
     /// Times this node refuted a suspicion of itself.
     pub refutations: u64,
+    /// Rumours dropped for an incarnation beyond their subject's next
+    /// status epoch.
+    pub rumours_out_of_bound: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -2265,6 +2270,19 @@ impl Engine {
             // About members, from members, of the policy held here (one from
             // a newer or older policy is dropped quietly: not an offence).
             if !self.is_member(&r.rumour.subject) || !self.is_member(&r.rumour.signer()) {
+                continue;
+            }
+            // An incarnation beyond the subject's next status epoch cannot
+            // be honest (or this node is far behind on the subject's status,
+            // which its next change repairs): dropped, before any signature
+            // check. A subject's own epoch here is its writer's.
+            let epoch = if r.rumour.subject == self.id {
+                self.writer.epoch()
+            } else {
+                self.replica.status_epoch(&r.rumour.subject).unwrap_or(0)
+            };
+            if r.rumour.incarnation > incarnation_bound(epoch) {
+                self.stats.rumours_out_of_bound += 1;
                 continue;
             }
             let verdict = self.members.judge(&r.rumour);

@@ -1418,7 +1418,7 @@ fn a_forged_rumour_is_penalised_and_not_adopted() {
     let mut forged = dcloud_crdt::SignedRumour::sign(
         dcloud_crdt::Rumour {
             subject: b,
-            incarnation: 1 << 40,
+            incarnation: f.engines[&b].membership().incarnation(),
             claim: dcloud_crdt::Claim::Suspect { reporter: c },
         },
         &f.keys[2],
@@ -1587,4 +1587,43 @@ fn a_chain_longer_than_one_message_reaches_every_node_in_bounded_messages() {
             Message::decode(bytes, &limits).expect("every message within the bounds");
         }
     }
+}
+
+#[test]
+fn a_suspicion_at_an_unreachable_incarnation_is_dropped_and_cannot_pin_a_node_down() {
+    // A malicious member signs a suspicion of a live node at u64::MAX, which
+    // the node could never refute (nothing is above it).
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(3, 0, true, cfg.clone());
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
+    let pin = dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: b,
+            incarnation: u64::MAX,
+            claim: dcloud_crdt::Claim::Suspect { reporter: c },
+        },
+        &f.keys[2],
+    );
+    let bytes = Message::Rumours {
+        rumours: vec![pin],
+    }
+    .encode();
+    for to in [a, b] {
+        f.input(
+            to,
+            Input::Message {
+                from: c,
+                bytes: bytes.clone(),
+            },
+        );
+    }
+    f.run();
+    f.now += cfg.membership.suspicion_timeout_ms * 2;
+    f.fire(a, Timer::Membership);
+    f.run();
+    assert_eq!(state_at(&f, a, b), None, "not adopted");
+    assert_eq!(f.engines[&a].stats().rumours_out_of_bound, 1);
+    assert_eq!(f.engines[&b].stats().refutations, 0);
+    assert!(f.engines[&b].membership().incarnation() < u64::MAX / 2);
 }
