@@ -1074,6 +1074,7 @@ impl Daemon {
             last_heard: &last_heard,
             liveness: &liveness,
             membership: self.cfg.engine.membership.enabled,
+            heard_within_ms: self.cfg.engine.heard_within_ms(),
             stale_after_ms,
         };
         let replica = engine.replica();

@@ -309,6 +309,11 @@ pub struct FleetCtx<'a> {
     pub liveness: &'a dyn Fn(&NodeId) -> Option<Liveness>,
     /// Membership runs (liveness comes from it); else from status changes.
     pub membership: bool,
+    /// With membership, a node membership holds nothing against is still
+    /// shown `unknown` (stale) when nothing of it (not even its 10-minute
+    /// status refresh) was heard for this long: one that died unseen (no
+    /// neighbour left to suspect it) does not stay alive for ever.
+    pub heard_within_ms: u64,
     /// The stale bound (see `EngineConfig::stale_after_ms`).
     pub stale_after_ms: u64,
 }
@@ -347,16 +352,18 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
         (ctx.last_heard)(n).map(|t| ctx.now_ms.saturating_sub(t))
     };
     let live = if is_self { None } else { (ctx.liveness)(n) };
+    let unheard = last_heard_ms_ago.is_none_or(|a| a > ctx.heard_within_ms);
     let (liveness, stale) = match live.map(|l| l.state) {
         _ if is_self => ("alive", false),
+        Some(MemberState::Alive) if unheard => ("unknown", true),
         Some(s) => (s.label(), s == MemberState::Down),
         // Membership holds nothing: nobody suspected it. Alive if it was
         // ever heard of (directly or by its status), else unknown.
         None if ctx.membership => {
-            if last_heard_ms_ago.is_some() || status.is_some() {
-                ("alive", false)
-            } else {
+            if unheard {
                 ("unknown", true)
+            } else {
+                ("alive", false)
             }
         }
         None => {

@@ -129,6 +129,8 @@ pub struct Report {
     pub amplification_violations: Vec<String>,
     /// Failure detection (when membership runs).
     pub membership: Option<MembershipReport>,
+    /// Membership checker findings (first 100).
+    pub membership_violations: Vec<String>,
     /// Membership probes sent, fleet-wide (whole run).
     pub probes_sent: u64,
     /// Membership rumours whose signature was checked, fleet-wide.
@@ -287,6 +289,13 @@ impl Report {
                 self.rumours_verified as f64 / secs,
                 self.suspicions_raised,
                 self.refutations
+            );
+        }
+        if let Some(first) = self.membership_violations.first() {
+            let _ = writeln!(
+                s,
+                "membership: {} VIOLATIONS, first: {first}",
+                self.membership_violations.len()
             );
         }
         if self.link_model_violations.is_empty() {

@@ -247,6 +247,9 @@ pub struct RunResult {
     /// Where the simulator's own link model and the engines' peer sets
     /// disagreed (a simulator bug, not an engine one; empty on a correct run).
     pub model: Vec<Violation>,
+    /// Membership checker findings (live nodes marked down, crashed ones
+    /// never marked down or shown alive again); empty on a correct run.
+    pub membership: Vec<Violation>,
     /// Honest nodes that sent a `want_amplifier` more than their answer
     /// budget allows (empty on a correct run).
     pub amplification: Vec<Violation>,
@@ -258,6 +261,7 @@ impl RunResult {
         self.safety.is_empty()
             && self.liveness.is_none()
             && self.model.is_empty()
+            && self.membership.is_empty()
             && self.amplification.is_empty()
     }
 }
@@ -321,6 +325,11 @@ pub struct Sim {
     detection_missed: u64,
     /// Live honest nodes marked down while no partition was in force.
     false_downs: u64,
+    /// When a partition last started or ended.
+    partition_changed_at: u64,
+    /// Membership checker findings: live nodes marked down, crashed ones
+    /// never marked down or shown alive again while down.
+    membership_findings: Vec<Violation>,
     /// Membership transitions, fleet-wide.
     member_events: u64,
     disconnects: u64,
@@ -520,6 +529,8 @@ impl Sim {
             detection_samples: Vec::new(),
             detection_missed: 0,
             false_downs: 0,
+            partition_changed_at: 0,
+            membership_findings: Vec::new(),
             member_events: 0,
             disconnects: 0,
             malice_ticks: 0,
@@ -857,6 +868,7 @@ impl Sim {
         } else {
             self.active.remove(&p);
         }
+        self.partition_changed_at = self.now;
         // Without dropped connections only the network's view (`cut`) changes.
         for a in 0..self.sc.nodes {
             for bi in 0..self.adj[a].len() {
@@ -1075,9 +1087,25 @@ impl Sim {
                 let Some(&b) = self.index.get(&node) else {
                     return;
                 };
-                if state != MemberState::Down || !self.slots[i].honest {
+                if !self.slots[i].honest {
                     return;
                 }
+                if state != MemberState::Down {
+                    // A crashed node's refutation cannot come: only a
+                    // rumour of its last life, or a forgery, shows it alive.
+                    if state == MemberState::Alive
+                        && !self.live(b)
+                        && self.detections.contains_key(&(b, i))
+                        && self.membership_findings.len() < 100
+                    {
+                        self.membership_findings.push(Violation(format!(
+                            "node {i} shows crashed node {b} alive again at {} ms",
+                            self.now
+                        )));
+                    }
+                    return;
+                }
+                let settle = 2 * self.config.membership.suspicion_timeout_ms;
                 match self.crashed_at[b] {
                     Some(t) if !self.live(b) => {
                         self.detections.entry((b, i)).or_insert(self.now - t);
@@ -1085,13 +1113,20 @@ impl Sim {
                     // A node that started again within two suspicion
                     // timeouts may be marked down by a suspicion of its
                     // last life still in flight; its refutation follows.
+                    // Nor within two of a partition's start or end: marks
+                    // of the far side land then.
                     _ if self.active.is_empty()
                         && self.slots[b].honest
-                        && self.now
-                            > self.started_at[b]
-                                + 2 * self.config.membership.suspicion_timeout_ms =>
+                        && self.now > self.started_at[b] + settle
+                        && self.now > self.partition_changed_at + settle =>
                     {
                         self.false_downs += 1;
+                        if self.membership_findings.len() < 100 {
+                            self.membership_findings.push(Violation(format!(
+                                "node {i} marked live node {b} down at {} ms",
+                                self.now
+                            )));
+                        }
                     }
                     _ => {}
                 }
@@ -1516,6 +1551,9 @@ impl Sim {
     /// become samples, and each live honest observer that never marked it
     /// down a miss.
     fn close_detection(&mut self, b: usize, crashed: u64) {
+        // A crash shorter than twice the stale bound need not be detected
+        // by everyone: only the detections made count.
+        let long = self.now >= crashed + self.config.stale_after_ms() * 2;
         for o in 0..self.sc.nodes {
             // Observers live over the whole crash.
             if o == b
@@ -1528,7 +1566,25 @@ impl Sim {
             }
             match self.detections.remove(&(b, o)) {
                 Some(ms) => self.detection_samples.push(ms),
-                None => self.detection_missed += 1,
+                None if long => {
+                    let held = self.slots[o]
+                        .engine
+                        .as_ref()
+                        .and_then(|e| e.liveness(&self.slots[b].key.public()));
+                    // Already held down before it crashed (from across a
+                    // partition): nothing to detect.
+                    if held.is_some_and(|l| l.state == MemberState::Down) {
+                        continue;
+                    }
+                    self.detection_missed += 1;
+                    if self.config.membership.enabled && self.membership_findings.len() < 100 {
+                        self.membership_findings.push(Violation(format!(
+                            "node {o} never marked node {b}, crashed at {crashed} ms, down (by {} ms; it holds {held:?})",
+                            self.now
+                        )));
+                    }
+                }
+                None => {}
             }
         }
         self.detections.retain(|(s, _), _| *s != b);
@@ -1539,20 +1595,9 @@ impl Sim {
         // Crashes still in force at the end: those that lasted long enough
         // to be detected (twice the stale bound) count; shorter ones only
         // by the detections made.
-        let bound = self.config.stale_after_ms() * 2;
         for b in 0..n {
-            match self.crashed_at[b] {
-                Some(t) if self.now >= t + bound => self.close_detection(b, t),
-                Some(_) => {
-                    let made: Vec<u64> = self
-                        .detections
-                        .iter()
-                        .filter(|((s, _), _)| *s == b)
-                        .map(|(_, ms)| *ms)
-                        .collect();
-                    self.detection_samples.extend(made);
-                }
-                None => {}
+            if let Some(t) = self.crashed_at[b] {
+                self.close_detection(b, t);
             }
         }
         let membership = self.config.membership.enabled.then(|| {
@@ -1734,6 +1779,11 @@ impl Sim {
             amplifier_bytes_bound,
             amplification_violations: amplification.iter().map(|v| v.0.clone()).collect(),
             membership,
+            membership_violations: self
+                .membership_findings
+                .iter()
+                .map(|v| v.0.clone())
+                .collect(),
             probes_sent: total.probes_sent,
             rumours_verified: total.rumours_verified,
             suspicions_raised: total.suspicions_raised,
@@ -1745,6 +1795,7 @@ impl Sim {
             safety: self.safety,
             liveness,
             model: self.model,
+            membership: self.membership_findings,
             amplification,
         }
     }

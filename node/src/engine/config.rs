@@ -31,6 +31,10 @@ pub struct EngineConfig {
     /// (idle cost); a round that finds a difference, a new change or a new
     /// connection brings it back to `anti_entropy_interval_ms`.
     pub anti_entropy_idle_max_ms: u64,
+    /// The back-off starts only this long after the last new change or new
+    /// connection: while changes move, a neighbour may lack one this node
+    /// cannot know it lacks, and rounds stay at the base interval.
+    pub anti_entropy_idle_after_ms: u64,
     /// Sign this node's status again this often even when nothing in it
     /// changed (a refresh counter), so that its signed view is never very
     /// old; 0 never does. Status changes go out at once whenever the status
@@ -139,6 +143,7 @@ impl Default for EngineConfig {
         EngineConfig {
             anti_entropy_interval_ms: 1_500,
             anti_entropy_idle_max_ms: 12_000,
+            anti_entropy_idle_after_ms: 30_000,
             status_refresh_interval_ms: 600_000,
             membership: MembershipConfig::default(),
             // Announcements only repair a broken tree; batching them for
@@ -188,6 +193,15 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// How long a member may go unheard (no message over a link, no status
+    /// change, not even its refresh) before it is shown `unknown` even
+    /// though nobody suspects it: two refreshes and a minute.
+    pub fn heard_within_ms(&self) -> u64 {
+        self.status_refresh_interval_ms
+            .saturating_mul(2)
+            .saturating_add(60_000)
+    }
+
     /// How long a live node can go without hearing any peer directly before
     /// it is shown cut off (`stale`), and, with membership off, how long a
     /// member can go without a status change before it is: with membership,
@@ -229,6 +243,12 @@ impl EngineConfig {
             c.anti_entropy_idle_max_ms,
             c.anti_entropy_interval_ms,
             600_000,
+        )?;
+        ranged(
+            "anti_entropy_idle_after_ms",
+            c.anti_entropy_idle_after_ms,
+            0,
+            86_400_000,
         )?;
         if c.status_refresh_interval_ms != 0 {
             ranged(

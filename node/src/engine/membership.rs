@@ -120,6 +120,9 @@ struct Entry {
     since: Millis,
     /// The rumour that set this state (a suspicion, or the subject's Alive).
     rumour: SignedRumour,
+    /// The subject's latest `Alive` held (the proof that it announced an
+    /// incarnation, sent ahead of a suspicion at that incarnation).
+    alive: Option<SignedRumour>,
 }
 
 /// What adopting a rumour means for the driver.
@@ -152,15 +155,6 @@ pub struct Membership {
 /// The incarnation a node starts at in status epoch `epoch`.
 pub fn incarnation_of_epoch(epoch: u32) -> u64 {
     u64::from(epoch) << 32
-}
-
-/// The highest incarnation a rumour may name for a node whose status is
-/// held at `epoch` (0: none held): within the next epoch. A member could
-/// otherwise sign a suspicion at `u64::MAX`, which its subject could never
-/// refute (nothing is above it): one member would mark a live node down for
-/// good. The subject's epoch comes from its own signed status.
-pub fn incarnation_bound(epoch: u32) -> u64 {
-    incarnation_of_epoch(epoch.saturating_add(1)) | u64::from(u32::MAX)
 }
 
 impl Membership {
@@ -259,12 +253,10 @@ impl Membership {
                     Adopted::Refute(r.incarnation.saturating_add(1))
                 }
                 Claim::Suspect { .. } => Adopted::Remind,
-                // An Alive of this node above its incarnation was signed in
-                // an earlier life (a restored key): speak above it. Its own
-                // current one, flooded back to it, is known.
-                Claim::Alive if r.incarnation > self.incarnation => {
-                    Adopted::Refute(r.incarnation.saturating_add(1))
-                }
+                // Its own (flooded back to it, or signed by another instance
+                // on the same key): the driver raises its incarnation
+                // quietly; refuting would make two instances outbid each
+                // other for ever.
                 Claim::Alive => Adopted::Known,
             };
         }
@@ -303,6 +295,10 @@ impl Membership {
             Some(old) if old.state == state => old.since,
             _ => now,
         };
+        let alive = match r.rumour.claim {
+            Claim::Alive => Some(r),
+            Claim::Suspect { .. } => self.entries.get(&subject).and_then(|e| e.alive),
+        };
         if state == MemberState::Suspect {
             self.deadlines
                 .insert((since + cfg.suspicion_timeout_ms, subject));
@@ -314,9 +310,20 @@ impl Membership {
                 state,
                 since,
                 rumour: r,
+                alive,
             },
         );
         true
+    }
+
+    /// The subject's latest `Alive` held, if any.
+    pub fn alive_of(&self, node: &NodeId) -> Option<&SignedRumour> {
+        self.entries.get(node).and_then(|e| e.alive.as_ref())
+    }
+
+    /// The highest incarnation `node` itself announced here (0: none).
+    pub fn announced_incarnation(&self, node: &NodeId) -> u64 {
+        self.alive_of(node).map_or(0, |a| a.rumour.incarnation)
     }
 
     /// Suspicions past their timeout at `now` become down marks; returns
@@ -453,13 +460,10 @@ mod tests {
         assert_eq!(m.incarnation(), inc + 1);
         assert_eq!(m.judge(&suspect(&me, &y, inc).rumour), Adopted::Remind);
         assert!(m.own_alive().is_some());
-        // Its own Alive flooded back to it: known (no refutation loop); one
-        // from an earlier life above it: refuted.
+        // Its own Alive flooded back to it, or one of another instance on
+        // the same key: known (no refutation loop; the driver raises).
         assert_eq!(m.judge(&alive(&me, inc + 1).rumour), Adopted::Known);
-        assert_eq!(
-            m.judge(&alive(&me, inc + 5).rumour),
-            Adopted::Refute(inc + 6)
-        );
+        assert_eq!(m.judge(&alive(&me, inc + 5).rumour), Adopted::Known);
         // A restart: a new epoch is above every refutation of the last one.
         m.raise_incarnation(incarnation_of_epoch(4));
         assert!(m.own_alive().is_none());

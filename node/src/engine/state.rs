@@ -12,9 +12,7 @@ use rand::RngExt;
 
 use super::config::EngineConfig;
 use super::index::{DocIndex, key_of, split};
-use super::membership::{
-    Adopted, Liveness, MemberState, Membership, incarnation_bound, incarnation_of_epoch,
-};
+use super::membership::{Adopted, Liveness, MemberState, Membership, incarnation_of_epoch};
 use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
 use super::{DisconnectReason, Event, Input, Millis, Output, Persist, Timer};
 
@@ -86,9 +84,10 @@ pub struct EngineStats {
     pub suspicions_raised: u64,
     /// Times this node refuted a suspicion of itself.
     pub refutations: u64,
-    /// Rumours dropped for an incarnation beyond their subject's next
-    /// status epoch.
+    /// Suspicions dropped for an incarnation their subject never announced.
     pub rumours_out_of_bound: u64,
+    /// Rumours dropped over their reporter's (or subject's) budget.
+    pub rumours_rate_limited: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -331,6 +330,14 @@ pub struct Engine {
     /// The anti-entropy interval in force: it doubles while rounds find
     /// nothing, up to `anti_entropy_idle_max_ms`.
     ae_interval: u64,
+    /// When a new change last arrived or a link came up (anti-entropy
+    /// backs off only `anti_entropy_idle_after_ms` after it).
+    active_at: Millis,
+    /// Members this node suspected itself and has not been connected to
+    /// since (its evidence still holds).
+    my_suspicions: BTreeSet<NodeId>,
+    /// News budgets: suspicions per reporter, refutations per subject.
+    rumour_rates: OwnerRates,
 }
 
 /// One membership probe.
@@ -440,6 +447,9 @@ impl Engine {
             probe_seq: 0,
             lost: BTreeMap::new(),
             ae_interval: 0,
+            active_at: now,
+            my_suspicions: BTreeSet::new(),
+            rumour_rates: OwnerRates::default(),
         };
         engine.ae_interval = engine.config.anti_entropy_interval_ms;
         let first_round = now + engine.config.anti_entropy_interval_ms;
@@ -741,6 +751,14 @@ impl Engine {
         if let Some(c) = self.writer.move_past(held) {
             self.stats.earlier_lives_passed += 1;
             self.publish_own(c, now, out);
+            // Suspicions of the earlier life are above what this life had
+            // announced (it started low): say it is alive above them all.
+            self.members
+                .raise_incarnation(incarnation_of_epoch(self.writer.epoch()));
+            if self.config.membership.enabled && self.is_member(&self.id) {
+                let alive = self.own_alive();
+                self.flood_rumours(None, vec![alive], out);
+            }
         }
     }
 
@@ -782,6 +800,7 @@ impl Engine {
         );
         self.last_heard.insert(peer, now);
         self.lost.remove(&peer);
+        self.my_suspicions.remove(&peer);
         self.reset_anti_entropy(now);
         if self.config.membership.enabled {
             // What this node suspects, so that a suspected peer (restarted,
@@ -1054,9 +1073,13 @@ impl Engine {
                 if std::mem::take(&mut self.repairing) {
                     base = self.config.anti_entropy_interval_ms / 4;
                     self.ae_interval = self.config.anti_entropy_interval_ms;
+                } else if now < self.active_at + self.config.anti_entropy_idle_after_ms {
+                    // Changes moved recently: a neighbour may still lack one
+                    // this node cannot know of (lost on its way there).
+                    self.ae_interval = self.config.anti_entropy_interval_ms;
                 } else {
-                    // Nothing to repair was found since the last round: back
-                    // off while that lasts (the idle cost).
+                    // Quiet, and nothing to repair found since the last
+                    // round: back off while that lasts (the idle cost).
                     self.ae_interval = self
                         .ae_interval
                         .saturating_mul(2)
@@ -1094,6 +1117,7 @@ impl Engine {
     fn reset_anti_entropy(&mut self, now: Millis) {
         let base = self.config.anti_entropy_interval_ms;
         self.ae_interval = base;
+        self.active_at = now;
         if let Some(at) = self.timers.get_mut(&Timer::AntiEntropy)
             && *at > now + base
         {
@@ -1521,6 +1545,20 @@ impl Engine {
             self.drop_peer(&peer);
             out.push(Output::Disconnect { peer, reason });
         }
+        // Membership speaks only of members: forget the others (removed
+        // from the policy), and what was heard of strangers before it.
+        let policy = self.replica.policy();
+        if !policy.members.is_empty() {
+            for node in self.members.members() {
+                if !policy.is_active_member(&node) {
+                    self.members.forget(&node);
+                }
+            }
+            let peers = &self.peers;
+            self.last_heard
+                .retain(|n, _| policy.is_active_member(n) || peers.contains_key(n));
+            self.my_suspicions.retain(|n| policy.is_active_member(n));
+        }
         if !self.own_unpublished.is_empty() && self.replica.policy().is_active_member(&self.id) {
             let mine = std::mem::take(&mut self.own_unpublished);
             let a = self.absorb(None, mine, true, now, out);
@@ -1711,6 +1749,7 @@ impl Engine {
         if gap
             && let Some(peer) = from
             && self.peers.contains_key(&peer)
+            && !self.awaiting.contains_key(&peer)
         {
             self.start_sync(peer, now, out);
         }
@@ -2206,14 +2245,60 @@ impl Engine {
         self.replica.policy().is_active_member(node)
     }
 
+    /// The incarnation a node's signed status implies (its epoch's first).
+    fn status_incarnation(&self, node: &NodeId) -> u64 {
+        if *node == self.id {
+            return self.members.incarnation();
+        }
+        incarnation_of_epoch(self.replica.status_epoch(node).unwrap_or(0))
+    }
+
+    /// Whether a suspicion names an incarnation its subject could have
+    /// announced: one within the epoch after the one its signed status is in
+    /// here (a restart this node has not heard of yet), or one of its own
+    /// `Alive`s held here (a reporter sends that `Alive` ahead of the
+    /// suspicion). A member could otherwise sign a suspicion at `u64::MAX`,
+    /// which nothing could refute: one member would mark a live node down
+    /// for good. Within the bound, each refutation is one above.
+    fn suspicion_in_bounds(&self, r: &Rumour) -> bool {
+        let (epoch, announced) = if r.subject == self.id {
+            (self.writer.epoch(), self.members.incarnation())
+        } else {
+            (
+                self.replica.status_epoch(&r.subject).unwrap_or(0),
+                self.members.announced_incarnation(&r.subject),
+            )
+        };
+        let bound = incarnation_of_epoch(epoch.saturating_add(1)) | u64::from(u32::MAX);
+        r.incarnation <= bound.max(announced)
+    }
+
+    /// A suspicion, preceded by its subject's `Alive` at that incarnation
+    /// when the suspicion is above the status epoch's first (the proof).
+    fn with_proof(&self, r: SignedRumour, into: &mut Vec<SignedRumour>) {
+        if let Claim::Suspect { .. } = r.rumour.claim
+            && r.rumour.incarnation > self.status_incarnation(&r.rumour.subject)
+            && let Some(a) = self.members.alive_of(&r.rumour.subject)
+            && !into.contains(a)
+        {
+            into.push(*a);
+        }
+        into.push(r);
+    }
+
     /// This node could not reach `node`: sign a suspicion and flood it.
     fn suspect(&mut self, node: NodeId, now: Millis, out: &mut Vec<Output>) {
         if node == self.id || !self.is_member(&node) || !self.is_member(&self.id) {
             return;
         }
+        // Its evidence holds until the node is connected again: an `Alive`
+        // at a higher incarnation heard meanwhile makes it suspect again.
+        self.my_suspicions.insert(node);
         let rumour = Rumour {
             subject: node,
-            incarnation: self.members.known_incarnation(&node),
+            incarnation: self
+                .status_incarnation(&node)
+                .max(self.members.announced_incarnation(&node)),
             claim: Claim::Suspect { reporter: self.id },
         };
         if self.members.judge(&rumour) != Adopted::News {
@@ -2232,7 +2317,9 @@ impl Engine {
             }));
         }
         self.arm_membership();
-        self.flood_rumours(None, vec![signed], out);
+        let mut batch = Vec::new();
+        self.with_proof(signed, &mut batch);
+        self.flood_rumours(None, batch, out);
     }
 
     /// This node's `Alive` at its current incarnation (signed once).
@@ -2251,7 +2338,8 @@ impl Engine {
 
     /// Rumours from a peer: news is verified, adopted and flooded on; a
     /// suspicion of this node is refuted; an outdated one is answered with
-    /// this node's current `Alive`.
+    /// this node's current `Alive`, and one outdated by a newer `Alive` held
+    /// here with that `Alive`.
     fn on_rumours(
         &mut self,
         from: NodeId,
@@ -2264,29 +2352,44 @@ impl Engine {
         }
         let cfg = self.config.membership.clone();
         let mut onward = Vec::new();
+        let mut answer = Vec::new();
         let mut refute = None;
         let mut remind = false;
+        let mut again = Vec::new();
         for r in rumours {
+            if !self.peers.contains_key(&from) {
+                // Disconnected for what it sent: the rest is not looked at.
+                break;
+            }
             // About members, from members, of the policy held here (one from
             // a newer or older policy is dropped quietly: not an offence).
             if !self.is_member(&r.rumour.subject) || !self.is_member(&r.rumour.signer()) {
                 continue;
             }
-            // An incarnation beyond the subject's next status epoch cannot
-            // be honest (or this node is far behind on the subject's status,
-            // which its next change repairs): dropped, before any signature
-            // check. A subject's own epoch here is its writer's.
-            let epoch = if r.rumour.subject == self.id {
-                self.writer.epoch()
-            } else {
-                self.replica.status_epoch(&r.rumour.subject).unwrap_or(0)
-            };
-            if r.rumour.incarnation > incarnation_bound(epoch) {
+            if let Claim::Suspect { .. } = r.rumour.claim
+                && !self.suspicion_in_bounds(&r.rumour)
+            {
+                // Above what its subject announced (or this node has not
+                // heard that yet): dropped before any signature check.
                 self.stats.rumours_out_of_bound += 1;
                 continue;
             }
+            let about_me = r.rumour.subject == self.id;
             let verdict = self.members.judge(&r.rumour);
-            if matches!(verdict, Adopted::News | Adopted::Refute(_)) {
+            let raises_me = about_me
+                && r.rumour.claim == Claim::Alive
+                && r.rumour.incarnation > self.members.incarnation();
+            if matches!(verdict, Adopted::News | Adopted::Refute(_)) || raises_me {
+                // News costs every node a check and a forward: each reporter
+                // (suspicions) and each subject (refutations) has a budget.
+                let (who, burst, per_s) = match r.rumour.claim {
+                    Claim::Suspect { reporter } => (reporter, 8, 1),
+                    Claim::Alive => (r.rumour.subject, 8, 1),
+                };
+                if !about_me && !self.rumour_rates.take(who, now, burst, per_s) {
+                    self.stats.rumours_rate_limited += 1;
+                    continue;
+                }
                 self.stats.rumours_verified += 1;
                 if let Err(e) = r.verify() {
                     let w = self.config.penalty_per_offence;
@@ -2294,8 +2397,25 @@ impl Engine {
                     continue;
                 }
             }
+            if raises_me {
+                // Another instance on this key, or an earlier life: take its
+                // incarnation quietly (no flood: two instances must not
+                // outbid each other for ever).
+                self.members.raise_incarnation(r.rumour.incarnation);
+                continue;
+            }
             match verdict {
-                Adopted::Known => {}
+                Adopted::Known => {
+                    // A suspicion older than an Alive held here: the sender
+                    // has not heard the refutation.
+                    if let Claim::Suspect { .. } = r.rumour.claim
+                        && let Some(a) = self.members.alive_of(&r.rumour.subject)
+                        && a.rumour.incarnation > r.rumour.incarnation
+                        && !answer.contains(a)
+                    {
+                        answer.push(*a);
+                    }
+                }
                 Adopted::Remind => remind = true,
                 Adopted::Refute(inc) => refute = Some(refute.unwrap_or(0).max(inc)),
                 Adopted::News => {
@@ -2313,7 +2433,13 @@ impl Engine {
                                 state,
                             }));
                         }
-                        onward.push(r);
+                        if r.rumour.claim == Claim::Alive
+                            && self.my_suspicions.contains(&subject)
+                            && !self.peers.contains_key(&subject)
+                        {
+                            again.push(subject);
+                        }
+                        self.with_proof(r, &mut onward);
                     }
                 }
             }
@@ -2327,11 +2453,18 @@ impl Engine {
             self.flood_rumours(None, vec![alive], out);
         } else if remind {
             let alive = self.own_alive();
-            self.send_rumours(from, vec![alive], out);
+            answer.push(alive);
+        }
+        if !answer.is_empty() && self.peers.contains_key(&from) {
+            self.send_rumours(from, answer, out);
         }
         self.arm_membership();
         if !onward.is_empty() {
             self.flood_rumours(Some(from), onward, out);
+        }
+        // Still unreachable from here: suspect again, at the new incarnation.
+        for node in again {
+            self.suspect(node, now, out);
         }
     }
 

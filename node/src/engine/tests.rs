@@ -1487,11 +1487,19 @@ fn an_idle_fleet_backs_anti_entropy_off_and_a_new_change_brings_it_back() {
     f.run();
     let a = f.id(0);
     let next = |f: &Fleet| f.engines[&a].timer(Timer::AntiEntropy).unwrap() - f.now;
-    // The first rounds repair the fleet's first status changes (quick rounds).
+    // The first rounds repair the fleet's first status changes (quick
+    // rounds); the back-off starts once the fleet has been quiet a while.
     for _ in 0..2 {
         f.fire(a, Timer::AntiEntropy);
         f.run();
     }
+    f.fire(a, Timer::AntiEntropy);
+    f.run();
+    assert!(
+        next(&f) <= cfg.anti_entropy_interval_ms * 23 / 20,
+        "still active"
+    );
+    f.now += cfg.anti_entropy_idle_after_ms;
     let mut gaps = Vec::new();
     for _ in 0..6 {
         f.fire(a, Timer::AntiEntropy);
@@ -1605,10 +1613,7 @@ fn a_suspicion_at_an_unreachable_incarnation_is_dropped_and_cannot_pin_a_node_do
         },
         &f.keys[2],
     );
-    let bytes = Message::Rumours {
-        rumours: vec![pin],
-    }
-    .encode();
+    let bytes = Message::Rumours { rumours: vec![pin] }.encode();
     for to in [a, b] {
         f.input(
             to,
@@ -1626,4 +1631,142 @@ fn a_suspicion_at_an_unreachable_incarnation_is_dropped_and_cannot_pin_a_node_do
     assert_eq!(f.engines[&a].stats().rumours_out_of_bound, 1);
     assert_eq!(f.engines[&b].stats().refutations, 0);
     assert!(f.engines[&b].membership().incarnation() < u64::MAX / 2);
+}
+
+fn rumour_msg(rumours: Vec<dcloud_crdt::SignedRumour>) -> Vec<u8> {
+    Message::Rumours { rumours }.encode()
+}
+
+fn suspicion(f: &Fleet, subject: usize, by: usize, inc: u64) -> dcloud_crdt::SignedRumour {
+    dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: f.id(subject),
+            incarnation: inc,
+            claim: dcloud_crdt::Claim::Suspect { reporter: f.id(by) },
+        },
+        &f.keys[by],
+    )
+}
+
+#[test]
+fn a_dead_node_that_once_refuted_is_still_marked_down_where_its_alive_is_newer() {
+    // Node 2 refuted a suspicion once, so node 0 holds its Alive one above
+    // its epoch's first incarnation; node 1 restarts with an empty table and
+    // then sees node 2 die. Its suspicion (at the epoch's first) is older
+    // than what node 0 holds: node 0 answers with the newer Alive, and node
+    // 1, whose evidence still holds, suspects again at that incarnation.
+    use super::MemberState::Down;
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(3, 0, false, cfg.clone());
+    f.run();
+    let ids: Vec<NodeId> = (0..3).map(|i| f.id(i)).collect();
+    let base = f.engines[&ids[2]].membership().incarnation();
+    let s = suspicion(&f, 2, 0, base);
+    f.input(
+        ids[1],
+        Input::Message {
+            from: ids[0],
+            bytes: rumour_msg(vec![s]),
+        },
+    );
+    f.run();
+    assert_eq!(
+        f.engines[&ids[0]]
+            .membership()
+            .announced_incarnation(&ids[2]),
+        base + 1
+    );
+    // Node 1 restarts (epoch 2) with only the policy.
+    let mut replica = Replica::new(
+        f.engines[&ids[0]].replica().trust().clone(),
+        Limits::default(),
+    );
+    replica.ingest(f.policy.clone());
+    let (e, outs) = Engine::new(
+        cfg.clone(),
+        replica,
+        StatusWriter::new(f.keys[1].clone(), 2, 16),
+        f.now,
+    );
+    f.engines.insert(ids[1], e);
+    f.apply(ids[1], outs);
+    for (a, b) in [(0, 1), (1, 2)] {
+        f.input(ids[a], Input::PeerUp { peer: ids[b] });
+        f.input(ids[b], Input::PeerUp { peer: ids[a] });
+    }
+    f.run();
+    // Node 2 dies.
+    f.engines.remove(&ids[2]);
+    f.input(ids[1], Input::PeerDown { peer: ids[2] });
+    f.now += cfg.membership.link_grace_ms + 1;
+    f.fire(ids[1], Timer::Membership);
+    f.run();
+    f.now += cfg.membership.suspicion_timeout_ms + 1;
+    for i in [0, 1] {
+        f.fire(ids[i], Timer::Membership);
+    }
+    f.run();
+    for i in [0, 1] {
+        assert_eq!(state_at(&f, ids[i], ids[2]), Some(Down), "at node {i}");
+    }
+}
+
+#[test]
+fn a_second_instance_on_the_same_key_is_followed_quietly_not_outbid() {
+    let mut f = Fleet::new(2, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    let mine = f.engines[&a].membership().incarnation();
+    // An Alive of node 0 above its own (another instance on its key).
+    let other = dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: a,
+            incarnation: mine + 7,
+            claim: dcloud_crdt::Claim::Alive,
+        },
+        &f.keys[0],
+    );
+    let start = f.log.len();
+    f.input(
+        a,
+        Input::Message {
+            from: b,
+            bytes: rumour_msg(vec![other]),
+        },
+    );
+    assert_eq!(f.engines[&a].membership().incarnation(), mine + 7);
+    assert_eq!(f.engines[&a].stats().refutations, 0);
+    let rumours_sent = f.log[start..]
+        .iter()
+        .filter(|(n, o)| {
+            *n == a
+                && matches!(o, Output::Send { bytes, .. }
+                    if matches!(Message::decode(bytes, &Default::default()), Ok(Message::Rumours { .. })))
+        })
+        .count();
+    assert_eq!(rumours_sent, 0, "no flood");
+}
+
+#[test]
+fn one_reporter_cannot_flood_the_fleet_with_suspicions() {
+    let mut f = Fleet::new(14, 0, true, EngineConfig::default());
+    f.run();
+    let (a, m) = (f.id(0), f.id(13));
+    // Node 13 suspects twelve members at once, in one message.
+    let batch: Vec<_> = (1..13)
+        .map(|i| {
+            let inc = f.engines[&f.id(i)].membership().incarnation();
+            suspicion(&f, i, 13, inc)
+        })
+        .collect();
+    f.input(
+        a,
+        Input::Message {
+            from: m,
+            bytes: rumour_msg(batch),
+        },
+    );
+    let st = f.engines[&a].stats();
+    assert_eq!(st.rumours_rate_limited, 4, "{st:?}");
+    assert_eq!(st.rumours_verified, 8, "{st:?}");
 }
