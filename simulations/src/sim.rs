@@ -1087,6 +1087,17 @@ impl Sim {
                 let Some(&b) = self.index.get(&node) else {
                     return;
                 };
+                if std::env::var("SIM_DEBUG_MEMBER").is_ok_and(|v| v == b.to_string()) {
+                    let inc = self.slots[i]
+                        .engine
+                        .as_ref()
+                        .and_then(|e| e.liveness(&node))
+                        .map(|l| l.incarnation);
+                    eprintln!(
+                        "t={} observer={i} subject={b} {state:?} inc={inc:?}",
+                        self.now
+                    );
+                }
                 if !self.slots[i].honest {
                     return;
                 }
@@ -1105,7 +1116,7 @@ impl Sim {
                     }
                     return;
                 }
-                let settle = 2 * self.config.membership.suspicion_timeout_ms;
+                let settle = 2 * self.config.membership.suspicion_timeout_max_ms;
                 match self.crashed_at[b] {
                     Some(t) if !self.live(b) => {
                         self.detections.entry((b, i)).or_insert(self.now - t);

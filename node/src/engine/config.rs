@@ -280,6 +280,18 @@ impl EngineConfig {
         )?;
         ranged("membership.link_grace_ms", m.link_grace_ms, 0, 3_600_000)?;
         ranged(
+            "membership.suspicion_timeout_max_ms",
+            m.suspicion_timeout_max_ms,
+            m.suspicion_timeout_ms,
+            3_600_000,
+        )?;
+        ranged(
+            "membership.suspicion_confirmations",
+            u64::from(m.suspicion_confirmations),
+            1,
+            16,
+        )?;
+        ranged(
             "lazy_flush_interval_ms",
             c.lazy_flush_interval_ms,
             1,

@@ -55,8 +55,17 @@ pub struct MembershipConfig {
     pub probe_retry_ms: u64,
     /// Sends of one probe without an answer before the neighbour is suspected.
     pub probe_attempts: u32,
-    /// A suspicion not refuted within this time marks its subject down.
+    /// A suspicion confirmed by `suspicion_confirmations` distinct reporters
+    /// and not refuted within this time marks its subject down.
     pub suspicion_timeout_ms: u64,
+    /// The timeout of a suspicion with a single reporter (a lossy link, most
+    /// likely, where a crash has every neighbour report at once): it falls
+    /// to `suspicion_timeout_ms` as confirmations arrive (Lifeguard's rule:
+    /// by the log of their count).
+    pub suspicion_timeout_max_ms: u64,
+    /// Distinct reporters that bring a suspicion's timeout to its minimum
+    /// (and the most that are counted and forwarded).
+    pub suspicion_confirmations: u32,
     /// A lost connection not back within this time makes the peer suspect.
     pub link_grace_ms: u64,
 }
@@ -74,6 +83,8 @@ impl Default for MembershipConfig {
             probe_retry_ms: 400,
             probe_attempts: 8,
             suspicion_timeout_ms: 3_000,
+            suspicion_timeout_max_ms: 9_000,
+            suspicion_confirmations: 3,
             link_grace_ms: 1_000,
         }
     }
@@ -123,6 +134,24 @@ struct Entry {
     /// The subject's latest `Alive` held (the proof that it announced an
     /// incarnation, sent ahead of a suspicion at that incarnation).
     alive: Option<SignedRumour>,
+    /// Distinct reporters of the suspicion held (its confirmations).
+    reporters: Vec<NodeId>,
+    /// When the suspicion held times out (0: none).
+    deadline: Millis,
+}
+
+impl MembershipConfig {
+    /// A suspicion's timeout with `reporters` distinct reporters.
+    pub fn suspicion_timeout(&self, reporters: usize) -> u64 {
+        let k = self.suspicion_confirmations.max(1) as f64;
+        let n = (reporters.max(1) as f64).min(k);
+        let frac = if k <= 1.0 { 1.0 } else { n.ln() / k.ln() };
+        let (lo, hi) = (
+            self.suspicion_timeout_ms,
+            self.suspicion_timeout_max_ms.max(self.suspicion_timeout_ms),
+        );
+        hi - ((hi - lo) as f64 * frac) as u64
+    }
 }
 
 /// What adopting a rumour means for the driver.
@@ -150,6 +179,10 @@ pub struct Membership {
     entries: HashMap<NodeId, Entry>,
     /// Suspicions by deadline.
     deadlines: BTreeSet<(Millis, NodeId)>,
+    /// Reporters counted per suspicion.
+    confirmations_max: usize,
+    /// Suspicions to echo at half their timeout, by when.
+    echoes: BTreeSet<(Millis, NodeId)>,
 }
 
 /// The incarnation a node starts at in status epoch `epoch`.
@@ -166,7 +199,14 @@ impl Membership {
             own_alive: None,
             entries: HashMap::new(),
             deadlines: BTreeSet::new(),
+            echoes: BTreeSet::new(),
+            confirmations_max: MembershipConfig::default().suspicion_confirmations as usize,
         }
+    }
+
+    /// Count (and forward) at most this many reporters per suspicion.
+    pub fn set_confirmations(&mut self, k: u32) {
+        self.confirmations_max = k.max(1) as usize;
     }
 
     /// This node's incarnation.
@@ -265,9 +305,14 @@ impl Membership {
         };
         let news = match r.claim {
             Claim::Alive => r.incarnation > e.incarnation,
-            Claim::Suspect { .. } => {
+            Claim::Suspect { reporter } => {
                 r.incarnation > e.incarnation
                     || (r.incarnation == e.incarnation && e.state == MemberState::Alive)
+                    // A confirmation: another reporter of the suspicion held.
+                    || (r.incarnation == e.incarnation
+                        && e.state == MemberState::Suspect
+                        && e.reporters.len() < self.confirmations_max
+                        && !e.reporters.contains(&reporter))
             }
         };
         if news { Adopted::News } else { Adopted::Known }
@@ -281,27 +326,45 @@ impl Membership {
             return false;
         }
         let subject = r.rumour.subject;
-        if let Some(old) = self.entries.get(&subject)
+        let old = self.entries.get(&subject).cloned();
+        if let Some(old) = &old
             && old.state == MemberState::Suspect
         {
-            self.deadlines
-                .remove(&(old.since + cfg.suspicion_timeout_ms, subject));
+            self.deadlines.remove(&(old.deadline, subject));
+            if r.rumour.claim == Claim::Alive {
+                self.echoes.retain(|(_, n)| *n != subject);
+            }
         }
         let state = match r.rumour.claim {
             Claim::Alive => MemberState::Alive,
             Claim::Suspect { .. } => MemberState::Suspect,
         };
-        let since = match self.entries.get(&subject) {
-            Some(old) if old.state == state => old.since,
+        let same = old
+            .as_ref()
+            .is_some_and(|o| o.state == state && o.incarnation == r.rumour.incarnation);
+        let since = match &old {
+            Some(o) if o.state == state => o.since,
             _ => now,
         };
         let alive = match r.rumour.claim {
             Claim::Alive => Some(r),
-            Claim::Suspect { .. } => self.entries.get(&subject).and_then(|e| e.alive),
+            Claim::Suspect { .. } => old.as_ref().and_then(|e| e.alive),
         };
-        if state == MemberState::Suspect {
-            self.deadlines
-                .insert((since + cfg.suspicion_timeout_ms, subject));
+        let mut reporters = match &old {
+            Some(o) if same => o.reporters.clone(),
+            _ => Vec::new(),
+        };
+        let mut deadline = 0;
+        if let Claim::Suspect { reporter } = r.rumour.claim {
+            if !reporters.contains(&reporter) {
+                reporters.push(reporter);
+            }
+            deadline = since + cfg.suspicion_timeout(reporters.len());
+            self.deadlines.insert((deadline, subject));
+            if since == now {
+                self.echoes
+                    .insert((now + cfg.suspicion_timeout_ms / 2, subject));
+            }
         }
         self.entries.insert(
             subject,
@@ -309,8 +372,11 @@ impl Membership {
                 incarnation: r.rumour.incarnation,
                 state,
                 since,
-                rumour: r,
+                // The first suspicion is kept (the one sent on).
+                rumour: if same { old.map_or(r, |o| o.rumour) } else { r },
                 alive,
+                reporters,
+                deadline,
             },
         );
         true
@@ -326,10 +392,20 @@ impl Membership {
         self.alive_of(node).map_or(0, |a| a.rumour.incarnation)
     }
 
-    /// Suspicions past their timeout at `now` become down marks; returns
-    /// their subjects.
-    pub fn expire(&mut self, now: Millis) -> Vec<NodeId> {
+    /// Suspicions past their timeout at `now` become down marks, unless
+    /// `heard_since(node, t)` says this node heard from the subject itself
+    /// since the suspicion began at `t` (a message over a link, or a new
+    /// change it signed): then the suspicion waits another timeout and is
+    /// returned in `nudge`, to be sent to the subject so that it refutes (its
+    /// refutation was lost). Returns (down, nudge).
+    pub fn expire(
+        &mut self,
+        now: Millis,
+        cfg: &MembershipConfig,
+        mut heard_since: impl FnMut(&NodeId, Millis) -> bool,
+    ) -> (Vec<NodeId>, Vec<SignedRumour>) {
         let mut down = Vec::new();
+        let mut nudge = Vec::new();
         while let Some(&(at, node)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -338,24 +414,56 @@ impl Membership {
             if let Some(e) = self.entries.get_mut(&node)
                 && e.state == MemberState::Suspect
             {
-                e.state = MemberState::Down;
-                e.since = now;
-                down.push(node);
+                if heard_since(&node, e.since) {
+                    e.since = now;
+                    e.deadline = now + cfg.suspicion_timeout(e.reporters.len());
+                    self.deadlines.insert((e.deadline, node));
+                    nudge.push(e.rumour);
+                } else {
+                    e.state = MemberState::Down;
+                    e.since = now;
+                    down.push(node);
+                }
             }
         }
-        down
+        (down, nudge)
     }
 
-    /// The next suspicion deadline.
+    /// Suspicions still held at half their timeout, due at `now`: the
+    /// driver echoes each to a few peers, one of which answers with the
+    /// subject's refutation if it holds one (a low-degree node on lossy
+    /// links can lose every copy of a flood).
+    pub fn echoes_due(&mut self, now: Millis) -> Vec<SignedRumour> {
+        let mut due = Vec::new();
+        while let Some(&(at, node)) = self.echoes.first() {
+            if at > now {
+                break;
+            }
+            self.echoes.pop_first();
+            if let Some(e) = self.entries.get(&node)
+                && e.state == MemberState::Suspect
+            {
+                due.push(e.rumour);
+            }
+        }
+        due
+    }
+
+    /// The next suspicion deadline or echo.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let d = self.deadlines.first().map(|(at, _)| *at);
+        let e = self.echoes.first().map(|(at, _)| *at);
+        match (d, e) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Forget `node` (revoked, or no longer a member).
     pub fn forget(&mut self, node: &NodeId) {
-        if let Some(e) = self.entries.remove(node) {
+        if self.entries.remove(node).is_some() {
             self.deadlines.retain(|(_, n)| n != node);
-            let _ = e;
+            self.echoes.retain(|(_, n)| n != node);
         }
     }
 
@@ -411,9 +519,15 @@ mod tests {
             Adopted::Known,
             "the same suspicion twice"
         );
-        assert_eq!(m.next_deadline(), Some(100 + cfg.suspicion_timeout_ms));
-        assert!(m.expire(100 + cfg.suspicion_timeout_ms - 1).is_empty());
-        assert_eq!(m.expire(100 + cfg.suspicion_timeout_ms), vec![x.public()]);
+        // One reporter: the longest timeout (an echo comes half way).
+        let t1 = cfg.suspicion_timeout(1);
+        assert_eq!(t1, cfg.suspicion_timeout_max_ms);
+        assert_eq!(m.next_deadline(), Some(100 + cfg.suspicion_timeout_ms / 2));
+        assert_eq!(m.echoes_due(100 + cfg.suspicion_timeout_ms / 2), vec![s]);
+        assert_eq!(m.next_deadline(), Some(100 + t1));
+        let never = |_: &NodeId, _: Millis| false;
+        assert!(m.expire(100 + t1 - 1, &cfg, never).0.is_empty());
+        assert_eq!(m.expire(100 + t1, &cfg, never).0, vec![x.public()]);
         assert_eq!(m.liveness(&x.public()).unwrap().state, MemberState::Down);
         assert_eq!(m.suspicions(), vec![s]);
         // Another suspicion at the same incarnation changes nothing.
@@ -436,6 +550,43 @@ mod tests {
     }
 
     #[test]
+    fn confirmations_shorten_a_suspicion_to_its_minimum() {
+        let cfg = MembershipConfig::default();
+        let (me, x, y, z, w) = (key(1), key(2), key(3), key(4), key(5));
+        let mut m = Membership::new(me.public(), 0);
+        m.adopt(suspect(&x, &y, 0), 0, &cfg);
+        assert_eq!(
+            m.judge(&suspect(&x, &y, 0).rumour),
+            Adopted::Known,
+            "same reporter"
+        );
+        assert_eq!(
+            m.judge(&suspect(&x, &z, 0).rumour),
+            Adopted::News,
+            "a confirmation"
+        );
+        m.adopt(suspect(&x, &z, 0), 10, &cfg);
+        m.adopt(suspect(&x, &w, 0), 20, &cfg);
+        assert_eq!(
+            m.judge(&suspect(&x, &me, 0).rumour),
+            Adopted::Known,
+            "counted up to the bound only"
+        );
+        assert!(cfg.suspicion_timeout(2) < cfg.suspicion_timeout(1));
+        assert_eq!(cfg.suspicion_timeout(3), cfg.suspicion_timeout_ms);
+        let never = |_: &NodeId, _: Millis| false;
+        assert!(
+            m.expire(cfg.suspicion_timeout_ms - 1, &cfg, never)
+                .0
+                .is_empty()
+        );
+        assert_eq!(
+            m.expire(cfg.suspicion_timeout_ms, &cfg, never).0,
+            vec![x.public()]
+        );
+    }
+
+    #[test]
     fn a_refutation_cancels_the_deadline() {
         let cfg = MembershipConfig::default();
         let (me, x, y) = (key(1), key(2), key(3));
@@ -443,7 +594,7 @@ mod tests {
         m.adopt(suspect(&x, &y, 4), 0, &cfg);
         m.adopt(alive(&x, 5), 10, &cfg);
         assert_eq!(m.next_deadline(), None);
-        assert!(m.expire(u64::MAX / 2).is_empty());
+        assert!(m.expire(u64::MAX / 2, &cfg, |_, _| false).0.is_empty());
         assert_eq!(m.liveness(&x.public()).unwrap().state, MemberState::Alive);
     }
 

@@ -452,6 +452,9 @@ impl Engine {
             rumour_rates: OwnerRates::default(),
         };
         engine.ae_interval = engine.config.anti_entropy_interval_ms;
+        engine
+            .members
+            .set_confirmations(engine.config.membership.suspicion_confirmations);
         let first_round = now + engine.config.anti_entropy_interval_ms;
         engine.timers.insert(Timer::AntiEntropy, first_round);
         let mut out = Vec::new();
@@ -1105,7 +1108,7 @@ impl Engine {
                 }
             }
             Timer::Probe => self.on_probe_timer(now, rng, out),
-            Timer::Membership => self.on_membership_timer(now, out),
+            Timer::Membership => self.on_membership_timer(now, rng, out),
             Timer::LazyFlush => self.flush_lazy(out),
             Timer::Graft => self.on_graft_timer(now, out),
             Timer::SyncRetry => self.on_sync_retry(now, rng, out),
@@ -2203,8 +2206,42 @@ impl Engine {
 
     /// Suspicions that timed out become down marks; lost links past their
     /// grace make their peers suspect.
-    fn on_membership_timer(&mut self, now: Millis, out: &mut Vec<Output>) {
-        for node in self.members.expire(now) {
+    fn on_membership_timer(
+        &mut self,
+        now: Millis,
+        rng: &mut impl rand::Rng,
+        out: &mut Vec<Output>,
+    ) {
+        let cfg = self.config.membership.clone();
+        // Half way: ask two peers; one holding the refutation answers it.
+        for r in self.members.echoes_due(now) {
+            let mut asked = Vec::new();
+            for _ in 0..2 {
+                if let Some(p) = self.random_peer(asked.first().copied(), rng)
+                    && !asked.contains(&p)
+                {
+                    asked.push(p);
+                }
+            }
+            for p in asked {
+                self.send_rumours(p, vec![r], out);
+            }
+        }
+        let heard = &self.last_heard;
+        let (downs, nudges) = self.members.expire(now, &cfg, |n, since| {
+            heard.get(n).is_some_and(|t| *t > since)
+        });
+        for r in nudges {
+            // Heard from it since it was suspected: its refutation was lost.
+            // Tell it again (directly, if connected) and wait once more.
+            let subject = r.rumour.subject;
+            if self.peers.contains_key(&subject) {
+                self.send_rumours(subject, vec![r], out);
+            } else {
+                self.flood_rumours(None, vec![r], out);
+            }
+        }
+        for node in downs {
             tracing::debug!(node = %node.short(), "member marked down");
             out.push(Output::Event(Event::Member {
                 node,
