@@ -1587,6 +1587,11 @@ impl Sim {
                     if held.is_some_and(|l| l.state == MemberState::Down) {
                         continue;
                     }
+                    // Suspected and counting down (a suspicion that reached
+                    // it late, after a heal): in progress, not missed.
+                    if held.is_some_and(|l| l.state == MemberState::Suspect) {
+                        continue;
+                    }
                     self.detection_missed += 1;
                     if self.config.membership.enabled && self.membership_findings.len() < 100 {
                         self.membership_findings.push(Violation(format!(
