@@ -21,6 +21,22 @@ fn liveness(v: &Value, id: &str) -> Option<String> {
     })
 }
 
+/// Wait until every node in `live` shows `id` alive.
+async fn wait_all_alive(f: &Fleet, live: &[usize], id: &str, what: &str) {
+    f.wait(what, Duration::from_secs(30), async |f| {
+        for &i in live {
+            let Some(v) = f.get(i, "/v1/fleet").await else {
+                return false;
+            };
+            if liveness(&v, id).as_deref() != Some("alive") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_site_is_shown_down_everywhere_and_alive_when_back() {
     let mut f = Fleet::new(N, 251);
@@ -36,22 +52,7 @@ async fn a_killed_site_is_shown_down_everywhere_and_alive_when_back() {
         .await;
     let victim = f.nodes[VICTIM].id.to_hex();
     let live: Vec<usize> = all.iter().copied().filter(|&i| i != VICTIM).collect();
-    f.wait(
-        "every site shows the victim alive",
-        Duration::from_secs(30),
-        async |f| {
-            for &i in &live {
-                let Some(v) = f.get(i, "/v1/fleet").await else {
-                    return false;
-                };
-                if liveness(&v, &victim).as_deref() != Some("alive") {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    wait_all_alive(&f, &live, &victim, "every site shows the victim alive").await;
 
     f.kill(VICTIM);
     let t0 = Instant::now();
@@ -96,31 +97,30 @@ async fn a_killed_site_is_shown_down_everywhere_and_alive_when_back() {
     assert_eq!(status, 200, "{body}");
     f.wait_applied("the change applied on the live sites", &live, &head)
         .await;
-    let r = f
-        .get(0, &format!("/v1/rollout?heads={head}"))
-        .await
-        .expect("rollout");
-    let pending = r["pending"].as_array().cloned().unwrap_or_default();
-    assert_eq!(pending.len(), 1, "{r}");
-    assert_eq!(pending[0]["id"].as_str(), Some(victim.as_str()), "{r}");
-    assert_eq!(pending[0]["down"], true, "{r}");
+    // The live sites' applied status reaches node 0 soon after they apply.
+    let path = format!("/v1/rollout?heads={head}");
+    f.wait(
+        "node 0's rollout is pending on the victim alone",
+        Duration::from_secs(30),
+        async |f| {
+            f.get(0, &path).await.is_some_and(|r| {
+                r["pending"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1 && p[0]["id"].as_str() == Some(victim.as_str()))
+            })
+        },
+    )
+    .await;
+    let r = f.get(0, &path).await.expect("rollout");
+    assert_eq!(r["pending"][0]["down"], true, "{r}");
 
     // Back: alive everywhere, and the rollout completes.
     f.start(VICTIM);
-    f.wait(
+    wait_all_alive(
+        &f,
+        &live,
+        &victim,
         "every site shows the restarted one alive",
-        Duration::from_secs(30),
-        async |f| {
-            for &i in &live {
-                let Some(v) = f.get(i, "/v1/fleet").await else {
-                    return false;
-                };
-                if liveness(&v, &victim).as_deref() != Some("alive") {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     f.wait(
