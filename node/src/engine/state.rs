@@ -1053,15 +1053,7 @@ impl Engine {
             statement: bytes.to_vec(),
         };
         self.freshness = Some(st);
-        let peers: Vec<NodeId> = self
-            .peers
-            .keys()
-            .filter(|p| Some(**p) != from)
-            .copied()
-            .collect();
-        for p in peers {
-            self.send(p, &msg, out);
-        }
+        self.send_to_all(from, &msg, out);
         Ok(true)
     }
 
@@ -1780,23 +1772,8 @@ impl Engine {
     /// Send every peer (but `except`) the roots after `after` (what this
     /// node just took); a peer further behind asks for the rest.
     fn broadcast_roots(&mut self, except: Option<NodeId>, after: u64, out: &mut Vec<Output>) {
-        let batches = self.roots_after(after);
-        let peers: Vec<NodeId> = self
-            .peers
-            .keys()
-            .filter(|p| Some(**p) != except)
-            .copied()
-            .collect();
-        for p in peers {
-            for roots in &batches {
-                self.send(
-                    p,
-                    &Message::Roots {
-                        roots: roots.clone(),
-                    },
-                    out,
-                );
-            }
+        for roots in self.roots_after(after) {
+            self.send_to_all(except, &Message::Roots { roots }, out);
         }
     }
 
@@ -2511,25 +2488,25 @@ impl Engine {
         rumours: Vec<SignedRumour>,
         out: &mut Vec<Output>,
     ) {
-        let peers: Vec<NodeId> = self
-            .peers
-            .keys()
-            .filter(|p| Some(**p) != except)
-            .copied()
-            .collect();
-        for p in peers {
-            self.send_rumours(p, rumours.clone(), out);
+        for msg in self.rumour_messages(&rumours) {
+            self.send_to_all(except, &msg, out);
         }
     }
 
     fn send_rumours(&mut self, to: NodeId, rumours: Vec<SignedRumour>, out: &mut Vec<Output>) {
-        let max = self.config.wire.rumours_per_message_max;
-        for chunk in rumours.chunks(max) {
-            let msg = Message::Rumours {
-                rumours: chunk.to_vec(),
-            };
+        for msg in self.rumour_messages(&rumours) {
             self.send(to, &msg, out);
         }
+    }
+
+    /// Rumours in messages within `wire.rumours_per_message_max`.
+    fn rumour_messages(&self, rumours: &[SignedRumour]) -> Vec<Message> {
+        rumours
+            .chunks(self.config.wire.rumours_per_message_max)
+            .map(|c| Message::Rumours {
+                rumours: c.to_vec(),
+            })
+            .collect()
     }
 
     // ---- sending and penalties ----
@@ -2539,6 +2516,19 @@ impl Engine {
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         out.push(Output::Send { to, bytes });
+    }
+
+    /// Send one message to every peer but `except`, encoded once.
+    fn send_to_all(&mut self, except: Option<NodeId>, msg: &Message, out: &mut Vec<Output>) {
+        let bytes = msg.encode();
+        for &to in self.peers.keys().filter(|p| Some(**p) != except) {
+            self.stats.messages_sent += 1;
+            self.stats.bytes_sent += bytes.len() as u64;
+            out.push(Output::Send {
+                to,
+                bytes: bytes.clone(),
+            });
+        }
     }
 
     /// Send changes in messages of bounded size and count.
