@@ -25,6 +25,7 @@
 //!    applied as soon as the dependencies are.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
@@ -353,6 +354,7 @@ struct Candidate {
     hash: ChangeHash,
 }
 
+#[derive(Clone)]
 struct PendingEntry {
     sc: SignedChange,
     change: Change,
@@ -360,7 +362,7 @@ struct PendingEntry {
 
 /// Changes waiting for dependencies, bounded in count and bytes; the oldest is
 /// dropped first (anti-entropy brings it back later).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct PendingBuffer {
     by_doc: BTreeMap<DocId, HashMap<ChangeHash, PendingEntry>>,
     order: VecDeque<(DocId, ChangeHash)>,
@@ -491,17 +493,31 @@ pub struct ReplicaStats {
     pub void_epochs: usize,
 }
 
-/// All documents a node holds.
+/// The applied policy: its document, its signed changes in the order applied,
+/// and what it says.
+#[derive(Clone)]
+struct PolicyState {
+    doc: Automerge,
+    changes: HashMap<ChangeHash, SignedChange>,
+    order: Vec<ChangeHash>,
+    /// (actor, seq) of every applied policy change, to refuse forks.
+    seqs: HashMap<(Vec<u8>, u64), ChangeHash>,
+    policy: Policy,
+}
+
+/// All documents a node holds. A clone shares every document with the
+/// original (see [`Replica::clone`]); each copies what it changes.
+#[derive(Clone)]
 pub struct Replica {
     limits: Limits,
     chain: TrustChain,
-    policy_doc: Automerge,
-    policy_changes: HashMap<ChangeHash, SignedChange>,
-    policy_order: Vec<ChangeHash>,
-    /// (actor, seq) of every applied policy change, to refuse forks.
-    policy_seqs: HashMap<(Vec<u8>, u64), ChangeHash>,
-    policy: Policy,
-    statuses: BTreeMap<NodeId, StatusDoc>,
+    /// The applied policy, shared with the clones of this replica until one
+    /// of them changes it (copy on write).
+    pol: Arc<PolicyState>,
+    /// Status documents by owner: a persistent map of shared documents, so
+    /// that a clone of a replica costs nothing until it diverges, and then
+    /// only the paths and documents it changed.
+    statuses: imbl::OrdMap<NodeId, Arc<StatusDoc>>,
     pending: PendingBuffer,
     /// Policy changes dropped because a rotation did not grandfather them.
     rotated_out: u64,
@@ -521,12 +537,14 @@ impl Replica {
         Replica {
             limits,
             chain,
-            policy_doc: Automerge::new(),
-            policy_changes: HashMap::new(),
-            policy_order: Vec::new(),
-            policy_seqs: HashMap::new(),
-            policy: Policy::default(),
-            statuses: BTreeMap::new(),
+            pol: Arc::new(PolicyState {
+                doc: Automerge::new(),
+                changes: HashMap::new(),
+                order: Vec::new(),
+                seqs: HashMap::new(),
+                policy: Policy::default(),
+            }),
+            statuses: imbl::OrdMap::new(),
             pending: PendingBuffer::default(),
             rotated_out: 0,
             rotation_settled: 0,
@@ -604,7 +622,7 @@ impl Replica {
                 if !seen.insert(h) {
                     continue;
                 }
-                if let Some(m) = self.policy_doc.get_change_meta_by_hash(&h) {
+                if let Some(m) = self.pol.doc.get_change_meta_by_hash(&h) {
                     stack.extend(m.deps.iter().copied());
                 } else if let Some(d) = extra.get(&h) {
                     stack.extend(d.iter().copied());
@@ -628,9 +646,10 @@ impl Replica {
             return;
         }
         let old: Vec<ChangeHash> = self
-            .policy_order
+            .pol
+            .order
             .iter()
-            .filter(|h| self.policy_changes[*h].root_version < current)
+            .filter(|h| self.pol.changes[*h].root_version < current)
             .copied()
             .collect();
         if old.is_empty() {
@@ -653,7 +672,7 @@ impl Replica {
         }
         let mut drop: HashSet<ChangeHash> = HashSet::new();
         for h in old {
-            let v = self.policy_changes[&h].root_version;
+            let v = self.pol.changes[&h].root_version;
             if let Some((set, true)) = cov.get(&v)
                 && !set.contains(&h)
             {
@@ -664,8 +683,8 @@ impl Replica {
             return;
         }
         // Descendants of a dropped change can never apply anywhere.
-        for h in &self.policy_order {
-            if let Some(m) = self.policy_doc.get_change_meta_by_hash(h)
+        for h in &self.pol.order {
+            if let Some(m) = self.pol.doc.get_change_meta_by_hash(h)
                 && m.deps.iter().any(|d| drop.contains(d))
             {
                 drop.insert(*h);
@@ -678,30 +697,32 @@ impl Replica {
         );
         self.rotated_out += drop.len() as u64;
         let keep: Vec<ChangeHash> = self
-            .policy_order
+            .pol
+            .order
             .iter()
             .filter(|h| !drop.contains(h))
             .copied()
             .collect();
         let changes: Vec<Change> = keep
             .iter()
-            .filter_map(|h| self.policy_doc.get_change_by_hash(h))
+            .filter_map(|h| self.pol.doc.get_change_by_hash(h))
             .collect();
         let mut doc = Automerge::new();
         if let Err(e) = doc.apply_changes(changes) {
             tracing::error!(error = %e, "rebuilding the policy after a rotation failed; keeping it as it was");
             return;
         }
-        self.policy_doc = doc;
-        self.policy_changes.retain(|h, _| !drop.contains(h));
-        self.policy_order = keep;
-        self.policy_seqs = self
-            .policy_order
+        let pol = Arc::make_mut(&mut self.pol);
+        pol.doc = doc;
+        pol.changes.retain(|h, _| !drop.contains(h));
+        pol.order = keep;
+        pol.seqs = pol
+            .order
             .iter()
-            .filter_map(|h| self.policy_doc.get_change_meta_by_hash(h))
+            .filter_map(|h| pol.doc.get_change_meta_by_hash(h))
             .map(|m| ((m.actor.to_bytes().to_vec(), m.seq), m.hash))
             .collect();
-        self.policy = Policy::from_doc(&self.policy_doc);
+        pol.policy = Policy::from_doc(&pol.doc);
     }
 
     /// Verify, authorise and apply a batch of signed changes. The report at index
@@ -926,7 +947,7 @@ impl Replica {
             return true;
         }
         match doc {
-            DocId::Policy => self.policy_changes.contains_key(h),
+            DocId::Policy => self.pol.changes.contains_key(h),
             DocId::Status { node, epoch } => self
                 .statuses
                 .get(node)
@@ -989,8 +1010,8 @@ impl Replica {
         }
         // Order so that every change follows its dependencies; what cannot be
         // ordered waits for dependencies that have not arrived.
-        let mut known: HashSet<ChangeHash> = self.policy_changes.keys().copied().collect();
-        let mut seqs = self.policy_seqs.clone();
+        let mut known: HashSet<ChangeHash> = self.pol.changes.keys().copied().collect();
+        let mut seqs = self.pol.seqs.clone();
         let mut ready: Vec<(Option<usize>, SignedChange, Change)> = Vec::new();
         loop {
             let before = waiting.len();
@@ -1035,7 +1056,8 @@ impl Replica {
             return;
         }
         let changes: Vec<Change> = ready.iter().map(|r| r.2.clone()).collect();
-        if let Err(e) = self.policy_doc.apply_changes(changes) {
+        let pol = Arc::make_mut(&mut self.pol);
+        if let Err(e) = pol.doc.apply_changes(changes) {
             // Verified and authority-signed, yet automerge refuses it: record the
             // reason on every member of the batch; nothing is kept.
             tracing::error!(error = %e, "automerge refused a batch of authorised policy changes");
@@ -1048,18 +1070,18 @@ impl Replica {
         }
         for (idx, sc, change) in ready {
             let h = change.hash();
-            self.policy_seqs
+            pol.seqs
                 .insert((change.actor_id().to_bytes().to_vec(), change.seq()), h);
-            self.policy_order.push(h);
-            self.policy_changes.insert(h, sc);
+            pol.order.push(h);
+            pol.changes.insert(h, sc);
             if let Some(i) = idx {
                 reports[i].outcome = Outcome::Applied;
             }
         }
-        self.policy = Policy::from_doc(&self.policy_doc);
+        pol.policy = Policy::from_doc(&pol.doc);
         self.enforce_rotation();
         // Revocation cuts a node off: its status is dropped everywhere.
-        let revoked: Vec<NodeId> = self.policy.revoked.keys().copied().collect();
+        let revoked: Vec<NodeId> = self.pol.policy.revoked.keys().copied().collect();
         for n in revoked {
             self.statuses.remove(&n);
             for d in self.pending.docs_of_node(&n) {
@@ -1069,10 +1091,10 @@ impl Replica {
     }
 
     fn authorise_status(&self, node: &NodeId) -> Result<(), Rejection> {
-        if self.policy.revoked.contains_key(node) {
+        if self.pol.policy.revoked.contains_key(node) {
             return Err(Rejection::Revoked(node.short()));
         }
-        if !self.policy.members.contains_key(node) {
+        if !self.pol.policy.members.contains_key(node) {
             return Err(Rejection::Unenrolled(node.short()));
         }
         Ok(())
@@ -1159,7 +1181,8 @@ impl Replica {
                     }
                     continue;
                 }
-                let d = next_doc.get_or_insert_with(|| StatusDoc::new(epoch));
+                let d =
+                    Arc::make_mut(next_doc.get_or_insert_with(|| Arc::new(StatusDoc::new(epoch))));
                 let hash = change.hash();
                 // Only a change that had waited is reported (and so copied).
                 match idx {
@@ -1219,22 +1242,22 @@ impl Replica {
 
     /// The materialised policy.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.pol.policy
     }
 
     /// The policy heads.
     pub fn policy_heads(&self) -> Vec<ChangeHash> {
-        self.policy_doc.get_heads()
+        self.pol.doc.get_heads()
     }
 
     /// The live policy document (read-only).
     pub fn policy_doc(&self) -> &Automerge {
-        &self.policy_doc
+        &self.pol.doc
     }
 
     /// The effective config of a node, if it is an active member.
     pub fn effective_config(&self, node: &NodeId) -> Option<serde_json::Value> {
-        self.policy.effective_config(node)
+        self.pol.policy.effective_config(node)
     }
 
     /// A node's status and the epoch it was read from.
@@ -1262,7 +1285,7 @@ impl Replica {
     /// Every document held, with its heads (sorted).
     pub fn docs(&self) -> Vec<(DocId, Vec<ChangeHash>)> {
         let mut out = Vec::with_capacity(self.statuses.len() + 1);
-        if !self.policy_changes.is_empty() {
+        if !self.pol.changes.is_empty() {
             let mut h = self.policy_heads();
             h.sort();
             out.push((DocId::Policy, h));
@@ -1279,6 +1302,11 @@ impl Replica {
         out
     }
 
+    /// How many documents [`Replica::docs`] lists, without listing them.
+    pub fn doc_count(&self) -> usize {
+        usize::from(!self.pol.changes.is_empty()) + self.statuses.len()
+    }
+
     /// The heads of one document (empty if not held).
     pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
         match doc {
@@ -1287,7 +1315,7 @@ impl Replica {
                 .statuses
                 .get(node)
                 .filter(|s| s.epoch == *epoch)
-                .map(StatusDoc::reported_heads)
+                .map(|s| s.reported_heads())
                 .unwrap_or_default(),
         }
     }
@@ -1295,7 +1323,7 @@ impl Replica {
     /// One held change.
     pub fn get(&self, doc: &DocId, h: &ChangeHash) -> Option<&SignedChange> {
         match doc {
-            DocId::Policy => self.policy_changes.get(h),
+            DocId::Policy => self.pol.changes.get(h),
             DocId::Status { node, epoch } => self
                 .statuses
                 .get(node)
@@ -1317,18 +1345,20 @@ impl Replica {
             DocId::Policy => {
                 let known: Vec<ChangeHash> = their_heads
                     .iter()
-                    .filter(|h| self.policy_changes.contains_key(h))
+                    .filter(|h| self.pol.changes.contains_key(h))
                     .copied()
                     .collect();
                 let have = ancestors(&known, |h| {
-                    self.policy_doc
+                    self.pol
+                        .doc
                         .get_change_meta_by_hash(h)
                         .map(|m| m.deps.to_vec())
                 });
-                self.policy_order
+                self.pol
+                    .order
                     .iter()
                     .filter(|h| !have.contains(h))
-                    .filter_map(|h| self.policy_changes.get(h))
+                    .filter_map(|h| self.pol.changes.get(h))
                     .collect()
             }
             DocId::Status { node, epoch } => {
@@ -1349,17 +1379,19 @@ impl Replica {
     /// Every held change of every document (policy first, in applicable order):
     /// what a store persists and what a base snapshot exports.
     pub fn all_changes(&self) -> impl Iterator<Item = &SignedChange> {
-        self.policy_order
+        self.pol
+            .order
             .iter()
-            .filter_map(|h| self.policy_changes.get(h))
+            .filter_map(|h| self.pol.changes.get(h))
             .chain(self.statuses.values().flat_map(|s| s.changes.iter()))
     }
 
     /// The policy changes, in applicable order.
     pub fn policy_changes(&self) -> Vec<SignedChange> {
-        self.policy_order
+        self.pol
+            .order
             .iter()
-            .filter_map(|h| self.policy_changes.get(h).cloned())
+            .filter_map(|h| self.pol.changes.get(h).cloned())
             .collect()
     }
 
@@ -1372,7 +1404,7 @@ impl Replica {
             .sum();
         ReplicaStats {
             status_docs: self.statuses.len(),
-            changes: self.policy_changes.len() + status_changes,
+            changes: self.pol.changes.len() + status_changes,
             status_changes,
             change_bytes: bytes,
             pending: self.pending.count,

@@ -176,3 +176,46 @@ fn two_replicas_fed_in_opposite_orders_agree() {
     assert_eq!(fingerprint(&a), fingerprint(&b));
     assert_eq!(fingerprint(&a), c.reference);
 }
+
+/// A clone of a replica shares its documents (the simulator starts a fleet
+/// from clones of one replica) and copies what it changes: a change applied
+/// to one, status or policy, is not seen by the other, and both stay what
+/// they would be had they been built apart.
+#[test]
+fn a_cloned_replica_copies_what_it_changes() {
+    let fleet = Fleet::new(1, 1, 3);
+    let enrol = fleet.enrolment();
+    let mut original = fleet.replica();
+    let mut w0 = fleet.writer(0, 16);
+    let first = w0.update(&status("n0", "v1")).expect("a first change");
+    for r in original.ingest(vec![enrol.clone(), first.clone()]) {
+        assert_eq!(r.outcome, Outcome::Applied);
+    }
+    let before = fingerprint(&original);
+    let mut clone = original.clone();
+    assert_eq!(fingerprint(&clone), before);
+
+    // A status change and a policy change, to the clone only.
+    let second = w0.update(&status("n0", "v2")).expect("a second change");
+    let policy = fleet.sign_policy(
+        &[enrol.clone()],
+        vec![Edit::Set(Level::Fleet, "net.mtu".into(), json!(1400))],
+    );
+    for r in clone.ingest(vec![second.clone(), policy.clone()]) {
+        assert_eq!(r.outcome, Outcome::Applied);
+    }
+    assert_eq!(fingerprint(&original), before, "the original changed");
+    assert_eq!(original.status(&fleet.node(0)).unwrap().0.version, "v1");
+    assert_eq!(clone.status(&fleet.node(0)).unwrap().0.version, "v2");
+    let mtu = |r: &dcloud_crdt::Replica| {
+        r.effective_config(&fleet.node(0)).unwrap()["net"]["mtu"].clone()
+    };
+    assert_eq!(mtu(&clone), json!(1400));
+    assert_eq!(mtu(&original), serde_json::Value::Null);
+
+    // The clone is what a replica built apart holds.
+    let mut apart = fleet.replica();
+    apart.ingest(vec![enrol, first, second, policy]);
+    assert_eq!(fingerprint(&clone), fingerprint(&apart));
+    assert_ne!(fingerprint(&clone), before);
+}

@@ -6,16 +6,19 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 
 use dcloud_crdt::change::actor_with_nonce;
 use dcloud_crdt::hostile;
+use dcloud_crdt::status::EPOCH_CHANGES_DEFAULT;
 use dcloud_crdt::{
-    ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, PolicyEditor, Replica,
-    SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+    ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, Outcome, PolicyEditor,
+    Replica, SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
 };
 use dcloud_node::engine::wire::{Item, Message, Push, RangeItems};
 use dcloud_node::engine::{
-    Engine, EngineConfig, EngineStats, Event, Input, MemberState, Output, Persist, Stored,
+    Engine, EngineConfig, EngineStats, Event, IndexSnapshot, Input, MemberState, Output, Persist,
+    Stored,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -96,6 +99,47 @@ fn fleet_policy(sc: &Scenario, keys: &[SecretKey], nonces: &mut StdRng) -> Fleet
         chain,
         bootstrap,
         policy_changes,
+    }
+}
+
+/// Build a warm start: one replica holding the bootstrap policy and the first
+/// status change of each of the first `enrolled` nodes, written by clones of
+/// the writers the nodes will start with (so that each node's own first
+/// change is the one already held, and none floods at start).
+fn warm_start(
+    keys: &[SecretKey],
+    enrolled: usize,
+    chain: &TrustChain,
+    bootstrap: &SignedChange,
+    nonces: &mut StdRng,
+) -> Warm {
+    let mut replica = Replica::new(chain.clone(), Limits::default());
+    let applied = replica.ingest(vec![bootstrap.clone()]);
+    assert!(
+        applied.iter().all(|r| r.outcome == Outcome::Applied),
+        "the bootstrap applies: {applied:?}"
+    );
+    let mut writers = Vec::with_capacity(keys.len());
+    let mut changes = vec![bootstrap.clone()];
+    for (i, k) in keys.iter().enumerate() {
+        // Epoch 1, as `Engine::restore` starts an empty store.
+        let w = StatusWriter::seeded(k.clone(), 1, EPOCH_CHANGES_DEFAULT, nonces.random());
+        if i < enrolled {
+            changes.push(w.clone().heartbeat());
+        }
+        writers.push(Some(w));
+    }
+    for chunk in changes[1..].chunks(512) {
+        for r in replica.ingest(chunk.to_vec()) {
+            assert_eq!(r.outcome, Outcome::Applied, "a warm status change applies");
+        }
+    }
+    let index = IndexSnapshot::of(&replica, 0);
+    Warm {
+        replica,
+        index,
+        writers,
+        changes: Arc::new(changes),
     }
 }
 
@@ -212,6 +256,19 @@ struct LinkDir {
 struct Store {
     roots: Vec<SignedTrustRoot>,
     changes: BTreeMap<DocId, Vec<SignedChange>>,
+    /// The warm start's changes, when this node started warm (see
+    /// [`Warm`]), shared rather than copied per store.
+    base: Option<Arc<Vec<SignedChange>>>,
+}
+
+/// A warm start ([`Scenario::warm_start`]): the replica every node starts
+/// from a clone of, its index, and each node's status writer, which has
+/// written (in a clone) the first change the replica holds for it.
+struct Warm {
+    replica: Replica,
+    index: IndexSnapshot,
+    writers: Vec<Option<StatusWriter>>,
+    changes: Arc<Vec<SignedChange>>,
 }
 
 struct Slot {
@@ -280,6 +337,7 @@ pub struct Sim {
     rng: StdRng,
     /// Actor nonces (a stream of its own, so they do not shift `rng`).
     nonces: StdRng,
+    warm: Option<Warm>,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Queued>>,
@@ -436,6 +494,9 @@ impl Sim {
             .collect();
         let (adj, links) = overlay(&sc, &mut rng);
         let config = sc.engine.clone();
+        let warm = sc
+            .warm_start
+            .then(|| warm_start(&keys, enrolled_count, &chain, &bootstrap, &mut nonces));
         let mut needs_store = vec![false; n];
         let mut crash_plan = Vec::new();
         for c in &sc.crash {
@@ -497,6 +558,7 @@ impl Sim {
             seed,
             rng,
             nonces,
+            warm,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -906,29 +968,63 @@ impl Sim {
         if wipe && let Some(store) = &mut self.slots[i].store {
             *store = Store::default();
         }
-        // Every node is provisioned with the bootstrap policy; the rest is
-        // what its store kept.
-        let mut changes = vec![self.bootstrap.clone()];
-        let mut roots = Vec::new();
-        if let Some(store) = &self.slots[i].store {
-            roots = store.roots.clone();
-            changes.extend(store.changes.values().flatten().cloned());
-        }
-        let nonce_seed = self.nonces.random();
-        let (engine, outs, _restored) = Engine::restore(
-            self.config.clone(),
-            Stored {
-                key,
-                chain: self.chain.clone(),
-                roots,
-                changes,
-                limits: self.limits.clone(),
-                epoch_floor: 0,
-                actor_seed: Some(nonce_seed),
-            },
-            self.now,
-        )
-        .expect("epochs start at 1 in the simulator");
+        let warm_writer = match &mut self.warm {
+            Some(w) if !self.slots[i].started => w.writers[i].take(),
+            _ => None,
+        };
+        let (engine, outs) = if let (Some(writer), Some(w)) = (warm_writer, &self.warm) {
+            // A warm start: the fleet's steady state, shared.
+            let (engine, outs) = Engine::with_index(
+                self.config.clone(),
+                w.replica.clone(),
+                writer,
+                self.now,
+                w.index.clone(),
+            );
+            if self.enrolled[i] {
+                let own = DocId::Status {
+                    node: key.public(),
+                    epoch: 1,
+                };
+                assert_eq!(
+                    engine.replica().heads(&own),
+                    w.replica.heads(&own),
+                    "node {i}'s first change is the one its warm start holds"
+                );
+            }
+            if let Some(store) = &mut self.slots[i].store {
+                store.base = Some(w.changes.clone());
+            }
+            (engine, outs)
+        } else {
+            // Every node is provisioned with the bootstrap policy; the rest
+            // is what its store kept.
+            let mut changes = vec![self.bootstrap.clone()];
+            let mut roots = Vec::new();
+            if let Some(store) = &self.slots[i].store {
+                roots = store.roots.clone();
+                if let Some(base) = &store.base {
+                    changes.extend(base.iter().skip(1).cloned());
+                }
+                changes.extend(store.changes.values().flatten().cloned());
+            }
+            let nonce_seed = self.nonces.random();
+            let (engine, outs, _restored) = Engine::restore(
+                self.config.clone(),
+                Stored {
+                    key,
+                    chain: self.chain.clone(),
+                    roots,
+                    changes,
+                    limits: self.limits.clone(),
+                    epoch_floor: 0,
+                    actor_seed: Some(nonce_seed),
+                },
+                self.now,
+            )
+            .expect("epochs start at 1 in the simulator");
+            (engine, outs)
+        };
         let replica = engine.replica();
         // Safety across restarts: the policy read back from the store never
         // goes behind what the node had applied.

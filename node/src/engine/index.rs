@@ -9,7 +9,7 @@
 //! node whose epoch moved on is replaced, and two nodes holding different
 //! epochs of one status document see one differing entry.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use dcloud_crdt::{ChangeHash, DocId, NodeId};
 
@@ -23,16 +23,18 @@ pub(crate) type Key = (u64, Option<NodeId>);
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     pub(crate) doc: DocId,
-    pub(crate) heads: Vec<ChangeHash>,
+    pub(crate) heads: Arc<[ChangeHash]>,
     pub(crate) fp: u128,
     /// When this node last changed the entry (its local clock).
     pub(crate) updated_at: Millis,
 }
 
-/// The index of one replica.
-#[derive(Default, Debug)]
+/// The index of one replica: a persistent map, so that a clone (a simulated
+/// fleet's replicas started from one state, see [`super::IndexSnapshot`])
+/// shares every entry it has not changed.
+#[derive(Clone, Default, Debug)]
 pub(crate) struct DocIndex {
-    entries: BTreeMap<Key, Entry>,
+    entries: imbl::OrdMap<Key, Entry>,
     total_fp: u128,
 }
 
@@ -113,11 +115,16 @@ impl DocIndex {
             key,
             Entry {
                 doc,
-                heads,
+                heads: heads.into(),
                 fp,
                 updated_at: now,
             },
         );
+    }
+
+    /// The number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
 
     /// Remove every entry of `node`.

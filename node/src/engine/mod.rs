@@ -133,7 +133,7 @@ pub mod wire;
 
 pub use config::{EngineConfig, EngineConfigError};
 pub use membership::{Liveness, MemberState, MembershipConfig};
-pub use state::{Engine, EngineStats, RejectReason, RestoreError, Restored, Stored};
+pub use state::{Engine, EngineStats, IndexSnapshot, RejectReason, RestoreError, Restored, Stored};
 pub use wire::{ChangeId, Message, WireError, WireLimits};
 
 use dcloud_crdt::replica::Report;

@@ -389,6 +389,23 @@ fn encoded_len(sc: &SignedChange) -> usize {
     postcard::experimental::serialized_size(sc).unwrap_or(sc.change.len())
 }
 
+/// The reconciliation index of a replica's documents, built once and shared
+/// by the engines started from clones of that replica (see
+/// [`Engine::with_index`]). Cloning it is O(1).
+#[derive(Clone)]
+pub struct IndexSnapshot(DocIndex);
+
+impl IndexSnapshot {
+    /// The index of every document `replica` holds, stamped `now`.
+    pub fn of(replica: &Replica, now: Millis) -> IndexSnapshot {
+        let mut index = DocIndex::default();
+        for (doc, heads) in replica.docs() {
+            index.set(doc, heads, now);
+        }
+        IndexSnapshot(index)
+    }
+}
+
 impl Engine {
     /// An engine over `replica` (loaded from the store, or empty), writing this
     /// node's status with `writer`. The outputs set the first timers and
@@ -399,15 +416,34 @@ impl Engine {
         writer: StatusWriter,
         now: Millis,
     ) -> (Engine, Vec<Output>) {
+        let index = IndexSnapshot::of(&replica, now);
+        Engine::with_index(config, replica, writer, now, index)
+    }
+
+    /// [`Engine::new`] with the reconciliation index of `replica` already
+    /// built ([`IndexSnapshot::of`]): a simulator starting many engines from
+    /// clones of one replica builds it once, and every engine shares its
+    /// entries until it changes them. The snapshot must be of this replica's
+    /// documents (checked by count in debug builds; a stale snapshot would make
+    /// anti-entropy report documents the replica does not hold).
+    pub fn with_index(
+        config: EngineConfig,
+        replica: Replica,
+        writer: StatusWriter,
+        now: Millis,
+        index: IndexSnapshot,
+    ) -> (Engine, Vec<Output>) {
         if let Err(e) = config.validate() {
             panic!(
                 "invalid engine configuration (check it with EngineConfig::validate first): {e}"
             );
         }
-        let mut index = DocIndex::default();
-        for (doc, heads) in replica.docs() {
-            index.set(doc, heads, now);
-        }
+        let IndexSnapshot(index) = index;
+        debug_assert_eq!(
+            index.len(),
+            replica.doc_count(),
+            "an index snapshot of another replica"
+        );
         let mut policy_heads = replica.policy_heads();
         policy_heads.sort();
         let revoked = replica.policy().revoked.keys().copied().collect();
@@ -1884,7 +1920,7 @@ impl Engine {
                     None => Vec::new(),
                     Some(it) if it.doc == e.doc => {
                         let hs: Vec<ChangeHash> = it.heads.iter().map(|h| ChangeHash(*h)).collect();
-                        if hs == e.heads {
+                        if hs[..] == e.heads[..] {
                             continue;
                         }
                         // Applied, not merely held: a change pending on a
@@ -1904,7 +1940,7 @@ impl Engine {
                                 continue;
                             }
                             if matches!(e.doc, DocId::Status { .. }) {
-                                for h in &e.heads {
+                                for h in e.heads.iter() {
                                     if let Some(c) = self.replica.get(&e.doc, h)
                                         && !hs.contains(h)
                                         && allow.work(1)
