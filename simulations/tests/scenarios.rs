@@ -88,6 +88,11 @@ fn crash_restart_and_wiped_store() {
 }
 
 #[test]
+fn warm_start_under_crashes_restarts_and_loss() {
+    check("ci-warm", &[15]);
+}
+
+#[test]
 fn churn() {
     check("ci-churn", &[11, 12]);
 }
@@ -184,6 +189,10 @@ fn scenarios_parse_and_bad_ones_are_refused() {
             Err(e) => assert!(e.to_string().contains(why), "{body}: {e}"),
         }
     };
+    refused(
+        "warm_start = true\n[[join]]\nat_ms = 100\ncount = 2\n",
+        "warm_start cannot model late joiners",
+    );
     refused(
         "[[partition]]\nfrom_ms = 5\nuntil_ms = 5\nfraction = 0.5\n",
         "partition 0: until_ms 5 must be after from_ms 5",

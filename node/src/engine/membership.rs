@@ -183,6 +183,17 @@ pub struct Membership {
     confirmations_max: usize,
     /// Suspicions to echo at half their timeout, by when.
     echoes: BTreeSet<(Millis, NodeId)>,
+    /// Entries in each state (alive, suspect, down), kept as they change so
+    /// that [`Membership::counts`] is O(1) (a daemon reads it per event).
+    tally: [usize; 3],
+}
+
+fn slot(s: MemberState) -> usize {
+    match s {
+        MemberState::Alive => 0,
+        MemberState::Suspect => 1,
+        MemberState::Down => 2,
+    }
 }
 
 /// The incarnation a node starts at in status epoch `epoch`.
@@ -200,6 +211,7 @@ impl Membership {
             entries: HashMap::new(),
             deadlines: BTreeSet::new(),
             echoes: BTreeSet::new(),
+            tally: [0; 3],
             confirmations_max: MembershipConfig::default().suspicion_confirmations as usize,
         }
     }
@@ -273,15 +285,24 @@ impl Membership {
 
     /// Counts of members held in each state: (alive, suspect, down).
     pub fn counts(&self) -> (usize, usize, usize) {
-        let mut c = (0, 0, 0);
-        for e in self.entries.values() {
-            match e.state {
-                MemberState::Alive => c.0 += 1,
-                MemberState::Suspect => c.1 += 1,
-                MemberState::Down => c.2 += 1,
+        debug_assert_eq!(self.tally, {
+            let mut t = [0; 3];
+            for e in self.entries.values() {
+                t[slot(e.state)] += 1;
             }
+            t
+        });
+        (self.tally[0], self.tally[1], self.tally[2])
+    }
+
+    /// Keep the tally as an entry goes from `old` to `new` (None: absent).
+    fn recount(&mut self, old: Option<MemberState>, new: Option<MemberState>) {
+        if let Some(o) = old {
+            self.tally[slot(o)] -= 1;
         }
-        c
+        if let Some(n) = new {
+            self.tally[slot(n)] += 1;
+        }
     }
 
     /// What adopting `r` would do, judged before its signature is checked
@@ -366,6 +387,7 @@ impl Membership {
                     .insert((now + cfg.suspicion_timeout_ms / 2, subject));
             }
         }
+        self.recount(old.as_ref().map(|o| o.state), Some(state));
         self.entries.insert(
             subject,
             Entry {
@@ -423,6 +445,8 @@ impl Membership {
                     e.state = MemberState::Down;
                     e.since = now;
                     down.push(node);
+                    self.tally[slot(MemberState::Suspect)] -= 1;
+                    self.tally[slot(MemberState::Down)] += 1;
                 }
             }
         }
@@ -461,10 +485,61 @@ impl Membership {
 
     /// Forget `node` (revoked, or no longer a member).
     pub fn forget(&mut self, node: &NodeId) {
-        if self.entries.remove(node).is_some() {
+        if let Some(e) = self.entries.remove(node) {
+            self.recount(Some(e.state), None);
             self.deadlines.retain(|(_, n)| n != node);
             self.echoes.retain(|(_, n)| n != node);
         }
+    }
+
+    /// A reporter has been revoked: its word no longer counts. A suspicion
+    /// it raised (the rumour held and sent on is its own) is withdrawn: the
+    /// subject is alive again at the incarnation held (with its own `Alive`,
+    /// if one is held) or forgotten, so that a suspicion by a remaining
+    /// member is news again. A suspicion it only confirmed loses that
+    /// confirmation. Down marks already reached stay (the subject's next
+    /// `Alive` clears them). Returns the subjects whose suspicion was
+    /// withdrawn.
+    pub fn withdraw_reporter(&mut self, reporter: &NodeId) -> Vec<NodeId> {
+        let mut withdrawn = Vec::new();
+        for (subject, e) in self.entries.iter_mut() {
+            if e.state != MemberState::Suspect || !e.reporters.contains(reporter) {
+                continue;
+            }
+            e.reporters.retain(|r| r != reporter);
+            let raised =
+                matches!(e.rumour.rumour.claim, Claim::Suspect { reporter: r } if r == *reporter);
+            if raised || e.reporters.is_empty() {
+                withdrawn.push(*subject);
+            }
+        }
+        for subject in &withdrawn {
+            let e = self.entries.get(subject).expect("just seen").clone();
+            self.deadlines.remove(&(e.deadline, *subject));
+            self.echoes.retain(|(_, n)| n != subject);
+            self.recount(
+                Some(MemberState::Suspect),
+                e.alive.map(|_| MemberState::Alive),
+            );
+            match e.alive {
+                Some(alive) => {
+                    self.entries.insert(
+                        *subject,
+                        Entry {
+                            state: MemberState::Alive,
+                            rumour: alive,
+                            reporters: Vec::new(),
+                            deadline: 0,
+                            ..e
+                        },
+                    );
+                }
+                None => {
+                    self.entries.remove(subject);
+                }
+            }
+        }
+        withdrawn
     }
 
     /// Members with an entry (for pruning against the policy).
@@ -504,6 +579,39 @@ mod tests {
             },
             by,
         )
+    }
+
+    #[test]
+    fn a_revoked_reporters_suspicion_is_withdrawn() {
+        let cfg = MembershipConfig::default();
+        let (me, x, y, z, w) = (key(1), key(2), key(3), key(4), key(5));
+        let mut m = Membership::new(me.public(), incarnation_of_epoch(1));
+        m.set_confirmations(3);
+        // x suspected by y (revoked later), confirmed by z.
+        assert!(m.adopt(suspect(&x, &y, 0), 100, &cfg));
+        assert!(m.adopt(suspect(&x, &z, 0), 120, &cfg));
+        // w suspected by z, confirmed by y.
+        assert!(m.adopt(alive(&w, 5), 100, &cfg));
+        assert!(m.adopt(suspect(&w, &z, 5), 130, &cfg));
+        assert!(m.adopt(suspect(&w, &y, 5), 140, &cfg));
+        assert_eq!(m.withdraw_reporter(&y.public()), vec![x.public()]);
+        // x's suspicion is gone (no Alive was held: forgotten), and never
+        // runs to down; a remaining member's suspicion is news again.
+        assert!(m.liveness(&x.public()).is_none());
+        assert_eq!(m.judge(&suspect(&x, &z, 0).rumour), Adopted::News);
+        // w stays suspect on z's word alone, and runs to down.
+        assert!(m.is_suspected(&w.public()));
+        let (down, _) = m.expire(100_000, &cfg, |_, _| false);
+        assert_eq!(down, vec![w.public()]);
+        // Withdrawn where an Alive was held: alive again at it.
+        let mut m = Membership::new(me.public(), incarnation_of_epoch(1));
+        assert!(m.adopt(alive(&x, 7), 100, &cfg));
+        assert!(m.adopt(suspect(&x, &y, 7), 110, &cfg));
+        assert_eq!(m.withdraw_reporter(&y.public()), vec![x.public()]);
+        let l = m.liveness(&x.public()).expect("held");
+        assert_eq!((l.state, l.incarnation), (MemberState::Alive, 7));
+        let (down, _) = m.expire(100_000, &cfg, |_, _| false);
+        assert!(down.is_empty());
     }
 
     #[test]

@@ -1556,6 +1556,13 @@ impl Engine {
             self.index.remove_node(&node);
             self.last_heard.remove(&node);
             self.members.forget(&node);
+            for subject in self.members.withdraw_reporter(&node) {
+                tracing::debug!(subject = %subject.short(), reporter = %node.short(), "suspicion by a revoked reporter withdrawn");
+                out.push(Output::Event(Event::Member {
+                    node: subject,
+                    state: MemberState::Alive,
+                }));
+            }
             self.lost.remove(&node);
             out.push(Output::Persist(Persist::DropNode { node }));
             if self.drop_peer(&node) {
