@@ -198,7 +198,7 @@ fn a_cloned_replica_copies_what_it_changes() {
     // A status change and a policy change, to the clone only.
     let second = w0.update(&status("n0", "v2")).expect("a second change");
     let policy = fleet.sign_policy(
-        &[enrol.clone()],
+        std::slice::from_ref(&enrol),
         vec![Edit::Set(Level::Fleet, "net.mtu".into(), json!(1400))],
     );
     for r in clone.ingest(vec![second.clone(), policy.clone()]) {
