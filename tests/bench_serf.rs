@@ -601,6 +601,10 @@ struct Figures {
     detect_s: Vec<f64>,
     /// Live nodes that had not marked it by the deadline.
     undetected: usize,
+    /// dcloud only, from the daemons' own counters over the idle window, per
+    /// node per second: engine messages sent, changes applied (each one
+    /// signature-checked), membership rumours signature-checked.
+    engine: Option<(f64, f64, f64)>,
 }
 
 impl Figures {
@@ -638,6 +642,11 @@ impl Figures {
                 c.other
             );
             println!("{what}: most bytes in: {}", c.top_sizes(6));
+        }
+        if let Some((msgs, changes, rumours)) = self.engine {
+            println!(
+                "{what}: idle per node per second (daemon counters): {msgs:.2} engine messages sent, {changes:.3} changes applied (signature-checked), {rumours:.3} rumours signature-checked"
+            );
         }
         if let Some((m, x)) = self.median_max() {
             println!(
@@ -867,6 +876,25 @@ async fn dcloud_half(nodes: usize, window: Duration, tcpdump: bool) -> Figures {
     tokio::time::sleep(SETTLE).await;
 
     let mut fig = Figures::default();
+    let counters = async |f: &Fleet| {
+        let mut sum = [0.0f64; 3];
+        for i in 0..f.nodes.len() {
+            let m = f.metrics(i).await.expect("a daemon's /metrics");
+            for (k, name) in [
+                "dcloud_messages_out_total",
+                "dcloud_changes_applied_total",
+                "dcloud_rumours_verified_total",
+            ]
+            .iter()
+            .enumerate()
+            {
+                sum[k] += m.get(*name).copied().unwrap_or(0.0);
+            }
+        }
+        sum
+    };
+    let before = counters(&f).await;
+    let t_counters = Instant::now();
     if tcpdump {
         // Each daemon's libp2p port on its own address (an API port of one
         // address may equal a p2p port of another, so host and port together).
@@ -885,7 +913,12 @@ async fn dcloud_half(nodes: usize, window: Duration, tcpdump: bool) -> Figures {
                 .await
                 .unwrap(),
         );
+    } else {
+        tokio::time::sleep(window).await;
     }
+    let after = counters(&f).await;
+    let per = |k: usize| (after[k] - before[k]) / t_counters.elapsed().as_secs_f64() / nodes as f64;
+    fig.engine = Some((per(0), per(1), per(2)));
 
     let victim = f.nodes[VICTIM].id.to_hex();
     let stale_after = f

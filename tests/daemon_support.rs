@@ -414,6 +414,32 @@ impl Fleet {
         r.json().await.ok()
     }
 
+    /// Node `i`'s Prometheus counters (`/metrics`), by sample name (labels
+    /// summed away); None when it does not answer.
+    pub async fn metrics(&self, i: usize) -> Option<std::collections::BTreeMap<String, f64>> {
+        let r = self
+            .http
+            .get(format!("http://{}/metrics", self.nodes[i].api))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let text = r.text().await.ok()?;
+        let mut out = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = name.split('{').next().unwrap_or(name).to_string();
+            if let Ok(v) = value.parse::<f64>() {
+                *out.entry(name).or_insert(0.0) += v;
+            }
+        }
+        Some(out)
+    }
+
     /// Hex heads of a signed change.
     pub fn head(c: &SignedChange) -> String {
         hex::encode(c.hash().unwrap().0)

@@ -1578,6 +1578,11 @@ impl Daemon {
             }
         }
         self.metrics.changes_received.inc_by(received + rejected);
+        self.metrics.rumours_verified.inc_by(
+            after
+                .rumours_verified
+                .saturating_sub(before.rumours_verified),
+        );
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub member_events: Family<Labels, Counter>,
     /// Members held suspect here.
     pub members_suspect: Gauge,
+    /// Membership rumours whose signature was checked here (news only).
+    pub rumours_verified: Counter,
     /// Members held down here.
     pub members_down: Gauge,
     /// Apply command runs, by result.
@@ -90,6 +92,7 @@ impl Metrics {
             peers_disconnected: Family::default(),
             member_events: Family::default(),
             members_suspect: Gauge::default(),
+            rumours_verified: Counter::default(),
             members_down: Gauge::default(),
             apply_runs: Family::default(),
             store_ok: Gauge::default(),
@@ -161,6 +164,11 @@ impl Metrics {
             "member_events",
             "Membership transitions seen here, by new state",
             m.member_events.clone(),
+        );
+        r.register(
+            "rumours_verified",
+            "Membership rumours whose signature was checked here (news only)",
+            m.rumours_verified.clone(),
         );
         r.register(
             "members_suspect",
