@@ -402,31 +402,24 @@ impl Fleet {
 
     /// GET a path of node `i`'s API, None when it does not answer.
     pub async fn get(&self, i: usize, path: &str) -> Option<Value> {
+        self.get_ok(i, path).await?.json().await.ok()
+    }
+
+    /// GET a path of node `i`'s API: the response if it succeeded.
+    async fn get_ok(&self, i: usize, path: &str) -> Option<reqwest::Response> {
         let r = self
             .http
             .get(format!("http://{}{path}", self.nodes[i].api))
             .send()
             .await
             .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
+        r.status().is_success().then_some(r)
     }
 
     /// Node `i`'s Prometheus counters (`/metrics`), by sample name (labels
     /// summed away); None when it does not answer.
     pub async fn metrics(&self, i: usize) -> Option<std::collections::BTreeMap<String, f64>> {
-        let r = self
-            .http
-            .get(format!("http://{}/metrics", self.nodes[i].api))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        let text = r.text().await.ok()?;
+        let text = self.get_ok(i, "/metrics").await?.text().await.ok()?;
         let mut out = std::collections::BTreeMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name, value)) = line.rsplit_once(' ') else {
