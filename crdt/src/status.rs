@@ -146,9 +146,9 @@ pub struct StatusWriter {
     fields: BTreeMap<String, String>,
     epoch_changes_max: usize,
     /// Where actor nonces come from: the OS (a daemon), or a seeded generator
-    /// (a deterministic simulation): its state, a splitmix64 counter, so that
-    /// a clone goes on exactly as the original would.
-    nonces: Option<u64>,
+    /// (a deterministic simulation): `SmallRng`, which is `Clone` (unlike
+    /// `StdRng`), so that a clone goes on exactly as the original would.
+    nonces: Option<rand::rngs::SmallRng>,
 }
 
 /// Changes per epoch before the writer starts a new one (replicas accept up to
@@ -176,8 +176,9 @@ impl StatusWriter {
     /// [`StatusWriter::new`]: a node that reused a seed across lives would
     /// write two histories with one actor.
     pub fn seeded(key: SecretKey, epoch: u32, epoch_changes_max: usize, seed: u64) -> Self {
+        use rand::SeedableRng;
         let mut w = StatusWriter::new(key, epoch, epoch_changes_max);
-        w.nonces = Some(seed);
+        w.nonces = Some(rand::rngs::SmallRng::seed_from_u64(seed));
         w.doc = Automerge::new().with_actor(w.fresh_actor());
         w
     }
@@ -185,17 +186,9 @@ impl StatusWriter {
     fn fresh_actor(&mut self) -> automerge::ActorId {
         match &mut self.nonces {
             None => edit_actor(&self.key.public()),
-            Some(state) => {
-                let mut nonce = [0u8; crate::change::ACTOR_NONCE_BYTES];
-                for chunk in nonce.chunks_mut(8) {
-                    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                    let mut z = *state;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                    z ^= z >> 31;
-                    chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-                }
-                crate::change::actor_with_nonce(&self.key.public(), nonce)
+            Some(rng) => {
+                use rand::RngExt;
+                crate::change::actor_with_nonce(&self.key.public(), rng.random())
             }
         }
     }

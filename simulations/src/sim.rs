@@ -120,7 +120,7 @@ fn warm_start(
         "the bootstrap applies: {applied:?}"
     );
     let mut writers = Vec::with_capacity(keys.len());
-    let mut changes = vec![bootstrap.clone()];
+    let mut changes = Vec::with_capacity(enrolled);
     for (i, k) in keys.iter().enumerate() {
         // Epoch 1, as `Engine::restore` starts an empty store.
         let w = StatusWriter::seeded(k.clone(), 1, EPOCH_CHANGES_DEFAULT, nonces.random());
@@ -129,7 +129,7 @@ fn warm_start(
         }
         writers.push(Some(w));
     }
-    for chunk in changes[1..].chunks(512) {
+    for chunk in changes.chunks(512) {
         for r in replica.ingest(chunk.to_vec()) {
             assert_eq!(r.outcome, Outcome::Applied, "a warm status change applies");
         }
@@ -256,8 +256,9 @@ struct LinkDir {
 struct Store {
     roots: Vec<SignedTrustRoot>,
     changes: BTreeMap<DocId, Vec<SignedChange>>,
-    /// The warm start's changes, when this node started warm (see
-    /// [`Warm`]), shared rather than copied per store.
+    /// The warm start's status changes, when this node started warm (see
+    /// [`Warm`]), shared rather than copied per store (the bootstrap policy
+    /// every node is provisioned with anyway).
     base: Option<Arc<Vec<SignedChange>>>,
 }
 
@@ -268,6 +269,7 @@ struct Warm {
     replica: Replica,
     index: IndexSnapshot,
     writers: Vec<Option<StatusWriter>>,
+    /// The status changes it holds (the bootstrap aside).
     changes: Arc<Vec<SignedChange>>,
 }
 
@@ -1004,7 +1006,7 @@ impl Sim {
             if let Some(store) = &self.slots[i].store {
                 roots = store.roots.clone();
                 if let Some(base) = &store.base {
-                    changes.extend(base.iter().skip(1).cloned());
+                    changes.extend(base.iter().cloned());
                 }
                 changes.extend(store.changes.values().flatten().cloned());
             }

@@ -188,6 +188,16 @@ pub struct Membership {
     tally: [usize; 3],
 }
 
+/// The first member of a queue by time, taken off it if due at `now`.
+fn pop_due(queue: &mut BTreeSet<(Millis, NodeId)>, now: Millis) -> Option<NodeId> {
+    let &(at, node) = queue.first()?;
+    if at > now {
+        return None;
+    }
+    queue.pop_first();
+    Some(node)
+}
+
 fn slot(s: MemberState) -> usize {
     match s {
         MemberState::Alive => 0,
@@ -428,11 +438,7 @@ impl Membership {
     ) -> (Vec<NodeId>, Vec<SignedRumour>) {
         let mut down = Vec::new();
         let mut nudge = Vec::new();
-        while let Some(&(at, node)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop_first();
+        while let Some(node) = pop_due(&mut self.deadlines, now) {
             if let Some(e) = self.entries.get_mut(&node)
                 && e.state == MemberState::Suspect
             {
@@ -459,11 +465,7 @@ impl Membership {
     /// links can lose every copy of a flood).
     pub fn echoes_due(&mut self, now: Millis) -> Vec<SignedRumour> {
         let mut due = Vec::new();
-        while let Some(&(at, node)) = self.echoes.first() {
-            if at > now {
-                break;
-            }
-            self.echoes.pop_first();
+        while let Some(node) = pop_due(&mut self.echoes, now) {
             if let Some(e) = self.entries.get(&node)
                 && e.state == MemberState::Suspect
             {
