@@ -77,6 +77,13 @@ impl Rumour {
         postcard::to_io(self, &mut m).expect("writing to a Vec cannot fail");
         m
     }
+
+    /// SHA-256 of [`Rumour::signing_message`]: names what the rumour says
+    /// (not its signature), for announcements of rumours held.
+    pub fn id(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.signing_message()).into()
+    }
 }
 
 impl SignedRumour {

@@ -56,6 +56,9 @@ pub struct Traffic {
     pub change_copies: f64,
     /// Bytes of new changes received per node.
     pub new_change_bytes_per_node: f64,
+    /// Bytes received by message kind, each over the bytes of new changes
+    /// (they sum to `duplication_ratio`).
+    pub received_by_kind: BTreeMap<String, f64>,
 }
 
 /// Everything measured in one run.
@@ -79,6 +82,9 @@ pub struct Report {
     pub last_heal_ms: Option<u64>,
     /// From the last heal until all live nodes held identical documents.
     pub convergence_after_heal_ms: Option<u64>,
+    /// After the last heal: (ms after it, live nodes not yet holding the
+    /// final state), every 500 ms.
+    pub heal_curve: Vec<(u64, usize)>,
     /// Reconciliation rounds started, fleet-wide.
     pub anti_entropy_rounds: u64,
     /// Of those, started at once because a step went unanswered (lost).
@@ -210,6 +216,16 @@ impl Report {
             "duplication ratio (bytes received / new change bytes): {:.2}; change copies: {:.2}; new change bytes per node: {:.0}",
             t.duplication_ratio, t.change_copies, t.new_change_bytes_per_node
         );
+        let kinds: Vec<String> = t
+            .received_by_kind
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "received by kind (x new change bytes): {}",
+            kinds.join(", ")
+        );
         let _ = writeln!(
             s,
             "last heal: {}  convergence after heal: {}  anti-entropy rounds: {} ({} retries of lost steps, {} ranges held)",
@@ -219,6 +235,18 @@ impl Report {
             self.sync_retries,
             self.sync_ranges_held
         );
+        if !self.heal_curve.is_empty() {
+            let pts: Vec<String> = self
+                .heal_curve
+                .iter()
+                .map(|(t, n)| format!("+{t} {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "nodes behind after the heal (ms: nodes): {}",
+                pts.join(", ")
+            );
+        }
         let _ = writeln!(
             s,
             "changes received: {} by eager push, {} in answers ({} not new); grafts {}, prunes {}",

@@ -369,6 +369,9 @@ pub struct Sim {
     converged_at: Option<u64>,
     /// How the fleet differed when the liveness bound passed.
     liveness_diag: Option<String>,
+    /// After the last heal, at each check: the time and each live honest
+    /// node's digest (for the convergence curve).
+    heal_samples: Vec<(u64, Vec<u64>)>,
     last_heal: u64,
     events: u64,
     misbehaved_events: u64,
@@ -444,6 +447,9 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.rumours_verified += b.rumours_verified;
     a.suspicions_raised += b.suspicions_raised;
     a.refutations += b.refutations;
+    for (k, v) in &b.bytes_received_by_kind {
+        *a.bytes_received_by_kind.entry(k).or_default() += v;
+    }
 }
 
 fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
@@ -460,6 +466,14 @@ fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
     r.reply_duplicates_received -= b.reply_duplicates_received.min(r.reply_duplicates_received);
     r.grafts_sent -= b.grafts_sent.min(r.grafts_sent);
     r.prunes_sent -= b.prunes_sent.min(r.prunes_sent);
+    for (k, v) in r.bytes_received_by_kind.iter_mut() {
+        *v -= b
+            .bytes_received_by_kind
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .min(*v);
+    }
     r
 }
 
@@ -584,6 +598,7 @@ impl Sim {
             safety: Vec::new(),
             converged_at: None,
             liveness_diag: None,
+            heal_samples: Vec::new(),
             last_heal,
             events: 0,
             misbehaved_events: 0,
@@ -1637,6 +1652,29 @@ impl Sim {
         "no difference in documents".into()
     }
 
+    /// After the last heal, how many live honest nodes did not yet hold the
+    /// final state, at each check (every 500 ms of it, and the last).
+    fn heal_curve(&self) -> Vec<(u64, usize)> {
+        let Some((_, last)) = self.heal_samples.last() else {
+            return Vec::new();
+        };
+        let Some(&final_digest) = last.first() else {
+            return Vec::new();
+        };
+        let n = self.heal_samples.len();
+        self.heal_samples
+            .iter()
+            .enumerate()
+            .filter(|(k, (t, _))| *k + 1 == n || (t - self.last_heal).is_multiple_of(500))
+            .map(|(_, (t, ds))| {
+                (
+                    t - self.last_heal,
+                    ds.iter().filter(|d| **d != final_digest).count(),
+                )
+            })
+            .collect()
+    }
+
     /// Liveness: all live honest nodes hold identical documents.
     fn check_liveness(&mut self) {
         if self.converged_at.is_some() {
@@ -1645,8 +1683,12 @@ impl Sim {
         let live: Vec<usize> = (0..self.sc.nodes)
             .filter(|&i| self.live(i) && self.slots[i].honest)
             .collect();
-        let first = live.first().map(|&i| self.digest(i));
-        if live.iter().all(|&i| Some(self.digest(i)) == first) {
+        let digests: Vec<u64> = live.iter().map(|&i| self.digest(i)).collect();
+        if self.last_heal != u64::MAX && self.now >= self.last_heal {
+            self.heal_samples.push((self.now, digests.clone()));
+        }
+        let first = digests.first().copied();
+        if digests.iter().all(|d| Some(*d) == first) {
             self.converged_at = Some(self.now);
             return;
         }
@@ -1835,6 +1877,16 @@ impl Sim {
                 / window.new_change_bytes_received.max(1) as f64,
             new_change_bytes_per_node: window.new_change_bytes_received as f64
                 / counted.max(1) as f64,
+            received_by_kind: window
+                .bytes_received_by_kind
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        *v as f64 / window.new_change_bytes_received.max(1) as f64,
+                    )
+                })
+                .collect(),
         };
         // Amplification: what an honest node sends a peer that asks for
         // everything, over and over, is bounded by its answer budget (burst
@@ -1866,6 +1918,7 @@ impl Sim {
             traffic,
             last_heal_ms: (self.last_heal != u64::MAX).then_some(self.last_heal),
             convergence_after_heal_ms: self.converged_at.map(|t| t - self.last_heal),
+            heal_curve: self.heal_curve(),
             anti_entropy_rounds: total.anti_entropy_rounds,
             sync_retries: total.sync_retries,
             sync_ranges_held: total.sync_ranges_held,

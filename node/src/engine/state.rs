@@ -13,7 +13,9 @@ use rand::RngExt;
 use super::config::EngineConfig;
 use super::index::{DocIndex, key_of, split};
 use super::membership::{Adopted, Liveness, MemberState, Membership, incarnation_of_epoch};
-use super::wire::{ChangeId, Item, Message, Push, RangeItems, ShortId, Split, short_id};
+use super::wire::{
+    ChangeId, Item, Message, Push, RangeItems, ShortId, Split, rumour_short_id, short_id,
+};
 use super::{DisconnectReason, Event, Input, Millis, Output, Persist, Timer};
 
 /// Counters, for metrics and the simulator's report.
@@ -88,6 +90,9 @@ pub struct EngineStats {
     pub rumours_out_of_bound: u64,
     /// Rumours dropped over their reporter's (or subject's) budget.
     pub rumours_rate_limited: u64,
+    /// Bytes received, by message kind ([`Message::kind`]; undecodable
+    /// messages under `"malformed"`).
+    pub bytes_received_by_kind: BTreeMap<&'static str, u64>,
 }
 
 /// Why a freshness statement was not kept.
@@ -196,6 +201,12 @@ struct Peer {
     lazy: Vec<ShortId>,
     /// When the connection came up.
     connected_at: Millis,
+    /// How often this peer answered reconciliation steps, in thousandths (a
+    /// moving average: an answer moves it a fifth of the way to 1000, a step
+    /// left unanswered a fifth of the way to 0). Rounds go more often to
+    /// peers that answer: on a lossy link a round of several steps rarely
+    /// completes.
+    sync_quality: u32,
 }
 
 #[derive(Debug)]
@@ -296,6 +307,11 @@ pub struct Engine {
     /// (id, when, whether it came by eager push or was local).
     recent: BTreeMap<ShortId, (ChangeId, Millis, bool)>,
     recent_order: VecDeque<(ShortId, Millis)>,
+    /// Membership rumours seen recently, by short id (`wire::rumour_short_id`):
+    /// the rumour itself if this node sent it on (to answer grafts), and
+    /// when; and their arrival order. Bounded as `recent`.
+    rumours_seen: BTreeMap<ShortId, (Option<SignedRumour>, Millis)>,
+    rumours_order: VecDeque<(ShortId, Millis)>,
     last_heard: HashMap<NodeId, Millis>,
     revoked: BTreeSet<NodeId>,
     own_unpublished: Vec<SignedChange>,
@@ -385,6 +401,10 @@ fn origin(doc: &DocId) -> Option<NodeId> {
     }
 }
 
+/// The most a signed rumour takes on the wire (a suspicion: two ids, an
+/// incarnation, a signature), for answer budgets.
+const RUMOUR_SIZE_BYTES: u64 = 150;
+
 fn encoded_len(sc: &SignedChange) -> usize {
     postcard::experimental::serialized_size(sc).unwrap_or(sc.change.len())
 }
@@ -466,6 +486,8 @@ impl Engine {
             missing: BTreeMap::new(),
             recent: BTreeMap::new(),
             recent_order: VecDeque::new(),
+            rumours_seen: BTreeMap::new(),
+            rumours_order: VecDeque::new(),
             last_heard: HashMap::new(),
             revoked,
             own_unpublished: Vec::new(),
@@ -796,7 +818,7 @@ impl Engine {
                 .raise_incarnation(incarnation_of_epoch(self.writer.epoch()));
             if self.config.membership.enabled && self.is_member(&self.id) {
                 let alive = self.own_alive();
-                self.flood_rumours(None, vec![alive], out);
+                self.flood_rumours(None, vec![alive], now, out);
             }
         }
     }
@@ -812,14 +834,15 @@ impl Engine {
         // A repeated PeerUp (no PeerDown between) keeps the penalty and what
         // is left of the answer budget.
         let cfg = &self.config;
-        let (penalty, penalty_at, work, bytes) = self.peers.get(&peer).map_or(
+        let (penalty, penalty_at, work, bytes, sync_quality) = self.peers.get(&peer).map_or(
             (
                 0,
                 now,
                 Bucket::full(cfg.answer_work_burst_lookups, now),
                 Bucket::full(cfg.answer_burst_bytes, now),
+                1000,
             ),
-            |p| (p.penalty, p.penalty_at, p.work, p.bytes),
+            |p| (p.penalty, p.penalty_at, p.work, p.bytes, p.sync_quality),
         );
         let pruned = match self.peers.get(&peer) {
             Some(p) => p.pruned.clone(),
@@ -835,6 +858,7 @@ impl Engine {
                 bytes,
                 lazy: Vec::new(),
                 connected_at: now,
+                sync_quality,
             },
         );
         self.last_heard.insert(peer, now);
@@ -845,8 +869,28 @@ impl Engine {
             // What this node suspects, so that a suspected peer (restarted,
             // or back from a partition) refutes, and the peer learns what it
             // missed.
-            let suspicions = self.members.suspicions();
-            self.send_rumours(peer, suspicions, out);
+            // Those of the peer itself in full; the rest by id (it grafts
+            // what it lacks: after a heal most of it came another way).
+            let (own, others): (Vec<_>, Vec<_>) = self
+                .members
+                .suspicions()
+                .into_iter()
+                .partition(|r| r.rumour.subject == peer);
+            self.send_rumours(peer, own, out);
+            if !others.is_empty() {
+                for r in &others {
+                    self.saw_rumour(r, true, now);
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.lazy.extend(others.iter().map(rumour_short_id));
+                    let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
+                    p.lazy.drain(..over);
+                }
+                if !self.timers.contains_key(&Timer::LazyFlush) {
+                    let at = now + self.config.lazy_flush_interval_ms;
+                    self.timers.insert(Timer::LazyFlush, at);
+                }
+            }
         }
         // Catch up at once (after a restart or a heal) rather than at the next
         // round; but one round at a time: when many links come up together
@@ -870,7 +914,10 @@ impl Engine {
         if self.peers.contains_key(&from) {
             self.last_heard.insert(from, now);
         }
-        match Message::decode(bytes, &self.config.wire) {
+        let decoded = Message::decode(bytes, &self.config.wire);
+        let kind = decoded.as_ref().map_or("malformed", Message::kind);
+        *self.stats.bytes_received_by_kind.entry(kind).or_default() += bytes.len() as u64;
+        match decoded {
             Err(e) => {
                 self.stats.malformed_messages += 1;
                 tracing::debug!(peer = %from, error = %e, "undecodable message");
@@ -938,9 +985,17 @@ impl Engine {
                     return;
                 };
                 let mut found: Vec<SignedChange> = Vec::new();
+                let mut rumours: Vec<SignedRumour> = Vec::new();
                 for s in &ids {
                     if !allow.work(1) {
                         break;
+                    }
+                    if let Some((Some(r), _)) = self.rumours_seen.get(s) {
+                        if !allow.bytes(RUMOUR_SIZE_BYTES) {
+                            break;
+                        }
+                        rumours.push(*r);
+                        continue;
                     }
                     let Some(c) = self
                         .recent
@@ -963,6 +1018,9 @@ impl Engine {
                 }
                 self.close_budget(from, allow);
                 self.answer_changes(from, found, out);
+                for msg in self.rumour_messages(&rumours) {
+                    self.answer(from, &msg, out);
+                }
             }
             Message::Prune { origins } => {
                 let max = self.config.pruned_origins_max;
@@ -1096,7 +1154,7 @@ impl Engine {
     fn on_timer(&mut self, t: Timer, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
         match t {
             Timer::AntiEntropy => {
-                if let Some(peer) = self.random_peer(None, rng) {
+                if let Some(peer) = self.sync_peer(None, rng) {
                     self.stats.anti_entropy_rounds += 1;
                     self.start_sync(peer, now, out);
                 }
@@ -1181,6 +1239,32 @@ impl Engine {
             .copied()
     }
 
+    /// A peer to reconcile with, other than `not` if there is another: at
+    /// random, weighted by how often each answered (the square of its
+    /// `sync_quality`, plus a floor so that a link that got better is tried
+    /// again).
+    fn sync_peer(&self, not: Option<NodeId>, rng: &mut impl rand::Rng) -> Option<NodeId> {
+        let weight = |p: &Peer| u64::from(p.sync_quality).pow(2) / 1000 + 50;
+        let candidates: Vec<(NodeId, u64)> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| Some(**id) != not)
+            .map(|(id, p)| (*id, weight(p)))
+            .collect();
+        if candidates.is_empty() {
+            return self.peers.keys().next().copied();
+        }
+        let total: u64 = candidates.iter().map(|c| c.1).sum();
+        let mut x = rng.random_range(0..total);
+        for (id, w) in &candidates {
+            if x < *w {
+                return Some(*id);
+            }
+            x -= w;
+        }
+        candidates.last().map(|c| c.0)
+    }
+
     /// Steps left unanswered past `sync_retry_ms` were lost (or the peer is
     /// gone quiet): reconcile again at once with another peer.
     fn on_sync_retry(&mut self, now: Millis, rng: &mut impl rand::Rng, out: &mut Vec<Output>) {
@@ -1193,10 +1277,13 @@ impl Engine {
             .collect();
         for p in &stalled {
             self.awaiting.remove(p);
+            if let Some(peer) = self.peers.get_mut(p) {
+                peer.sync_quality = peer.sync_quality * 4 / 5;
+            }
         }
         // One new round for all the stalls of this check: bounded.
         if let Some(&last) = stalled.last()
-            && let Some(peer) = self.random_peer(Some(last), rng)
+            && let Some(peer) = self.sync_peer(Some(last), rng)
         {
             self.stats.sync_retries += 1;
             self.stats.anti_entropy_rounds += 1;
@@ -1638,6 +1725,14 @@ impl Engine {
                     lazy_any = true;
                 } else {
                     push.push(c.clone());
+                    if plumtree && from.is_none() {
+                        // This node's own change: no other node can announce
+                        // it yet, so a lost push would wait for
+                        // anti-entropy. Announced too; a peer that has it
+                        // ignores the id.
+                        p.lazy.push(short_id(&id.change_hash()));
+                        lazy_any = true;
+                    }
                 }
             }
             let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
@@ -1681,7 +1776,7 @@ impl Engine {
     fn on_ihave(&mut self, from: NodeId, ids: Vec<ShortId>, now: Millis) {
         let due = now + self.config.graft_timeout_ms;
         for id in ids {
-            if self.recent.contains_key(&id) {
+            if self.recent.contains_key(&id) || self.rumours_seen.contains_key(&id) {
                 continue;
             }
             let len = self.missing.len();
@@ -2037,7 +2132,11 @@ impl Engine {
         };
         // The peer answered: nothing awaited from it any more, and what this
         // node listed to it has been answered.
-        self.awaiting.remove(&from);
+        if self.awaiting.remove(&from).is_some()
+            && let Some(p) = self.peers.get_mut(&from)
+        {
+            p.sync_quality = p.sync_quality * 4 / 5 + 200;
+        }
         self.holds.retain(|h| h.2 != from && h.3 > now);
         let expects_answer = !splits.is_empty() || items.iter().any(|ri| ri.reply);
         if root_version < self.root_version() {
@@ -2258,7 +2357,7 @@ impl Engine {
             if self.peers.contains_key(&subject) {
                 self.send_rumours(subject, vec![r], out);
             } else {
-                self.flood_rumours(None, vec![r], out);
+                self.flood_rumours(None, vec![r], now, out);
             }
         }
         for node in downs {
@@ -2376,7 +2475,7 @@ impl Engine {
         self.arm_membership();
         let mut batch = Vec::new();
         self.with_proof(signed, &mut batch);
-        self.flood_rumours(None, batch, out);
+        self.flood_rumours(None, batch, now, out);
     }
 
     /// This node's `Alive` at its current incarnation (signed once).
@@ -2454,6 +2553,10 @@ impl Engine {
                     continue;
                 }
             }
+            if verdict != Adopted::News {
+                // Verified, or what it says is known here: not grafted again.
+                self.saw_rumour(&r, false, now);
+            }
             if raises_me {
                 // Another instance on this key, or an earlier life: take its
                 // incarnation quietly (no flood: two instances must not
@@ -2507,7 +2610,7 @@ impl Engine {
             tracing::info!(incarnation = inc, "refuting a suspicion of this node");
             let alive = self.own_alive();
             // To everyone, the sender included.
-            self.flood_rumours(None, vec![alive], out);
+            self.flood_rumours(None, vec![alive], now, out);
         } else if remind {
             let alive = self.own_alive();
             answer.push(alive);
@@ -2517,28 +2620,94 @@ impl Engine {
         }
         self.arm_membership();
         if !onward.is_empty() {
-            self.flood_rumours(Some(from), onward, out);
+            self.flood_rumours(Some(from), onward, now, out);
         }
+
         // Still unreachable from here: suspect again, at the new incarnation.
         for node in again {
             self.suspect(node, now, out);
         }
     }
 
+    /// Send rumours on to every peer but `except`: down each signer's tree
+    /// (PlumTree, as its status changes go), announced by id to the peers
+    /// pruned from it, who graft what no tree brought them.
     fn flood_rumours(
         &mut self,
         except: Option<NodeId>,
         rumours: Vec<SignedRumour>,
+        now: Millis,
         out: &mut Vec<Output>,
     ) {
-        for msg in self.rumour_messages(&rumours) {
-            self.send_to_all(except, &msg, out);
+        for r in &rumours {
+            self.saw_rumour(r, true, now);
+        }
+        if !self.config.plumtree {
+            for msg in self.rumour_messages(&rumours) {
+                self.send_to_all(except, &msg, out);
+            }
+            return;
+        }
+        let mut eager: Vec<(NodeId, Vec<SignedRumour>)> = Vec::new();
+        let mut lazy_any = false;
+        for (peer, p) in &mut self.peers {
+            if Some(*peer) == except {
+                continue;
+            }
+            let mut push = Vec::new();
+            for r in &rumours {
+                if p.pruned.contains(&r.rumour.signer()) {
+                    p.lazy.push(rumour_short_id(r));
+                    lazy_any = true;
+                } else {
+                    push.push(*r);
+                }
+            }
+            let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
+            p.lazy.drain(..over);
+            if !push.is_empty() {
+                eager.push((*peer, push));
+            }
+        }
+        for (peer, rs) in eager {
+            for msg in self.rumour_messages(&rs) {
+                self.send(peer, &msg, out);
+            }
+        }
+        if lazy_any && !self.timers.contains_key(&Timer::LazyFlush) {
+            let at = now + self.config.lazy_flush_interval_ms;
+            self.timers.insert(Timer::LazyFlush, at);
         }
     }
 
+    /// Rumours to one peer alone (an answer, an echo, the exchange at link-up).
     fn send_rumours(&mut self, to: NodeId, rumours: Vec<SignedRumour>, out: &mut Vec<Output>) {
         for msg in self.rumour_messages(&rumours) {
             self.send(to, &msg, out);
+        }
+    }
+
+    /// Remember a rumour's id (and the rumour, if this node sends it on, to
+    /// answer grafts), bounded in time and count as `recent`.
+    fn saw_rumour(&mut self, r: &SignedRumour, held: bool, now: Millis) {
+        let s = rumour_short_id(r);
+        let keep = match self.rumours_seen.get(&s) {
+            Some((Some(_), _)) if !held => return,
+            _ => held.then_some(*r),
+        };
+        self.rumours_seen.insert(s, (keep, now));
+        self.missing.remove(&s);
+        self.rumours_order.push_back((s, now));
+        while let Some(&(old, at)) = self.rumours_order.front() {
+            if self.rumours_order.len() <= self.config.recent_max
+                && at + self.config.recent_keep_ms > now
+            {
+                break;
+            }
+            self.rumours_order.pop_front();
+            if self.rumours_seen.get(&old).is_some_and(|r| r.1 == at) {
+                self.rumours_seen.remove(&old);
+            }
         }
     }
 

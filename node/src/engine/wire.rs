@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 /// Version byte of the engine protocol. A peer speaking another version is
 /// refused with [`WireError::UnknownVersion`].
 /// Version 2 added [`Message::Freshness`]; version 3 added membership
-/// ([`Message::Probe`], [`Message::Ack`], [`Message::Rumours`]).
-pub const WIRE_VERSION: u8 = 3;
+/// ([`Message::Probe`], [`Message::Ack`], [`Message::Rumours`]); in version 4
+/// rumours go down the PlumTree trees, and [`Message::IHave`] and
+/// [`Message::Graft`] name rumours too ([`rumour_short_id`]).
+pub const WIRE_VERSION: u8 = 4;
 
 /// The engine message envelope: no magic, the version byte, postcard.
 const WIRE_FORMAT: Format = Format {
@@ -57,6 +59,16 @@ pub enum Push {
 /// arrives is verified), and anti-entropy repairs what it hides.
 /// (Fixed 8 bytes on the wire: a varint of a random u64 takes 10.)
 pub type ShortId = [u8; 8];
+
+/// The short id of a membership rumour: the first 8 bytes of
+/// [`dcloud_crdt::Rumour::id`] (what it says, not its signature). Rumours and
+/// changes share announcements and grafts; a collision between them costs a
+/// wasted graft, as between changes.
+pub fn rumour_short_id(r: &SignedRumour) -> ShortId {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&r.rumour.id()[..8]);
+    b
+}
 
 /// The short id of a change hash.
 pub fn short_id(hash: &ChangeHash) -> ShortId {
@@ -171,6 +183,28 @@ pub enum Message {
         /// The rumours.
         rumours: Vec<SignedRumour>,
     },
+}
+
+impl Message {
+    /// The message's kind, for counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Changes {
+                push: Push::Eager, ..
+            } => "changes-eager",
+            Message::Changes { .. } => "changes-reply",
+            Message::IHave { .. } => "ihave",
+            Message::Graft { .. } => "graft",
+            Message::Prune { .. } => "prune",
+            Message::Want { .. } => "want",
+            Message::Roots { .. } => "roots",
+            Message::Sync { .. } => "sync",
+            Message::Freshness { .. } => "freshness",
+            Message::Probe { .. } => "probe",
+            Message::Ack { .. } => "ack",
+            Message::Rumours { .. } => "rumours",
+        }
+    }
 }
 
 /// Bounds applied when decoding a message from a peer.
