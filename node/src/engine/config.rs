@@ -110,6 +110,13 @@ pub struct EngineConfig {
     pub sync_fanout: u64,
     /// A differing range with at most this many documents is listed, not split.
     pub sync_items_threshold: u32,
+    /// Most ranges the first step of an active round fingerprints (at most
+    /// `wire.ranges_per_message_max`): enough that each holds about half
+    /// `sync_items_threshold` documents, so that the peer lists differing
+    /// ones at once. A round every step of which can be lost completes more
+    /// often in fewer steps. A round while idle sends one fingerprint of
+    /// everything.
+    pub sync_first_parts_max: u64,
     /// Deepest reconciliation step; deeper steps list their items.
     pub sync_depth_max: u8,
     /// Most change bytes sent in answer to one reconciliation step.
@@ -178,6 +185,7 @@ impl Default for EngineConfig {
             batch_size_max_bytes: 256 << 10,
             sync_fanout: 16,
             sync_items_threshold: 8,
+            sync_first_parts_max: 128,
             sync_depth_max: 20,
             sync_send_max_bytes: 4 << 20,
             lazy_queue_max: 4096,
@@ -353,6 +361,16 @@ impl EngineConfig {
             ("wire.rumours_per_message_max", w.rumours_per_message_max),
         ] {
             ranged(field, v as u64, 1, 1 << 24)?;
+        }
+        ranged("sync_first_parts_max", c.sync_first_parts_max, 1, 1 << 16)?;
+        if c.sync_first_parts_max as usize > w.ranges_per_message_max {
+            return Err(EngineConfigError {
+                field: "sync_first_parts_max",
+                reason: format!(
+                    "{} is more than wire.ranges_per_message_max ({})",
+                    c.sync_first_parts_max, w.ranges_per_message_max
+                ),
+            });
         }
         // A split step must fit one message.
         if c.sync_fanout as usize > w.ranges_per_message_max {

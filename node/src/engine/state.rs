@@ -897,7 +897,7 @@ impl Engine {
         // (a heal), the peers' own rounds cover the others, and this node's
         // first lists then go to one neighbour rather than to all at once.
         if self.awaiting.is_empty() {
-            self.start_sync(peer, now, out);
+            self.start_sync(peer, false, now, out);
         }
         if let Some(f) = &self.freshness {
             let msg = Message::Freshness {
@@ -1156,7 +1156,7 @@ impl Engine {
             Timer::AntiEntropy => {
                 if let Some(peer) = self.sync_peer(None, rng) {
                     self.stats.anti_entropy_rounds += 1;
-                    self.start_sync(peer, now, out);
+                    self.start_sync(peer, true, now, out);
                 }
                 let mut base = self.ae_interval;
                 if std::mem::take(&mut self.repairing) {
@@ -1287,7 +1287,7 @@ impl Engine {
         {
             self.stats.sync_retries += 1;
             self.stats.anti_entropy_rounds += 1;
-            self.start_sync(peer, now, out);
+            self.start_sync(peer, true, now, out);
         }
         self.arm_sync_retry();
     }
@@ -1884,7 +1884,7 @@ impl Engine {
             && self.peers.contains_key(&peer)
             && !self.awaiting.contains_key(&peer)
         {
-            self.start_sync(peer, now, out);
+            self.start_sync(peer, false, now, out);
         }
         advanced
     }
@@ -1921,15 +1921,36 @@ impl Engine {
         self.replica.trust().current().version
     }
 
-    fn start_sync(&mut self, peer: NodeId, now: Millis, out: &mut Vec<Output>) {
-        let (count, fp) = self.index.range_fp(0, u64::MAX);
+    /// Start a round of reconciliation with `peer`. A `wide` round while
+    /// active (not backing off) fingerprints ranges small enough for the peer
+    /// to list the differing ones in its first answer: one step fewer, and
+    /// on a lossy link a round of fewer steps completes more often. Otherwise
+    /// one fingerprint of everything: it most often matches when idle, and
+    /// when a link comes up the peer answers with fingerprints, so that the
+    /// side that lacks something lists first and asks one neighbour at a
+    /// time (when all of a node's links come back at once, every neighbour
+    /// starts a round: listed to at once, each would send what it lacks).
+    fn start_sync(&mut self, peer: NodeId, wide: bool, now: Millis, out: &mut Vec<Output>) {
+        let active = self.ae_interval <= self.config.anti_entropy_interval_ms;
+        let parts = if wide && active {
+            let per = u64::from(self.config.sync_items_threshold / 2).max(1);
+            (self.index.len() as u64)
+                .div_ceil(per)
+                .clamp(1, self.config.sync_first_parts_max)
+        } else {
+            1
+        };
+        let parts = split(0, u64::MAX, parts)
+            .into_iter()
+            .map(|(a, b)| self.index.range_fp(a, b))
+            .collect();
         let msg = Message::Sync {
             root_version: self.root_version(),
             depth: 0,
             splits: vec![Split {
                 lo: 0,
                 hi: u64::MAX,
-                parts: vec![(count, fp)],
+                parts,
             }],
             items: Vec::new(),
         };
