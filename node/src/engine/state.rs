@@ -410,6 +410,27 @@ const LOSSY_SYNC_QUALITY: u32 = 995;
 /// incarnation, a signature), for answer budgets.
 const RUMOUR_SIZE_BYTES: u64 = 150;
 
+/// Forget the oldest of `order` past `max` entries or `keep` ms, each from
+/// `map` only if it was not remembered again since (`at` is when it was).
+fn trim_recent<V>(
+    map: &mut BTreeMap<ShortId, V>,
+    order: &mut VecDeque<(ShortId, Millis)>,
+    max: usize,
+    keep: u64,
+    now: Millis,
+    at: impl Fn(&V) -> Millis,
+) {
+    while let Some(&(old, t)) = order.front() {
+        if order.len() <= max && t + keep > now {
+            break;
+        }
+        order.pop_front();
+        if map.get(&old).is_some_and(|v| at(v) == t) {
+            map.remove(&old);
+        }
+    }
+}
+
 fn encoded_len(sc: &SignedChange) -> usize {
     postcard::experimental::serialized_size(sc).unwrap_or(sc.change.len())
 }
@@ -1620,18 +1641,15 @@ impl Engine {
         let s = short_id(&id.change_hash());
         self.recent.insert(s, (id, now, eager));
         self.recent_order.push_back((s, now));
-        while let Some(&(old, at)) = self.recent_order.front() {
-            if self.recent_order.len() <= self.config.recent_max
-                && at + self.config.recent_keep_ms > now
-            {
-                break;
-            }
-            self.recent_order.pop_front();
-            // Only if it was not remembered again since.
-            if self.recent.get(&old).is_some_and(|r| r.1 == at) {
-                self.recent.remove(&old);
-            }
-        }
+        let (max, keep) = (self.config.recent_max, self.config.recent_keep_ms);
+        trim_recent(
+            &mut self.recent,
+            &mut self.recent_order,
+            max,
+            keep,
+            now,
+            |r| r.1,
+        );
     }
 
     fn on_policy_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
@@ -2731,17 +2749,15 @@ impl Engine {
         self.rumours_seen.insert(s, (keep, now));
         self.missing.remove(&s);
         self.rumours_order.push_back((s, now));
-        while let Some(&(old, at)) = self.rumours_order.front() {
-            if self.rumours_order.len() <= self.config.recent_max
-                && at + self.config.recent_keep_ms > now
-            {
-                break;
-            }
-            self.rumours_order.pop_front();
-            if self.rumours_seen.get(&old).is_some_and(|r| r.1 == at) {
-                self.rumours_seen.remove(&old);
-            }
-        }
+        let (max, keep) = (self.config.recent_max, self.config.recent_keep_ms);
+        trim_recent(
+            &mut self.rumours_seen,
+            &mut self.rumours_order,
+            max,
+            keep,
+            now,
+            |r| r.1,
+        );
     }
 
     /// Rumours in messages within `wire.rumours_per_message_max`.
