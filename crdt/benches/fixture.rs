@@ -51,6 +51,7 @@ pub(crate) fn realistic_status(i: usize, hb: u64) -> NodeStatus {
             exit_code: Some(0),
         },
         hb,
+        healthy: None,
     }
 }
 

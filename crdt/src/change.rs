@@ -93,16 +93,68 @@ pub enum DocId {
         /// The epoch: a fresh document is started past a history bound.
         epoch: u32,
     },
+    /// One node's summary document in one epoch: written only by that node,
+    /// replicated to the whole fleet when its status is region-scoped (see
+    /// [`crate::status::SUMMARY_FIELDS`]): what a remote region may know of
+    /// a site (applied policy heads, healthy or not, version, heartbeat),
+    /// and nothing else.
+    Summary {
+        /// The node that owns the document.
+        node: NodeId,
+        /// The epoch, as for a status document.
+        epoch: u32,
+    },
+}
+
+/// The two kinds of single-writer document a node owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OwnedKind {
+    /// [`DocId::Status`].
+    Status,
+    /// [`DocId::Summary`].
+    Summary,
+}
+
+impl OwnedKind {
+    /// The first byte of [`DocId::to_bytes`] of a document of this kind.
+    pub fn prefix(self) -> u8 {
+        match self {
+            OwnedKind::Status => 1,
+            OwnedKind::Summary => 2,
+        }
+    }
+
+    /// The document of this kind of `node` at `epoch`.
+    pub fn doc(self, node: NodeId, epoch: u32) -> DocId {
+        match self {
+            OwnedKind::Status => DocId::Status { node, epoch },
+            OwnedKind::Summary => DocId::Summary { node, epoch },
+        }
+    }
 }
 
 impl DocId {
+    /// The owner, epoch and kind of a node's own document (`None`: the policy).
+    pub fn owned(&self) -> Option<(NodeId, u32, OwnedKind)> {
+        match *self {
+            DocId::Policy => None,
+            DocId::Status { node, epoch } => Some((node, epoch, OwnedKind::Status)),
+            DocId::Summary { node, epoch } => Some((node, epoch, OwnedKind::Summary)),
+        }
+    }
+
     /// The canonical bytes that signatures cover.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             DocId::Policy => vec![0],
-            DocId::Status { node, epoch } => {
+            DocId::Status { node, epoch } | DocId::Summary { node, epoch } => {
+                let kind = if matches!(self, DocId::Status { .. }) {
+                    OwnedKind::Status
+                } else {
+                    OwnedKind::Summary
+                };
                 let mut v = Vec::with_capacity(37);
-                v.push(1);
+                v.push(kind.prefix());
                 v.extend_from_slice(&node.0);
                 v.extend_from_slice(&epoch.to_be_bytes());
                 v
@@ -116,6 +168,7 @@ impl fmt::Display for DocId {
         match self {
             DocId::Policy => f.write_str("policy"),
             DocId::Status { node, epoch } => write!(f, "status/{}/{}", node.short(), epoch),
+            DocId::Summary { node, epoch } => write!(f, "summary/{}/{}", node.short(), epoch),
         }
     }
 }

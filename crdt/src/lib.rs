@@ -26,7 +26,7 @@ pub mod testkit;
 pub mod verify;
 
 pub use automerge::ChangeHash;
-pub use change::{Bundle, DocId, Limits, SignedChange};
+pub use change::{Bundle, DocId, Limits, OwnedKind, SignedChange};
 pub use envelope::DecodeError;
 pub use freshness::{FreshnessError, FreshnessStatement, SignedFreshness};
 pub use keys::{KeySignature, NodeId, PublicKey, SecretKey};

@@ -13,6 +13,7 @@
 //! | `member/<node id>` | `{"name", "region", "labels"}` |
 //! | `revoked/<node id>` | `{"reason"}`; revocation is permanent |
 //! | `secret/<level key>/<path>` | a sealed secret ([`crate::secret::SealedSecret`]): ciphertext per target site, never the value |
+//! | `scope/<region>` | `{"status": "region"}`: the status documents of the region's sites replicate only among its members ([`Policy::status_scope`]); other sites get their summaries |
 //!
 //! Where two admins set the same key concurrently automerge keeps both values,
 //! picks the same winner on every replica, and [`Policy::conflicts`] lists them.
@@ -94,6 +95,9 @@ pub struct Policy {
     pub revoked: BTreeMap<NodeId, String>,
     /// Sealed secrets by document key (`secret/...`): ciphertext only.
     pub secrets: BTreeMap<String, SealedSecret>,
+    /// Regions whose sites' status documents are region-scoped (`scope/<r>`).
+    #[serde(default)]
+    pub scoped: std::collections::BTreeSet<String>,
     /// Concurrent edits that automerge resolved.
     pub conflicts: Vec<Conflict>,
     /// Entries that could not be read (skipped), with the reason.
@@ -141,6 +145,9 @@ pub enum EditError {
     /// Nothing to commit.
     #[error("no edits")]
     Empty,
+    /// The edit would change nothing.
+    #[error("{0}: nothing to change")]
+    Unchanged(String),
 }
 
 /// Check a dotted config path.
@@ -259,6 +266,16 @@ impl Policy {
         } else if key.starts_with(SECRET_KEY_PREFIX) {
             let sealed = SealedSecret::parse(key, winner).map_err(|e| e.to_string())?;
             self.secrets.insert(key.to_string(), sealed);
+        } else if let Some(region) = key.strip_prefix(SCOPE_KEY_PREFIX) {
+            check_region(region).map_err(|e| e.to_string())?;
+            let v: ScopeEntry = serde_json::from_str(winner).map_err(|e| e.to_string())?;
+            if v.status != "region" {
+                return Err(format!(
+                    "scope {:?} is not known (the one scope is \"region\")",
+                    v.status
+                ));
+            }
+            self.scoped.insert(region.to_string());
         } else if let Some(n) = key.strip_prefix("member/") {
             let m: Member = serde_json::from_str(winner).map_err(|e| e.to_string())?;
             self.members.insert(node(n)?, m);
@@ -275,6 +292,27 @@ impl Policy {
             return Err("unknown key".into());
         }
         Ok(())
+    }
+
+    /// The region `owner`'s status document is scoped to: its region, when
+    /// it is an enrolled member of a region-scoped one; `None`: the whole
+    /// fleet replicates it.
+    pub fn status_scope(&self, owner: &NodeId) -> Option<&str> {
+        let m = self.members.get(owner)?;
+        self.scoped.contains(&m.region).then_some(m.region.as_str())
+    }
+
+    /// Whether `holder` may hold (receive, store, be sent) `owner`'s status
+    /// document: it is not scoped, or `holder` is an active member of its
+    /// region.
+    pub fn may_hold_status(&self, holder: &NodeId, owner: &NodeId) -> bool {
+        match self.status_scope(owner) {
+            None => true,
+            Some(r) => {
+                self.is_active_member(holder)
+                    && self.members.get(holder).is_some_and(|m| m.region == r)
+            }
+        }
     }
 
     /// Enrolled and not revoked.
@@ -366,6 +404,20 @@ pub enum Edit {
     SealSecret(SealedSecret),
     /// Remove a sealed secret.
     UnsetSecret(Level, String),
+    /// Scope a region's status documents to the region (true), or let the
+    /// whole fleet replicate them again (false).
+    ScopeStatus(String, bool),
+}
+
+/// Prefix of the policy keys that scope a region's data.
+pub const SCOPE_KEY_PREFIX: &str = "scope/";
+
+/// The value of a `scope/<region>` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeEntry {
+    /// What of the region stays in it: `"region"` (its status documents).
+    pub status: String,
 }
 
 /// Makes signed policy changes against a base snapshot, offline.
@@ -508,6 +560,19 @@ impl PolicyEditor {
                     });
                 }
             }
+            Edit::ScopeStatus(region, on) => {
+                check_region(region)?;
+                if *on == policy.scoped.contains(region) {
+                    return Err(EditError::Unchanged(format!(
+                        "region {region}'s status is already {}",
+                        if *on {
+                            "region-scoped"
+                        } else {
+                            "replicated fleet-wide"
+                        }
+                    )));
+                }
+            }
         }
         self.edits.push(edit);
         Ok(())
@@ -578,6 +643,20 @@ impl PolicyEditor {
                 }
                 Edit::UnsetSecret(level, path) => {
                     tx.delete(ROOT, secret_key(&level, &path).as_str())
+                        .expect("delete on the root map cannot fail");
+                }
+                Edit::ScopeStatus(region, true) => {
+                    let v = ScopeEntry {
+                        status: "region".into(),
+                    };
+                    put(
+                        &mut tx,
+                        format!("{SCOPE_KEY_PREFIX}{region}"),
+                        serde_json::to_string(&v).expect("serialisable"),
+                    );
+                }
+                Edit::ScopeStatus(region, false) => {
+                    tx.delete(ROOT, format!("{SCOPE_KEY_PREFIX}{region}").as_str())
                         .expect("delete on the root map cannot fail");
                 }
             }

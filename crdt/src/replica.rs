@@ -24,17 +24,18 @@
 //! 5. **Buffer** changes whose dependencies have not arrived (bounded); they are
 //!    applied as soon as the dependencies are.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
+use crate::change::OwnedKind;
 use crate::change::{DocId, Limits, SignedChange, actor_signer, parse_change, signing_message};
 use crate::keys::NodeId;
 use crate::policy::Policy;
 use crate::root::{RootError, SignedTrustRoot, TrustChain};
-use crate::status::{NodeStatus, STATUS_FIELDS};
+use crate::status::{NodeStatus, STATUS_FIELDS, SUMMARY_FIELDS};
 use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
 
 /// Why a change was rejected. Each variant names what was wrong.
@@ -149,6 +150,16 @@ pub enum Rejection {
     /// accepts from one owner; brought again later by anti-entropy.
     #[error("status changes of {0} arrive faster than the per-owner rate; refused for now")]
     RateLimited(String),
+    /// The owner's status is scoped to a region the receiving node is not
+    /// in (policy `scope/<region>`): it is not held here. A sender that has
+    /// not yet seen the scope relays it honestly.
+    #[error("status of {owner} is scoped to region {region}, which this site is not in")]
+    OutOfScope {
+        /// Short id of the owner.
+        owner: String,
+        /// The region.
+        region: String,
+    },
 }
 
 /// The kind of a [`Rejection`], without its details: a stable key for
@@ -187,6 +198,8 @@ pub enum RejectionKind {
     Unappliable,
     /// [`Rejection::RotatedOut`].
     RotatedOut,
+    /// [`Rejection::OutOfScope`].
+    OutOfScope,
 }
 
 impl RejectionKind {
@@ -209,6 +222,7 @@ impl RejectionKind {
             RejectionKind::Fork => "fork",
             RejectionKind::Unappliable => "unappliable",
             RejectionKind::RotatedOut => "rotated_out",
+            RejectionKind::OutOfScope => "out_of_scope",
         }
     }
 }
@@ -233,6 +247,7 @@ impl Rejection {
             Rejection::Fork { .. } => RejectionKind::Fork,
             Rejection::Unappliable(_) => RejectionKind::Unappliable,
             Rejection::RotatedOut { .. } => RejectionKind::RotatedOut,
+            Rejection::OutOfScope { .. } => RejectionKind::OutOfScope,
         }
     }
 
@@ -253,6 +268,7 @@ impl Rejection {
                 | Rejection::RotatedOut { .. }
                 | Rejection::EpochJump { .. }
                 | Rejection::RateLimited(_)
+                | Rejection::OutOfScope { .. }
         )
     }
 }
@@ -340,10 +356,7 @@ pub const VOID_HEAD: ChangeHash = ChangeHash([0xff; 32]);
 
 /// The owner of a status document.
 fn status_owner(doc: &DocId) -> Option<NodeId> {
-    match doc {
-        DocId::Status { node, .. } => Some(*node),
-        DocId::Policy => None,
-    }
+    doc.owned().map(|(node, _, _)| node)
 }
 
 /// A parsed change waiting for verification, authorisation or dependencies.
@@ -468,7 +481,7 @@ impl PendingBuffer {
     fn docs_of_node(&self, node: &NodeId) -> Vec<DocId> {
         self.by_doc
             .keys()
-            .filter(|d| matches!(d, DocId::Status { node: n, .. } if n == node))
+            .filter(|d| status_owner(d) == Some(*node))
             .copied()
             .collect()
     }
@@ -518,6 +531,11 @@ pub struct Replica {
     /// that a clone of a replica costs nothing until it diverges, and then
     /// only the paths and documents it changed.
     statuses: imbl::OrdMap<NodeId, Arc<StatusDoc>>,
+    /// Summary documents by owner, held as status documents are.
+    summaries: imbl::OrdMap<NodeId, Arc<StatusDoc>>,
+    /// The node this replica is of, if it holds only what its region may
+    /// ([`Replica::hold_as`]); `None`: every status (a tool's replica).
+    holder: Option<NodeId>,
     pending: PendingBuffer,
     /// Policy changes dropped because a rotation did not grandfather them.
     rotated_out: u64,
@@ -545,11 +563,69 @@ impl Replica {
                 policy: Policy::default(),
             }),
             statuses: imbl::OrdMap::new(),
+            summaries: imbl::OrdMap::new(),
+            holder: None,
             pending: PendingBuffer::default(),
             rotated_out: 0,
             rotation_settled: 0,
             promoted: Vec::new(),
         }
+    }
+
+    fn owned(&self, kind: OwnedKind) -> &imbl::OrdMap<NodeId, Arc<StatusDoc>> {
+        match kind {
+            OwnedKind::Status => &self.statuses,
+            OwnedKind::Summary => &self.summaries,
+        }
+    }
+
+    fn owned_mut(&mut self, kind: OwnedKind) -> &mut imbl::OrdMap<NodeId, Arc<StatusDoc>> {
+        match kind {
+            OwnedKind::Status => &mut self.statuses,
+            OwnedKind::Summary => &mut self.summaries,
+        }
+    }
+
+    /// The held document of an owner's `doc` at exactly its epoch.
+    fn owned_doc(&self, doc: &DocId) -> Option<&StatusDoc> {
+        let (node, epoch, kind) = doc.owned()?;
+        self.owned(kind)
+            .get(&node)
+            .filter(|s| s.epoch == epoch)
+            .map(|s| &**s)
+    }
+
+    /// Hold only what `node` may: the status documents of a region-scoped
+    /// region (policy `scope/<region>`) only if `node` is a member of it.
+    /// Others are refused ([`Rejection::OutOfScope`]) and those held are
+    /// dropped, now and whenever the policy scopes them.
+    pub fn hold_as(&mut self, node: NodeId) {
+        self.holder = Some(node);
+        self.drop_out_of_scope();
+    }
+
+    /// Drop the status documents the holder may not hold; their owners.
+    fn drop_out_of_scope(&mut self) -> Vec<NodeId> {
+        let Some(me) = self.holder else {
+            return Vec::new();
+        };
+        let policy = &self.pol.policy;
+        let gone: Vec<NodeId> = self
+            .statuses
+            .keys()
+            .chain(self.pending.by_doc.keys().filter_map(|d| match d {
+                DocId::Status { node, .. } => Some(node),
+                _ => None,
+            }))
+            .filter(|n| !policy.may_hold_status(&me, n))
+            .copied()
+            .collect::<BTreeSet<NodeId>>()
+            .into_iter()
+            .collect();
+        for n in &gone {
+            self.drop_status(n);
+        }
+        gone
     }
 
     /// The limits in force.
@@ -836,11 +912,12 @@ impl Replica {
     /// A status epoch may lie at most [`Limits::status_epoch_jump_max`] ahead
     /// of the one held for its owner (any epoch, when none is held).
     fn check_epoch_jump(&self, doc: &DocId) -> Result<(), Rejection> {
-        let DocId::Status { node, epoch } = doc else {
+        let Some((node, epoch, kind)) = doc.owned() else {
             return Ok(());
         };
+        let (node, epoch) = (&node, &epoch);
         let max = self.limits.status_epoch_jump_max;
-        match self.statuses.get(node) {
+        match self.owned(kind).get(node) {
             Some(s) if epoch.saturating_sub(s.epoch) > max => Err(Rejection::EpochJump {
                 node: node.short(),
                 epoch: *epoch,
@@ -854,7 +931,9 @@ impl Replica {
     fn parse(&self, sc: &SignedChange) -> Result<Change, Outcome> {
         let max = match sc.doc {
             DocId::Policy => self.limits.policy_change_size_max_bytes,
-            DocId::Status { .. } => self.limits.status_change_size_max_bytes,
+            DocId::Status { .. } | DocId::Summary { .. } => {
+                self.limits.status_change_size_max_bytes
+            }
         };
         let reject = |r| Err(Outcome::Rejected(r));
         if sc.change.len() > max {
@@ -865,7 +944,7 @@ impl Replica {
         }
         let allowed_sigs = match sc.doc {
             DocId::Policy => self.limits.signatures_max,
-            DocId::Status { .. } => 1,
+            DocId::Status { .. } | DocId::Summary { .. } => 1,
         };
         if sc.sigs.is_empty() || sc.sigs.len() > allowed_sigs {
             return reject(Rejection::SignatureCount {
@@ -909,7 +988,7 @@ impl Replica {
                 }
                 Ok(())
             }
-            DocId::Status { node, .. } => {
+            DocId::Status { node, .. } | DocId::Summary { node, .. } => {
                 let signer = sc.sigs[0].key;
                 if signer != node {
                     return Err(Rejection::NotOwner {
@@ -936,9 +1015,16 @@ impl Replica {
     fn check_schema(&self, c: &Candidate) -> Result<(), Rejection> {
         match c.sc.doc {
             DocId::Policy => check_policy_schema(&c.change),
-            DocId::Status { .. } => {
-                check_status_schema(&c.change, self.limits.status_value_size_max_bytes)
-            }
+            DocId::Status { .. } => check_status_schema(
+                &c.change,
+                STATUS_FIELDS,
+                self.limits.status_value_size_max_bytes,
+            ),
+            DocId::Summary { .. } => check_status_schema(
+                &c.change,
+                SUMMARY_FIELDS,
+                self.limits.status_value_size_max_bytes,
+            ),
         }
     }
 
@@ -948,20 +1034,17 @@ impl Replica {
         }
         match doc {
             DocId::Policy => self.pol.changes.contains_key(h),
-            DocId::Status { node, epoch } => self
-                .statuses
-                .get(node)
-                .is_some_and(|s| s.epoch == *epoch && s.position(h).is_some()),
+            _ => self.owned_doc(doc).is_some_and(|s| s.position(h).is_some()),
         }
     }
 
     fn is_stale(&self, doc: &DocId) -> bool {
-        match doc {
-            DocId::Policy => false,
-            DocId::Status { node, epoch } => self
-                .statuses
-                .get(node)
-                .is_some_and(|s| s.epoch > *epoch || (s.epoch == *epoch && s.void)),
+        match doc.owned() {
+            None => false,
+            Some((node, epoch, kind)) => self
+                .owned(kind)
+                .get(&node)
+                .is_some_and(|s| s.epoch > epoch || (s.epoch == epoch && s.void)),
         }
     }
 
@@ -1084,18 +1167,30 @@ impl Replica {
         let revoked: Vec<NodeId> = self.pol.policy.revoked.keys().copied().collect();
         for n in revoked {
             self.statuses.remove(&n);
+            self.summaries.remove(&n);
             for d in self.pending.docs_of_node(&n) {
                 self.pending.take_doc(&d);
             }
         }
+        // A region newly scoped: its status leaves the sites outside it.
+        self.drop_out_of_scope();
     }
 
-    fn authorise_status(&self, node: &NodeId) -> Result<(), Rejection> {
-        if self.pol.policy.revoked.contains_key(node) {
+    fn authorise_status(&self, doc: &DocId, node: &NodeId) -> Result<(), Rejection> {
+        let policy = &self.pol.policy;
+        if policy.revoked.contains_key(node) {
             return Err(Rejection::Revoked(node.short()));
         }
-        if !self.pol.policy.members.contains_key(node) {
+        if !policy.members.contains_key(node) {
             return Err(Rejection::Unenrolled(node.short()));
+        }
+        if let (DocId::Status { .. }, Some(me)) = (doc, self.holder)
+            && !policy.may_hold_status(&me, node)
+        {
+            return Err(Rejection::OutOfScope {
+                owner: node.short(),
+                region: policy.status_scope(node).unwrap_or_default().to_string(),
+            });
         }
         Ok(())
     }
@@ -1109,10 +1204,10 @@ impl Replica {
         let mut by_doc: BTreeMap<DocId, Vec<(Option<usize>, SignedChange, Change)>> =
             BTreeMap::new();
         for c in batch {
-            let DocId::Status { node, .. } = c.sc.doc else {
-                unreachable!("status batch holds status changes")
+            let Some((node, _, _)) = c.sc.doc.owned() else {
+                unreachable!("status batch holds status and summary changes")
             };
-            if let Err(r) = self.authorise_status(&node) {
+            if let Err(r) = self.authorise_status(&c.sc.doc, &node) {
                 reports[c.idx].outcome = Outcome::Rejected(r);
                 continue;
             }
@@ -1136,8 +1231,8 @@ impl Replica {
         reports: &mut [Report],
         admit: &mut dyn FnMut(&NodeId) -> bool,
     ) {
-        let DocId::Status { node, epoch } = doc else {
-            unreachable!("status document")
+        let Some((node, epoch, kind)) = doc.owned() else {
+            unreachable!("status or summary document")
         };
         if self.is_stale(&doc) {
             for (idx, _, _) in waiting {
@@ -1148,11 +1243,11 @@ impl Replica {
             return;
         }
         // A newer epoch starts with a change that has no dependencies.
-        let newer = self.statuses.get(&node).is_none_or(|s| s.epoch < epoch);
+        let newer = self.owned(kind).get(&node).is_none_or(|s| s.epoch < epoch);
         let mut next_doc = if newer {
             None
         } else {
-            self.statuses.remove(&node)
+            self.owned_mut(kind).remove(&node)
         };
         loop {
             let mut progressed = false;
@@ -1215,12 +1310,15 @@ impl Replica {
             if newer {
                 // Changes waiting for an epoch this one replaces will never apply.
                 for old in self.pending.docs_of_node(&node) {
-                    if matches!(old, DocId::Status { epoch: e, .. } if e < d.epoch) {
+                    if old
+                        .owned()
+                        .is_some_and(|(_, e, k)| k == kind && e < d.epoch)
+                    {
                         self.pending.take_doc(&old);
                     }
                 }
             }
-            self.statuses.insert(node, d);
+            self.owned_mut(kind).insert(node, d);
         }
         let void = self.is_stale(&doc);
         if void {
@@ -1274,6 +1372,32 @@ impl Replica {
         self.statuses.get(node).map(|s| s.epoch)
     }
 
+    /// The epoch held of `node`'s document of `kind`, void or not.
+    pub fn owned_epoch(&self, node: &NodeId, kind: OwnedKind) -> Option<u32> {
+        self.owned(kind).get(node).map(|s| s.epoch)
+    }
+
+    /// A node's summary ([`crate::status::SUMMARY_FIELDS`] only) and the
+    /// epoch it was read from; `None` when none is held or it is void.
+    pub fn summary(&self, node: &NodeId) -> Option<(&NodeStatus, u32)> {
+        self.summaries
+            .get(node)
+            .filter(|s| !s.void)
+            .map(|s| (&s.status, s.epoch))
+    }
+
+    /// Drop every status document of `node` held here (not its summary):
+    /// what a site does with the status of a region-scoped site of another
+    /// region. True if one was held.
+    pub fn drop_status(&mut self, node: &NodeId) -> bool {
+        for d in self.pending.docs_of_node(node) {
+            if matches!(d, DocId::Status { .. }) {
+                self.pending.take_doc(&d);
+            }
+        }
+        self.statuses.remove(node).is_some()
+    }
+
     /// Every status held.
     pub fn statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus, u32)> {
         self.statuses
@@ -1299,22 +1423,29 @@ impl Replica {
                 s.reported_heads(),
             ));
         }
+        for (n, s) in &self.summaries {
+            out.push((
+                DocId::Summary {
+                    node: *n,
+                    epoch: s.epoch,
+                },
+                s.reported_heads(),
+            ));
+        }
         out
     }
 
     /// How many documents [`Replica::docs`] lists, without listing them.
     pub fn doc_count(&self) -> usize {
-        usize::from(!self.pol.changes.is_empty()) + self.statuses.len()
+        usize::from(!self.pol.changes.is_empty()) + self.statuses.len() + self.summaries.len()
     }
 
     /// The heads of one document (empty if not held).
     pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
         match doc {
             DocId::Policy => self.policy_heads(),
-            DocId::Status { node, epoch } => self
-                .statuses
-                .get(node)
-                .filter(|s| s.epoch == *epoch)
+            _ => self
+                .owned_doc(doc)
                 .map(|s| s.reported_heads())
                 .unwrap_or_default(),
         }
@@ -1324,10 +1455,8 @@ impl Replica {
     pub fn get(&self, doc: &DocId, h: &ChangeHash) -> Option<&SignedChange> {
         match doc {
             DocId::Policy => self.pol.changes.get(h),
-            DocId::Status { node, epoch } => self
-                .statuses
-                .get(node)
-                .filter(|s| s.epoch == *epoch)
+            _ => self
+                .owned_doc(doc)
                 .and_then(|s| s.position(h).map(|i| &s.changes[i])),
         }
     }
@@ -1361,8 +1490,8 @@ impl Replica {
                     .filter_map(|h| self.pol.changes.get(h))
                     .collect()
             }
-            DocId::Status { node, epoch } => {
-                let Some(s) = self.statuses.get(node).filter(|s| s.epoch == *epoch) else {
+            _ => {
+                let Some(s) = self.owned_doc(doc) else {
                     return Vec::new();
                 };
                 let have = ancestors(their_heads, |h| s.position(h).map(|i| s.deps[i].clone()));
@@ -1384,6 +1513,7 @@ impl Replica {
             .iter()
             .filter_map(|h| self.pol.changes.get(h))
             .chain(self.statuses.values().flat_map(|s| s.changes.iter()))
+            .chain(self.summaries.values().flat_map(|s| s.changes.iter()))
     }
 
     /// The policy changes, in applicable order.
@@ -1397,7 +1527,12 @@ impl Replica {
 
     /// Sizes, for metrics.
     pub fn stats(&self) -> ReplicaStats {
-        let status_changes: usize = self.statuses.values().map(|s| s.changes.len()).sum();
+        let status_changes: usize = self
+            .statuses
+            .values()
+            .chain(self.summaries.values())
+            .map(|s| s.changes.len())
+            .sum();
         let bytes: usize = self
             .all_changes()
             .map(|c| c.change.len() + c.sigs.len() * 96)
@@ -1409,7 +1544,12 @@ impl Replica {
             change_bytes: bytes,
             pending: self.pending.count,
             pending_dropped: self.pending.dropped,
-            void_epochs: self.statuses.values().filter(|s| s.void).count(),
+            void_epochs: self
+                .statuses
+                .values()
+                .chain(self.summaries.values())
+                .filter(|s| s.void)
+                .count(),
         }
     }
 }
@@ -1458,7 +1598,11 @@ fn apply_status_change(d: &mut StatusDoc, sc: SignedChange, change: &Change) {
     d.changes.push(sc);
 }
 
-fn check_status_schema(change: &Change, value_max: usize) -> Result<(), Rejection> {
+fn check_status_schema(
+    change: &Change,
+    fields: &[&str],
+    value_max: usize,
+) -> Result<(), Rejection> {
     let expanded = change.decode();
     for op in &expanded.operations {
         if op.obj != ObjectId::Root || op.insert {
@@ -1469,8 +1613,13 @@ fn check_status_schema(change: &Change, value_max: usize) -> Result<(), Rejectio
         let Key::Map(k) = &op.key else {
             return Err(Rejection::Schema("status ops must use map keys".into()));
         };
-        if !STATUS_FIELDS.contains(&k.as_str()) {
-            return Err(Rejection::Schema(format!("unknown status field {k:?}")));
+        if !fields.contains(&k.as_str()) {
+            let what = if fields == SUMMARY_FIELDS {
+                "summary"
+            } else {
+                "status"
+            };
+            return Err(Rejection::Schema(format!("unknown {what} field {k:?}")));
         }
         match &op.action {
             OpType::Put(automerge::ScalarValue::Str(s)) if s.len() <= value_max => {}
@@ -1503,7 +1652,7 @@ fn check_policy_schema(change: &Change) -> Result<(), Rejection> {
             return Err(Rejection::Schema("policy ops must use map keys".into()));
         };
         let known = [
-            "fleet/", "region/", "site/", "member/", "revoked/", "secret/",
+            "fleet/", "region/", "site/", "member/", "revoked/", "secret/", "scope/",
         ];
         if !known.iter().any(|p| k.starts_with(p)) {
             return Err(Rejection::Schema(format!("unknown policy key {k:?}")));

@@ -19,13 +19,19 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, ReadDoc};
 use serde::{Deserialize, Serialize};
 
-use crate::change::{DocId, SignedChange, edit_actor};
+use crate::change::{OwnedKind, SignedChange, edit_actor};
 use crate::keys::SecretKey;
 
 /// The fields a status document may hold.
 pub const STATUS_FIELDS: &[&str] = &[
-    "name", "region", "addrs", "version", "health", "applied", "hb",
+    "name", "region", "addrs", "version", "health", "applied", "hb", "healthy",
 ];
+
+/// The fields a summary document may hold ([`crate::DocId::Summary`]): what a site
+/// in another region may learn of a site whose status is region-scoped. No
+/// names, addresses, labels or health details: applied policy, whether every
+/// check passes, software version and heartbeat.
+pub const SUMMARY_FIELDS: &[&str] = &["version", "applied", "hb", "healthy"];
 
 /// One health check.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +73,10 @@ pub struct NodeStatus {
     pub applied: AppliedPolicy,
     /// Heartbeat counter: bumped at every heartbeat.
     pub hb: u64,
+    /// Every health check passes: written only in a summary document (a
+    /// status document holds the checks themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 impl NodeStatus {
@@ -81,7 +91,31 @@ impl NodeStatus {
         m.insert("health".into(), j(serde_json::json!(self.health)));
         m.insert("applied".into(), j(serde_json::json!(self.applied)));
         m.insert("hb".into(), j(self.hb.into()));
+        if let Some(h) = self.healthy {
+            m.insert("healthy".into(), j(h.into()));
+        }
         m
+    }
+
+    /// What a summary document says of this status: applied policy, version,
+    /// heartbeat, and whether every health check passes.
+    pub fn summary(&self) -> NodeStatus {
+        NodeStatus {
+            version: self.version.clone(),
+            applied: self.applied.clone(),
+            hb: self.hb,
+            healthy: Some(
+                self.healthy
+                    .unwrap_or_else(|| self.health.values().all(|c| c.ok)),
+            ),
+            ..NodeStatus::default()
+        }
+    }
+
+    /// Whether every health check passes (a summary's word, else the checks').
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+            .unwrap_or_else(|| self.health.values().all(|c| c.ok))
     }
 
     /// Set one field from its JSON text (`None`: deleted). A text that does not
@@ -111,6 +145,7 @@ impl NodeStatus {
             "health" => parse(&mut self.health, value),
             "applied" => parse(&mut self.applied, value),
             "hb" => parse(&mut self.hb, value),
+            "healthy" => parse(&mut self.healthy, value),
             _ => false,
         }
     }
@@ -145,6 +180,8 @@ pub struct StatusWriter {
     changes_in_epoch: usize,
     fields: BTreeMap<String, String>,
     epoch_changes_max: usize,
+    /// The status document, or the summary of it.
+    kind: OwnedKind,
     /// Where actor nonces come from: the OS (a daemon), or a seeded generator
     /// (a deterministic simulation): `SmallRng`, which is `Clone` (unlike
     /// `StdRng`), so that a clone goes on exactly as the original would.
@@ -167,8 +204,30 @@ impl StatusWriter {
             changes_in_epoch: 0,
             fields: BTreeMap::new(),
             epoch_changes_max: epoch_changes_max.max(2),
+            kind: OwnedKind::Status,
             nonces: None,
         }
+    }
+
+    /// The kind of document written.
+    pub fn kind(&self) -> OwnedKind {
+        self.kind
+    }
+
+    /// A writer of this node's summary document ([`OwnedKind::Summary`]),
+    /// starting at this writer's epoch (a summary is written only when the
+    /// status is, so its epochs never pass the status's, and the next life's
+    /// first epoch is above both). Its actor nonces come from this writer's
+    /// source (a seeded writer's stay deterministic).
+    pub fn summary_writer(&mut self) -> StatusWriter {
+        let mut w = StatusWriter::new(self.key.clone(), self.epoch, self.epoch_changes_max);
+        w.kind = OwnedKind::Summary;
+        if let Some(rng) = &mut self.nonces {
+            use rand::{RngExt, SeedableRng};
+            w.nonces = Some(rand::rngs::SmallRng::seed_from_u64(rng.random()));
+        }
+        w.doc = Automerge::new().with_actor(w.fresh_actor());
+        w
     }
 
     /// A writer whose actor nonces come from a generator seeded with `seed`:
@@ -201,7 +260,19 @@ impl StatusWriter {
         changes: &[SignedChange],
         epoch_changes_max: usize,
     ) -> Self {
+        Self::resume_kind(key, OwnedKind::Status, epoch, changes, epoch_changes_max)
+    }
+
+    /// [`StatusWriter::resume`] of a document of `kind`.
+    pub fn resume_kind(
+        key: SecretKey,
+        kind: OwnedKind,
+        epoch: u32,
+        changes: &[SignedChange],
+        epoch_changes_max: usize,
+    ) -> Self {
         let mut w = StatusWriter::new(key.clone(), epoch, epoch_changes_max);
+        w.kind = kind;
         let parsed: Result<Vec<automerge::Change>, _> = changes
             .iter()
             .map(|c| automerge::Change::from_bytes(c.change.clone()))
@@ -212,7 +283,9 @@ impl StatusWriter {
             .is_some()
             && w.doc.get_missing_deps(&[]).is_empty();
         if !loaded {
-            return StatusWriter::new(key, epoch + 1, epoch_changes_max);
+            let mut w = StatusWriter::new(key, epoch + 1, epoch_changes_max);
+            w.kind = kind;
+            return w;
         }
         w.changes_in_epoch = changes.len();
         for k in STATUS_FIELDS {
@@ -248,7 +321,10 @@ impl StatusWriter {
     /// Write the fields of `status` that changed (all of them in a new epoch).
     /// `None` when nothing changed.
     pub fn update(&mut self, status: &NodeStatus) -> Option<SignedChange> {
-        let want = status.to_fields();
+        let want = match self.kind {
+            OwnedKind::Status => status.to_fields(),
+            OwnedKind::Summary => status.summary().to_fields(),
+        };
         if self.changes_in_epoch >= self.epoch_changes_max {
             self.start_epoch();
         }
@@ -279,10 +355,7 @@ impl StatusWriter {
         self.changes_in_epoch += 1;
         let change = self.doc.get_last_local_change().expect("just committed");
         Some(SignedChange::sign(
-            DocId::Status {
-                node: self.key.public(),
-                epoch: self.epoch,
-            },
+            self.kind.doc(self.key.public(), self.epoch),
             0,
             &change,
             &self.key,

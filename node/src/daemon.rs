@@ -35,8 +35,8 @@ use std::time::Duration;
 use dcloud_crdt::root::{TrustChain, decode_chain};
 use dcloud_crdt::status::HealthCheck;
 use dcloud_crdt::{
-    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, Rejection, SecretKey,
-    SignedFreshness,
+    Bundle, ChangeHash, DocId, Limits, NodeId, NodeStatus, Outcome, OwnedKind, Rejection,
+    SecretKey, SignedFreshness,
 };
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
@@ -431,8 +431,12 @@ impl Durable {
         if unclean {
             // The last run did not stop cleanly: deletions it deferred to a
             // checkpoint may be lost. Issue them again (old epochs, revoked nodes).
-            for (node, _, epoch) in replica.statuses() {
-                store.drop_status_before(node, epoch)?;
+            for node in replica.policy().members.keys() {
+                for kind in [OwnedKind::Status, OwnedKind::Summary] {
+                    if let Some(epoch) = replica.owned_epoch(node, kind) {
+                        store.drop_status_before(node, kind, epoch)?;
+                    }
+                }
             }
             for node in replica.policy().revoked.keys() {
                 store.drop_node(node)?;
@@ -737,10 +741,11 @@ impl Daemon {
                 self.dur.trust_file.record(self.engine.replica().trust())?;
                 self.dur.store.put_root(&root)
             }
-            Persist::DropStatusBefore { node, epoch } => {
-                self.dur.store.drop_status_before(&node, epoch)
+            Persist::DropStatusBefore { node, kind, epoch } => {
+                self.dur.store.drop_status_before(&node, kind, epoch)
             }
             Persist::DropNode { node } => self.dur.store.drop_node(&node),
+            Persist::DropStatus { node } => self.dur.store.drop_status(&node),
         }
     }
 
@@ -1042,6 +1047,7 @@ impl Daemon {
             health,
             applied: self.apply.applied.clone(),
             hb,
+            healthy: None,
         }
     }
 

@@ -39,7 +39,7 @@ use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
-use dcloud_crdt::{DocId, NodeId, SignedChange, SignedTrustRoot};
+use dcloud_crdt::{DocId, NodeId, OwnedKind, SignedChange, SignedTrustRoot};
 
 /// Version 2: changes of signed-change format 2 (per-edit actors), trust
 /// roots with grandfathered heads and timestamp keys.
@@ -127,7 +127,14 @@ enum Deferred {
     Put(Vec<u8>, Vec<u8>),
     /// Remove a node's status entries: of epochs before `before`, or all of
     /// them and its addresses (None).
-    DropStatus { node: NodeId, before: Option<u32> },
+    DropStatus {
+        node: NodeId,
+        before: Option<u32>,
+        /// First key bytes of the documents dropped ([`OwnedKind::prefix`]).
+        kinds: &'static [u8],
+        /// Forget the node's addresses too (revocation).
+        forget: bool,
+    },
 }
 
 /// How long opening waits for a store another instance holds.
@@ -551,7 +558,7 @@ impl Store {
             }
             match sc.doc {
                 DocId::Policy => policy.push(sc),
-                DocId::Status { .. } => status.push(sc),
+                DocId::Status { .. } | DocId::Summary { .. } => status.push(sc),
             }
         }
         let mut roots = Vec::new();
@@ -614,25 +621,32 @@ impl Store {
         for op in &self.unflushed {
             match op {
                 Deferred::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
-                Deferred::DropStatus { node, before } => {
+                Deferred::DropStatus {
+                    node,
+                    before,
+                    kinds,
+                    forget,
+                } => {
                     // Earlier puts first: the scan must see them.
                     inner
                         .changes
                         .apply_batch(std::mem::take(&mut batch))
                         .map_err(write_err)?;
-                    let mut prefix = vec![1u8];
-                    prefix.extend_from_slice(&node.0);
-                    for item in inner.changes.scan_prefix(&prefix) {
-                        let (k, _) = item.map_err(write_err)?;
-                        let epoch = k
-                            .get(33..37)
-                            .map(|e| u32::from_be_bytes(e.try_into().expect("4 bytes")));
-                        if before.is_none_or(|b| epoch.is_some_and(|e| e < b)) {
-                            batch.remove(k);
+                    for kind in kinds.iter() {
+                        let mut prefix = vec![*kind];
+                        prefix.extend_from_slice(&node.0);
+                        for item in inner.changes.scan_prefix(&prefix) {
+                            let (k, _) = item.map_err(write_err)?;
+                            let epoch = k
+                                .get(33..37)
+                                .map(|e| u32::from_be_bytes(e.try_into().expect("4 bytes")));
+                            if before.is_none_or(|b| epoch.is_some_and(|e| e < b)) {
+                                batch.remove(k);
+                            }
                         }
                     }
 
-                    if before.is_none() {
+                    if *forget {
                         inner.peers.remove(node.0).map_err(write_err)?;
                     }
                 }
@@ -655,11 +669,34 @@ impl Store {
     /// Delete the status changes of `node` in epochs before `epoch` (at the
     /// next checkpoint: a deletion lost in a crash only brings back changes
     /// the replica drops again when it loads them).
-    pub fn drop_status_before(&mut self, node: &NodeId, epoch: u32) -> Result<(), StoreError> {
+    pub fn drop_status_before(
+        &mut self,
+        node: &NodeId,
+        kind: OwnedKind,
+        epoch: u32,
+    ) -> Result<(), StoreError> {
         self.inner()?;
         self.unflushed.push(Deferred::DropStatus {
             node: *node,
             before: Some(epoch),
+            kinds: match kind {
+                OwnedKind::Status => &[1],
+                OwnedKind::Summary => &[2],
+            },
+            forget: false,
+        });
+        Ok(())
+    }
+
+    /// Delete every status change of `node`, not its summary nor its
+    /// addresses: its status is scoped to a region this site is not in.
+    pub fn drop_status(&mut self, node: &NodeId) -> Result<(), StoreError> {
+        self.inner()?;
+        self.unflushed.push(Deferred::DropStatus {
+            node: *node,
+            before: None,
+            kinds: &[1],
+            forget: false,
         });
         Ok(())
     }
@@ -671,6 +708,8 @@ impl Store {
         self.unflushed.push(Deferred::DropStatus {
             node: *node,
             before: None,
+            kinds: &[1, 2],
+            forget: true,
         });
         Ok(())
     }
@@ -928,7 +967,7 @@ mod tests {
         let changes = heartbeats(2);
         let (mut s, _) = Store::open(&p, 1 << 20).unwrap();
         s.put_changes(&changes).unwrap();
-        s.drop_status_before(&node, 1).unwrap(); // epoch 1 stays
+        s.drop_status_before(&node, OwnedKind::Status, 1).unwrap(); // epoch 1 stays
         s.flush().unwrap();
         s.checkpoint(true).unwrap();
         drop(s);

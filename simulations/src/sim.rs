@@ -1275,14 +1275,22 @@ impl Sim {
                     store.roots.push(r);
                 }
             }
-            Persist::DropStatusBefore { node, epoch } => {
+            Persist::DropStatusBefore { node, kind, epoch } => {
                 if let Some(store) = &mut self.slots[i].store {
                     store.changes.retain(|d, _| {
-                        !matches!(d, DocId::Status { node: n, epoch: e } if *n == node && *e < epoch)
+                        !d.owned()
+                            .is_some_and(|(n, e, k)| n == node && k == kind && e < epoch)
                     });
                 }
             }
             Persist::DropNode { node } => {
+                if let Some(store) = &mut self.slots[i].store {
+                    store
+                        .changes
+                        .retain(|d, _| !d.owned().is_some_and(|(n, _, _)| n == node));
+                }
+            }
+            Persist::DropStatus { node } => {
                 if let Some(store) = &mut self.slots[i].store {
                     store
                         .changes
@@ -1318,7 +1326,7 @@ impl Sim {
                     }
                 }
             }
-            DocId::Status { node, .. } => {
+            DocId::Status { node, .. } | DocId::Summary { node, .. } => {
                 let owner_ok = self.index.get(&node).is_some_and(|&o| self.enrolled[o]);
                 let signed_ok = c.sigs.len() == 1 && c.sigs[0].key == node;
                 if !owner_ok || !signed_ok || self.forged.contains(c) {

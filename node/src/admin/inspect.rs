@@ -244,7 +244,7 @@ fn change_info(
 ) -> ChangeInfo {
     let root = match sc.doc {
         DocId::Policy => chain.get(sc.root_version),
-        DocId::Status { .. } => None,
+        DocId::Status { .. } | DocId::Summary { .. } => None,
     };
     let msg = hash.map(|h| signing_message(&sc.doc, sc.root_version, &h));
     let mut signatures = Vec::new();

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use dcloud_crdt::{ChangeHash, DocId, NodeId};
+use dcloud_crdt::{ChangeHash, DocId, NodeId, OwnedKind};
 
 use super::Millis;
 use super::wire::Item;
@@ -79,8 +79,15 @@ impl Hasher128 {
 pub(crate) fn key_of(doc: &DocId) -> Key {
     match doc {
         DocId::Policy => (0, None),
-        DocId::Status { node, .. } => {
-            let mut h = Hasher128::new(1);
+        DocId::Status { node, .. } | DocId::Summary { node, .. } => {
+            // A summary spreads by another seed: a node's status and its
+            // summary are two entries.
+            let seed = if matches!(doc, DocId::Status { .. }) {
+                1
+            } else {
+                3
+            };
+            let mut h = Hasher128::new(seed);
             h.bytes(&node.0);
             // Key 0 is the policy's; owners spread over the rest.
             ((h.finish() as u64).max(1), Some(*node))
@@ -127,15 +134,23 @@ impl DocIndex {
         self.entries.len()
     }
 
-    /// Remove every entry of `node`.
+    /// Remove every entry of `node` (its status and its summary).
     pub(crate) fn remove_node(&mut self, node: &NodeId) {
-        let key = key_of(&DocId::Status {
-            node: *node,
-            epoch: 0,
-        });
-        if let Some(old) = self.entries.remove(&key) {
+        for kind in [OwnedKind::Status, OwnedKind::Summary] {
+            self.remove(&kind.doc(*node, 0));
+        }
+    }
+
+    /// Remove `doc`'s entry (whatever its epoch).
+    pub(crate) fn remove(&mut self, doc: &DocId) {
+        if let Some(old) = self.entries.remove(&key_of(doc)) {
             self.total_fp ^= old.fp;
         }
+    }
+
+    /// Every entry.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
     }
 
     /// Entries with keys in `lo..=hi`.

@@ -137,7 +137,7 @@ pub use state::{Engine, EngineStats, IndexSnapshot, RejectReason, RestoreError, 
 pub use wire::{ChangeId, Message, WireError, WireLimits};
 
 use dcloud_crdt::replica::Report;
-use dcloud_crdt::{NodeId, NodeStatus, SignedChange, SignedTrustRoot};
+use dcloud_crdt::{NodeId, NodeStatus, OwnedKind, SignedChange, SignedTrustRoot};
 
 /// Milliseconds on the driver's clock (monotonic; virtual in the simulator).
 pub type Millis = u64;
@@ -271,16 +271,25 @@ pub enum Persist {
     Changes(Vec<SignedChange>),
     /// A trust root that advanced the chain.
     Root(SignedTrustRoot),
-    /// Status epochs of `node` older than `epoch` are obsolete and may be deleted.
+    /// Epochs of `node`'s document of `kind` older than `epoch` are
+    /// obsolete and may be deleted.
     DropStatusBefore {
         /// Owner.
         node: NodeId,
+        /// Its status document or its summary.
+        kind: OwnedKind,
         /// First epoch to keep.
         epoch: u32,
     },
-    /// All status of a revoked node may be deleted.
+    /// All status and summary of a revoked node may be deleted.
     DropNode {
         /// The revoked node.
+        node: NodeId,
+    },
+    /// Every status document of `node` must be deleted (not its summary):
+    /// its status is scoped to a region this node is not in.
+    DropStatus {
+        /// The owner.
         node: NodeId,
     },
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use dcloud_crdt::status::EPOCH_CHANGES_DEFAULT;
 use dcloud_crdt::{
-    ChangeHash, Claim, DocId, FreshnessError, Limits, NodeId, Outcome, Rejection, RejectionKind,
-    Replica, Report, Rumour, SecretKey, SignedChange, SignedFreshness, SignedRumour,
+    ChangeHash, Claim, DocId, FreshnessError, Limits, NodeId, Outcome, OwnedKind, Rejection,
+    RejectionKind, Replica, Report, Rumour, SecretKey, SignedChange, SignedFreshness, SignedRumour,
     SignedTrustRoot, StatusWriter, TrustChain,
 };
 use rand::RngExt;
@@ -93,6 +93,13 @@ pub struct EngineStats {
     /// Bytes received, by message kind ([`Message::kind`]; undecodable
     /// messages under `"malformed"`).
     pub bytes_received_by_kind: BTreeMap<&'static str, u64>,
+    /// Scoped status documents (changes and index items) the last gate
+    /// before the wire took out of a message to a site outside their
+    /// region: 0 unless a send decision missed the scope.
+    pub scope_withheld: u64,
+    /// Status documents dropped because the policy scoped them to a
+    /// region this node is not in.
+    pub scope_dropped: u64,
 }
 
 /// Why a freshness statement was not kept.
@@ -299,8 +306,15 @@ pub struct Engine {
     config: EngineConfig,
     replica: Replica,
     writer: StatusWriter,
+    /// The writer of this node's summary, from when its region is first
+    /// scoped (kept after, so that its epochs never go back).
+    summary_writer: Option<StatusWriter>,
     id: NodeId,
     index: DocIndex,
+    /// With any region scoped: the index of what may leave this node's
+    /// region (every document but scoped status), used with peers outside
+    /// it. `None`: nothing is scoped, `index` serves everyone.
+    index_out: Option<DocIndex>,
     peers: BTreeMap<NodeId, Peer>,
     missing: BTreeMap<ShortId, Missing>,
     /// Recently disseminated changes by short id, and their arrival order.
@@ -395,9 +409,23 @@ impl OwnerRates {
 
 /// The owner of a status document: the root of its dissemination tree.
 fn origin(doc: &DocId) -> Option<NodeId> {
+    doc.owned().map(|(node, _, _)| node)
+}
+
+/// Whether `doc` may be sent to `peer` under `policy`: anything but a
+/// status document scoped to a region `peer` is not an active member of.
+fn may_send(policy: &dcloud_crdt::Policy, doc: &DocId, peer: &NodeId) -> bool {
     match doc {
-        DocId::Status { node, .. } => Some(*node),
-        DocId::Policy => None,
+        DocId::Status { node, .. } => policy.may_hold_status(peer, node),
+        _ => true,
+    }
+}
+
+/// `a` is an older epoch of `b`'s document (same owner, same kind).
+fn older_epoch(a: &DocId, b: &DocId) -> bool {
+    match (a.owned(), b.owned()) {
+        (Some((na, ea, ka)), Some((nb, eb, kb))) => na == nb && ka == kb && ea < eb,
+        _ => false,
     }
 }
 
@@ -500,14 +528,16 @@ impl Engine {
         let incarnation = incarnation_of_epoch(writer.epoch());
         let id = match first_heartbeat.doc {
             DocId::Status { node, .. } => node,
-            DocId::Policy => unreachable!("a status writer writes status documents"),
+            _ => unreachable!("a status writer writes status documents"),
         };
         let mut engine = Engine {
             config,
             replica,
             writer,
+            summary_writer: None,
             id,
             index,
+            index_out: None,
             peers: BTreeMap::new(),
             missing: BTreeMap::new(),
             recent: BTreeMap::new(),
@@ -542,7 +572,10 @@ impl Engine {
         let first_round = now + engine.config.anti_entropy_interval_ms;
         engine.timers.insert(Timer::AntiEntropy, first_round);
         let mut out = Vec::new();
+        engine.replica.hold_as(id);
+        engine.enforce_scope(now, &mut out);
         engine.publish_own(first_heartbeat, now, &mut out);
+        engine.write_summary(now, &mut out);
         // First timers spread by node id, so that a fleet started at once
         // does not refresh or probe in step (later ones are jittered too).
         let spread = u64::from(u16::from_be_bytes([id.0[0], id.0[1]]));
@@ -798,6 +831,7 @@ impl Engine {
                 if let Some(c) = self.writer.update(&status) {
                     self.publish_own(c, now, &mut out);
                 }
+                self.write_summary(now, &mut out);
             }
             Input::Freshness { statement } => {
                 if let Err(e) = self.on_freshness(None, &statement, &mut out) {
@@ -818,6 +852,21 @@ impl Engine {
     /// changes the writer did not make, the writer moves past that history:
     /// a new epoch above it, holding the whole current status.
     fn move_past_earlier_life(&mut self, now: Millis, out: &mut Vec<Output>) {
+        // The summary likewise (it carries no incarnation).
+        if let (Some(w), Some(held)) = (
+            &mut self.summary_writer,
+            self.replica.owned_epoch(&self.id, OwnedKind::Summary),
+        ) {
+            let doc = DocId::Summary {
+                node: self.id,
+                epoch: held,
+            };
+            let foreign = held > w.epoch()
+                || held == w.epoch() && self.replica.heads(&doc).iter().any(|h| !w.knows(h));
+            if foreign && let Some(c) = w.move_past(held) {
+                self.publish_own(c, now, out);
+            }
+        }
         let Some((_, held)) = self.replica.status(&self.id) else {
             return;
         };
@@ -1026,6 +1075,7 @@ impl Engine {
                     let Some(c) = self
                         .recent
                         .get(s)
+                        .filter(|r| self.visible_to(&r.0.doc, &from))
                         .and_then(|r| self.replica.get(&r.0.doc, &r.0.change_hash()))
                     else {
                         continue;
@@ -1069,16 +1119,12 @@ impl Engine {
                     if !allow.work(1) {
                         break;
                     }
-                    let Some(e) = self.index.get(&it.doc) else {
+                    let Some(e) = self.view_for(&from).get(&it.doc) else {
                         continue;
                     };
                     let theirs: Vec<ChangeHash> = match (it.doc, e.doc) {
                         (a, b) if a == b => it.heads.iter().map(|h| ChangeHash(*h)).collect(),
-                        (DocId::Status { epoch: t, .. }, DocId::Status { epoch: m, .. })
-                            if t < m =>
-                        {
-                            Vec::new()
-                        }
+                        (a, b) if older_epoch(&a, &b) => Vec::new(),
                         _ => continue,
                     };
                     let doc = e.doc;
@@ -1212,6 +1258,7 @@ impl Engine {
                 if self.config.status_refresh_interval_ms > 0 {
                     let hb = self.writer.heartbeat();
                     self.publish_own(hb, now, out);
+                    self.write_summary(now, out);
                     // Within a tenth either side of the interval.
                     let base = self.config.status_refresh_interval_ms;
                     let jitter = rng.random_range(0..=base / 5);
@@ -1375,16 +1422,15 @@ impl Engine {
     /// node is not enrolled its changes are kept and offered again when the
     /// policy changes.
     fn publish_own(&mut self, change: SignedChange, now: Millis, out: &mut Vec<Output>) {
-        let epoch = match change.doc {
-            DocId::Status { epoch, .. } => epoch,
-            DocId::Policy => 0,
-        };
+        let doc = change.doc;
         let a = self.absorb(None, vec![change.clone()], true, now, out);
         if let Some(Outcome::Rejected(Rejection::Unenrolled(_))) =
             a.reports.first().map(|r| &r.outcome)
         {
+            // Kept: the changes of the epochs being written (of the status
+            // and of the summary), not those of earlier ones.
             self.own_unpublished
-                .retain(|c| matches!(c.doc, DocId::Status { epoch: e, .. } if e == epoch));
+                .retain(|c| c.doc == doc || c.doc.owned().map(|o| o.2) != doc.owned().map(|o| o.2));
             if self.own_unpublished.len() < self.config.own_unpublished_max {
                 self.own_unpublished.push(change);
             }
@@ -1412,12 +1458,12 @@ impl Engine {
                 tree_dup_origins: BTreeSet::new(),
             };
         }
-        let mut epochs_before: BTreeMap<NodeId, Option<u32>> = BTreeMap::new();
+        let mut epochs_before: BTreeMap<(NodeId, OwnedKind), Option<u32>> = BTreeMap::new();
         for c in &changes {
-            if let DocId::Status { node, .. } = c.doc {
+            if let Some((node, _, kind)) = c.doc.owned() {
                 epochs_before
-                    .entry(node)
-                    .or_insert_with(|| self.replica.status_epoch(&node));
+                    .entry((node, kind))
+                    .or_insert_with(|| self.replica.owned_epoch(&node, kind));
             }
         }
         let me = self.id;
@@ -1463,7 +1509,7 @@ impl Engine {
                         self.stats.changes_pending += 1;
                         incomplete.insert(sc.doc);
                     }
-                    if let DocId::Status { node, .. } = sc.doc {
+                    if let Some((node, _, _)) = sc.doc.owned() {
                         self.last_heard.insert(node, now);
                     }
                     let hash = r.hash.expect("a held change parsed");
@@ -1509,7 +1555,7 @@ impl Engine {
         for (sc, hash) in promoted {
             self.stats.changes_applied += 1;
             touched.insert(sc.doc);
-            if let DocId::Status { node, .. } = sc.doc {
+            if let Some((node, _, _)) = sc.doc.owned() {
                 self.last_heard.insert(node, now);
             }
             let id = ChangeId::new(sc.doc, hash);
@@ -1534,7 +1580,7 @@ impl Engine {
     fn record_new(
         &mut self,
         new: &[(ChangeId, SignedChange)],
-        epochs_before: BTreeMap<NodeId, Option<u32>>,
+        epochs_before: BTreeMap<(NodeId, OwnedKind), Option<u32>>,
         touched: BTreeSet<DocId>,
         now: Millis,
         out: &mut Vec<Output>,
@@ -1545,29 +1591,30 @@ impl Engine {
             )));
             self.reset_anti_entropy(now);
         }
-        for (node, before) in epochs_before {
-            if let Some(epoch) = self.replica.status_epoch(&node)
+        for ((node, kind), before) in epochs_before {
+            if let Some(epoch) = self.replica.owned_epoch(&node, kind)
                 && before.is_some_and(|b| b < epoch)
             {
-                out.push(Output::Persist(Persist::DropStatusBefore { node, epoch }));
+                out.push(Output::Persist(Persist::DropStatusBefore {
+                    node,
+                    kind,
+                    epoch,
+                }));
             }
         }
         for doc in touched {
-            match doc {
-                DocId::Policy => {}
-                DocId::Status { node, .. } => {
-                    if let Some(epoch) = self.replica.status_epoch(&node) {
-                        let d = DocId::Status { node, epoch };
-                        let heads = self.replica.heads(&d);
-                        self.index.set(d, heads, now);
-                    }
-                }
+            if let Some((node, _, kind)) = doc.owned()
+                && let Some(epoch) = self.replica.owned_epoch(&node, kind)
+            {
+                let d = kind.doc(node, epoch);
+                let heads = self.replica.heads(&d);
+                self.index_set(d, heads, now);
             }
         }
         let mut heads = self.replica.policy_heads();
         heads.sort();
         if heads != self.policy_heads {
-            self.index.set(DocId::Policy, heads.clone(), now);
+            self.index_set(DocId::Policy, heads.clone(), now);
             self.policy_heads = heads;
             self.on_policy_changed(now, out);
             // After every Persist it implies (module docs: events that report
@@ -1652,7 +1699,107 @@ impl Engine {
         );
     }
 
+    // ---- region scoping ----
+
+    /// Set `doc`'s heads in the index, and in the index of what may leave
+    /// the region unless `doc` is a scoped status.
+    fn index_set(&mut self, doc: DocId, heads: Vec<ChangeHash>, now: Millis) {
+        let scoped = self.is_scoped(&doc);
+        if let Some(o) = &mut self.index_out {
+            if scoped {
+                o.remove(&doc);
+            } else {
+                o.set(doc, heads.clone(), now);
+            }
+        }
+        self.index.set(doc, heads, now);
+    }
+
+    /// A status document scoped to its owner's region.
+    fn is_scoped(&self, doc: &DocId) -> bool {
+        matches!(doc, DocId::Status { node, .. } if self.replica.policy().status_scope(node).is_some())
+    }
+
+    /// Whether `peer` may hold `doc` (see [`may_send`]).
+    fn visible_to(&self, doc: &DocId, peer: &NodeId) -> bool {
+        may_send(self.replica.policy(), doc, peer)
+    }
+
+    /// The index reconciled with `peer`: everything held, with a peer of
+    /// this node's own scoped region (they may hold the same); else only
+    /// what may leave the region. Both sides of a link compute the same
+    /// view, so their fingerprints agree once they hold the same.
+    fn view_for(&self, peer: &NodeId) -> &DocIndex {
+        let Some(out) = &self.index_out else {
+            return &self.index;
+        };
+        let policy = self.replica.policy();
+        match policy.status_scope(&self.id) {
+            Some(r)
+                if policy.is_active_member(peer)
+                    && policy.members.get(peer).is_some_and(|m| m.region == r) =>
+            {
+                &self.index
+            }
+            _ => out,
+        }
+    }
+
+    /// After the policy changed (or at start): drop the status documents
+    /// this node may no longer hold (the replica already has), and rebuild
+    /// the index of what may leave the region.
+    fn enforce_scope(&mut self, _now: Millis, out: &mut Vec<Output>) {
+        let policy = self.replica.policy();
+        if policy.scoped.is_empty() && self.index_out.is_none() {
+            return;
+        }
+        let gone: Vec<NodeId> = self
+            .index
+            .entries()
+            .filter_map(|e| match e.doc {
+                DocId::Status { node, .. } if self.replica.heads(&e.doc).is_empty() => Some(node),
+                _ => None,
+            })
+            .collect();
+        for node in gone {
+            tracing::debug!(owner = %node.short(), "status scoped to another region: dropped");
+            self.index.remove(&DocId::Status { node, epoch: 0 });
+            self.stats.scope_dropped += 1;
+            out.push(Output::Persist(Persist::DropStatus { node }));
+        }
+        let policy = self.replica.policy();
+        if policy.scoped.is_empty() {
+            self.index_out = None;
+            return;
+        }
+        let mut o = self.index.clone();
+        for e in self.index.entries() {
+            if matches!(e.doc, DocId::Status { node, .. } if policy.status_scope(&node).is_some()) {
+                o.remove(&e.doc);
+            }
+        }
+        self.index_out = Some(o);
+    }
+
+    /// Write this node's summary from its status, if its region is scoped
+    /// (the summary is what the rest of the fleet knows of it).
+    fn write_summary(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.replica.policy().status_scope(&self.id).is_none() {
+            return;
+        }
+        let status = self.writer.current();
+        let w = match &mut self.summary_writer {
+            Some(w) => w,
+            None => self.summary_writer.insert(self.writer.summary_writer()),
+        };
+        if let Some(c) = w.update(&status) {
+            self.publish_own(c, now, out);
+        }
+    }
+
     fn on_policy_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
+        self.enforce_scope(now, out);
+        self.write_summary(now, out);
         let revoked: Vec<NodeId> = self
             .replica
             .policy()
@@ -1664,6 +1811,9 @@ impl Engine {
         for node in revoked {
             self.revoked.insert(node);
             self.index.remove_node(&node);
+            if let Some(o) = &mut self.index_out {
+                o.remove_node(&node);
+            }
             self.last_heard.remove(&node);
             self.members.forget(&node);
             for subject in self.members.withdraw_reporter(&node) {
@@ -1735,6 +1885,7 @@ impl Engine {
         let mut lazy_any = false;
         let mut all = Vec::new();
         let plumtree = self.config.plumtree;
+        let policy_now = self.replica.policy();
         for (peer, p) in &mut self.peers {
             if Some(*peer) == from {
                 continue;
@@ -1742,6 +1893,11 @@ impl Engine {
             all.push(*peer);
             let mut push = Vec::new();
             for (id, c) in &status {
+                // A status scoped to a region goes only to its members:
+                // neither pushed nor announced to anyone else.
+                if !may_send(policy_now, &id.doc, peer) {
+                    continue;
+                }
                 let lazy = plumtree && origin(&id.doc).is_some_and(|o| p.pruned.contains(&o));
                 if lazy {
                     p.lazy.push(short_id(&id.change_hash()));
@@ -1959,9 +2115,10 @@ impl Engine {
             .peers
             .get(&peer)
             .is_some_and(|p| p.sync_quality < LOSSY_SYNC_QUALITY);
+        let index = self.view_for(&peer).clone();
         let parts = if wide && active && lossy {
             let per = u64::from(self.config.sync_items_threshold / 2).max(1);
-            (self.index.len() as u64)
+            (index.len() as u64)
                 .div_ceil(per)
                 .clamp(1, self.config.sync_first_parts_max)
         } else {
@@ -1969,7 +2126,7 @@ impl Engine {
         };
         let parts = split(0, u64::MAX, parts)
             .into_iter()
-            .map(|(a, b)| self.index.range_fp(a, b))
+            .map(|(a, b)| index.range_fp(a, b))
             .collect();
         let msg = Message::Sync {
             root_version: self.root_version(),
@@ -1996,6 +2153,7 @@ impl Engine {
     /// split again, within the answer budget.
     fn compare_splits(
         &self,
+        index: &DocIndex,
         splits: Vec<Split>,
         depth: u8,
         allow: &mut Allowance,
@@ -2010,7 +2168,7 @@ impl Engine {
                 if !allow.has_work() {
                     break;
                 }
-                let (my_count, my_fp) = self.index.range_fp(lo, hi);
+                let (my_count, my_fp) = index.range_fp(lo, hi);
                 allow.spend(1 + u64::from(my_count), 0);
                 if my_count == count && my_fp == fp {
                     continue;
@@ -2021,13 +2179,13 @@ impl Engine {
                     reply_items.push(RangeItems {
                         lo,
                         hi,
-                        items: self.index.items(lo, hi),
+                        items: index.items(lo, hi),
                         reply: true,
                     });
                 } else {
                     let parts = split(lo, hi, fanout)
                         .into_iter()
-                        .map(|(a, b)| self.index.range_fp(a, b))
+                        .map(|(a, b)| index.range_fp(a, b))
                         .collect();
                     reply_splits.push(Split { lo, hi, parts });
                 }
@@ -2040,8 +2198,10 @@ impl Engine {
     /// leaving to the tree what is most likely in flight) and lists back the
     /// ranges where this node lacks something the peer has. True if this
     /// node lacks anything.
+    #[allow(clippy::too_many_arguments)]
     fn compare_items(
         &self,
+        index: &DocIndex,
         items: Vec<RangeItems>,
         connected_at: Millis,
         now: Millis,
@@ -2064,7 +2224,7 @@ impl Engine {
                 .filter(|(k, _)| k.0 >= ri.lo && k.0 <= ri.hi)
                 .collect();
             let mut i_lack = false;
-            for (key, e) in self.index.range(ri.lo, ri.hi) {
+            for (key, e) in index.range(ri.lo, ri.hi) {
                 allow.spend(1, 0);
                 let their_heads: Vec<ChangeHash> = match theirs.get(key) {
                     None => Vec::new(),
@@ -2089,7 +2249,7 @@ impl Engine {
                             if ri.reply {
                                 continue;
                             }
-                            if matches!(e.doc, DocId::Status { .. }) {
+                            if e.doc.owned().is_some() {
                                 for h in e.heads.iter() {
                                     if let Some(c) = self.replica.get(&e.doc, h)
                                         && !hs.contains(h)
@@ -2105,16 +2265,11 @@ impl Engine {
                         }
                         hs
                     }
-                    Some(it) => match (it.doc, e.doc) {
-                        (
-                            DocId::Status { epoch: theirs, .. },
-                            DocId::Status { epoch: mine, .. },
-                        ) if theirs < mine => Vec::new(),
-                        _ => {
-                            i_lack = true;
-                            continue;
-                        }
-                    },
+                    Some(it) if older_epoch(&it.doc, &e.doc) => Vec::new(),
+                    Some(_) => {
+                        i_lack = true;
+                        continue;
+                    }
                 };
                 if send_bytes >= cfg.sync_send_max_bytes {
                     continue;
@@ -2146,10 +2301,15 @@ impl Engine {
                 }
             }
             for (key, it) in &theirs {
-                if self.index.range(key.0, key.0).all(|(k, _)| k != key) {
-                    if let DocId::Status { node, .. } = it.doc
+                if index.range(key.0, key.0).all(|(k, _)| k != key) {
+                    if let Some((node, _, _)) = it.doc.owned()
                         && self.revoked.contains(&node)
                     {
+                        continue;
+                    }
+                    // Not for this node to hold (scoped to a region it is
+                    // not in): never asked for.
+                    if !self.visible_to(&it.doc, &self.id) {
                         continue;
                     }
                     i_lack = true;
@@ -2160,7 +2320,7 @@ impl Engine {
                 reply_items.push(RangeItems {
                     lo: ri.lo,
                     hi: ri.hi,
-                    items: self.index.items(ri.lo, ri.hi),
+                    items: index.items(ri.lo, ri.hi),
                     reply: false,
                 });
             }
@@ -2203,7 +2363,10 @@ impl Engine {
         let connected_at = self.peers.get(&from).map_or(0, |p| p.connected_at);
         let mut reply_splits: Vec<Split> = Vec::new();
         let mut reply_items: Vec<RangeItems> = Vec::new();
+        // What this node and the peer may both hold (see `view_for`).
+        let index = self.view_for(&from).clone();
         self.compare_splits(
+            &index,
             splits,
             depth,
             &mut allow,
@@ -2212,6 +2375,7 @@ impl Engine {
         );
         let mut to_send: Vec<SignedChange> = Vec::new();
         if self.compare_items(
+            &index,
             items,
             connected_at,
             now,
@@ -2773,10 +2937,76 @@ impl Engine {
     // ---- sending and penalties ----
 
     fn send(&mut self, to: NodeId, msg: &Message, out: &mut Vec<Output>) {
+        // The last gate of region scoping: whatever decided this send, no
+        // status document scoped to a region `to` is not in leaves here.
+        // Every decision above already leaves them out (the gate counts
+        // what it stops: `scope_withheld`, 0 when they do).
+        let gated;
+        let msg = match self.scope_gate(to, msg) {
+            Some(m) => {
+                gated = m;
+                &gated
+            }
+            None => msg,
+        };
         let bytes = msg.encode();
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         out.push(Output::Send { to, bytes });
+    }
+
+    /// `msg` without what `to` may not hold (`None`: nothing to take out).
+    fn scope_gate(&mut self, to: NodeId, msg: &Message) -> Option<Message> {
+        let policy = self.replica.policy();
+        if policy.scoped.is_empty() {
+            return None;
+        }
+        let ok = |d: &DocId| may_send(policy, d, &to);
+        let mut withheld = 0u64;
+        let gated = match msg {
+            Message::Changes { push, changes } if changes.iter().any(|c| !ok(&c.doc)) => {
+                let kept: Vec<SignedChange> =
+                    changes.iter().filter(|c| ok(&c.doc)).cloned().collect();
+                withheld += (changes.len() - kept.len()) as u64;
+                Message::Changes {
+                    push: *push,
+                    changes: kept,
+                }
+            }
+            Message::Want { items } if items.iter().any(|i| !ok(&i.doc)) => {
+                let kept: Vec<Item> = items.iter().filter(|i| ok(&i.doc)).cloned().collect();
+                withheld += (items.len() - kept.len()) as u64;
+                Message::Want { items: kept }
+            }
+            Message::Sync {
+                root_version,
+                depth,
+                splits,
+                items,
+            } if items.iter().any(|ri| ri.items.iter().any(|i| !ok(&i.doc))) => {
+                let items = items
+                    .iter()
+                    .map(|ri| {
+                        let kept: Vec<Item> =
+                            ri.items.iter().filter(|i| ok(&i.doc)).cloned().collect();
+                        withheld += (ri.items.len() - kept.len()) as u64;
+                        RangeItems {
+                            items: kept,
+                            ..ri.clone()
+                        }
+                    })
+                    .collect();
+                Message::Sync {
+                    root_version: *root_version,
+                    depth: *depth,
+                    splits: splits.clone(),
+                    items,
+                }
+            }
+            _ => return None,
+        };
+        self.stats.scope_withheld += withheld;
+        Some(gated)
     }
 
     /// Send one message to every peer but `except`, encoded once.
