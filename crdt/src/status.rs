@@ -323,7 +323,11 @@ impl StatusWriter {
     pub fn update(&mut self, status: &NodeStatus) -> Option<SignedChange> {
         let want = match self.kind {
             OwnedKind::Status => status.to_fields(),
-            OwnedKind::Summary => status.summary().to_fields(),
+            OwnedKind::Summary => {
+                let mut f = status.summary().to_fields();
+                f.retain(|k, _| SUMMARY_FIELDS.contains(&k.as_str()));
+                f
+            }
         };
         if self.changes_in_epoch >= self.epoch_changes_max {
             self.start_epoch();

@@ -48,6 +48,18 @@ impl Fleet {
         config: EngineConfig,
         timestamp: Option<dcloud_crdt::PublicKey>,
     ) -> Fleet {
+        Fleet::build(n, extra, mesh, config, timestamp, &|_| "eu")
+    }
+
+    /// [`Fleet::with_timestamp_key`], node `i` enrolled in region `region(i)`.
+    fn build(
+        n: usize,
+        extra: usize,
+        mesh: bool,
+        config: EngineConfig,
+        timestamp: Option<dcloud_crdt::PublicKey>,
+        region: &dyn Fn(usize) -> &'static str,
+    ) -> Fleet {
         let authority = testkit::seeded_key(1);
         let root = TrustRoot {
             timestamp_keys: timestamp.into_iter().collect(),
@@ -61,7 +73,7 @@ impl Fleet {
             .iter()
             .take(n)
             .enumerate()
-            .map(|(i, k)| testkit::enrol(k.public(), format!("n{i}"), "eu"));
+            .map(|(i, k)| testkit::enrol(k.public(), format!("n{i}"), region(i)));
         let enrol = testkit::sign_policy(&[], enrols, 1, &[&authority]);
         let mut f = Fleet {
             authority,
@@ -1843,5 +1855,230 @@ fn a_rumour_goes_down_its_signers_tree_and_reaches_everyone_for_less() {
     assert!(
         tree * 2 < flood,
         "down the tree {tree} bytes, flooded {flood} bytes"
+    );
+}
+
+// ---- region scoping (issue 14) ----
+
+/// Six sites in a line, `eu` = 0, 1, 2 and `us` = 3, 4, 5 (the one link
+/// across is 2-3), settled; with `eu`'s status scoped to `eu` if `scoped`.
+fn two_region_fleet(scoped: bool) -> Fleet {
+    let region = |i: usize| if i < 3 { "eu" } else { "us" };
+    let mut f = Fleet::build(6, 0, false, EngineConfig::default(), None, &region);
+    f.run();
+    if scoped {
+        f.scope("eu");
+    }
+    f
+}
+
+/// The marker only site `i`'s detailed status carries (in a health detail).
+fn detail(i: usize) -> String {
+    format!("DETAIL-OF-SITE-{i}-")
+}
+
+impl Fleet {
+    /// The authority scopes `region`'s status (published at node 0).
+    fn scope(&mut self, region: &str) {
+        let mut ed = PolicyEditor::new(&self.policy).unwrap();
+        ed.push(Edit::ScopeStatus(region.into(), true)).unwrap();
+        let c = ed.finish(&self.authority, 1).unwrap();
+        self.policy.push(c.clone());
+        let at = self.id(0);
+        self.input(
+            at,
+            Input::Publish {
+                roots: vec![],
+                changes: vec![c],
+            },
+        );
+        self.run();
+    }
+
+    /// Site `i` reports a detailed status: an address and a health detail
+    /// carrying `detail(i)` and `tag`.
+    fn detailed_status(&mut self, i: usize, tag: &str) {
+        let mut health = BTreeMap::new();
+        health.insert(
+            "disk".to_string(),
+            dcloud_crdt::status::HealthCheck {
+                ok: i != 1,
+                detail: format!("{}{tag}", detail(i)),
+            },
+        );
+        let s = NodeStatus {
+            name: format!("n{i}"),
+            addrs: vec![format!("/ip4/198.18.0.{}/tcp/7700", i + 1)],
+            version: "v-test".into(),
+            health,
+            ..Default::default()
+        };
+        let at = self.id(i);
+        self.input(at, Input::SetStatus(s));
+        self.run();
+    }
+
+    /// Settle: several anti-entropy rounds past the settle time.
+    fn settle(&mut self) {
+        for _ in 0..4 {
+            self.now += 5_000;
+            self.fire_all(Timer::AntiEntropy);
+        }
+    }
+
+    /// Bytes sent to site `to` since log entry `start` that contain `needle`.
+    fn sent_to_containing(&self, start: usize, to: usize, needle: &[u8]) -> usize {
+        let to = self.id(to);
+        self.log[start..]
+            .iter()
+            .filter(|(_, o)| {
+                matches!(o, Output::Send { to: t, bytes } if *t == to
+                    && bytes.windows(needle.len()).any(|w| w == needle))
+            })
+            .count()
+    }
+}
+
+#[test]
+fn a_scoped_regions_status_never_leaves_it_and_its_summary_reaches_everyone() {
+    let mut f = two_region_fleet(true);
+    let start = f.log.len();
+    for i in 0..6 {
+        f.detailed_status(i, "now");
+    }
+    f.settle();
+    for eu in 0..3 {
+        let marker = detail(eu);
+        for us in 3..6 {
+            assert_eq!(
+                f.sent_to_containing(start, us, marker.as_bytes()),
+                0,
+                "site {eu}'s detailed status reached site {us} of another region"
+            );
+            let e = &f.engines[&f.id(us)];
+            assert!(
+                e.replica().status(&f.id(eu)).is_none(),
+                "site {us} holds the status of {eu}"
+            );
+            let (sum, _) = e
+                .replica()
+                .summary(&f.id(eu))
+                .unwrap_or_else(|| panic!("site {us} holds no summary of {eu}"));
+            assert_eq!(sum.version, "v-test");
+            assert_eq!(
+                sum.healthy,
+                Some(eu != 1),
+                "the summary says healthy or not"
+            );
+            assert!(sum.addrs.is_empty() && sum.health.is_empty() && sum.name.is_empty());
+        }
+        // Inside the region, the detailed status is everywhere.
+        for other in 0..3 {
+            let e = &f.engines[&f.id(other)];
+            let (st, _) = e.replica().status(&f.id(eu)).expect("held in the region");
+            assert!(st.health["disk"].detail.starts_with(&marker));
+        }
+    }
+    // The region that is not scoped replicates to everyone, and its sites
+    // write no summary.
+    for us in 3..6 {
+        for any in 0..6 {
+            let e = &f.engines[&f.id(any)];
+            assert!(e.replica().status(&f.id(us)).is_some());
+            assert!(e.replica().summary(&f.id(us)).is_none());
+        }
+    }
+    // Every send decision left the scoped status out: the last gate
+    // stopped nothing.
+    for e in f.engines.values() {
+        assert_eq!(e.stats().scope_withheld, 0);
+    }
+    // The regions agree among themselves: one fingerprint per view.
+    let fp = |i: usize| f.engines[&f.id(i)].state_fingerprint();
+    assert_eq!(fp(0), fp(1));
+    assert_eq!(fp(1), fp(2));
+    assert_eq!(fp(3), fp(4));
+    assert_eq!(fp(4), fp(5));
+}
+
+#[test]
+fn scoping_a_region_later_drops_its_status_outside_it_for_good() {
+    let mut f = two_region_fleet(false);
+    for i in 0..6 {
+        f.detailed_status(i, "before");
+    }
+    f.settle();
+    let (eu0, us4) = (f.id(0), f.id(4));
+    assert!(f.engines[&us4].replica().status(&eu0).is_some());
+    let start = f.log.len();
+    f.scope("eu");
+    f.settle();
+    let e = &f.engines[&us4];
+    assert!(e.replica().status(&eu0).is_none(), "dropped when scoped");
+    assert!(e.stats().scope_dropped >= 3);
+    assert!(
+        f.log[start..].iter().any(|(at, o)| *at == us4
+            && matches!(o, Output::Persist(Persist::DropStatus { node }) if *node == eu0)),
+        "and deleted from the store"
+    );
+    assert!(
+        e.replica().summary(&eu0).is_some(),
+        "its summary came instead"
+    );
+    // Later statuses stay in the region.
+    let start = f.log.len();
+    f.detailed_status(0, "after");
+    f.settle();
+    for us in 3..6 {
+        assert_eq!(f.sent_to_containing(start, us, b"after"), 0);
+    }
+    assert!(
+        f.engines[&f.id(2)].replica().status(&eu0).unwrap().0.health["disk"]
+            .detail
+            .ends_with("after")
+    );
+}
+
+#[test]
+fn a_scoped_status_sent_outside_its_region_is_refused_without_blame() {
+    let mut f = two_region_fleet(true);
+    let start = f.log.len();
+    f.detailed_status(0, "x");
+    let eu0 = f.id(0);
+    let change = f.log[start..]
+        .iter()
+        .find_map(|(at, o)| match o {
+            Output::Persist(Persist::Changes(cs)) if *at == eu0 => cs
+                .iter()
+                .find(|c| matches!(c.doc, DocId::Status { node, .. } if node == eu0))
+                .cloned(),
+            _ => None,
+        })
+        .expect("site 0 wrote its status");
+    // Site 3 (a relay of another region, or one that missed the scope)
+    // pushes it to site 4.
+    let (us3, us4) = (f.id(3), f.id(4));
+    let bytes = Message::Changes {
+        push: Push::Eager,
+        changes: vec![change],
+    }
+    .encode();
+    let outs = f
+        .engines
+        .get_mut(&us4)
+        .unwrap()
+        .handle(Input::Message { from: us3, bytes }, f.now);
+    assert!(misbehaved(&outs).is_empty(), "{:?}", misbehaved(&outs));
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Persist(Persist::Changes(_)))),
+        "nothing stored"
+    );
+    let e = &f.engines[&us4];
+    assert!(e.replica().status(&eu0).is_none());
+    assert_eq!(
+        e.stats().rejected[&RejectReason::Change(RejectionKind::OutOfScope)],
+        1
     );
 }
