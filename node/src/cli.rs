@@ -323,6 +323,20 @@ pub fn render_fleet(v: &FleetView) -> String {
         v.nodes.len(),
         heads(&v.policy_heads)
     );
+    let summaries: Vec<&str> = v
+        .nodes
+        .iter()
+        .filter(|n| n.source == "summary")
+        .map(|n| n.name.as_str())
+        .collect();
+    if !summaries.is_empty() {
+        let _ = writeln!(
+            s,
+            "{} nodes from summaries (their status stays in their region): {}",
+            summaries.len(),
+            summaries.join(", ")
+        );
+    }
     s
 }
 
@@ -332,6 +346,13 @@ pub fn render_row(n: &NodeRow) -> String {
     let _ = writeln!(s, "node       {}", n.id);
     let _ = writeln!(s, "name       {} ({})", n.name, n.region);
     let _ = writeln!(s, "state      {}", node_state(n));
+    if n.source == "summary" {
+        let _ = writeln!(
+            s,
+            "source     summary (region {}'s status stays in the region: no addresses or health details here)",
+            n.region
+        );
+    }
     let _ = writeln!(s, "heard      {}", ago(n.last_heard_ms_ago));
     let _ = writeln!(
         s,

@@ -1138,7 +1138,7 @@ impl Daemon {
             }
             Command::NodeRow(n, tx) => {
                 let known =
-                    replica.policy().members.contains_key(&n) || replica.status(&n).is_some();
+                    replica.policy().members.contains_key(&n) || view::reported(replica, &n).is_some();
                 let _ = tx.send(known.then(|| view::row(replica, &ctx, &n)));
             }
             Command::Policy(tx) => {
@@ -1323,11 +1323,32 @@ impl Daemon {
         // Keep up to peers_target admitted peers, dialing members we know
         // addresses of (bounded and rate-limited: see `dial.rs`).
         let target = self.cfg.peers_target;
-        if self.net.up.len() >= target {
-            return;
-        }
         let replica = self.engine.replica();
         let policy = replica.policy();
+        // A region whose status is scoped to it must stay connected inside
+        // itself (its status travels only over links between its members):
+        // at least half of the links are kept to members of the region.
+        let my_region = policy.status_scope(&self.me).map(str::to_string);
+        let in_region = |n: &NodeId| {
+            my_region.is_some()
+                && policy.members.get(n).map(|m| &m.region) == my_region.as_ref()
+        };
+        let region_min = if my_region.is_some() {
+            target.div_ceil(2)
+        } else {
+            0
+        };
+        let region_up = self
+            .net
+            .up
+            .iter()
+            .filter_map(net::node_id)
+            .filter(|n| in_region(n))
+            .count();
+        let want_region = region_min.saturating_sub(region_up);
+        if self.net.up.len() >= target && want_region == 0 {
+            return;
+        }
         let mut members: Vec<(PeerId, &NodeId)> = Vec::new();
         for (n, _) in policy.members.iter() {
             if *n == self.me || !policy.is_active_member(n) {
@@ -1344,21 +1365,44 @@ impl Daemon {
         }
         let no_addrs: Vec<Multiaddr> = Vec::new();
         let no_claims: Vec<String> = Vec::new();
-        let candidates = members.iter().map(|(pid, n)| Candidate {
+        let candidate = |(pid, n): &(PeerId, &NodeId)| Candidate {
             peer: *pid,
             known: self.net.addrs.get(pid).unwrap_or(&no_addrs),
             claimed: replica
                 .status(n)
                 .map(|(s, _)| &s.addrs)
                 .unwrap_or(&no_claims),
-        });
-        let want = target - self.net.up.len();
-        let round = self.net.dialer.plan(now, candidates, want, &mut self.rng);
-        for why in &round.ignored {
+        };
+        // Members of this node's scoped region first, then anyone.
+        let (ours, others): (Vec<_>, Vec<_>) = members.iter().partition(|(_, n)| in_region(n));
+        let mut dials = Vec::new();
+        let mut first = self.net.dialer.plan(
+            now,
+            ours.iter().map(|m| candidate(m)),
+            want_region,
+            &mut self.rng,
+        );
+        let want = target
+            .saturating_sub(self.net.up.len())
+            .saturating_sub(first.dials.len());
+        let dialled: HashSet<PeerId> = first.dials.iter().map(|d| d.peer).collect();
+        let rest = ours
+            .iter()
+            .chain(others.iter())
+            .filter(|(pid, _)| !dialled.contains(pid));
+        let round = self
+            .net
+            .dialer
+            .plan(now, rest.map(|m| candidate(m)), want, &mut self.rng);
+        dials.append(&mut first.dials);
+        for why in first.ignored.iter().chain(&round.ignored) {
             self.metrics.dial_addr_ignored(why.label());
         }
-        self.metrics.dials_deferred.inc_by(round.deferred as u64);
-        for d in round.dials {
+        self.metrics
+            .dials_deferred
+            .inc_by((first.deferred + round.deferred) as u64);
+        dials.extend(round.dials);
+        for d in dials {
             self.metrics.dials.inc();
             let opts = DialOpts::peer_id(d.peer)
                 .addresses(d.addrs)

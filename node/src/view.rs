@@ -126,6 +126,25 @@ pub struct NodeRow {
     pub epoch: u32,
     /// Its heartbeat counter.
     pub hb: u64,
+    /// Where the row comes from: `status` (its status document), `summary`
+    /// (its region's status is scoped to the region, and this node is not
+    /// in it: applied policy, healthy, version and heartbeat only; no
+    /// addresses or health details), or `none` (nothing heard of it yet).
+    #[serde(default)]
+    pub source: String,
+}
+
+/// What this replica knows a node reports of itself: its status, else its
+/// summary (a site of a scoped region seen from outside it); the epoch, and
+/// which of the two.
+pub fn reported<'a>(
+    replica: &'a Replica,
+    n: &NodeId,
+) -> Option<(&'a dcloud_crdt::NodeStatus, u32, &'static str)> {
+    replica
+        .status(n)
+        .map(|(s, e)| (s, e, "status"))
+        .or_else(|| replica.summary(n).map(|(s, e)| (s, e, "summary")))
 }
 
 /// `GET /v1/fleet`.
@@ -340,10 +359,10 @@ pub fn fleet(replica: &Replica, ctx: &FleetCtx<'_>) -> FleetView {
 pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
     let policy = replica.policy();
     let member = policy.members.get(n);
-    let status = replica.status(n);
-    let (st, epoch) = match status {
-        Some((s, e)) => (s.clone(), e),
-        None => (Default::default(), 0),
+    let status = reported(replica, n);
+    let (st, epoch, source) = match status {
+        Some((s, e, src)) => (s.clone(), e, src),
+        None => (Default::default(), 0, "none"),
     };
     let is_self = *n == ctx.me;
     let last_heard_ms_ago = if is_self {
@@ -393,7 +412,7 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
         liveness: liveness.to_string(),
         liveness_ms_ago,
         stale,
-        healthy: st.health.values().all(|c| c.ok),
+        healthy: st.is_healthy(),
         health: st.health,
         up_to_date: behind == 0 && st.applied.error.is_none(),
         applied: st.applied,
@@ -402,6 +421,7 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
         addrs: st.addrs,
         epoch,
         hb: st.hb,
+        source: source.to_string(),
     }
 }
 
@@ -516,7 +536,7 @@ pub fn rollout(
             exit_code,
             down,
         };
-        let Some((st, _)) = replica.status(n) else {
+        let Some((st, _, _)) = reported(replica, n) else {
             view.pending.push(site(None, None));
             continue;
         };

@@ -350,6 +350,12 @@ fn flatten(p: &Policy) -> BTreeMap<String, String> {
     for (node, reason) in &p.revoked {
         out.insert(format!("revoked {}", node.short()), format!("{reason:?}"));
     }
+    for region in &p.scoped {
+        out.insert(
+            format!("scope {region}"),
+            "status stays in the region".to_string(),
+        );
+    }
     // A sealed secret shows where it goes, never its ciphertext.
     for s in p.secrets.values() {
         let to: Vec<String> = s

@@ -96,6 +96,19 @@ enum Cmd {
     /// Sealed secrets: values only their target sites can read.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Keep a region's site status in the region (`--status region`): its
+    /// sites' status documents (addresses, health details) replicate only
+    /// among its members, and every other site gets a signed summary
+    /// (applied policy, healthy, version). `--status fleet` undoes it.
+    Scope {
+        /// The region.
+        region: String,
+        /// `region` (kept in the region) or `fleet` (replicated to every site).
+        #[arg(long, value_parser = ["region", "fleet"])]
+        status: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
     /// Remove a config value (and everything below its path at that level).
     Unset {
         /// fleet, region:NAME or site:NODE_ID_OR_NAME.
@@ -766,6 +779,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Secret(cmd) => secret_cmd(cmd).await?,
+        Cmd::Scope {
+            region,
+            status,
+            sign: s,
+        } => {
+            let on = status == "region";
+            sign(&s, |_| Ok(vec![Edit::ScopeStatus(region.clone(), on)])).await?;
+            if on {
+                say!(
+                    "region {region}'s site status will stay in the region: sites elsewhere drop what they hold of it once they apply this, and keep a summary (applied policy, healthy, version)"
+                );
+            }
+        }
         Cmd::Set {
             level,
             path,
