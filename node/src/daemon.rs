@@ -1137,8 +1137,8 @@ impl Daemon {
                 let _ = tx.send(view::fleet(replica, &ctx));
             }
             Command::NodeRow(n, tx) => {
-                let known =
-                    replica.policy().members.contains_key(&n) || view::reported(replica, &n).is_some();
+                let known = replica.policy().members.contains_key(&n)
+                    || view::reported(replica, &n).is_some();
                 let _ = tx.send(known.then(|| view::row(replica, &ctx, &n)));
             }
             Command::Policy(tx) => {
@@ -1330,8 +1330,7 @@ impl Daemon {
         // at least half of the links are kept to members of the region.
         let my_region = policy.status_scope(&self.me).map(str::to_string);
         let in_region = |n: &NodeId| {
-            my_region.is_some()
-                && policy.members.get(n).map(|m| &m.region) == my_region.as_ref()
+            my_region.is_some() && policy.members.get(n).map(|m| &m.region) == my_region.as_ref()
         };
         let region_min = if my_region.is_some() {
             target.div_ceil(2)
@@ -1376,12 +1375,10 @@ impl Daemon {
         // Members of this node's scoped region first, then anyone.
         let (ours, others): (Vec<_>, Vec<_>) = members.iter().partition(|(_, n)| in_region(n));
         let mut dials = Vec::new();
-        let mut first = self.net.dialer.plan(
-            now,
-            ours.iter().map(|m| candidate(m)),
-            want_region,
-            &mut self.rng,
-        );
+        let mut first =
+            self.net
+                .dialer
+                .plan(now, ours.iter().map(&candidate), want_region, &mut self.rng);
         let want = target
             .saturating_sub(self.net.up.len())
             .saturating_sub(first.dials.len());
@@ -1393,7 +1390,7 @@ impl Daemon {
         let round = self
             .net
             .dialer
-            .plan(now, rest.map(|m| candidate(m)), want, &mut self.rng);
+            .plan(now, rest.map(candidate), want, &mut self.rng);
         dials.append(&mut first.dials);
         for why in first.ignored.iter().chain(&round.ignored) {
             self.metrics.dial_addr_ignored(why.label());

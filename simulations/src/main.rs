@@ -74,12 +74,22 @@ fn main() -> anyhow::Result<()> {
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} simulated ms")
             .context("progress template")?,
     );
+    // The unscoped baseline, if the scenario asks for one (same seed).
+    let baseline = sc.compare_unscoped.then(|| sc.unscoped());
     let mut sim = Sim::new(sc, seed);
     if let Some(n) = trace_node {
         sim.trace(n);
     }
-    let result = sim.run(|t| bar.set_position(t));
+    let mut result = sim.run(|t| bar.set_position(t));
     bar.finish_and_clear();
+    if let Some(baseline) = baseline {
+        eprintln!("dcloud-sim: the same scenario and seed without scoping, for comparison");
+        let b = Sim::new(baseline, seed).run(|_| {});
+        let by_class = b.bytes_by_scope_class();
+        if let Some(sc) = &mut result.report.scope {
+            sc.compare(&b.report.traffic, by_class);
+        }
+    }
     let wall_s = wall.elapsed().as_secs_f64();
     if json {
         println!("{}", serde_json::to_string_pretty(&result.report)?);

@@ -145,6 +145,47 @@ pub struct Report {
     pub suspicions_raised: u64,
     /// Refutations, fleet-wide.
     pub refutations: u64,
+    /// Region scoping, when the scenario scopes regions.
+    pub scope: Option<ScopeReport>,
+}
+
+/// What region scoping kept in the regions, and what it saved.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ScopeReport {
+    /// The scoped regions.
+    pub scoped_regions: Vec<String>,
+    /// Scope checker findings (first 100): a scoped status sent to, or
+    /// held by, an honest node outside its region.
+    pub leaks: Vec<String>,
+    /// What the engines' last gate before the wire took out (0 when every
+    /// send decision kept to the scope).
+    pub gate_withheld: u64,
+    /// Bytes received per site per second, over the measurement window.
+    pub bytes_received_per_site_s: f64,
+    /// The same with scoping off (`compare_unscoped`), same seed.
+    pub unscoped_bytes_received_per_site_s: Option<f64>,
+    /// 1 - scoped / unscoped.
+    pub saved_fraction: Option<f64>,
+    /// Bytes received per site per second by sites outside the scoped
+    /// regions, and by sites inside them.
+    pub outside_bytes_per_site_s: f64,
+    /// See `outside_bytes_per_site_s`.
+    pub inside_bytes_per_site_s: f64,
+    /// The same two with scoping off.
+    pub unscoped_outside_bytes_per_site_s: Option<f64>,
+    /// See `unscoped_outside_bytes_per_site_s`.
+    pub unscoped_inside_bytes_per_site_s: Option<f64>,
+}
+
+impl ScopeReport {
+    /// Fill in the baseline's figures (the same scenario and seed, unscoped).
+    pub fn compare(&mut self, unscoped: &Traffic, by_class: (f64, f64)) {
+        let u = unscoped.bytes_received_per_node_s;
+        self.unscoped_bytes_received_per_site_s = Some(u);
+        self.saved_fraction = Some(1.0 - self.bytes_received_per_site_s / u.max(1e-9));
+        self.unscoped_outside_bytes_per_site_s = Some(by_class.0);
+        self.unscoped_inside_bytes_per_site_s = Some(by_class.1);
+    }
 }
 
 /// How fast, and how wrongly, crashed nodes were marked down.
@@ -324,6 +365,31 @@ impl Report {
                 s,
                 "membership: {} VIOLATIONS, first: {first}",
                 self.membership_violations.len()
+            );
+        }
+        if let Some(sc) = &self.scope {
+            let _ = writeln!(
+                s,
+                "scope: regions {}: {}; gate withheld {}; received per site {:.0} B/s (outside the scoped regions {:.0}, inside {:.0}){}",
+                sc.scoped_regions.join(","),
+                if sc.leaks.is_empty() {
+                    "no leak".to_string()
+                } else {
+                    format!("{} LEAKS, first: {}", sc.leaks.len(), sc.leaks[0])
+                },
+                sc.gate_withheld,
+                sc.bytes_received_per_site_s,
+                sc.outside_bytes_per_site_s,
+                sc.inside_bytes_per_site_s,
+                match (sc.unscoped_bytes_received_per_site_s, sc.saved_fraction) {
+                    (Some(u), Some(f)) => format!(
+                        "; unscoped {u:.0} B/s (outside {:.0}, inside {:.0}): {:.1}% saved",
+                        sc.unscoped_outside_bytes_per_site_s.unwrap_or(0.0),
+                        sc.unscoped_inside_bytes_per_site_s.unwrap_or(0.0),
+                        f * 100.0
+                    ),
+                    _ => String::new(),
+                }
             );
         }
         if self.link_model_violations.is_empty() {

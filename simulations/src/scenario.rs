@@ -95,6 +95,10 @@ pub struct StatusLoad {
     pub interval_ms: u64,
     /// No updates from this time on (so that liveness can be judged); 0 = never stop.
     pub until_ms: u64,
+    /// Statuses as a daemon writes them: two listen addresses and two
+    /// health checks with details (what region scoping keeps in a region),
+    /// not only a name and a version.
+    pub detailed: bool,
 }
 
 /// A partition: a random `fraction` of the nodes is cut from the rest.
@@ -242,6 +246,21 @@ pub struct Scenario {
     pub join: Vec<Join>,
     /// Misbehaving nodes.
     pub malicious: Vec<Malicious>,
+    /// Regions: node `i` is enrolled in region `r{i % regions}`.
+    pub regions: usize,
+    /// Regions whose status is scoped to the region from the start
+    /// (policy `scope/<region>`): their sites' status documents must reach
+    /// only their members (a checker fails the run otherwise), everyone
+    /// else gets their summaries.
+    pub scoped_regions: Vec<String>,
+    /// Run the scenario a second time without scoping and report the
+    /// bytes per site that scoping saved (`dcloud-sim run` only).
+    pub compare_unscoped: bool,
+    /// This run is the unscoped baseline of a `compare_unscoped` run: the
+    /// policy scopes nothing (and the scope checker is off), but the
+    /// report still splits traffic by the scoped regions.
+    #[serde(skip)]
+    pub unscoped_baseline: bool,
 }
 
 impl Default for Scenario {
@@ -267,6 +286,10 @@ impl Default for Scenario {
             crash: Vec::new(),
             join: Vec::new(),
             malicious: Vec::new(),
+            regions: 4,
+            scoped_regions: Vec::new(),
+            compare_unscoped: false,
+            unscoped_baseline: false,
         }
     }
 }
@@ -422,10 +445,58 @@ impl Scenario {
                 ));
             }
         }
+        if self.regions == 0 {
+            return bad("regions must be at least 1".into());
+        }
+        for r in &self.scoped_regions {
+            let known = (0..self.regions).any(|k| *r == format!("r{k}"));
+            if !known {
+                return bad(format!(
+                    "scoped region {r:?} is not one of the {} regions r0..r{}",
+                    self.regions,
+                    self.regions - 1
+                ));
+            }
+        }
+        if self.warm_start && !self.scoped_regions.is_empty() {
+            return bad(
+                "warm_start cannot model scoped regions (its one shared replica holds every status)"
+                    .into(),
+            );
+        }
+        if self.compare_unscoped && self.scoped_regions.is_empty() {
+            return bad("compare_unscoped needs scoped_regions".into());
+        }
         if self.join.iter().map(|j| j.count).sum::<usize>() >= self.nodes {
             return bad("joins must leave some nodes at the start".into());
         }
         Ok(())
+    }
+
+    /// The region node `i` is enrolled in.
+    pub fn region_of(&self, i: usize) -> String {
+        format!("r{}", i % self.regions.max(1))
+    }
+
+    /// Whether node `i`'s region is scoped.
+    pub fn scoped(&self, i: usize) -> bool {
+        !self.unscoped_baseline && self.in_scoped_region(i)
+    }
+
+    /// Whether node `i`'s region is one of `scoped_regions` (in the
+    /// baseline too).
+    pub fn in_scoped_region(&self, i: usize) -> bool {
+        let r = self.region_of(i);
+        self.scoped_regions.contains(&r)
+    }
+
+    /// This scenario's unscoped baseline (see `compare_unscoped`).
+    pub fn unscoped(&self) -> Scenario {
+        Scenario {
+            unscoped_baseline: true,
+            compare_unscoped: false,
+            ..self.clone()
+        }
     }
 
     /// When node `i` joins, if it is a late joiner (the highest indexes, in

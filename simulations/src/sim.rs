@@ -23,7 +23,7 @@ use dcloud_node::engine::{
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::report::{MembershipReport, PolicyReport, Report, Traffic};
+use crate::report::{MembershipReport, PolicyReport, Report, ScopeReport, Traffic};
 use crate::scenario::Scenario;
 
 /// The authority's trust chain, the bootstrap policy every node is
@@ -60,11 +60,17 @@ fn fleet_policy(sc: &Scenario, keys: &[SecretKey], nonces: &mut StdRng) -> Fleet
             k.public(),
             Member {
                 name: format!("n{i}"),
-                region: format!("r{}", i % 4),
+                region: sc.region_of(i),
                 labels: Default::default(),
             },
         ))
         .expect("valid enrolment");
+    }
+    if !sc.unscoped_baseline {
+        for r in &sc.scoped_regions {
+            ed.push(Edit::ScopeStatus(r.clone(), true))
+                .expect("valid scope");
+        }
     }
     let bootstrap = ed
         .finish_as(
@@ -160,10 +166,40 @@ fn overlay(sc: &Scenario, rng: &mut StdRng) -> (Vec<Vec<usize>>, HashMap<(usize,
             edges.insert((a.min(b), a.max(b)));
         }
     }
+    // A scoped region's status travels only between its members: each
+    // such region gets a ring of its own, so that it is connected inside
+    // itself (as the daemon keeps half its links inside such a region).
+    for r in &sc.scoped_regions {
+        let members: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| sc.region_of(i) == *r)
+            .collect();
+        for w in 0..members.len() {
+            let (a, b) = (members[w], members[(w + 1) % members.len()]);
+            if a != b {
+                edges.insert((a.min(b), a.max(b)));
+            }
+        }
+    }
     let chords = sc.degree.saturating_sub(2) / 2;
+    let members_of: BTreeMap<String, Vec<usize>> = sc
+        .scoped_regions
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                (0..n).filter(|&i| sc.region_of(i) == *r).collect(),
+            )
+        })
+        .collect();
     for a in 0..n {
-        for _ in 0..chords {
-            let b = rng.random_range(0..n);
+        for k in 0..chords {
+            // Half the chords of a member of a scoped region stay in it.
+            let b = match members_of.get(&sc.region_of(a)) {
+                Some(m) if k % 2 == 0 => m[rng.random_range(0..m.len())],
+                _ => rng.random_range(0..n),
+            };
             if a != b {
                 edges.insert((a.min(b), a.max(b)));
             }
@@ -312,6 +348,9 @@ pub struct RunResult {
     /// Honest nodes that sent a `want_amplifier` more than their answer
     /// budget allows (empty on a correct run).
     pub amplification: Vec<Violation>,
+    /// Scope checker findings (a scoped status sent to or held by an
+    /// honest node outside its region); empty on a correct run.
+    pub scope: Vec<Violation>,
 }
 
 impl RunResult {
@@ -322,6 +361,15 @@ impl RunResult {
             && self.model.is_empty()
             && self.membership.is_empty()
             && self.amplification.is_empty()
+            && self.scope.is_empty()
+    }
+
+    /// Bytes received per site per second over the window by sites outside
+    /// the scenario's scoped regions, and by sites inside them.
+    pub fn bytes_by_scope_class(&self) -> (f64, f64) {
+        self.report.scope.as_ref().map_or((0.0, 0.0), |s| {
+            (s.outside_bytes_per_site_s, s.inside_bytes_per_site_s)
+        })
     }
 }
 
@@ -371,7 +419,14 @@ pub struct Sim {
     liveness_diag: Option<String>,
     /// After the last heal, at each check: the time and each live honest
     /// node's digest (for the convergence curve).
-    heal_samples: Vec<(u64, Vec<u64>)>,
+    heal_samples: Vec<(u64, Vec<(usize, u64)>)>,
+    /// Scope checker: honest sends of a scoped status (changes, index
+    /// items, short ids) to a node outside its region, and honest nodes
+    /// outside a region that came to hold its scoped status.
+    scope_leaks: Vec<Violation>,
+    /// Short ids of scoped status changes, by owner (to recognise them in
+    /// announcements and grafts).
+    scoped_ids: HashMap<[u8; 8], usize>,
     last_heal: u64,
     events: u64,
     misbehaved_events: u64,
@@ -447,6 +502,8 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.rumours_verified += b.rumours_verified;
     a.suspicions_raised += b.suspicions_raised;
     a.refutations += b.refutations;
+    a.scope_withheld += b.scope_withheld;
+    a.scope_dropped += b.scope_dropped;
     for (k, v) in &b.bytes_received_by_kind {
         *a.bytes_received_by_kind.entry(k).or_default() += v;
     }
@@ -599,6 +656,8 @@ impl Sim {
             converged_at: None,
             liveness_diag: None,
             heal_samples: Vec::new(),
+            scope_leaks: Vec::new(),
+            scoped_ids: HashMap::new(),
             last_heal,
             events: 0,
             misbehaved_events: 0,
@@ -892,12 +951,30 @@ impl Sim {
                 let interval = st.interval_ms;
                 if self.live(i) {
                     self.slots[i].status_seq += 1;
-                    let status = NodeStatus {
+                    let mut status = NodeStatus {
                         name: format!("n{i}"),
-                        region: format!("r{}", i % 4),
+                        region: self.sc.region_of(i),
                         version: format!("build-{}", self.slots[i].status_seq),
                         ..NodeStatus::default()
                     };
+                    if st.detailed {
+                        // A daemon's version rarely moves; its details do.
+                        status.version = "dcloud-sim".into();
+                        let seq = self.slots[i].status_seq;
+                        status.addrs = vec![
+                            format!("/ip4/198.18.{}.{}/tcp/7700", i / 250, i % 250),
+                            format!("/ip4/198.18.{}.{}/udp/7700/quic-v1", i / 250, i % 250),
+                        ];
+                        for (check, detail) in [
+                            ("disk", format!("/var 41% used, {} GiB free", 100 + seq % 7)),
+                            ("apply", format!("rendered config in {} ms", 20 + seq % 13)),
+                        ] {
+                            status.health.insert(
+                                check.to_string(),
+                                dcloud_crdt::status::HealthCheck { ok: true, detail },
+                            );
+                        }
+                    }
                     self.input(i, Input::SetStatus(status));
                 }
                 self.push(self.now + interval, Ev::Status(i));
@@ -1263,6 +1340,7 @@ impl Sim {
             Persist::Changes(cs) => {
                 for c in &cs {
                     self.check_safety(i, c);
+                    self.check_scope_held(i, c);
                 }
                 if let Some(store) = &mut self.slots[i].store {
                     for c in cs {
@@ -1287,10 +1365,17 @@ impl Sim {
                 if let Some(store) = &mut self.slots[i].store {
                     store
                         .changes
-                        .retain(|d, _| !d.owned().is_some_and(|(n, _, _)| n == node));
+                        .retain(|d, _| d.owned().is_none_or(|(n, _, _)| n != node));
                 }
             }
             Persist::DropStatus { node } => {
+                // Scoping from the start: an honest node never held it.
+                if self.slots[i].honest && self.scope_leaks.len() < 100 {
+                    self.scope_leaks.push(Violation(format!(
+                        "node {i} dropped the scoped status of {} it should never have held",
+                        node.short()
+                    )));
+                }
                 if let Some(store) = &mut self.slots[i].store {
                     store
                         .changes
@@ -1340,12 +1425,93 @@ impl Sim {
         }
     }
 
+    /// Whether node `to` may hold the status of node `owner`.
+    fn may_hold(&self, to: usize, owner: usize) -> bool {
+        !self.sc.scoped(owner)
+            || (self.enrolled[to] && self.sc.region_of(to) == self.sc.region_of(owner))
+    }
+
+    /// The scope checker, at the wire: an honest node hands the network
+    /// nothing of a scoped status for a node outside its region: no change,
+    /// no (document, heads) item, no short id of one of its changes.
+    fn check_scope_sent(&mut self, from: usize, to: usize, bytes: &[u8]) {
+        let Ok(msg) = Message::decode(bytes, &self.config.wire) else {
+            return;
+        };
+        let mut docs: Vec<DocId> = Vec::new();
+        let mut ids: Vec<[u8; 8]> = Vec::new();
+        match &msg {
+            Message::Changes { changes, .. } => docs.extend(changes.iter().map(|c| c.doc)),
+            Message::Want { items } => docs.extend(items.iter().map(|i| i.doc)),
+            Message::Sync { items, .. } => {
+                docs.extend(items.iter().flat_map(|ri| ri.items.iter().map(|i| i.doc)))
+            }
+            Message::IHave { ids: s } | Message::Graft { ids: s } => ids.extend(s.iter()),
+            _ => {}
+        }
+        let mut owners: Vec<usize> = docs
+            .iter()
+            .filter_map(|d| match d {
+                DocId::Status { node, .. } => self.index.get(node).copied(),
+                _ => None,
+            })
+            .collect();
+        owners.extend(ids.iter().filter_map(|s| self.scoped_ids.get(s).copied()));
+        for o in owners {
+            if !self.may_hold(to, o) && self.scope_leaks.len() < 100 {
+                self.scope_leaks.push(Violation(format!(
+                    "node {from} sent node {to} ({}) {} of node {o}'s status, scoped to {}, at {} ms",
+                    self.sc.region_of(to),
+                    msg.kind(),
+                    self.sc.region_of(o),
+                    self.now
+                )));
+            }
+        }
+    }
+
+    /// The scope checker, at the store: an honest node outside a scoped
+    /// region never holds its status; the owner's changes are remembered
+    /// by short id for the wire check.
+    fn check_scope_held(&mut self, i: usize, c: &SignedChange) {
+        let DocId::Status { node, .. } = c.doc else {
+            return;
+        };
+        let Some(&owner) = self.index.get(&node) else {
+            return;
+        };
+        if !self.sc.scoped(owner) {
+            return;
+        }
+        if owner == i
+            && let Ok(h) = c.hash()
+        {
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&h.0[..8]);
+            self.scoped_ids.insert(s, owner);
+        }
+        if self.slots[i].honest && !self.may_hold(i, owner) && self.scope_leaks.len() < 100 {
+            self.scope_leaks.push(Violation(format!(
+                "node {i} ({}) holds a status change of node {owner}, scoped to {}, at {} ms",
+                self.sc.region_of(i),
+                self.sc.region_of(owner),
+                self.now
+            )));
+        }
+    }
+
     fn send(&mut self, from: usize, to: NodeId, bytes: Vec<u8>) {
         let Some(&to) = self.index.get(&to) else {
             return;
         };
         if self.trace == Some(from) {
             eprintln!("{} ms: {from} -> {to}: {}", self.now, self.describe(&bytes));
+        }
+        if self.slots[from].honest
+            && !self.sc.scoped_regions.is_empty()
+            && !self.sc.unscoped_baseline
+        {
+            self.check_scope_sent(from, to, &bytes);
         }
         if self.slots[from].honest {
             let to_amplifier = self.slots[to]
@@ -1595,11 +1761,59 @@ impl Sim {
         fp ^ u64::from(count).rotate_left(32)
     }
 
-    /// Which nodes differ from the majority, and how.
+    /// The digest of what every node holds alike: all but scoped status.
+    fn shared_digest(&self, i: usize) -> u64 {
+        let engine = self.slots[i].engine.as_ref().expect("live");
+        let (count, fp) = engine.shared_fingerprint();
+        fp ^ u64::from(count).rotate_left(32)
+    }
+
+    /// The nodes that must hold the same documents as node `i`: its
+    /// region's members if the region is scoped, else every node outside
+    /// the scoped regions. Nodes of different classes agree on
+    /// `shared_digest`.
+    fn class_of(&self, i: usize) -> Option<String> {
+        (self.enrolled[i] && self.sc.scoped(i)).then(|| self.sc.region_of(i))
+    }
+
+    /// Which nodes differ from the majority, and how (with scoped regions:
+    /// in the shared documents, else within the first class that differs).
     fn divergence(&self, live: &[usize]) -> String {
+        let mut by_shared: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for &i in live {
+            by_shared.entry(self.shared_digest(i)).or_default().push(i);
+        }
+        let mut classes: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for &i in live {
+            classes.entry(self.class_of(i)).or_default().push(i);
+        }
+        if by_shared.len() > 1 || classes.len() > 1 {
+            let odd_class = classes.iter().find(|(_, v)| {
+                let d = self.digest(v[0]);
+                v.iter().any(|&i| self.digest(i) != d)
+            });
+            let (what, group): (String, Vec<usize>) = match odd_class {
+                Some((c, v)) if by_shared.len() == 1 => (
+                    format!("within class {}", c.as_deref().unwrap_or("unscoped")),
+                    v.clone(),
+                ),
+                _ => ("in the shared documents".into(), live.to_vec()),
+            };
+            if what.starts_with("within") {
+                return format!("{what}: {}", self.divergence_of(&group, |i| self.digest(i)));
+            }
+            return format!(
+                "{what}: {}",
+                self.divergence_of(&group, |i| self.shared_digest(i))
+            );
+        }
+        self.divergence_of(live, |i| self.digest(i))
+    }
+
+    fn divergence_of(&self, live: &[usize], digest: impl Fn(usize) -> u64) -> String {
         let mut by_digest: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for &i in live {
-            by_digest.entry(self.digest(i)).or_default().push(i);
+            by_digest.entry(digest(i)).or_default().push(i);
         }
         let majority = by_digest
             .values()
@@ -1666,9 +1880,14 @@ impl Sim {
         let Some((_, last)) = self.heal_samples.last() else {
             return Vec::new();
         };
-        let Some(&final_digest) = last.first() else {
-            return Vec::new();
-        };
+        // Each node against the final state of its class (with scoped
+        // regions, the classes end in different states): that of the
+        // class's first node in the last sample.
+        let mut finals: HashMap<Option<String>, u64> = HashMap::new();
+        for &(i, d) in last {
+            finals.entry(self.class_of(i)).or_insert(d);
+        }
+        let final_of = |i: usize| finals.get(&self.class_of(i)).copied();
         let n = self.heal_samples.len();
         self.heal_samples
             .iter()
@@ -1677,13 +1896,32 @@ impl Sim {
             .map(|(_, (t, ds))| {
                 (
                     t - self.last_heal,
-                    ds.iter().filter(|d| **d != final_digest).count(),
+                    ds.iter().filter(|(i, d)| final_of(*i) != Some(*d)).count(),
                 )
             })
             .collect()
     }
 
-    /// Liveness: all live honest nodes hold identical documents.
+    /// All of `live` hold the same shared documents, and the nodes of
+    /// each class (see `class_of`) the same documents.
+    fn agree(&self, live: &[usize]) -> bool {
+        let shared = live.first().map(|&i| self.shared_digest(i));
+        if !live.iter().all(|&i| Some(self.shared_digest(i)) == shared) {
+            return false;
+        }
+        let mut by_class: BTreeMap<Option<String>, u64> = BTreeMap::new();
+        for &i in live {
+            let d = self.digest(i);
+            if *by_class.entry(self.class_of(i)).or_insert(d) != d {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Liveness: all live honest nodes hold identical documents (with
+    /// scoped regions: identical shared documents, and identical documents
+    /// within each class).
     fn check_liveness(&mut self) {
         if self.converged_at.is_some() {
             return;
@@ -1691,12 +1929,14 @@ impl Sim {
         let live: Vec<usize> = (0..self.sc.nodes)
             .filter(|&i| self.live(i) && self.slots[i].honest)
             .collect();
-        let digests: Vec<u64> = live.iter().map(|&i| self.digest(i)).collect();
+        let digests: Vec<(usize, u64)> = live
+            .iter()
+            .map(|&i| (i, self.digest(i) ^ self.shared_digest(i).rotate_left(17)))
+            .collect();
         if self.last_heal != u64::MAX && self.now >= self.last_heal {
             self.heal_samples.push((self.now, digests.clone()));
         }
-        let first = digests.first().copied();
-        if digests.iter().all(|d| Some(*d) == first) {
+        if self.agree(&live) {
             self.converged_at = Some(self.now);
             return;
         }
@@ -1787,8 +2027,24 @@ impl Sim {
         // once against the replicas' documents.
         let docs_differ = self.converged_at.is_some() && {
             let docs = |i: usize| self.slots[i].engine.as_ref().map(|e| e.replica().docs());
-            let first = honest_live.first().and_then(|&i| docs(i));
-            honest_live.iter().any(|&i| docs(i) != first)
+            let shared = |i: usize| {
+                docs(i).map(|ds| {
+                    ds.into_iter()
+                        .filter(|(d, _)| match d {
+                            DocId::Status { node, .. } => {
+                                self.index.get(node).is_none_or(|&o| !self.sc.scoped(o))
+                            }
+                            _ => true,
+                        })
+                        .collect::<Vec<_>>()
+                })
+            };
+            let first = honest_live.first().and_then(|&i| shared(i));
+            let mut by_class: BTreeMap<Option<String>, usize> = BTreeMap::new();
+            honest_live.iter().any(|&i| {
+                let c = *by_class.entry(self.class_of(i)).or_insert(i);
+                shared(i) != first || docs(i) != docs(c)
+            })
         };
         // Liveness.
         let liveness = if docs_differ {
@@ -1859,7 +2115,9 @@ impl Sim {
         let mut window = EngineStats::default();
         let mut total = EngineStats::default();
         let mut counted = 0usize;
-        for s in &self.slots {
+        // (bytes, sites) received outside and inside the scoped regions.
+        let mut classes = [(0u64, 0usize); 2];
+        for (i, s) in self.slots.iter().enumerate() {
             if !s.honest || !s.started {
                 continue;
             }
@@ -1867,7 +2125,11 @@ impl Sim {
             if let Some(e) = &s.engine {
                 add_stats(&mut all, &e.stats());
             }
-            add_stats(&mut window, &sub_stats(&all, &s.stats_base));
+            let w = sub_stats(&all, &s.stats_base);
+            let c = &mut classes[usize::from(self.sc.in_scoped_region(i))];
+            c.0 += w.bytes_received;
+            c.1 += 1;
+            add_stats(&mut window, &w);
             add_stats(&mut total, &all);
             counted += 1;
         }
@@ -1916,7 +2178,21 @@ impl Sim {
                 }
             }
         }
+        let class_rate = |c: (u64, usize)| c.0 as f64 / c.1.max(1) as f64 / secs;
+        let scope = (!self.sc.scoped_regions.is_empty()).then(|| ScopeReport {
+            scoped_regions: self.sc.scoped_regions.clone(),
+            leaks: self.scope_leaks.iter().map(|v| v.0.clone()).collect(),
+            gate_withheld: total.scope_withheld,
+            bytes_received_per_site_s: traffic.bytes_received_per_node_s,
+            unscoped_bytes_received_per_site_s: None,
+            saved_fraction: None,
+            outside_bytes_per_site_s: class_rate(classes[0]),
+            inside_bytes_per_site_s: class_rate(classes[1]),
+            unscoped_outside_bytes_per_site_s: None,
+            unscoped_inside_bytes_per_site_s: None,
+        });
         let report = Report {
+            scope,
             scenario: self.sc.name.clone(),
             seed: self.seed,
             nodes: n,
@@ -1972,6 +2248,7 @@ impl Sim {
             model: self.model,
             membership: self.membership_findings,
             amplification,
+            scope: self.scope_leaks,
         }
     }
 
@@ -2040,5 +2317,51 @@ mod tests {
             "{}",
             r.model[0].0
         );
+    }
+
+    /// The scope checker catches an honest node handing the network a
+    /// scoped status, or its short id, for a site outside its region.
+    #[test]
+    fn scope_checker_reports_a_scoped_status_sent_outside_its_region() {
+        let sc = Scenario::parse(
+            "name = \"t\"\nnodes = 12\nduration_ms = 8000\nscoped_regions = [\"r0\"]\n\
+             [status]\ninterval_ms = 500\nuntil_ms = 2000\ndetailed = true\n",
+            "inline",
+        )
+        .expect("valid");
+        let mut sim = Sim::new(sc.clone(), 7);
+        sim.advance(2500, &mut |_| {});
+        assert!(sim.scope_leaks.is_empty(), "{:?}", sim.scope_leaks);
+        let owner = sim.slots[0].key.public();
+        let change = sim.slots[0]
+            .engine
+            .as_ref()
+            .expect("live")
+            .replica()
+            .all_changes()
+            .find(|c| matches!(c.doc, DocId::Status { node, .. } if node == owner))
+            .cloned()
+            .expect("node 0 wrote its status");
+        // Node 4 is in r0 too: no leak. Node 2 is in r2: a leak.
+        let (inside, outside) = (sim.slots[4].key.public(), sim.slots[2].key.public());
+        let msg = Message::Changes {
+            push: Push::Reply,
+            changes: vec![change.clone()],
+        }
+        .encode();
+        sim.send(0, inside, msg.clone());
+        assert!(sim.scope_leaks.is_empty(), "{:?}", sim.scope_leaks);
+        sim.send(0, outside, msg);
+        assert_eq!(sim.scope_leaks.len(), 1, "{:?}", sim.scope_leaks);
+        assert!(sim.scope_leaks[0].0.contains("scoped to r0"));
+        let id = dcloud_node::engine::wire::short_id(&change.hash().expect("parses"));
+        sim.send(0, outside, Message::IHave { ids: vec![id] }.encode());
+        assert_eq!(sim.scope_leaks.len(), 2, "{:?}", sim.scope_leaks);
+        let r = sim.run(|_| {});
+        assert!(!r.ok(), "a leak fails the run");
+        // Without the injection the same run passes.
+        let r = Sim::new(sc, 7).run(|_| {});
+        assert!(r.ok(), "{}", r.report.table());
+        assert!(r.report.scope.expect("scoped").leaks.is_empty());
     }
 }

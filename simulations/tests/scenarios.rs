@@ -134,6 +134,30 @@ fn malicious_nodes_are_contained() {
     assert!(max <= bound);
 }
 
+/// Issue 14: two of four regions keep their status inside, under every
+/// fault kind; the scope checker (in `r.ok()`) fails a run where an honest
+/// node hands the network a byte of a scoped status for a site outside its
+/// region, or comes to hold one.
+#[test]
+fn scoped_regions_keep_their_status_under_every_fault() {
+    check("ci-regions", &[1, 2, 3]);
+    let r = run(scenario("ci-regions"), 4);
+    assert!(r.ok(), "{}", r.report.table());
+    let scope = r.report.scope.expect("a scoped scenario reports its scope");
+    assert!(scope.leaks.is_empty());
+    // Every send decision kept to the scope: the last gate stopped nothing.
+    assert_eq!(scope.gate_withheld, 0);
+    // The replayer in r1 did send its region's status out: refused there.
+    assert!(
+        r.report
+            .rejected
+            .get("out_of_scope")
+            .is_some_and(|n| *n > 0)
+    );
+    // Sites outside the scoped regions receive less than those inside.
+    assert!(scope.outside_bytes_per_site_s < scope.inside_bytes_per_site_s);
+}
+
 #[test]
 fn same_seed_same_run() {
     let sc = scenario("ci-lossy");

@@ -744,6 +744,16 @@ impl Engine {
         self.index.range_fp(0, u64::MAX)
     }
 
+    /// [`Engine::state_fingerprint`] of what may leave this node's region
+    /// (every document but status scoped to a region): equal on every node
+    /// that holds the same, whatever their regions.
+    pub fn shared_fingerprint(&self) -> (u32, u64) {
+        self.index_out
+            .as_ref()
+            .unwrap_or(&self.index)
+            .range_fp(0, u64::MAX)
+    }
+
     /// The newest valid freshness statement held (not checked for expiry).
     pub fn freshness(&self) -> Option<&SignedFreshness> {
         self.freshness.as_ref()
@@ -1318,10 +1328,33 @@ impl Engine {
     /// again).
     fn sync_peer(&self, not: Option<NodeId>, rng: &mut impl rand::Rng) -> Option<NodeId> {
         let weight = |p: &Peer| u64::from(p.sync_quality).pow(2) / 1000 + 50;
+        // In a scoped region, half the rounds are with a member of it: the
+        // region's status is reconciled only over such links, which may be
+        // few among this node's peers.
+        let policy = self.replica.policy();
+        let region = policy.status_scope(&self.id);
+        let ours = |id: &NodeId| {
+            region.is_some()
+                && policy.is_active_member(id)
+                && policy.members.get(id).map(|m| m.region.as_str()) == region
+        };
+        // A round with a member that lost a step is retried with a member:
+        // with the same one if it is the only one (what the region lacks
+        // is to be had only inside it).
+        let inside = region.is_some()
+            && self.peers.keys().any(&ours)
+            && (not.is_some_and(|n| ours(&n)) || rng.random_bool(0.5));
+        let only_one = inside && !self.peers.keys().any(|id| Some(*id) != not && ours(id));
         let candidates: Vec<(NodeId, u64)> = self
             .peers
             .iter()
-            .filter(|(id, _)| Some(**id) != not)
+            .filter(|(id, _)| {
+                if inside {
+                    ours(id) && (only_one || Some(**id) != not)
+                } else {
+                    Some(**id) != not
+                }
+            })
             .map(|(id, p)| (*id, weight(p)))
             .collect();
         if candidates.is_empty() {
