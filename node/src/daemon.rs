@@ -1260,6 +1260,9 @@ impl Daemon {
             .replica_status_docs
             .set(stats.status_docs as i64);
         self.metrics.peers.set(self.net.up.len() as i64);
+        let es = self.engine.stats();
+        self.metrics.scope_dropped.set(es.scope_dropped as i64);
+        self.metrics.scope_withheld.set(es.scope_withheld as i64);
         if self.update_freshness() {
             self.refresh_status();
         }

@@ -40,6 +40,13 @@ pub struct Metrics {
     pub replica_bytes: Gauge,
     /// Status documents held.
     pub replica_status_docs: Gauge,
+    /// Status documents of sites in a region scoped to itself, which this
+    /// site is not in, dropped here since the daemon started.
+    pub scope_dropped: Gauge,
+    /// Scoped status documents the engine's last gate took out of a message
+    /// to a site outside their region since start (0 unless a send decision
+    /// missed the scope).
+    pub scope_withheld: Gauge,
     /// Peers disconnected by this node, by reason.
     pub peers_disconnected: Family<Labels, Counter>,
     /// Membership transitions seen here, by new state (suspect, down, alive).
@@ -89,6 +96,8 @@ impl Metrics {
             replica_changes: Gauge::default(),
             replica_bytes: Gauge::default(),
             replica_status_docs: Gauge::default(),
+            scope_dropped: Gauge::default(),
+            scope_withheld: Gauge::default(),
             peers_disconnected: Family::default(),
             member_events: Family::default(),
             members_suspect: Gauge::default(),
@@ -164,6 +173,16 @@ impl Metrics {
             "member_events",
             "Membership transitions seen here, by new state",
             m.member_events.clone(),
+        );
+        r.register(
+            "scope_dropped",
+            "Status documents of another region's scoped sites dropped here since start",
+            m.scope_dropped.clone(),
+        );
+        r.register(
+            "scope_withheld",
+            "Scoped status documents the last gate took out of a message to a site outside their region since start",
+            m.scope_withheld.clone(),
         );
         r.register(
             "rumours_verified",
