@@ -230,6 +230,7 @@ impl Policy {
                 .map(|(v, _)| str_of(&v))
             else {
                 p.errors.push(format!("{key}: value is not text"));
+                p.scope_fail_closed(&key);
                 continue;
             };
             if values.len() > 1 {
@@ -241,9 +242,21 @@ impl Policy {
             }
             if let Err(e) = p.absorb(&key, &winner, &values) {
                 p.errors.push(format!("{key}: {e}"));
+                p.scope_fail_closed(&key);
             }
         }
         p
+    }
+
+    /// A `scope/<region>` entry this build cannot read still scopes its
+    /// region: a scope fails closed (the region's status stays in it), never
+    /// open. The entry is also in `errors`, so `verify` and the API show it.
+    fn scope_fail_closed(&mut self, key: &str) {
+        if let Some(region) = key.strip_prefix(SCOPE_KEY_PREFIX)
+            && check_region(region).is_ok()
+        {
+            self.scoped.insert(region.to_string());
+        }
     }
 
     fn absorb(&mut self, key: &str, winner: &str, values: &[String]) -> Result<(), String> {
@@ -715,5 +728,26 @@ mod tests {
         for bad in ["", "a..b", "a/b", "a b", ".a"] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_scope_entry_this_build_cannot_read_still_scopes_its_region() {
+        use automerge::transaction::Transactable;
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "scope/eu", r#"{"status":"country"}"#).unwrap();
+        tx.put(ROOT, "scope/us", "not json").unwrap();
+        tx.put(ROOT, "scope/ap", 7_i64).unwrap();
+        tx.put(ROOT, "scope/af", r#"{"status":"region"}"#).unwrap();
+        tx.commit();
+        let p = Policy::from_doc(&doc);
+        let scoped: Vec<&str> = p.scoped.iter().map(String::as_str).collect();
+        assert_eq!(scoped, ["af", "ap", "eu", "us"]);
+        assert_eq!(p.errors.len(), 3, "{:?}", p.errors);
+        assert!(
+            p.errors
+                .iter()
+                .any(|e| e.contains("scope/eu") && e.contains("country"))
+        );
     }
 }

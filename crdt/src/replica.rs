@@ -35,7 +35,7 @@ use crate::change::{DocId, Limits, SignedChange, actor_signer, parse_change, sig
 use crate::keys::NodeId;
 use crate::policy::Policy;
 use crate::root::{RootError, SignedTrustRoot, TrustChain};
-use crate::status::{NodeStatus, STATUS_FIELDS, SUMMARY_FIELDS};
+use crate::status::{NodeStatus, STATUS_DOC_FIELDS, STATUS_FIELDS, SUMMARY_FIELDS};
 use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
 
 /// Why a change was rejected. Each variant names what was wrong.
@@ -667,6 +667,7 @@ impl Replica {
         }
         self.chain.advance(root)?;
         self.enforce_rotation();
+        self.enforce_policy();
         Ok(true)
     }
 
@@ -989,6 +990,9 @@ impl Replica {
                 Ok(())
             }
             DocId::Status { node, .. } | DocId::Summary { node, .. } => {
+                // Before the signature is checked: a flood of replayed
+                // out-of-scope statuses costs a lookup each, not a verify.
+                self.check_scope(&sc.doc, &node)?;
                 let signer = sc.sigs[0].key;
                 if signer != node {
                     return Err(Rejection::NotOwner {
@@ -1017,7 +1021,7 @@ impl Replica {
             DocId::Policy => check_policy_schema(&c.change),
             DocId::Status { .. } => check_status_schema(
                 &c.change,
-                STATUS_FIELDS,
+                STATUS_DOC_FIELDS,
                 self.limits.status_value_size_max_bytes,
             ),
             DocId::Summary { .. } => check_status_schema(
@@ -1163,7 +1167,15 @@ impl Replica {
         }
         pol.policy = Policy::from_doc(&pol.doc);
         self.enforce_rotation();
-        // Revocation cuts a node off: its status is dropped everywhere.
+        self.enforce_policy();
+    }
+
+    /// What a new policy implies for the documents held: revocation cuts a
+    /// node off (its status is dropped everywhere), and a region newly
+    /// scoped takes its status away from the sites outside it. Run after
+    /// every change of the policy, whichever path changed it (changes
+    /// applied, or a rotation that dropped changes).
+    fn enforce_policy(&mut self) {
         let revoked: Vec<NodeId> = self.pol.policy.revoked.keys().copied().collect();
         for n in revoked {
             self.statuses.remove(&n);
@@ -1172,7 +1184,6 @@ impl Replica {
                 self.pending.take_doc(&d);
             }
         }
-        // A region newly scoped: its status leaves the sites outside it.
         self.drop_out_of_scope();
     }
 
@@ -1184,6 +1195,13 @@ impl Replica {
         if !policy.members.contains_key(node) {
             return Err(Rejection::Unenrolled(node.short()));
         }
+        self.check_scope(doc, node)
+    }
+
+    /// A status document this holder may not hold is refused
+    /// ([`Rejection::OutOfScope`]); summaries go everywhere.
+    fn check_scope(&self, doc: &DocId, node: &NodeId) -> Result<(), Rejection> {
+        let policy = &self.pol.policy;
         if let (DocId::Status { .. }, Some(me)) = (doc, self.holder)
             && !policy.may_hold_status(&me, node)
         {

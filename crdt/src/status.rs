@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::change::{OwnedKind, SignedChange, edit_actor};
 use crate::keys::SecretKey;
 
-/// The fields a status document may hold.
+/// Every field an owned document (status or summary) may hold.
 pub const STATUS_FIELDS: &[&str] = &[
     "name", "region", "addrs", "version", "health", "applied", "hb", "healthy",
 ];
@@ -32,6 +32,13 @@ pub const STATUS_FIELDS: &[&str] = &[
 /// names, addresses, labels or health details: applied policy, whether every
 /// check passes, software version and heartbeat.
 pub const SUMMARY_FIELDS: &[&str] = &["version", "applied", "hb", "healthy"];
+
+/// The fields a status document ([`crate::DocId::Status`]) may hold: all
+/// but `healthy`, which only a summary states (a status's health is its
+/// checks, so a status cannot claim healthy while its checks fail).
+pub const STATUS_DOC_FIELDS: &[&str] = &[
+    "name", "region", "addrs", "version", "health", "applied", "hb",
+];
 
 /// One health check.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,7 +329,11 @@ impl StatusWriter {
     /// `None` when nothing changed.
     pub fn update(&mut self, status: &NodeStatus) -> Option<SignedChange> {
         let want = match self.kind {
-            OwnedKind::Status => status.to_fields(),
+            OwnedKind::Status => {
+                let mut f = status.to_fields();
+                f.retain(|k, _| STATUS_DOC_FIELDS.contains(&k.as_str()));
+                f
+            }
             OwnedKind::Summary => {
                 let mut f = status.summary().to_fields();
                 f.retain(|k, _| SUMMARY_FIELDS.contains(&k.as_str()));

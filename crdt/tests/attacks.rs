@@ -825,3 +825,91 @@ fn rate_refusal_is_typed_blameless_and_changes_nothing() {
     assert!(!matches!(&rep[0].outcome, Outcome::Rejected(w) if w.is_misbehaviour()));
     assert_eq!(before, fingerprint(&r));
 }
+
+#[test]
+fn a_rotation_that_drops_a_scope_removal_scopes_the_region_again_and_drops_its_status() {
+    // Site-1 (region r1) holds site-0's (r0) status. r0 is scoped, then
+    // unscoped under v1; the v2 rotation grandfathers the history up to the
+    // scope, not the removal its author never saw. Once site-1 takes v2, r0
+    // is scoped again: site-1 no longer holds site-0's status, and refuses it.
+    let (fleet, mut r, enrol) = setup();
+    r.hold_as(fleet.node(1));
+    let status = status_change(&fleet, 0);
+    assert_eq!(r.ingest(vec![status.clone()])[0].outcome, Outcome::Applied);
+    let on = fleet.sign_policy(
+        std::slice::from_ref(&enrol),
+        vec![Edit::ScopeStatus("r0".into(), true)],
+    );
+    assert_eq!(r.ingest(vec![on.clone()])[0].outcome, Outcome::Applied);
+    assert!(r.status(&fleet.node(0)).is_none(), "scoped: dropped");
+    let heads_at_scope = r.policy_heads();
+    let off = fleet.sign_policy(
+        &[enrol.clone(), on.clone()],
+        vec![Edit::ScopeStatus("r0".into(), false)],
+    );
+    assert_eq!(r.ingest(vec![off])[0].outcome, Outcome::Applied);
+    assert_eq!(r.ingest(vec![status.clone()])[0].outcome, Outcome::Applied);
+    assert!(r.status(&fleet.node(0)).is_some(), "unscoped: held again");
+
+    let n: Vec<SecretKey> = (0..3).map(|i| seeded_key(90 + i)).collect();
+    let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
+    let new: Vec<&SecretKey> = n.iter().collect();
+    let v2 = next_root_over(&fleet, 2, &new, &both, &heads_at_scope);
+    assert_eq!(r.ingest_root(v2), Ok(true));
+    assert_eq!(r.rotated_out(), 1);
+    assert!(
+        r.policy().scoped.contains("r0"),
+        "the removal was rotated out"
+    );
+    assert!(
+        r.status(&fleet.node(0)).is_none(),
+        "site-0's status left site-1 with the rotation"
+    );
+    let why = assert_rejected(&mut r, status);
+    assert!(matches!(why, Rejection::OutOfScope { .. }), "{why}");
+}
+
+#[test]
+fn an_out_of_scope_status_is_refused_before_its_signature_is_checked() {
+    // A replayer floods a site outside a scoped region with that region's
+    // statuses: each is refused by a lookup, before any signature work, so
+    // even one with a broken signature is refused as out of scope.
+    let (fleet, mut r, enrol) = setup();
+    r.hold_as(fleet.node(1));
+    let on = fleet.sign_policy(&[enrol], vec![Edit::ScopeStatus("r0".into(), true)]);
+    assert_eq!(r.ingest(vec![on])[0].outcome, Outcome::Applied);
+    let mut forged = status_change(&fleet, 0);
+    forged.sigs[0].sig = SignatureBytes([7; 64]);
+    let why = assert_rejected(&mut r, forged);
+    assert!(matches!(why, Rejection::OutOfScope { .. }), "{why}");
+    assert!(!why.is_misbehaviour(), "{why}");
+}
+
+#[test]
+fn a_status_claiming_healthy_is_refused_only_a_summary_says_it() {
+    // A status's health is its checks: a status document with a `healthy`
+    // field (which could say healthy while its checks fail) is refused;
+    // the same change as a summary applies.
+    let (fleet, mut r, _) = setup();
+    let mut w = fleet.writer(0, 16).summary_writer();
+    let st = NodeStatus {
+        healthy: Some(true),
+        ..Default::default()
+    };
+    let summary = w.update(&st).unwrap();
+    let change = dcloud_crdt::change::parse_change(&summary.change).unwrap();
+    let as_status = SignedChange::sign(
+        DocId::Status {
+            node: fleet.node(0),
+            epoch: 1,
+        },
+        0,
+        &change,
+        &fleet.nodes[0],
+    );
+    let why = assert_rejected(&mut r, as_status);
+    assert!(matches!(why, Rejection::Schema(_)), "{why}");
+    assert!(why.to_string().contains("healthy"), "{why}");
+    assert_eq!(r.ingest(vec![summary])[0].outcome, Outcome::Applied);
+    assert_eq!(r.summary(&fleet.node(0)).unwrap().0.healthy, Some(true));
+}

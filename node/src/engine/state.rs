@@ -1440,6 +1440,10 @@ impl Engine {
                 Err(e) => root_errors.push(format!("trust root v{v}: {e}")),
             }
         }
+        if advanced {
+            // The rotation may have dropped changes it did not grandfather.
+            self.check_policy_heads(now, out);
+        }
         let a = self.absorb(None, changes, true, now, out);
         out.push(Output::Event(Event::Published {
             root_errors,
@@ -1644,6 +1648,12 @@ impl Engine {
                 self.index_set(d, heads, now);
             }
         }
+        self.check_policy_heads(now, out);
+    }
+
+    /// If the policy's heads moved (changes applied, or a rotation dropped
+    /// changes), index them and act on the new policy.
+    fn check_policy_heads(&mut self, now: Millis, out: &mut Vec<Output>) {
         let mut heads = self.replica.policy_heads();
         heads.sort();
         if heads != self.policy_heads {
@@ -1763,19 +1773,19 @@ impl Engine {
     /// what may leave the region. Both sides of a link compute the same
     /// view, so their fingerprints agree once they hold the same.
     fn view_for(&self, peer: &NodeId) -> &DocIndex {
-        let Some(out) = &self.index_out else {
-            return &self.index;
-        };
-        let policy = self.replica.policy();
-        match policy.status_scope(&self.id) {
-            Some(r)
-                if policy.is_active_member(peer)
-                    && policy.members.get(peer).is_some_and(|m| m.region == r) =>
-            {
-                &self.index
-            }
-            _ => out,
+        match &self.index_out {
+            Some(out) if !self.shares_scoped_region(peer) => out,
+            _ => &self.index,
         }
+    }
+
+    /// `peer` is an active member of this node's own region, and that
+    /// region is scoped: it may hold everything this node holds.
+    fn shares_scoped_region(&self, peer: &NodeId) -> bool {
+        let policy = self.replica.policy();
+        policy.status_scope(&self.id).is_some_and(|r| {
+            policy.is_active_member(peer) && policy.members.get(peer).is_some_and(|m| m.region == r)
+        })
     }
 
     /// After the policy changed (or at start): drop the status documents
@@ -1812,6 +1822,20 @@ impl Engine {
             }
         }
         self.index_out = Some(o);
+        // Announcements queued before this policy may name changes of a
+        // status now scoped; the queue holds bare short ids, so a peer that
+        // may not hold them loses its queue (anti-entropy covers the rest).
+        let outside: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|peer| !self.shares_scoped_region(peer))
+            .copied()
+            .collect();
+        for peer in outside {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.lazy.clear();
+            }
+        }
     }
 
     /// Write this node's summary from its status, if its region is scoped
@@ -2097,6 +2121,11 @@ impl Engine {
             && !self.awaiting.contains_key(&peer)
         {
             self.start_sync(peer, false, now, out);
+        }
+        if !advanced.is_empty() {
+            // A rotation may have dropped policy changes it did not
+            // grandfather: the policy in force changed with it.
+            self.check_policy_heads(now, out);
         }
         advanced
     }
