@@ -7,7 +7,7 @@
 //! | `changes` | `DocId::to_bytes()` ++ change hash (32 bytes) | `SignedChange::encode()` |
 //! | `roots` | trust-root version, big-endian u64 | postcard `SignedTrustRoot` |
 //! | `peers` | node id (32 bytes) | JSON list of multiaddrs |
-//! | `meta` | `format` | `dcloud-store-v2` |
+//! | `meta` | `format` | `dcloud-store-v3` |
 //!
 //! The private key is never stored here: it lives in its own 0600 file. Writes
 //! become durable at [`Store::flush`]; the daemon flushes once per batch of
@@ -42,8 +42,10 @@ use std::path::{Path, PathBuf};
 use dcloud_crdt::{DocId, NodeId, OwnedKind, SignedChange, SignedTrustRoot};
 
 /// Version 2: changes of signed-change format 2 (per-edit actors), trust
-/// roots with grandfathered heads and timestamp keys.
-const FORMAT: &[u8] = b"dcloud-store-v2";
+/// roots with grandfathered heads and timestamp keys. Version 3: summary
+/// documents too (`DocId::Summary`, key prefix 2), which a version-2 build
+/// cannot read.
+const FORMAT: &[u8] = b"dcloud-store-v3";
 
 /// Checkpoint when the write-ahead log is about this old (and not empty; each
 /// interval is drawn within a quarter either side, so that a fleet started at

@@ -2683,7 +2683,18 @@ impl Engine {
         if *node == self.id {
             return self.members.incarnation();
         }
-        incarnation_of_epoch(self.replica.status_epoch(node).unwrap_or(0))
+        incarnation_of_epoch(self.known_epoch(node))
+    }
+
+    /// The epoch `node`'s signed documents are in here: its status's, or,
+    /// outside its scoped region (no status held), its summary's.
+    fn known_epoch(&self, node: &NodeId) -> u32 {
+        let status = self.replica.status_epoch(node).unwrap_or(0);
+        let summary = self
+            .replica
+            .owned_epoch(node, OwnedKind::Summary)
+            .unwrap_or(0);
+        status.max(summary)
     }
 
     /// Whether a suspicion names an incarnation its subject could have
@@ -2698,7 +2709,7 @@ impl Engine {
             (self.writer.epoch(), self.members.incarnation())
         } else {
             (
-                self.replica.status_epoch(&r.subject).unwrap_or(0),
+                self.known_epoch(&r.subject),
                 self.members.announced_incarnation(&r.subject),
             )
         };

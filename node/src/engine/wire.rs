@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Version 2 added [`Message::Freshness`]; version 3 added membership
 /// ([`Message::Probe`], [`Message::Ack`], [`Message::Rumours`]); in version 4
 /// rumours go down the PlumTree trees, and [`Message::IHave`] and
-/// [`Message::Graft`] name rumours too ([`rumour_short_id`]).
-pub const WIRE_VERSION: u8 = 4;
+/// [`Message::Graft`] name rumours too ([`rumour_short_id`]); version 5
+/// carries summary documents ([`dcloud_crdt::DocId::Summary`], region
+/// scoping), which a version-4 node could not decode.
+pub const WIRE_VERSION: u8 = 5;
 
 /// The engine message envelope: no magic, the version byte, postcard.
 const WIRE_FORMAT: Format = Format {
