@@ -1170,14 +1170,29 @@ impl Replica {
         self.enforce_policy();
     }
 
-    /// What a new policy implies for the documents held: revocation cuts a
-    /// node off (its status is dropped everywhere), and a region newly
+    /// What a new policy implies for the documents held: revocation (or an
+    /// enrolment gone) cuts a node off (its status is dropped everywhere), and a region newly
     /// scoped takes its status away from the sites outside it. Run after
     /// every change of the policy, whichever path changed it (changes
     /// applied, or a rotation that dropped changes).
     fn enforce_policy(&mut self) {
-        let revoked: Vec<NodeId> = self.pol.policy.revoked.keys().copied().collect();
-        for n in revoked {
+        let policy = &self.pol.policy;
+        // Revoked, or no longer enrolled (a rotation dropped its enrolment):
+        // such a status would be refused if it arrived now, so it is not
+        // kept (and never sent anywhere, scoped or not).
+        let cut: BTreeSet<NodeId> = policy
+            .revoked
+            .keys()
+            .copied()
+            .chain(
+                self.statuses
+                    .keys()
+                    .chain(self.summaries.keys())
+                    .filter(|n| !policy.members.contains_key(n))
+                    .copied(),
+            )
+            .collect();
+        for n in cut {
             self.statuses.remove(&n);
             self.summaries.remove(&n);
             for d in self.pending.docs_of_node(&n) {

@@ -295,7 +295,13 @@ impl StatusWriter {
             return w;
         }
         w.changes_in_epoch = changes.len();
-        for k in STATUS_FIELDS {
+        // Only the fields this kind of document may hold: a new epoch's first
+        // change carries every loaded field.
+        let fields = match kind {
+            OwnedKind::Status => STATUS_DOC_FIELDS,
+            OwnedKind::Summary => SUMMARY_FIELDS,
+        };
+        for k in fields {
             if let Ok(Some((automerge::Value::Scalar(s), _))) = w.doc.get(ROOT, *k)
                 && let automerge::ScalarValue::Str(v) = s.as_ref()
             {

@@ -913,3 +913,40 @@ fn a_status_claiming_healthy_is_refused_only_a_summary_says_it() {
     assert_eq!(r.ingest(vec![summary])[0].outcome, Outcome::Applied);
     assert_eq!(r.summary(&fleet.node(0)).unwrap().0.healthy, Some(true));
 }
+
+#[test]
+fn a_rotation_that_drops_an_enrolment_drops_that_sites_status() {
+    // A site enrolled under v1 after the snapshot the v2 rotation was made
+    // from: its enrolment is rotated out, so its status (possibly of a
+    // scoped region) is not kept, and is refused from then on.
+    let (fleet, mut r, enrol) = setup();
+    let late = seeded_key(99);
+    let enrol_late = fleet.sign_policy(
+        std::slice::from_ref(&enrol),
+        vec![testkit::enrol(late.public(), "late", "r0")],
+    );
+    let heads_before = r.policy_heads();
+    assert_eq!(r.ingest(vec![enrol_late])[0].outcome, Outcome::Applied);
+    let mut w = dcloud_crdt::StatusWriter::new(late.clone(), 1, 16);
+    let st = w
+        .update(&NodeStatus {
+            name: "late".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.ingest(vec![st.clone()])[0].outcome, Outcome::Applied);
+    assert!(r.status(&late.public()).is_some());
+
+    let n: Vec<SecretKey> = (0..3).map(|i| seeded_key(100 + i)).collect();
+    let both: Vec<&SecretKey> = fleet.authorities.iter().chain(n.iter()).collect();
+    let new: Vec<&SecretKey> = n.iter().collect();
+    let v2 = next_root_over(&fleet, 2, &new, &both, &heads_before);
+    assert_eq!(r.ingest_root(v2), Ok(true));
+    assert!(!r.policy().members.contains_key(&late.public()));
+    assert!(
+        r.status(&late.public()).is_none(),
+        "no longer enrolled: dropped"
+    );
+    let why = assert_rejected(&mut r, st);
+    assert!(matches!(why, Rejection::Unenrolled(_)), "{why}");
+}

@@ -315,6 +315,8 @@ pub struct Engine {
     /// region (every document but scoped status), used with peers outside
     /// it. `None`: nothing is scoped, `index` serves everyone.
     index_out: Option<DocIndex>,
+    /// The owners whose status was scoped at the last policy change.
+    scoped_owners: BTreeSet<NodeId>,
     peers: BTreeMap<NodeId, Peer>,
     missing: BTreeMap<ShortId, Missing>,
     /// Recently disseminated changes by short id, and their arrival order.
@@ -538,6 +540,7 @@ impl Engine {
             id,
             index,
             index_out: None,
+            scoped_owners: BTreeSet::new(),
             peers: BTreeMap::new(),
             missing: BTreeMap::new(),
             recent: BTreeMap::new(),
@@ -1813,6 +1816,7 @@ impl Engine {
         let policy = self.replica.policy();
         if policy.scoped.is_empty() {
             self.index_out = None;
+            self.scoped_owners.clear();
             return;
         }
         let mut o = self.index.clone();
@@ -1823,17 +1827,29 @@ impl Engine {
         }
         self.index_out = Some(o);
         // Announcements queued before this policy may name changes of a
-        // status now scoped; the queue holds bare short ids, so a peer that
-        // may not hold them loses its queue (anti-entropy covers the rest).
-        let outside: Vec<NodeId> = self
-            .peers
+        // status scoped by it; the queue holds bare short ids, so when an
+        // owner's status became scoped, a peer that may not hold it loses
+        // its queue (anti-entropy covers changes; a rumour is announced
+        // again by whoever holds it).
+        let scoped: BTreeSet<NodeId> = policy
+            .members
             .keys()
-            .filter(|peer| !self.shares_scoped_region(peer))
+            .filter(|n| policy.status_scope(n).is_some())
             .copied()
             .collect();
-        for peer in outside {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.lazy.clear();
+        let newly = scoped.difference(&self.scoped_owners).next().is_some();
+        self.scoped_owners = scoped;
+        if newly {
+            let outside: Vec<NodeId> = self
+                .peers
+                .keys()
+                .filter(|peer| !self.shares_scoped_region(peer))
+                .copied()
+                .collect();
+            for peer in outside {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.lazy.clear();
+                }
             }
         }
     }
@@ -1855,6 +1871,23 @@ impl Engine {
     }
 
     fn on_policy_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
+        // Owners no longer enrolled (a rotation dropped their enrolment):
+        // the replica dropped their documents; so do the index and the store.
+        let policy = self.replica.policy();
+        let unenrolled: BTreeSet<NodeId> = self
+            .index
+            .entries()
+            .filter_map(|e| e.doc.owned().map(|o| o.0))
+            .filter(|n| !policy.members.contains_key(n))
+            .collect();
+        for node in unenrolled {
+            tracing::warn!(owner = %node.short(), "status of a node no longer enrolled: dropped");
+            self.index.remove_node(&node);
+            if let Some(o) = &mut self.index_out {
+                o.remove_node(&node);
+            }
+            out.push(Output::Persist(Persist::DropNode { node }));
+        }
         self.enforce_scope(now, out);
         self.write_summary(now, out);
         let revoked: Vec<NodeId> = self
@@ -2115,17 +2148,18 @@ impl Engine {
                 }
             }
         }
+        if !advanced.is_empty() {
+            // A rotation may have dropped policy changes it did not
+            // grandfather: the policy in force changed with it (before any
+            // round starts from the index).
+            self.check_policy_heads(now, out);
+        }
         if gap
             && let Some(peer) = from
             && self.peers.contains_key(&peer)
             && !self.awaiting.contains_key(&peer)
         {
             self.start_sync(peer, false, now, out);
-        }
-        if !advanced.is_empty() {
-            // A rotation may have dropped policy changes it did not
-            // grandfather: the policy in force changed with it.
-            self.check_policy_heads(now, out);
         }
         advanced
     }
