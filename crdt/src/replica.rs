@@ -833,6 +833,10 @@ impl Replica {
                 outcome: Outcome::Pending,
             })
             .collect();
+        // A batch with policy changes may change the scope (admit this
+        // holder to a region): its statuses' scope is then checked once the
+        // policy is applied, not before.
+        let scope_early = !batch.iter().any(|sc| sc.doc == DocId::Policy);
         // 1. Parse and bound.
         let mut seen: HashSet<(DocId, ChangeHash)> = HashSet::new();
         let mut candidates: Vec<Candidate> = Vec::new();
@@ -848,7 +852,7 @@ impl Replica {
                         reports[idx].outcome = Outcome::Stale;
                     } else if let Err(r) = self
                         .check_epoch_jump(&sc.doc)
-                        .and_then(|()| self.check_static(&sc, &change))
+                        .and_then(|()| self.check_static(&sc, &change, scope_early))
                     {
                         reports[idx].outcome = Outcome::Rejected(r);
                     } else {
@@ -959,7 +963,12 @@ impl Replica {
     /// Checks that need no signature verification and no decoding of the
     /// operations: actor, signer set, root version, threshold (counting keys,
     /// not yet signatures).
-    fn check_static(&self, sc: &SignedChange, change: &Change) -> Result<(), Rejection> {
+    fn check_static(
+        &self,
+        sc: &SignedChange,
+        change: &Change,
+        scope_early: bool,
+    ) -> Result<(), Rejection> {
         let actor = change.actor_id().to_bytes();
         match sc.doc {
             DocId::Policy => {
@@ -991,8 +1000,11 @@ impl Replica {
             }
             DocId::Status { node, .. } | DocId::Summary { node, .. } => {
                 // Before the signature is checked: a flood of replayed
-                // out-of-scope statuses costs a lookup each, not a verify.
-                self.check_scope(&sc.doc, &node)?;
+                // out-of-scope statuses costs a lookup each, not a verify
+                // (checked again when authorised, after the batch's policy).
+                if scope_early {
+                    self.check_scope(&sc.doc, &node)?;
+                }
                 let signer = sc.sigs[0].key;
                 if signer != node {
                     return Err(Rejection::NotOwner {

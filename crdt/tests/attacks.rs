@@ -950,3 +950,26 @@ fn a_rotation_that_drops_an_enrolment_drops_that_sites_status() {
     let why = assert_rejected(&mut r, st);
     assert!(matches!(why, Rejection::Unenrolled(_)), "{why}");
 }
+
+#[test]
+fn a_status_arriving_with_the_policy_that_admits_its_holder_applies() {
+    // Site-1 (r1) is moved into the scoped region r0; the change and a
+    // status of r0 arrive in one batch: the status is judged against the
+    // batch's policy, so it applies.
+    let (fleet, mut r, enrol) = setup();
+    r.hold_as(fleet.node(1));
+    let on = fleet.sign_policy(
+        std::slice::from_ref(&enrol),
+        vec![Edit::ScopeStatus("r0".into(), true)],
+    );
+    assert_eq!(r.ingest(vec![on.clone()])[0].outcome, Outcome::Applied);
+    let status = status_change(&fleet, 0);
+    let moved = fleet.sign_policy(
+        &[enrol, on],
+        vec![testkit::enrol(fleet.node(1), "site-1", "r0")],
+    );
+    let rep = r.ingest(vec![moved, status]);
+    assert_eq!(rep[0].outcome, Outcome::Applied);
+    assert_eq!(rep[1].outcome, Outcome::Applied, "{:?}", rep[1].outcome);
+    assert!(r.status(&fleet.node(0)).is_some());
+}
