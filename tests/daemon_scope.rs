@@ -13,32 +13,10 @@
 #[path = "daemon_support.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{DCLOUD, Fleet};
-
-const DCLOUD_ADMIN: &str = env!("CARGO_BIN_EXE_dcloud-admin");
-
-#[track_caller]
-fn admin_ok(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(DCLOUD_ADMIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("dcloud-admin runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "dcloud-admin {args:?} failed:\n{text}"
-    );
-    text
-}
+use support::{DCLOUD, Fleet, admin_ok};
 
 /// Node `at`'s row of node `of` in `/v1/fleet`.
 async fn row(f: &Fleet, at: usize, of: usize) -> Option<serde_json::Value> {
@@ -73,15 +51,7 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
         .await;
     }
 
-    let dir = f.dir.path().to_path_buf();
-    let key = dir.join("auth.key");
-    f.auth.write_file(&key).unwrap();
-    let key = key.to_str().unwrap().to_string();
-    let urls: Vec<String> = f
-        .nodes
-        .iter()
-        .map(|n| format!("http://{}", n.api))
-        .collect();
+    let (dir, key, urls) = f.admin_files();
     let out = admin_ok(
         &dir,
         &[

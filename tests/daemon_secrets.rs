@@ -21,32 +21,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{DCLOUD, Fleet};
+use support::{DCLOUD, Fleet, admin, admin_ok};
 
-const DCLOUD_ADMIN: &str = env!("CARGO_BIN_EXE_dcloud-admin");
 const DB_PASSWORD: &str = "pw-6d1f0a93c2-only-for-eu";
 const API_TOKEN: &str = "tok-b84e27d1f5-after-site-3";
-
-fn admin(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(DCLOUD_ADMIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("dcloud-admin runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-#[track_caller]
-fn admin_ok(dir: &Path, args: &[&str]) -> String {
-    let (ok, text) = admin(dir, args);
-    assert!(ok, "dcloud-admin {args:?} failed:\n{text}");
-    text
-}
 
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -129,15 +107,7 @@ async fn sealed_secrets_reach_only_their_targets() {
     f.wait_applied("enrolment", &[0, 1, 2], &Fleet::head(&c))
         .await;
 
-    let dir = f.dir.path().to_path_buf();
-    let key = dir.join("auth.key");
-    f.auth.write_file(&key).unwrap();
-    let key = key.to_str().unwrap().to_string();
-    let urls: Vec<String> = f
-        .nodes
-        .iter()
-        .map(|n| format!("http://{}", n.api))
-        .collect();
+    let (dir, key, urls) = f.admin_files();
     std::fs::write(dir.join("db.pw"), DB_PASSWORD).unwrap();
     std::fs::write(dir.join("api.tok"), API_TOKEN).unwrap();
 

@@ -18,6 +18,32 @@ use serde_json::Value;
 /// The binary under test.
 pub const DCLOUD: &str = env!("CARGO_BIN_EXE_dcloud");
 
+/// The admin tool.
+pub const DCLOUD_ADMIN: &str = env!("CARGO_BIN_EXE_dcloud-admin");
+
+/// Run `dcloud-admin` in `dir`: whether it succeeded, and stdout then stderr.
+pub fn admin(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(DCLOUD_ADMIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("dcloud-admin runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Run `dcloud-admin` in `dir`; fail the test with its output unless it succeeds.
+#[track_caller]
+pub fn admin_ok(dir: &Path, args: &[&str]) -> String {
+    let (ok, text) = admin(dir, args);
+    assert!(ok, "dcloud-admin {args:?} failed:\n{text}");
+    text
+}
+
 /// A free TCP port on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
@@ -142,6 +168,21 @@ pub fn init_node(data_dir: &Path) -> NodeId {
 }
 
 impl Fleet {
+    /// For `dcloud-admin` runs: the fleet's directory, the authority key
+    /// written there (`auth.key`), and every node's API URL.
+    pub fn admin_files(&self) -> (PathBuf, String, Vec<String>) {
+        let dir = self.dir.path().to_path_buf();
+        let key = dir.join("auth.key");
+        self.auth.write_file(&key).unwrap();
+        let key = key.to_str().unwrap().to_string();
+        let urls = self
+            .nodes
+            .iter()
+            .map(|n| format!("http://{}", n.api))
+            .collect();
+        (dir, key, urls)
+    }
+
     /// `n` nodes on 127.0.0.`first_ip`.. (not started). Node 0 is everyone's
     /// bootstrap peer, node 1 a second one.
     pub fn new(n: usize, first_ip: u8) -> Fleet {
