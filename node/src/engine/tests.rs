@@ -1880,8 +1880,14 @@ fn detail(i: usize) -> String {
 impl Fleet {
     /// The authority scopes `region`'s status (published at node 0).
     fn scope(&mut self, region: &str) {
+        self.set_scope(region, true);
+    }
+
+    /// The authority scopes `region`'s status, or lifts the scope
+    /// (published at node 0).
+    fn set_scope(&mut self, region: &str, on: bool) {
         let mut ed = PolicyEditor::new(&self.policy).unwrap();
-        ed.push(Edit::ScopeStatus(region.into(), true)).unwrap();
+        ed.push(Edit::ScopeStatus(region.into(), on)).unwrap();
         let c = ed.finish(&self.authority, 1).unwrap();
         self.policy.push(c.clone());
         let at = self.id(0);
@@ -2036,6 +2042,42 @@ fn scoping_a_region_later_drops_its_status_outside_it_for_good() {
         f.engines[&f.id(2)].replica().status(&eu0).unwrap().0.health["disk"]
             .detail
             .ends_with("after")
+    );
+}
+
+#[test]
+fn lifting_a_scope_sends_the_regions_status_everywhere_again() {
+    let mut f = two_region_fleet(true);
+    f.detailed_status(0, "scoped");
+    f.settle();
+    let (eu0, us4) = (f.id(0), f.id(4));
+    assert!(f.engines[&us4].replica().status(&eu0).is_none());
+    let summary = f.engines[&us4].replica().summary(&eu0).unwrap().0.clone();
+    f.set_scope("eu", false);
+    f.settle();
+    // Anti-entropy with every peer now covers eu's status: site 4 gets
+    // the status it was denied, without a new write.
+    let st = f.engines[&us4]
+        .replica()
+        .status(&eu0)
+        .expect("the status reaches site 4 once the scope is lifted")
+        .0
+        .clone();
+    assert!(st.health["disk"].detail.ends_with("scoped"), "{st:?}");
+    // Summaries are no longer written: a new version reaches site 4 in the
+    // status, not in the summary.
+    let newer = NodeStatus {
+        version: "v-after".into(),
+        ..st
+    };
+    f.input(eu0, Input::SetStatus(newer));
+    f.run();
+    f.settle();
+    assert_eq!(summary.version, "v-test");
+    assert_eq!(f.engines[&us4].replica().summary(&eu0).unwrap().0, &summary);
+    assert_eq!(
+        f.engines[&us4].replica().status(&eu0).unwrap().0.version,
+        "v-after"
     );
 }
 
