@@ -26,6 +26,11 @@ use rand::{RngExt, SeedableRng};
 use crate::report::{MembershipReport, PolicyReport, Report, ScopeReport, Traffic};
 use crate::scenario::Scenario;
 
+/// Written into a health detail of each site's detailed status, followed by
+/// the site's index (5 digits): the scope checker searches every honest
+/// send for it, so a scoped status's bytes are found in any message.
+const SCOPE_MARKER_TEXT: &str = "DCSIM-SITE-DETAILS-";
+
 /// The authority's trust chain, the bootstrap policy every node is
 /// provisioned with (enrolling the first `enrolled` nodes), and the policy
 /// changes under measurement, each on top of the previous (one authority
@@ -965,9 +970,13 @@ impl Sim {
                             format!("/ip4/198.18.{}.{}/tcp/7700", i / 250, i % 250),
                             format!("/ip4/198.18.{}.{}/udp/7700/quic-v1", i / 250, i % 250),
                         ];
+                        // The marker the scope checker looks for in the
+                        // bytes of every honest send: this site's details.
+                        let marker = format!("{}{i:05}.", SCOPE_MARKER_TEXT);
                         for (check, detail) in [
                             ("disk", format!("/var 41% used, {} GiB free", 100 + seq % 7)),
                             ("apply", format!("rendered config in {} ms", 20 + seq % 13)),
+                            ("site", marker),
                         ] {
                             status.health.insert(
                                 check.to_string(),
@@ -1435,34 +1444,50 @@ impl Sim {
     /// nothing of a scoped status for a node outside its region: no change,
     /// no (document, heads) item, no short id of one of its changes.
     fn check_scope_sent(&mut self, from: usize, to: usize, bytes: &[u8]) {
-        let Ok(msg) = Message::decode(bytes, &self.config.wire) else {
-            return;
-        };
-        let mut docs: Vec<DocId> = Vec::new();
-        let mut ids: Vec<[u8; 8]> = Vec::new();
-        match &msg {
-            Message::Changes { changes, .. } => docs.extend(changes.iter().map(|c| c.doc)),
-            Message::Want { items } => docs.extend(items.iter().map(|i| i.doc)),
-            Message::Sync { items, .. } => {
-                docs.extend(items.iter().flat_map(|ri| ri.items.iter().map(|i| i.doc)))
+        // What the message names: changes, items and short ids of scoped
+        // statuses (when it decodes)...
+        let mut named: BTreeMap<usize, &'static str> = BTreeMap::new();
+        if let Ok(msg) = Message::decode(bytes, &self.config.wire) {
+            let mut docs: Vec<DocId> = Vec::new();
+            let mut ids: Vec<[u8; 8]> = Vec::new();
+            match &msg {
+                Message::Changes { changes, .. } => docs.extend(changes.iter().map(|c| c.doc)),
+                Message::Want { items } => docs.extend(items.iter().map(|i| i.doc)),
+                Message::Sync { items, .. } => {
+                    docs.extend(items.iter().flat_map(|ri| ri.items.iter().map(|i| i.doc)))
+                }
+                Message::IHave { ids: s } | Message::Graft { ids: s } => ids.extend(s.iter()),
+                _ => {}
             }
-            Message::IHave { ids: s } | Message::Graft { ids: s } => ids.extend(s.iter()),
-            _ => {}
+            let owners = docs
+                .iter()
+                .filter_map(|d| match d {
+                    DocId::Status { node, .. } => self.index.get(node).copied(),
+                    _ => None,
+                })
+                .chain(ids.iter().filter_map(|s| self.scoped_ids.get(s).copied()));
+            for o in owners {
+                named.insert(o, msg.kind());
+            }
         }
-        let mut owners: Vec<usize> = docs
-            .iter()
-            .filter_map(|d| match d {
-                DocId::Status { node, .. } => self.index.get(node).copied(),
-                _ => None,
-            })
-            .collect();
-        owners.extend(ids.iter().filter_map(|s| self.scoped_ids.get(s).copied()));
-        for o in owners {
+        // ...and any byte of a scoped site's details, whatever the message:
+        // the marker in a health detail of its detailed status, then its index.
+        let m = SCOPE_MARKER_TEXT.as_bytes();
+        for at in memchr::memmem::find_iter(bytes, m) {
+            if let Some(o) = bytes
+                .get(at + m.len()..at + m.len() + 5)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<usize>().ok())
+                .filter(|o| *o < self.slots.len())
+            {
+                named.entry(o).or_insert("bytes of the details");
+            }
+        }
+        for (o, what) in named {
             if !self.may_hold(to, o) && self.scope_leaks.len() < 100 {
                 self.scope_leaks.push(Violation(format!(
-                    "node {from} sent node {to} ({}) {} of node {o}'s status, scoped to {}, at {} ms",
+                    "node {from} sent node {to} ({}) {what} of node {o}'s status, scoped to {}, at {} ms",
                     self.sc.region_of(to),
-                    msg.kind(),
                     self.sc.region_of(o),
                     self.now
                 )));
@@ -2357,6 +2382,15 @@ mod tests {
         let id = dcloud_node::engine::wire::short_id(&change.hash().expect("parses"));
         sim.send(0, outside, Message::IHave { ids: vec![id] }.encode());
         assert_eq!(sim.scope_leaks.len(), 2, "{:?}", sim.scope_leaks);
+        // Any bytes of its details, in whatever message (here not even one
+        // that decodes): found by the marker.
+        let mut raw = b"junk".to_vec();
+        raw.extend_from_slice(format!("{SCOPE_MARKER_TEXT}00000.").as_bytes());
+        sim.send(0, outside, raw.clone());
+        assert_eq!(sim.scope_leaks.len(), 3, "{:?}", sim.scope_leaks);
+        assert!(sim.scope_leaks[2].0.contains("bytes of the details"));
+        sim.send(0, inside, raw);
+        assert_eq!(sim.scope_leaks.len(), 3, "inside the region: no leak");
         let r = sim.run(|_| {});
         assert!(!r.ok(), "a leak fails the run");
         // Without the injection the same run passes.
