@@ -315,8 +315,9 @@ pub struct Engine {
     /// region (every document but scoped status), used with peers outside
     /// it. `None`: nothing is scoped, `index` serves everyone.
     index_out: Option<DocIndex>,
-    /// The owners whose status was scoped at the last policy change.
-    scoped_owners: BTreeSet<NodeId>,
+    /// The owners whose status was scoped at the last policy change, with
+    /// their region.
+    scoped_owners: BTreeMap<NodeId, String>,
     peers: BTreeMap<NodeId, Peer>,
     missing: BTreeMap<ShortId, Missing>,
     /// Recently disseminated changes by short id, and their arrival order.
@@ -540,7 +541,7 @@ impl Engine {
             id,
             index,
             index_out: None,
-            scoped_owners: BTreeSet::new(),
+            scoped_owners: BTreeMap::new(),
             peers: BTreeMap::new(),
             missing: BTreeMap::new(),
             recent: BTreeMap::new(),
@@ -1827,19 +1828,19 @@ impl Engine {
         }
         self.index_out = Some(o);
         // Announcements queued before this policy may name changes of a
-        // status scoped by it; the queue holds bare short ids, so when an
-        // owner's status became scoped, a peer that may not hold it loses
+        // status scoped by it; the queue holds bare short ids, so when the
+        // scoped owners or their regions changed (an owner scoped, a peer
+        // moved out of this region), a peer that may not hold them loses
         // its queue (anti-entropy covers changes; a rumour is announced
         // again by whoever holds it).
-        let scoped: BTreeSet<NodeId> = policy
+        let scoped: BTreeMap<NodeId, String> = policy
             .members
             .keys()
-            .filter(|n| policy.status_scope(n).is_some())
-            .copied()
+            .filter_map(|n| policy.status_scope(n).map(|r| (*n, r.to_string())))
             .collect();
-        let newly = scoped.difference(&self.scoped_owners).next().is_some();
+        let changed = scoped != self.scoped_owners;
         self.scoped_owners = scoped;
-        if newly {
+        if changed {
             let outside: Vec<NodeId> = self
                 .peers
                 .keys()
