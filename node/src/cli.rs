@@ -697,9 +697,40 @@ pub async fn run(api: &str, q: Query, json: bool) -> Result<Printed, CliError> {
     }
 }
 
+/// An error and its causes for the terminal, each cause once: a typed
+/// error that names its cause in its own message (`"key file F: {source}"`)
+/// would otherwise print it twice with anyhow's `{:#}`.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_of_an_error_is_described_once() {
+        let e = dcloud_crdt::keys::SecretKey::read_file(Path::new("/nonexistent/k")).unwrap_err();
+        let os = "No such file or directory";
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e)).matches(os).count(),
+            2
+        );
+        let e = dcloud_crdt::keys::SecretKey::read_file(Path::new("/nonexistent/k")).unwrap_err();
+        let d = describe_error(&anyhow::Error::from(e).context("signing"));
+        assert_eq!(d.matches(os).count(), 1, "{d}");
+        assert!(d.starts_with("signing: key file /nonexistent/k: "), "{d}");
+        let plain = anyhow::anyhow!("outer").context("top");
+        assert_eq!(describe_error(&plain), "top: outer");
+    }
 
     #[tokio::test]
     async fn no_daemon_is_a_clear_error() {

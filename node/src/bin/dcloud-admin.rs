@@ -984,7 +984,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", dcloud_node::cli::describe_error(&e));
         std::process::exit(1);
     }
 }

@@ -325,7 +325,7 @@ fn main() -> ExitCode {
         Cmd::Init { data_dir } => match init(data_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", cli::describe_error(&e));
                 ExitCode::FAILURE
             }
         },
@@ -334,8 +334,8 @@ fn main() -> ExitCode {
             match rt.block_on(run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
+                    tracing::error!("{}", cli::describe_error(&e));
+                    eprintln!("error: {}", cli::describe_error(&e));
                     ExitCode::FAILURE
                 }
             }
