@@ -187,5 +187,25 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
             Some(0.0),
             "site-{us}"
         );
+        // us is not scoped: no region links are counted there.
+        assert_eq!(
+            m.get("dcloud_scope_region_peers").copied(),
+            Some(0.0),
+            "site-{us}"
+        );
+    }
+    // The eu sites count their link to each other.
+    for eu in [0, 2] {
+        f.wait(
+            &format!("site-{eu} counts its peer in eu"),
+            Duration::from_secs(10),
+            async |f| {
+                f.metrics(eu)
+                    .await
+                    .and_then(|m| m.get("dcloud_scope_region_peers").copied())
+                    .is_some_and(|n| n >= 1.0)
+            },
+        )
+        .await;
     }
 }

@@ -280,6 +280,9 @@ struct Mesh {
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     blocked_until: HashMap<PeerId, Option<Millis>>,
     listen_addrs: Vec<Multiaddr>,
+    /// This site's region is scoped and it knew no address of another site
+    /// of it (warned once, until a link inside the region comes up).
+    region_isolated: bool,
 }
 
 fn now_ms(started: Instant) -> Millis {
@@ -512,6 +515,7 @@ impl Mesh {
             addrs,
             blocked_until: HashMap::new(),
             listen_addrs: Vec::new(),
+            region_isolated: false,
         };
         Ok((swarm, mesh, link_rx))
     }
@@ -1347,6 +1351,10 @@ impl Daemon {
             .filter_map(net::node_id)
             .filter(|n| in_region(n))
             .count();
+        self.metrics.scope_region_peers.set(region_up as i64);
+        if region_up > 0 {
+            self.net.region_isolated = false;
+        }
         let want_region = region_min.saturating_sub(region_up);
         if self.net.up.len() >= target && want_region == 0 {
             return;
@@ -1377,6 +1385,23 @@ impl Daemon {
         };
         // Members of this node's scoped region first, then anyone.
         let (ours, others): (Vec<_>, Vec<_>) = members.iter().partition(|(_, n)| in_region(n));
+        // The addresses of a scoped region's sites travel only in their
+        // status, which only the region's sites hold: a site that reached
+        // none of them cannot learn where they are from anyone else.
+        if region_up == 0
+            && !ours.is_empty()
+            && !self.net.region_isolated
+            && ours.iter().all(|c| {
+                let c = candidate(c);
+                c.known.is_empty() && c.claimed.is_empty()
+            })
+        {
+            self.net.region_isolated = true;
+            tracing::warn!(
+                region = my_region.as_deref().unwrap_or_default(),
+                "this site's region is scoped and it knows no address of another site of its region (their addresses travel only inside the region): give it one of them as --bootstrap, or enable mDNS"
+            );
+        }
         let mut dials = Vec::new();
         let mut first =
             self.net

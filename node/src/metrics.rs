@@ -47,6 +47,9 @@ pub struct Metrics {
     /// to a site outside their region since start (0 unless a send decision
     /// missed the scope).
     pub scope_withheld: Gauge,
+    /// With this site's region scoped: admitted peers of its region (0 with
+    /// none scoped).
+    pub scope_region_peers: Gauge,
     /// Peers disconnected by this node, by reason.
     pub peers_disconnected: Family<Labels, Counter>,
     /// Membership transitions seen here, by new state (suspect, down, alive).
@@ -98,6 +101,7 @@ impl Metrics {
             replica_status_docs: Gauge::default(),
             scope_dropped: Gauge::default(),
             scope_withheld: Gauge::default(),
+            scope_region_peers: Gauge::default(),
             peers_disconnected: Family::default(),
             member_events: Family::default(),
             members_suspect: Gauge::default(),
@@ -178,6 +182,11 @@ impl Metrics {
             "scope_dropped",
             "Status documents of another region's scoped sites dropped here since start",
             m.scope_dropped.clone(),
+        );
+        r.register(
+            "scope_region_peers",
+            "With this site's region scoped: admitted peers of its region",
+            m.scope_region_peers.clone(),
         );
         r.register(
             "scope_withheld",
