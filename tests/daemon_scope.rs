@@ -29,6 +29,43 @@ async fn row(f: &Fleet, at: usize, of: usize) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// A row read from the site's whole status (with its addresses).
+fn whole(r: &serde_json::Value) -> bool {
+    r["source"] == "status" && !r["addrs"].as_array().unwrap().is_empty()
+}
+
+/// Wait until node `at`'s row of node `of` satisfies `ok`.
+async fn wait_row(
+    f: &Fleet,
+    at: usize,
+    of: usize,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) {
+    f.wait(
+        &format!("site-{at} {what} site-{of}"),
+        Duration::from_secs(30),
+        async |f| row(f, at, of).await.is_some_and(|r| ok(&r)),
+    )
+    .await;
+}
+
+/// Wait until node `at`'s metric `name` satisfies `ok` (metrics are set
+/// once a second).
+async fn wait_metric(f: &Fleet, at: usize, name: &str, ok: impl Fn(f64) -> bool) {
+    f.wait(
+        &format!("site-{at}'s {name}"),
+        Duration::from_secs(10),
+        async |f| {
+            f.metrics(at)
+                .await
+                .and_then(|m| m.get(name).copied())
+                .is_some_and(&ok)
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_still_work() {
     let mut f = Fleet::new(4, 201);
@@ -39,16 +76,7 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
         .await;
     // Before: each us site holds each eu site's whole status.
     for (us, eu) in [(1, 0), (1, 2), (3, 0), (3, 2)] {
-        f.wait(
-            &format!("site-{us} sees site-{eu}'s status"),
-            Duration::from_secs(30),
-            async |f| {
-                row(f, us, eu).await.is_some_and(|r| {
-                    r["source"] == "status" && !r["addrs"].as_array().unwrap().is_empty()
-                })
-            },
-        )
-        .await;
+        wait_row(&f, us, eu, "sees the status of", whole).await;
     }
 
     let (dir, key, urls) = f.admin_files();
@@ -89,20 +117,14 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
     );
 
     for (us, eu) in [(1, 0), (1, 2), (3, 0), (3, 2)] {
-        f.wait(
-            &format!("site-{us} shows site-{eu} from its summary"),
-            Duration::from_secs(30),
-            async |f| {
-                row(f, us, eu).await.is_some_and(|r| {
-                    r["source"] == "summary"
-                        && r["addrs"].as_array().is_some_and(|a| a.is_empty())
-                        && r["health"].as_object().is_some_and(|h| h.is_empty())
-                        && r["healthy"] == true
-                        && r["up_to_date"] == true
-                        && r["region"] == "eu"
-                })
-            },
-        )
+        wait_row(&f, us, eu, "shows from its summary", |r| {
+            r["source"] == "summary"
+                && r["addrs"].as_array().is_some_and(|a| a.is_empty())
+                && r["health"].as_object().is_some_and(|h| h.is_empty())
+                && r["healthy"] == true
+                && r["up_to_date"] == true
+                && r["region"] == "eu"
+        })
         .await;
         let one = f
             .get(us, &format!("/v1/nodes/{}", f.nodes[eu].id))
@@ -112,16 +134,7 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
     }
     // Inside eu, the whole status; us sites are not scoped: everyone sees them whole.
     for (at, of) in [(0, 2), (2, 0), (0, 1), (2, 3)] {
-        f.wait(
-            &format!("site-{at} sees site-{of}'s whole status"),
-            Duration::from_secs(30),
-            async |f| {
-                row(f, at, of).await.is_some_and(|r| {
-                    r["source"] == "status" && !r["addrs"].as_array().unwrap().is_empty()
-                })
-            },
-        )
-        .await;
+        wait_row(&f, at, of, "sees the whole status of", whole).await;
     }
     let out = Command::new(DCLOUD)
         .args(["fleet", "--api", &f.nodes[3].api])
@@ -170,17 +183,7 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
     // The scope made site-1 and site-3 drop the eu statuses they held
     // (the metric is set once a second), and no send had to be withheld.
     for us in [1, 3] {
-        f.wait(
-            &format!("site-{us} reports dropping eu's statuses"),
-            Duration::from_secs(10),
-            async |f| {
-                f.metrics(us)
-                    .await
-                    .and_then(|m| m.get("dcloud_scope_dropped").copied())
-                    .is_some_and(|d| d >= 2.0)
-            },
-        )
-        .await;
+        wait_metric(&f, us, "dcloud_scope_dropped", |d| d >= 2.0).await;
         let m = f.metrics(us).await.expect("metrics");
         assert_eq!(
             m.get("dcloud_scope_withheld").copied(),
@@ -196,16 +199,6 @@ async fn a_scoped_regions_status_stays_in_it_and_the_fleet_view_and_rollout_stil
     }
     // The eu sites count their link to each other.
     for eu in [0, 2] {
-        f.wait(
-            &format!("site-{eu} counts its peer in eu"),
-            Duration::from_secs(10),
-            async |f| {
-                f.metrics(eu)
-                    .await
-                    .and_then(|m| m.get("dcloud_scope_region_peers").copied())
-                    .is_some_and(|n| n >= 1.0)
-            },
-        )
-        .await;
+        wait_metric(&f, eu, "dcloud_scope_region_peers", |n| n >= 1.0).await;
     }
 }

@@ -1787,9 +1787,7 @@ impl Engine {
     /// region is scoped: it may hold everything this node holds.
     fn shares_scoped_region(&self, peer: &NodeId) -> bool {
         let policy = self.replica.policy();
-        policy.status_scope(&self.id).is_some_and(|r| {
-            policy.is_active_member(peer) && policy.members.get(peer).is_some_and(|m| m.region == r)
-        })
+        policy.status_scope(&self.id).is_some() && policy.may_hold_status(peer, &self.id)
     }
 
     /// After the policy changed (or at start): drop the status documents
@@ -1871,6 +1869,14 @@ impl Engine {
         }
     }
 
+    /// Take every document of `node` out of both reconciliation indexes.
+    fn unindex_node(&mut self, node: &NodeId) {
+        self.index.remove_node(node);
+        if let Some(o) = &mut self.index_out {
+            o.remove_node(node);
+        }
+    }
+
     fn on_policy_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
         // Owners no longer enrolled (a rotation dropped their enrolment):
         // the replica dropped their documents; so do the index and the store.
@@ -1883,10 +1889,7 @@ impl Engine {
             .collect();
         for node in unenrolled {
             tracing::warn!(owner = %node.short(), "status of a node no longer enrolled: dropped");
-            self.index.remove_node(&node);
-            if let Some(o) = &mut self.index_out {
-                o.remove_node(&node);
-            }
+            self.unindex_node(&node);
             out.push(Output::Persist(Persist::DropNode { node }));
         }
         self.enforce_scope(now, out);
@@ -1901,10 +1904,7 @@ impl Engine {
             .collect();
         for node in revoked {
             self.revoked.insert(node);
-            self.index.remove_node(&node);
-            if let Some(o) = &mut self.index_out {
-                o.remove_node(&node);
-            }
+            self.unindex_node(&node);
             self.last_heard.remove(&node);
             self.members.forget(&node);
             for subject in self.members.withdraw_reporter(&node) {
