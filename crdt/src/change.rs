@@ -23,11 +23,14 @@ const CHANGE_CONTEXT: &[u8] = b"dcloud/change/v2\0";
 /// Version byte of the signed-change encoding. Version 2: the automerge actor
 /// of every change is its signer's key followed by a per-edit nonce
 /// ([`edit_actor`]); version-1 changes (actor = key alone) are refused.
-pub const CHANGE_FORMAT_VERSION: u8 = 2;
+/// Version 3: a change may belong to a region's scoped policy
+/// ([`DocId::Region`]); a version-2 reader could not decode such a change,
+/// so version-2 changes are refused too.
+pub const CHANGE_FORMAT_VERSION: u8 = 3;
 /// Magic of a bundle file.
 pub const BUNDLE_MAGIC: &[u8; 8] = b"DCBUNDLE";
-/// Version byte of the bundle encoding (2: changes of format 2).
-pub const BUNDLE_FORMAT_VERSION: u8 = 2;
+/// Version byte of the bundle encoding (3: changes of format 3).
+pub const BUNDLE_FORMAT_VERSION: u8 = 3;
 
 /// The envelope of a signed change: a version byte, no magic.
 const CHANGE_FORMAT: Format = Format {
@@ -104,6 +107,44 @@ pub enum DocId {
         /// The epoch, as for a status document.
         epoch: u32,
     },
+    /// One region's scoped policy: config entries for the sites of one
+    /// region, written by the authority and held only by the active members
+    /// of that region. The fleet policy commits to each of its changes by
+    /// hash (`regional/<region>/<hash>`), so a change that the policy does
+    /// not commit is never applied, and a rotation that drops a commitment
+    /// drops the change with it.
+    Region {
+        /// The region, by [`RegionId::of`] its name.
+        region: RegionId,
+    },
+}
+
+/// A region, by hash of its name: fixed-size, so that a document id stays
+/// small and `Copy`. The name travels in the policy (enrolments and
+/// commitments), never in the id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RegionId(pub [u8; 32]);
+
+impl RegionId {
+    /// The id of the region named `name`.
+    pub fn of(name: &str) -> RegionId {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"dcloud/region/v1\0");
+        h.update(name.as_bytes());
+        RegionId(h.finalize().into())
+    }
+
+    /// The first 8 hex digits.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.short())
+    }
 }
 
 /// The two kinds of single-writer document a node owns.
@@ -134,10 +175,16 @@ impl OwnedKind {
 }
 
 impl DocId {
+    /// Whether the authority writes this document (the policy, or a
+    /// region's scoped policy): threshold-signed, under a trust root.
+    pub fn is_authority(&self) -> bool {
+        matches!(self, DocId::Policy | DocId::Region { .. })
+    }
+
     /// The owner, epoch and kind of a node's own document (`None`: the policy).
     pub fn owned(&self) -> Option<(NodeId, u32, OwnedKind)> {
         match *self {
-            DocId::Policy => None,
+            DocId::Policy | DocId::Region { .. } => None,
             DocId::Status { node, epoch } => Some((node, epoch, OwnedKind::Status)),
             DocId::Summary { node, epoch } => Some((node, epoch, OwnedKind::Summary)),
         }
@@ -147,6 +194,12 @@ impl DocId {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             DocId::Policy => vec![0],
+            DocId::Region { region } => {
+                let mut v = Vec::with_capacity(33);
+                v.push(3);
+                v.extend_from_slice(&region.0);
+                v
+            }
             DocId::Status { node, epoch } | DocId::Summary { node, epoch } => {
                 let kind = if matches!(self, DocId::Status { .. }) {
                     OwnedKind::Status
@@ -167,6 +220,7 @@ impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DocId::Policy => f.write_str("policy"),
+            DocId::Region { region } => write!(f, "region-policy/{}", region.short()),
             DocId::Status { node, epoch } => write!(f, "status/{}/{}", node.short(), epoch),
             DocId::Summary { node, epoch } => write!(f, "summary/{}/{}", node.short(), epoch),
         }

@@ -26,11 +26,11 @@ pub mod testkit;
 pub mod verify;
 
 pub use automerge::ChangeHash;
-pub use change::{Bundle, DocId, Limits, OwnedKind, SignedChange};
+pub use change::{Bundle, DocId, Limits, OwnedKind, RegionId, SignedChange};
 pub use envelope::DecodeError;
 pub use freshness::{FreshnessError, FreshnessStatement, SignedFreshness};
 pub use keys::{KeySignature, NodeId, PublicKey, SecretKey};
-pub use policy::{Edit, Level, Member, Policy, PolicyEditor};
+pub use policy::{Edit, Level, Member, Policy, PolicyEditor, RegionEditor, RegionalPolicy};
 pub use replica::{Outcome, Rejection, RejectionKind, Replica, Report};
 pub use root::{RootError, SignedTrustRoot, TrustChain, TrustRoot};
 pub use rumour::{Claim, Rumour, RumourError, SignedRumour};

@@ -14,20 +14,27 @@
 //! | `revoked/<node id>` | `{"reason"}`; revocation is permanent |
 //! | `secret/<level key>/<path>` | a sealed secret ([`crate::secret::SealedSecret`]): ciphertext per target site, never the value |
 //! | `scope/<region>` | `{"status": "region"}`: the status documents of the region's sites replicate only among its members ([`Policy::status_scope`]); other sites get their summaries |
+//! | `regional/<region>/<change hash>` | `{}`: commits the fleet to one change of the region's scoped policy ([`DocId::Region`]); only committed changes apply |
+//!
+//! A region's scoped policy is its own document ([`RegionEditor`]), held only
+//! by the active members of the region. Its keys are dotted config paths, its
+//! values JSON text, exactly as a `region/<region>/<path>` entry; the
+//! effective config merges them after the fleet policy's region overrides and
+//! before the site's.
 //!
 //! Where two admins set the same key concurrently automerge keeps both values,
 //! picks the same winner on every replica, and [`Policy::conflicts`] lists them.
 //! The effective config of a node is the fleet tree, deep-merged with its
 //! region's overrides, then with its site's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, ScalarValue, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::change::{DocId, SignedChange};
+use crate::change::{DocId, RegionId, SignedChange};
 use crate::keys::{NodeId, SecretKey};
 use crate::secret::{SECRET_KEY_PREFIX, SealedSecret, secret_key};
 
@@ -97,7 +104,11 @@ pub struct Policy {
     pub secrets: BTreeMap<String, SealedSecret>,
     /// Regions whose sites' status documents are region-scoped (`scope/<r>`).
     #[serde(default)]
-    pub scoped: std::collections::BTreeSet<String>,
+    pub scoped: BTreeSet<String>,
+    /// The changes of each region's scoped policy that the fleet policy
+    /// commits to (`regional/<region>/<hash>`), by region name.
+    #[serde(default)]
+    pub regional: BTreeMap<String, BTreeSet<ChangeHash>>,
     /// Concurrent edits that automerge resolved.
     pub conflicts: Vec<Conflict>,
     /// Entries that could not be read (skipped), with the reason.
@@ -289,6 +300,16 @@ impl Policy {
                 ));
             }
             self.scoped.insert(region.to_string());
+        } else if let Some(rest) = key.strip_prefix(REGIONAL_KEY_PREFIX) {
+            let (region, hash) = rest.split_once('/').ok_or("no change hash")?;
+            check_region(region).map_err(|e| e.to_string())?;
+            let hash: ChangeHash = hash
+                .parse()
+                .map_err(|_| format!("{hash:?} is not a change hash"))?;
+            self.regional
+                .entry(region.to_string())
+                .or_default()
+                .insert(hash);
         } else if let Some(n) = key.strip_prefix("member/") {
             let m: Member = serde_json::from_str(winner).map_err(|e| e.to_string())?;
             self.members.insert(node(n)?, m);
@@ -328,6 +349,54 @@ impl Policy {
         }
     }
 
+    /// The name of the region with id `id`, if the policy knows it (a
+    /// member's region, or a region with committed scoped policy).
+    pub fn region_name(&self, id: &RegionId) -> Option<&str> {
+        self.regional
+            .keys()
+            .map(String::as_str)
+            .chain(self.members.values().map(|m| m.region.as_str()))
+            .find(|r| RegionId::of(r) == *id)
+    }
+
+    /// Whether `holder` may hold region `region`'s scoped policy: it is an
+    /// active member of that region.
+    pub fn may_hold_region(&self, holder: &NodeId, region: &RegionId) -> bool {
+        self.is_active_member(holder)
+            && self
+                .members
+                .get(holder)
+                .is_some_and(|m| RegionId::of(&m.region) == *region)
+    }
+
+    /// Whether any data is region-scoped: a region's status, or a region's
+    /// scoped policy.
+    pub fn has_scoped_data(&self) -> bool {
+        !self.scoped.is_empty() || !self.regional.is_empty()
+    }
+
+    /// `node`'s region, if some of its data stays in it (its status is
+    /// scoped, or it has scoped policy); `None` otherwise.
+    pub fn scoped_region(&self, node: &NodeId) -> Option<&str> {
+        let r = self.members.get(node)?.region.as_str();
+        (self.scoped.contains(r) || self.regional.contains_key(r)).then_some(r)
+    }
+
+    /// `a` and `b` are active members of one region.
+    pub fn same_region(&self, a: &NodeId, b: &NodeId) -> bool {
+        self.is_active_member(a)
+            && self.is_active_member(b)
+            && self.members.get(a).map(|m| &m.region) == self.members.get(b).map(|m| &m.region)
+    }
+
+    /// Whether the policy commits to `hash` as a change of `region`'s scoped
+    /// policy.
+    pub fn commits_region_change(&self, region: &RegionId, hash: &ChangeHash) -> bool {
+        self.regional
+            .iter()
+            .any(|(r, set)| set.contains(hash) && RegionId::of(r) == *region)
+    }
+
     /// Enrolled and not revoked.
     pub fn is_active_member(&self, node: &NodeId) -> bool {
         self.members.contains_key(node) && !self.revoked.contains_key(node)
@@ -336,12 +405,26 @@ impl Policy {
     /// The effective config of a node: fleet, then its region, then its site.
     /// `None` if the node is not an active member.
     pub fn effective_config(&self, node: &NodeId) -> Option<Json> {
+        self.effective_config_with(node, None)
+    }
+
+    /// [`Policy::effective_config`], with the node's region's scoped policy
+    /// (its config entries, by dotted path) merged after the region
+    /// overrides of the fleet policy and before the site's.
+    pub fn effective_config_with(
+        &self,
+        node: &NodeId,
+        regional: Option<&BTreeMap<String, Json>>,
+    ) -> Option<Json> {
         let member = self.members.get(node)?;
         if self.revoked.contains_key(node) {
             return None;
         }
         let mut out = tree_of(&self.fleet);
         if let Some(r) = self.regions.get(&member.region) {
+            deep_merge(&mut out, tree_of(r));
+        }
+        if let Some(r) = regional {
             deep_merge(&mut out, tree_of(r));
         }
         if let Some(s) = self.sites.get(node) {
@@ -420,7 +503,14 @@ pub enum Edit {
     /// Scope a region's status documents to the region (true), or let the
     /// whole fleet replicate them again (false).
     ScopeStatus(String, bool),
+    /// Commit the fleet to one change of a region's scoped policy (made by
+    /// a [`RegionEditor`]): without it, no site applies that change.
+    CommitRegional(String, ChangeHash),
 }
+
+/// Prefix of the policy keys that commit to changes of a region's scoped
+/// policy.
+pub const REGIONAL_KEY_PREFIX: &str = "regional/";
 
 /// Prefix of the policy keys that scope a region's data.
 pub const SCOPE_KEY_PREFIX: &str = "scope/";
@@ -472,7 +562,7 @@ impl PolicyEditor {
     }
 
     /// The heads of the base.
-    pub fn base_heads(&self) -> Vec<automerge::ChangeHash> {
+    pub fn base_heads(&self) -> Vec<ChangeHash> {
         self.doc.get_heads()
     }
 
@@ -573,6 +663,7 @@ impl PolicyEditor {
                     });
                 }
             }
+            Edit::CommitRegional(region, _) => check_region(region)?,
             Edit::ScopeStatus(region, on) => {
                 check_region(region)?;
                 if *on == policy.scoped.contains(region) {
@@ -668,6 +759,13 @@ impl PolicyEditor {
                         serde_json::to_string(&v).expect("serialisable"),
                     );
                 }
+                Edit::CommitRegional(region, hash) => {
+                    put(
+                        &mut tx,
+                        format!("{REGIONAL_KEY_PREFIX}{region}/{hash}"),
+                        "{}".to_string(),
+                    );
+                }
                 Edit::ScopeStatus(region, false) => {
                     tx.delete(ROOT, format!("{SCOPE_KEY_PREFIX}{region}").as_str())
                         .expect("delete on the root map cannot fail");
@@ -678,6 +776,185 @@ impl PolicyEditor {
         let change = self.doc.get_last_local_change().ok_or(EditError::Empty)?;
         Ok(SignedChange::sign(
             DocId::Policy,
+            root_version,
+            &change,
+            author,
+        ))
+    }
+}
+
+/// A region's scoped policy, materialised from its document
+/// ([`DocId::Region`]): config entries by dotted path.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionalPolicy {
+    /// Config entries by dotted path, as `region/<region>/<path>` entries.
+    pub config: BTreeMap<String, Json>,
+    /// Concurrent edits that automerge resolved.
+    pub conflicts: Vec<Conflict>,
+    /// Entries that could not be read (skipped), with the reason.
+    pub errors: Vec<String>,
+}
+
+impl RegionalPolicy {
+    /// Materialise a region's scoped policy from its document.
+    pub fn from_doc(doc: &Automerge) -> RegionalPolicy {
+        let mut p = RegionalPolicy::default();
+        for key in doc.keys(ROOT) {
+            let all = doc.get_all(ROOT, key.as_str()).unwrap_or_default();
+            let values: Vec<String> = all.iter().filter_map(|(v, _)| str_of(v)).collect();
+            let winner = doc
+                .get(ROOT, key.as_str())
+                .ok()
+                .flatten()
+                .and_then(|(v, _)| str_of(&v));
+            let Some(winner) = winner else {
+                p.errors.push(format!("{key}: value is not text"));
+                continue;
+            };
+            if values.len() > 1 {
+                p.conflicts.push(Conflict {
+                    key: key.clone(),
+                    winner: winner.clone(),
+                    values: values.clone(),
+                });
+            }
+            match check_path(&key)
+                .map_err(|e| e.to_string())
+                .and_then(|()| serde_json::from_str::<Json>(&winner).map_err(|e| e.to_string()))
+            {
+                Ok(v) => {
+                    p.config.insert(key, v);
+                }
+                Err(e) => p.errors.push(format!("{key}: {e}")),
+            }
+        }
+        p
+    }
+}
+
+/// Makes signed changes of one region's scoped policy against a base
+/// snapshot, offline. Each change must then be committed by a fleet policy
+/// change ([`Edit::CommitRegional`]) to apply anywhere.
+pub struct RegionEditor {
+    region: String,
+    doc: Automerge,
+    base: RegionalPolicy,
+    edits: Vec<(String, Option<Json>)>,
+}
+
+impl RegionEditor {
+    /// Start from the changes of `region`'s scoped policy in a base snapshot
+    /// (other documents are ignored; none at all is an empty base).
+    pub fn new(region: &str, base: &[SignedChange]) -> Result<Self, EditError> {
+        check_region(region)?;
+        let id = DocId::Region {
+            region: RegionId::of(region),
+        };
+        let mut doc = Automerge::new();
+        let mut changes = Vec::new();
+        for sc in base.iter().filter(|c| c.doc == id) {
+            changes.push(
+                automerge::Change::from_bytes(sc.change.clone())
+                    .map_err(|e| EditError::Base(e.to_string()))?,
+            );
+        }
+        doc.apply_changes(changes)
+            .map_err(|e| EditError::Base(e.to_string()))?;
+        if !doc.get_missing_deps(&[]).is_empty() {
+            return Err(EditError::Base(format!(
+                "the snapshot is missing changes of region {region}'s scoped policy"
+            )));
+        }
+        Ok(RegionEditor {
+            region: region.to_string(),
+            base: RegionalPolicy::from_doc(&doc),
+            doc,
+            edits: Vec::new(),
+        })
+    }
+
+    /// The region's scoped policy in the base.
+    pub fn base(&self) -> &RegionalPolicy {
+        &self.base
+    }
+
+    /// The hashes of every change of the base.
+    pub fn base_changes(&self) -> BTreeSet<ChangeHash> {
+        self.doc.get_changes(&[]).iter().map(|c| c.hash()).collect()
+    }
+
+    /// Queue setting a config value for the region's sites.
+    pub fn set(&mut self, path: &str, value: Json) -> Result<(), EditError> {
+        check_path(path)?;
+        let len = value.to_string().len();
+        if len > POLICY_VALUE_SIZE_MAX_BYTES {
+            return Err(EditError::TooLarge(len));
+        }
+        self.edits.push((path.to_string(), Some(value)));
+        Ok(())
+    }
+
+    /// Queue removing a config value (and everything below its path).
+    pub fn unset(&mut self, path: &str) -> Result<(), EditError> {
+        check_path(path)?;
+        let found = self
+            .doc
+            .keys(ROOT)
+            .any(|k| k == path || k.starts_with(&format!("{path}.")));
+        if !found {
+            return Err(EditError::NoSuchPath {
+                level: Level::Region(self.region.clone()),
+                path: path.to_string(),
+            });
+        }
+        self.edits.push((path.to_string(), None));
+        Ok(())
+    }
+
+    /// Commit the queued edits as one change of the region's scoped policy,
+    /// signed by `author` under trust-root `root_version`.
+    pub fn finish(self, author: &SecretKey, root_version: u64) -> Result<SignedChange, EditError> {
+        let actor = crate::change::edit_actor(&author.public());
+        self.finish_as(author, root_version, actor)
+    }
+
+    /// [`RegionEditor::finish`] with a chosen actor (see
+    /// [`PolicyEditor::finish_as`]).
+    pub fn finish_as(
+        mut self,
+        author: &SecretKey,
+        root_version: u64,
+        actor: automerge::ActorId,
+    ) -> Result<SignedChange, EditError> {
+        if self.edits.is_empty() {
+            return Err(EditError::Empty);
+        }
+        self.doc.set_actor(actor);
+        let existing: Vec<String> = self.doc.keys(ROOT).collect();
+        let mut tx = self.doc.transaction();
+        for (path, value) in std::mem::take(&mut self.edits) {
+            match value {
+                Some(v) => {
+                    tx.put(ROOT, path, v.to_string())
+                        .expect("put on the root map cannot fail");
+                }
+                None => {
+                    for k in existing
+                        .iter()
+                        .filter(|k| **k == path || k.starts_with(&format!("{path}.")))
+                    {
+                        tx.delete(ROOT, k.as_str())
+                            .expect("delete on the root map cannot fail");
+                    }
+                }
+            }
+        }
+        tx.commit();
+        let change = self.doc.get_last_local_change().ok_or(EditError::Empty)?;
+        Ok(SignedChange::sign(
+            DocId::Region {
+                region: RegionId::of(&self.region),
+            },
             root_version,
             &change,
             author,

@@ -30,10 +30,10 @@ use std::sync::Arc;
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
-use crate::change::OwnedKind;
+use crate::change::{OwnedKind, RegionId};
 use crate::change::{DocId, Limits, SignedChange, actor_signer, parse_change, signing_message};
 use crate::keys::NodeId;
-use crate::policy::Policy;
+use crate::policy::{Policy, RegionalPolicy};
 use crate::root::{RootError, SignedTrustRoot, TrustChain};
 use crate::status::{NodeStatus, STATUS_DOC_FIELDS, STATUS_FIELDS, SUMMARY_FIELDS};
 use crate::verify::{SigItem, SignatureError, distinct_signers, verify_many};
@@ -160,6 +160,25 @@ pub enum Rejection {
         /// The region.
         region: String,
     },
+    /// A change of a region's scoped policy, offered to a site that is not
+    /// an active member of that region. Not the sender's fault when it has
+    /// not yet applied the policy that moved this site.
+    #[error("the scoped policy of region {region} is held only by its sites, and this site is not one")]
+    NotInRegion {
+        /// The region (its name, or its id when the policy does not name it).
+        region: String,
+    },
+    /// A change of a region's scoped policy that the fleet policy held here
+    /// does not commit to (`regional/<region>/<hash>`): it waits for the
+    /// policy change that commits it, or never applies. Not the sender's
+    /// fault: it may hold a policy this site has not received yet.
+    #[error("change {hash} of region {region}'s scoped policy is not committed by the fleet policy held here")]
+    Uncommitted {
+        /// The region.
+        region: String,
+        /// The change (hex).
+        hash: String,
+    },
 }
 
 /// The kind of a [`Rejection`], without its details: a stable key for
@@ -200,6 +219,10 @@ pub enum RejectionKind {
     RotatedOut,
     /// [`Rejection::OutOfScope`].
     OutOfScope,
+    /// [`Rejection::NotInRegion`].
+    NotInRegion,
+    /// [`Rejection::Uncommitted`].
+    Uncommitted,
 }
 
 impl RejectionKind {
@@ -223,6 +246,8 @@ impl RejectionKind {
             RejectionKind::Unappliable => "unappliable",
             RejectionKind::RotatedOut => "rotated_out",
             RejectionKind::OutOfScope => "out_of_scope",
+            RejectionKind::NotInRegion => "not_in_region",
+            RejectionKind::Uncommitted => "uncommitted",
         }
     }
 }
@@ -248,6 +273,8 @@ impl Rejection {
             Rejection::Unappliable(_) => RejectionKind::Unappliable,
             Rejection::RotatedOut { .. } => RejectionKind::RotatedOut,
             Rejection::OutOfScope { .. } => RejectionKind::OutOfScope,
+            Rejection::NotInRegion { .. } => RejectionKind::NotInRegion,
+            Rejection::Uncommitted { .. } => RejectionKind::Uncommitted,
         }
     }
 
@@ -269,6 +296,8 @@ impl Rejection {
                 | Rejection::EpochJump { .. }
                 | Rejection::RateLimited(_)
                 | Rejection::OutOfScope { .. }
+                | Rejection::NotInRegion { .. }
+                | Rejection::Uncommitted { .. }
         )
     }
 }
@@ -518,6 +547,29 @@ struct PolicyState {
     policy: Policy,
 }
 
+/// One region's scoped policy: its document and its signed changes, as
+/// [`PolicyState`].
+#[derive(Clone)]
+struct RegionState {
+    doc: Automerge,
+    changes: HashMap<ChangeHash, SignedChange>,
+    order: Vec<ChangeHash>,
+    seqs: HashMap<(Vec<u8>, u64), ChangeHash>,
+    policy: RegionalPolicy,
+}
+
+impl RegionState {
+    fn new() -> Self {
+        RegionState {
+            doc: Automerge::new(),
+            changes: HashMap::new(),
+            order: Vec::new(),
+            seqs: HashMap::new(),
+            policy: RegionalPolicy::default(),
+        }
+    }
+}
+
 /// All documents a node holds. A clone shares every document with the
 /// original (see [`Replica::clone`]); each copies what it changes.
 #[derive(Clone)]
@@ -533,6 +585,9 @@ pub struct Replica {
     statuses: imbl::OrdMap<NodeId, Arc<StatusDoc>>,
     /// Summary documents by owner, held as status documents are.
     summaries: imbl::OrdMap<NodeId, Arc<StatusDoc>>,
+    /// Regions' scoped policies held: a node holds only its own region's;
+    /// a tool's replica, every one it is given.
+    regions: BTreeMap<RegionId, Arc<RegionState>>,
     /// The node this replica is of, if it holds only what its region may
     /// ([`Replica::hold_as`]); `None`: every status (a tool's replica).
     holder: Option<NodeId>,
@@ -564,6 +619,7 @@ impl Replica {
             }),
             statuses: imbl::OrdMap::new(),
             summaries: imbl::OrdMap::new(),
+            regions: BTreeMap::new(),
             holder: None,
             pending: PendingBuffer::default(),
             rotated_out: 0,
@@ -894,6 +950,7 @@ impl Replica {
         drop(just_items);
         drop(items);
         let mut policy_batch = Vec::new();
+        let mut regional_batch = Vec::new();
         let mut status_batch = Vec::new();
         for (ci, c) in candidates.into_iter().enumerate() {
             if let Some(e) = bad.remove(&ci) {
@@ -904,12 +961,15 @@ impl Replica {
                 reports[c.idx].outcome = Outcome::Rejected(r);
             } else if c.sc.doc == DocId::Policy {
                 policy_batch.push(c);
+            } else if matches!(c.sc.doc, DocId::Region { .. }) {
+                regional_batch.push(c);
             } else {
                 status_batch.push(c);
             }
         }
         // 3-5. Authorise and apply, policy first: it decides who may write status.
         self.apply_policy(policy_batch, &mut reports);
+        self.apply_regional(regional_batch, &mut reports);
         self.apply_status(status_batch, &mut reports, admit);
         reports
     }
@@ -935,7 +995,7 @@ impl Replica {
 
     fn parse(&self, sc: &SignedChange) -> Result<Change, Outcome> {
         let max = match sc.doc {
-            DocId::Policy => self.limits.policy_change_size_max_bytes,
+            DocId::Policy | DocId::Region { .. } => self.limits.policy_change_size_max_bytes,
             DocId::Status { .. } | DocId::Summary { .. } => {
                 self.limits.status_change_size_max_bytes
             }
@@ -948,7 +1008,7 @@ impl Replica {
             });
         }
         let allowed_sigs = match sc.doc {
-            DocId::Policy => self.limits.signatures_max,
+            DocId::Policy | DocId::Region { .. } => self.limits.signatures_max,
             DocId::Status { .. } | DocId::Summary { .. } => 1,
         };
         if sc.sigs.is_empty() || sc.sigs.len() > allowed_sigs {
@@ -971,7 +1031,12 @@ impl Replica {
     ) -> Result<(), Rejection> {
         let actor = change.actor_id().to_bytes();
         match sc.doc {
-            DocId::Policy => {
+            DocId::Policy | DocId::Region { .. } => {
+                // Before the signature is checked: a flood of valid but
+                // uncommitted or out-of-region changes costs a lookup each.
+                if let (DocId::Region { region }, true) = (sc.doc, scope_early) {
+                    self.check_regional(&region, &change.hash())?;
+                }
                 let chain_first = self.chain.roots()[0].root.version;
                 let root = self
                     .chain
@@ -1031,6 +1096,7 @@ impl Replica {
     fn check_schema(&self, c: &Candidate) -> Result<(), Rejection> {
         match c.sc.doc {
             DocId::Policy => check_policy_schema(&c.change),
+            DocId::Region { .. } => check_regional_schema(&c.change),
             DocId::Status { .. } => check_status_schema(
                 &c.change,
                 STATUS_DOC_FIELDS,
@@ -1050,6 +1116,10 @@ impl Replica {
         }
         match doc {
             DocId::Policy => self.pol.changes.contains_key(h),
+            DocId::Region { region } => self
+                .regions
+                .get(region)
+                .is_some_and(|r| r.changes.contains_key(h)),
             _ => self.owned_doc(doc).is_some_and(|s| s.position(h).is_some()),
         }
     }
@@ -1212,6 +1282,192 @@ impl Replica {
             }
         }
         self.drop_out_of_scope();
+        self.enforce_regional();
+    }
+
+    /// A region's scoped policy this holder may not hold (it left the
+    /// region, or was revoked) is dropped; changes the policy no longer
+    /// commits to (a rotation dropped their commitment) are dropped with
+    /// every change that depends on them.
+    fn enforce_regional(&mut self) {
+        let policy = &self.pol.policy;
+        if let Some(me) = self.holder {
+            self.regions.retain(|id, _| policy.may_hold_region(&me, id));
+            let gone: Vec<DocId> = self
+                .pending
+                .by_doc
+                .keys()
+                .filter(|d| matches!(d, DocId::Region { region } if !policy.may_hold_region(&me, region)))
+                .copied()
+                .collect();
+            for d in gone {
+                self.pending.take_doc(&d);
+            }
+        }
+        let ids: Vec<RegionId> = self.regions.keys().copied().collect();
+        for id in ids {
+            let st = &self.regions[&id];
+            let mut drop: HashSet<ChangeHash> = st
+                .order
+                .iter()
+                .filter(|h| !policy.commits_region_change(&id, h))
+                .copied()
+                .collect();
+            if drop.is_empty() {
+                continue;
+            }
+            for h in &st.order {
+                if let Some(m) = st.doc.get_change_meta_by_hash(h)
+                    && m.deps.iter().any(|d| drop.contains(d))
+                {
+                    drop.insert(*h);
+                }
+            }
+            tracing::warn!(
+                dropped = drop.len(),
+                region = %id.short(),
+                "changes of a region's scoped policy the fleet policy no longer commits to are dropped"
+            );
+            let keep: Vec<ChangeHash> = st.order.iter().filter(|h| !drop.contains(h)).copied().collect();
+            let changes: Vec<Change> = keep
+                .iter()
+                .filter_map(|h| st.doc.get_change_by_hash(h))
+                .collect();
+            let mut doc = Automerge::new();
+            if let Err(e) = doc.apply_changes(changes) {
+                tracing::error!(error = %e, "rebuilding a region's scoped policy failed; dropping it (peers of the region send it again)");
+                self.regions.remove(&id);
+                continue;
+            }
+            let st = Arc::make_mut(self.regions.get_mut(&id).expect("held"));
+            st.changes.retain(|h, _| !drop.contains(h));
+            st.order = keep;
+            st.seqs = st
+                .order
+                .iter()
+                .filter_map(|h| doc.get_change_meta_by_hash(h))
+                .map(|m| ((m.actor.to_bytes().to_vec(), m.seq), m.hash))
+                .collect();
+            st.policy = RegionalPolicy::from_doc(&doc);
+            st.doc = doc;
+        }
+    }
+
+    /// Whether this replica may apply `hash` as a change of `region`'s
+    /// scoped policy: its holder is an active member of the region, and the
+    /// fleet policy commits to the change.
+    fn check_regional(&self, region: &RegionId, hash: &ChangeHash) -> Result<(), Rejection> {
+        let policy = &self.pol.policy;
+        let name = || {
+            policy
+                .region_name(region)
+                .map_or_else(|| format!("id {}", region.short()), str::to_string)
+        };
+        if let Some(me) = self.holder
+            && !policy.may_hold_region(&me, region)
+        {
+            return Err(Rejection::NotInRegion { region: name() });
+        }
+        if !policy.commits_region_change(region, hash) {
+            return Err(Rejection::Uncommitted {
+                region: name(),
+                hash: hash.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_regional(&mut self, batch: Vec<Candidate>, reports: &mut [Report]) {
+        let mut by_region: BTreeMap<RegionId, Vec<(Option<usize>, SignedChange, Change)>> =
+            BTreeMap::new();
+        for c in batch {
+            let DocId::Region { region } = c.sc.doc else {
+                unreachable!("regional batch holds region changes")
+            };
+            if let Err(r) = self.check_regional(&region, &c.hash) {
+                reports[c.idx].outcome = Outcome::Rejected(r);
+                continue;
+            }
+            by_region
+                .entry(region)
+                .or_default()
+                .push((Some(c.idx), c.sc, c.change));
+        }
+        for (region, mut waiting) in by_region {
+            let doc = DocId::Region { region };
+            for e in self.pending.take_doc(&doc) {
+                if self.check_regional(&region, &e.change.hash()).is_ok() {
+                    waiting.push((None, e.sc, e.change));
+                }
+            }
+            let st = self
+                .regions
+                .get(&region)
+                .map(|s| (**s).clone())
+                .unwrap_or_else(RegionState::new);
+            let mut known: HashSet<ChangeHash> = st.changes.keys().copied().collect();
+            let mut seqs = st.seqs.clone();
+            let mut ready = Vec::new();
+            loop {
+                let before = waiting.len();
+                let mut rest = Vec::new();
+                for w in waiting {
+                    if !w.2.deps().iter().all(|d| known.contains(d)) {
+                        rest.push(w);
+                        continue;
+                    }
+                    let slot = (w.2.actor_id().to_bytes().to_vec(), w.2.seq());
+                    if seqs.get(&slot).is_some_and(|h| *h != w.2.hash()) {
+                        if let Some(i) = w.0 {
+                            reports[i].outcome = Outcome::Rejected(Rejection::Fork {
+                                actor: hex::encode(&slot.0),
+                                seq: slot.1,
+                            });
+                        }
+                        continue;
+                    }
+                    seqs.insert(slot, w.2.hash());
+                    known.insert(w.2.hash());
+                    ready.push(w);
+                }
+                waiting = rest;
+                if waiting.len() == before || waiting.is_empty() {
+                    break;
+                }
+            }
+            for (idx, sc, change) in waiting {
+                if let Some(i) = idx {
+                    reports[i].outcome = Outcome::Pending;
+                }
+                self.pending.insert(sc, change, &self.limits);
+            }
+            if ready.is_empty() {
+                continue;
+            }
+            let mut st = st;
+            let changes: Vec<Change> = ready.iter().map(|r| r.2.clone()).collect();
+            if let Err(e) = st.doc.apply_changes(changes) {
+                tracing::error!(error = %e, "automerge refused a batch of committed changes of a region's scoped policy");
+                for (idx, _, _) in ready {
+                    if let Some(i) = idx {
+                        reports[i].outcome = Outcome::Rejected(Rejection::Unappliable(e.to_string()));
+                    }
+                }
+                continue;
+            }
+            for (idx, sc, change) in ready {
+                let h = change.hash();
+                st.seqs
+                    .insert((change.actor_id().to_bytes().to_vec(), change.seq()), h);
+                st.order.push(h);
+                st.changes.insert(h, sc);
+                if let Some(i) = idx {
+                    reports[i].outcome = Outcome::Applied;
+                }
+            }
+            st.policy = RegionalPolicy::from_doc(&st.doc);
+            self.regions.insert(region, Arc::new(st));
+        }
     }
 
     fn authorise_status(&self, doc: &DocId, node: &NodeId) -> Result<(), Rejection> {
@@ -1399,8 +1655,51 @@ impl Replica {
     }
 
     /// The effective config of a node, if it is an active member.
+    /// Its region's scoped policy is merged in when held here.
     pub fn effective_config(&self, node: &NodeId) -> Option<serde_json::Value> {
-        self.pol.policy.effective_config(node)
+        let policy = &self.pol.policy;
+        let regional = policy
+            .members
+            .get(node)
+            .and_then(|m| self.regions.get(&RegionId::of(&m.region)))
+            .map(|r| &r.policy.config);
+        policy.effective_config_with(node, regional)
+    }
+
+    /// The scoped policy of region `region` held here (`None`: none held).
+    pub fn regional(&self, region: &str) -> Option<&RegionalPolicy> {
+        self.regions.get(&RegionId::of(region)).map(|r| &r.policy)
+    }
+
+    /// The changes of region `region`'s scoped policy that the fleet policy
+    /// commits to and this replica does not hold: what keeps a site of that
+    /// region from applying its whole config.
+    pub fn regional_missing(&self, region: &str) -> usize {
+        let held = self.regions.get(&RegionId::of(region));
+        self.pol.policy.regional.get(region).map_or(0, |set| {
+            set.iter()
+                .filter(|h| held.is_none_or(|r| !r.changes.contains_key(h)))
+                .count()
+        })
+    }
+
+    /// The changes of region `region`'s scoped policy held, in applicable
+    /// order.
+    pub fn regional_changes(&self, region: &str) -> Vec<SignedChange> {
+        self.region_changes(&RegionId::of(region))
+    }
+
+    /// [`Replica::regional_changes`] by region id.
+    pub fn region_changes(&self, region: &RegionId) -> Vec<SignedChange> {
+        self.regions
+            .get(region)
+            .map(|r| {
+                r.order
+                    .iter()
+                    .filter_map(|h| r.changes.get(h).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A node's status and the epoch it was read from.
@@ -1459,6 +1758,11 @@ impl Replica {
             h.sort();
             out.push((DocId::Policy, h));
         }
+        for (id, r) in &self.regions {
+            let mut h = r.doc.get_heads();
+            h.sort();
+            out.push((DocId::Region { region: *id }, h));
+        }
         for (n, s) in &self.statuses {
             out.push((
                 DocId::Status {
@@ -1482,13 +1786,21 @@ impl Replica {
 
     /// How many documents [`Replica::docs`] lists, without listing them.
     pub fn doc_count(&self) -> usize {
-        usize::from(!self.pol.changes.is_empty()) + self.statuses.len() + self.summaries.len()
+        usize::from(!self.pol.changes.is_empty())
+            + self.regions.len()
+            + self.statuses.len()
+            + self.summaries.len()
     }
 
     /// The heads of one document (empty if not held).
     pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
         match doc {
             DocId::Policy => self.policy_heads(),
+            DocId::Region { region } => self
+                .regions
+                .get(region)
+                .map(|r| r.doc.get_heads())
+                .unwrap_or_default(),
             _ => self
                 .owned_doc(doc)
                 .map(|s| s.reported_heads())
@@ -1500,6 +1812,7 @@ impl Replica {
     pub fn get(&self, doc: &DocId, h: &ChangeHash) -> Option<&SignedChange> {
         match doc {
             DocId::Policy => self.pol.changes.get(h),
+            DocId::Region { region } => self.regions.get(region).and_then(|r| r.changes.get(h)),
             _ => self
                 .owned_doc(doc)
                 .and_then(|s| s.position(h).map(|i| &s.changes[i])),
@@ -1516,25 +1829,12 @@ impl Replica {
     /// are ignored (the peer has something we lack).
     pub fn missing_for(&self, doc: &DocId, their_heads: &[ChangeHash]) -> Vec<&SignedChange> {
         match doc {
-            DocId::Policy => {
-                let known: Vec<ChangeHash> = their_heads
-                    .iter()
-                    .filter(|h| self.pol.changes.contains_key(h))
-                    .copied()
-                    .collect();
-                let have = ancestors(&known, |h| {
-                    self.pol
-                        .doc
-                        .get_change_meta_by_hash(h)
-                        .map(|m| m.deps.to_vec())
-                });
-                self.pol
-                    .order
-                    .iter()
-                    .filter(|h| !have.contains(h))
-                    .filter_map(|h| self.pol.changes.get(h))
-                    .collect()
-            }
+            DocId::Policy => authority_missing(their_heads, &self.pol.doc, &self.pol.changes, &self.pol.order),
+            DocId::Region { region } => self
+                .regions
+                .get(region)
+                .map(|r| authority_missing(their_heads, &r.doc, &r.changes, &r.order))
+                .unwrap_or_default(),
             _ => {
                 let Some(s) = self.owned_doc(doc) else {
                     return Vec::new();
@@ -1557,6 +1857,11 @@ impl Replica {
             .order
             .iter()
             .filter_map(|h| self.pol.changes.get(h))
+            .chain(
+                self.regions
+                    .values()
+                    .flat_map(|r| r.order.iter().filter_map(|h| r.changes.get(h))),
+            )
             .chain(self.statuses.values().flat_map(|s| s.changes.iter()))
             .chain(self.summaries.values().flat_map(|s| s.changes.iter()))
     }
@@ -1584,7 +1889,9 @@ impl Replica {
             .sum();
         ReplicaStats {
             status_docs: self.statuses.len(),
-            changes: self.pol.changes.len() + status_changes,
+            changes: self.pol.changes.len()
+                + self.regions.values().map(|r| r.changes.len()).sum::<usize>()
+                + status_changes,
             status_changes,
             change_bytes: bytes,
             pending: self.pending.count,
@@ -1597,6 +1904,29 @@ impl Replica {
                 .count(),
         }
     }
+}
+
+/// The changes of an authority document (in applicable order) that a peer
+/// whose heads are `their_heads` lacks.
+fn authority_missing<'a>(
+    their_heads: &[ChangeHash],
+    doc: &Automerge,
+    changes: &'a HashMap<ChangeHash, SignedChange>,
+    order: &[ChangeHash],
+) -> Vec<&'a SignedChange> {
+    let known: Vec<ChangeHash> = their_heads
+        .iter()
+        .filter(|h| changes.contains_key(h))
+        .copied()
+        .collect();
+    let have = ancestors(&known, |h| {
+        doc.get_change_meta_by_hash(h).map(|m| m.deps.to_vec())
+    });
+    order
+        .iter()
+        .filter(|h| !have.contains(h))
+        .filter_map(|h| changes.get(h))
+        .collect()
 }
 
 /// Every hash reachable from `start` through `deps_of` (which answers `None` for
@@ -1697,7 +2027,14 @@ fn check_policy_schema(change: &Change) -> Result<(), Rejection> {
             return Err(Rejection::Schema("policy ops must use map keys".into()));
         };
         let known = [
-            "fleet/", "region/", "site/", "member/", "revoked/", "secret/", "scope/",
+            "fleet/",
+            "region/",
+            "site/",
+            "member/",
+            "revoked/",
+            "secret/",
+            "scope/",
+            crate::policy::REGIONAL_KEY_PREFIX,
         ];
         if !known.iter().any(|p| k.starts_with(p)) {
             return Err(Rejection::Schema(format!("unknown policy key {k:?}")));
@@ -1707,6 +2044,38 @@ fn check_policy_schema(change: &Change) -> Result<(), Rejection> {
             _ => {
                 return Err(Rejection::Schema(format!(
                     "policy key {k} must be set to JSON text"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A change of a region's scoped policy sets dotted config paths to JSON
+/// text on its root map, and nothing else.
+fn check_regional_schema(change: &Change) -> Result<(), Rejection> {
+    let expanded = change.decode();
+    for op in &expanded.operations {
+        if op.obj != ObjectId::Root || op.insert {
+            return Err(Rejection::Schema(
+                "regional policy ops must be on the root map".into(),
+            ));
+        }
+        let Key::Map(k) = &op.key else {
+            return Err(Rejection::Schema(
+                "regional policy ops must use map keys".into(),
+            ));
+        };
+        if let Err(e) = crate::policy::check_path(k) {
+            return Err(Rejection::Schema(format!(
+                "regional policy key {k:?} is not a config path: {e}"
+            )));
+        }
+        match &op.action {
+            OpType::Put(automerge::ScalarValue::Str(_)) | OpType::Delete => {}
+            _ => {
+                return Err(Rejection::Schema(format!(
+                    "regional policy key {k} must be set to JSON text"
                 )));
             }
         }

@@ -9,7 +9,7 @@
 
 use crate::SignedChange;
 use crate::keys::{NodeId, PublicKey, SecretKey};
-use crate::policy::{Edit, Member, PolicyEditor};
+use crate::policy::{Edit, Member, PolicyEditor, RegionEditor};
 use crate::root::TrustRoot;
 
 /// The key whose 32 seed bytes are all `seed`: the same key in every run.
@@ -62,4 +62,35 @@ pub fn sign_policy(
         sc.cosign(k).expect("the change parses");
     }
     sc
+}
+
+/// A change of region `region`'s scoped policy setting `sets` on top of
+/// `base`, and the fleet policy change (on top of `policy_base`) that commits
+/// to it, both under `root_version`, authored by `signers[0]` and cosigned by
+/// the rest. Returns (regional change, commitment).
+pub fn sign_regional(
+    region: &str,
+    base: &[SignedChange],
+    policy_base: &[SignedChange],
+    sets: &[(&str, serde_json::Value)],
+    root_version: u64,
+    signers: &[&SecretKey],
+) -> (SignedChange, SignedChange) {
+    let (author, cosigners) = signers.split_first().expect("at least one signer");
+    let mut ed = RegionEditor::new(region, base).expect("base loads");
+    for (p, v) in sets {
+        ed.set(p, v.clone()).expect("edit is valid");
+    }
+    let mut sc = ed.finish(author, root_version).expect("signs");
+    for k in cosigners {
+        sc.cosign(k).expect("the change parses");
+    }
+    let hash = sc.hash().expect("the change parses");
+    let commit = sign_policy(
+        policy_base,
+        [Edit::CommitRegional(region.to_string(), hash)],
+        root_version,
+        signers,
+    );
+    (sc, commit)
 }

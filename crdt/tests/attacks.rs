@@ -546,8 +546,9 @@ fn malformed_and_truncated_bytes_are_rejected() {
             "cut at {cut}"
         );
     }
-    // Format 1 (before per-edit actors) and unknown later versions are refused.
-    for v in [1u8, 3] {
+    // Formats 1 (before per-edit actors) and 2 (before regional policy) and
+    // unknown later versions are refused.
+    for v in [1u8, 2, 4] {
         let mut other = bytes.clone();
         other[0] = v;
         assert_eq!(

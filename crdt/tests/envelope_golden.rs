@@ -45,6 +45,21 @@ fn status_change() -> SignedChange {
     }
 }
 
+/// A change of region "eu"'s scoped policy under trust root v1, signed by
+/// key 1.
+fn region_change() -> SignedChange {
+    let doc = DocId::Region {
+        region: dcloud_crdt::RegionId::of("eu"),
+    };
+    let msg = signing_message(&doc, 1, &ChangeHash([0x13; 32]));
+    SignedChange {
+        doc,
+        root_version: 1,
+        change: vec![0xd0; 8],
+        sigs: vec![key(1).sign(&msg)],
+    }
+}
+
 /// v1: authorities 1 and 2 (threshold 1), timestamp key 4.
 fn anchor() -> SignedTrustRoot {
     let root = TrustRoot {
@@ -99,7 +114,7 @@ fn assert_hex(what: &str, bytes: &[u8], want: &str) {
 }
 
 const POLICY_CHANGE_HEX: &str = concat!(
-    "02000118000102030405060708090a0b0c0d0e0f1011121314151617028a88e3dd7409f195fd52db2d3cba5d",
+    "03000118000102030405060708090a0b0c0d0e0f1011121314151617028a88e3dd7409f195fd52db2d3cba5d",
     "72ca6709bf1d94121bf3748801b40f6f5c40d792b75b598a30bd74a8f9c1400c757869ecd36a81cfdc173c03",
     "cbb93d82321339bef035c6e121ded69690108d768c734a16e93999baa8512fc1d802cc9e76028139770ea87d",
     "175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b3944035a1ebcfaa38c86f4b31de9808983161e1",
@@ -107,13 +122,19 @@ const POLICY_CHANGE_HEX: &str = concat!(
     "8dc701",
 );
 const STATUS_CHANGE_HEX: &str = concat!(
-    "0201ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1070010c0c0c0c0c0c0c0",
+    "0301ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1070010c0c0c0c0c0c0c0",
     "c0c0c0c0c0c0c0c0c001ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d140f8",
     "30e12fb3309cfcb0862ad74883f55907909c2d03e61bef5b5e9dc449a94aeb00ca7105f7c0b847061655ac24",
     "da331f905b0be751849996e62404cf808d360b",
 );
+const REGION_CHANGE_HEX: &str = concat!(
+    "0303038a4f43bc367f5a7abf52fa2c6350e06a5491748efc81fb356a16cd363ac7870108d0d0d0d0d0d0d0d0",
+    "018a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c40f246d68fe279500b64f8",
+    "253dcde1bdf667229060ebf4cbfc9cbc168a5f40543fa7594690bef9be5bb4a13627fc0edec1c29b84b0a89b",
+    "b62a5a365fdf8543080f",
+);
 const BUNDLE_HEX: &str = concat!(
-    "444342554e444c4502020101028a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f",
+    "444342554e444c4503020101028a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f",
     "5c8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b3940001ca93ac1705187071d6",
     "7b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c01018a88e3dd7409f195fd52db2d3cba5d72ca6709",
     "bf1d94121bf3748801b40f6f5c40726659e82a372230d3ec3cbafdf59922b486848cea8b2fee5c62ccca32c5",
@@ -165,6 +186,7 @@ fn signed_changes_encode_to_their_golden_bytes() {
     for (what, sc, want) in [
         ("policy change", policy_change(), POLICY_CHANGE_HEX),
         ("status change", status_change(), STATUS_CHANGE_HEX),
+        ("region change", region_change(), REGION_CHANGE_HEX),
     ] {
         let bytes = sc.encode();
         assert_hex(what, &bytes, want);

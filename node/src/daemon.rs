@@ -750,6 +750,7 @@ impl Daemon {
             }
             Persist::DropNode { node } => self.dur.store.drop_node(&node),
             Persist::DropStatus { node } => self.dur.store.drop_status(&node),
+            Persist::DropDoc { doc } => self.dur.store.drop_doc(&doc),
         }
     }
 

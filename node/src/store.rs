@@ -7,7 +7,7 @@
 //! | `changes` | `DocId::to_bytes()` ++ change hash (32 bytes) | `SignedChange::encode()` |
 //! | `roots` | trust-root version, big-endian u64 | postcard `SignedTrustRoot` |
 //! | `peers` | node id (32 bytes) | JSON list of multiaddrs |
-//! | `meta` | `format` | `dcloud-store-v3` |
+//! | `meta` | `format` | `dcloud-store-v4` |
 //!
 //! The private key is never stored here: it lives in its own 0600 file. Writes
 //! become durable at [`Store::flush`]; the daemon flushes once per batch of
@@ -45,7 +45,7 @@ use dcloud_crdt::{DocId, NodeId, OwnedKind, SignedChange, SignedTrustRoot};
 /// roots with grandfathered heads and timestamp keys. Version 3: summary
 /// documents too (`DocId::Summary`, key prefix 2), which a version-2 build
 /// cannot read.
-const FORMAT: &[u8] = b"dcloud-store-v3";
+const FORMAT: &[u8] = b"dcloud-store-v4";
 
 /// Checkpoint when the write-ahead log is about this old (and not empty; each
 /// interval is drawn within a quarter either side, so that a fleet started at
@@ -108,7 +108,8 @@ pub enum StoreError {
 /// What was in the store when it was opened.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every stored change (policy first, then status).
+    /// Every stored change (policy first, then regions' scoped policies, then
+    /// status).
     pub changes: Vec<SignedChange>,
     /// Stored trust roots, by version.
     pub roots: Vec<SignedTrustRoot>,
@@ -127,6 +128,8 @@ pub struct Loaded {
 enum Deferred {
     /// Insert a change entry.
     Put(Vec<u8>, Vec<u8>),
+    /// Remove every change entry of one document (its `DocId::to_bytes`).
+    DropDoc(Vec<u8>),
     /// Remove a node's status entries: of epochs before `before`, or all of
     /// them and its addresses (None).
     DropStatus {
@@ -517,7 +520,11 @@ impl Store {
         }
         // Policy first, as `load` orders them.
         loaded.extend(replayed);
-        loaded.sort_by_key(|c| !matches!(c.doc, DocId::Policy));
+        loaded.sort_by_key(|c| match c.doc {
+            DocId::Policy => 0,
+            DocId::Region { .. } => 1,
+            _ => 2,
+        });
         Ok(n)
     }
 
@@ -544,6 +551,7 @@ impl Store {
         };
         let inner = self.inner()?;
         let mut policy = Vec::new();
+        let mut regional = Vec::new();
         let mut status = Vec::new();
         for item in inner.changes.iter() {
             let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
@@ -560,6 +568,7 @@ impl Store {
             }
             match sc.doc {
                 DocId::Policy => policy.push(sc),
+                DocId::Region { .. } => regional.push(sc),
                 DocId::Status { .. } | DocId::Summary { .. } => status.push(sc),
             }
         }
@@ -584,6 +593,7 @@ impl Store {
                 .map_err(|e| corrupt(format!("peer entry does not decode: {e}")))?;
             peers.push((dcloud_crdt::PublicKey(id), addrs));
         }
+        policy.extend(regional);
         policy.extend(status);
         Ok(Loaded {
             changes: policy,
@@ -623,6 +633,16 @@ impl Store {
         for op in &self.unflushed {
             match op {
                 Deferred::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+                Deferred::DropDoc(prefix) => {
+                    inner
+                        .changes
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(write_err)?;
+                    for item in inner.changes.scan_prefix(prefix) {
+                        let (k, _) = item.map_err(write_err)?;
+                        batch.remove(k);
+                    }
+                }
                 Deferred::DropStatus {
                     node,
                     before,
@@ -700,6 +720,15 @@ impl Store {
             kinds: &[1],
             forget: false,
         });
+        Ok(())
+    }
+
+    /// Delete every change of `doc` (a region's scoped policy this site no
+    /// longer holds, or holds less of): at the next checkpoint, in order
+    /// with the writes before and after it.
+    pub fn drop_doc(&mut self, doc: &DocId) -> Result<(), StoreError> {
+        self.inner()?;
+        self.unflushed.push(Deferred::DropDoc(doc.to_bytes()));
         Ok(())
     }
 

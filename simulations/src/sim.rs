@@ -1377,6 +1377,11 @@ impl Sim {
                         .retain(|d, _| d.owned().is_none_or(|(n, _, _)| n != node));
                 }
             }
+            Persist::DropDoc { doc } => {
+                if let Some(store) = &mut self.slots[i].store {
+                    store.changes.remove(&doc);
+                }
+            }
             Persist::DropStatus { node } => {
                 // Scoping from the start: an honest node never held it.
                 if self.slots[i].honest && self.scope_leaks.len() < 100 {
@@ -1401,7 +1406,7 @@ impl Sim {
             return;
         }
         match c.doc {
-            DocId::Policy => {
+            DocId::Policy | DocId::Region { .. } => {
                 let Ok(h) = c.hash() else {
                     self.safety.push(Violation(format!(
                         "node {i} holds an unparsable policy change"

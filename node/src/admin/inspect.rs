@@ -243,7 +243,7 @@ fn change_info(
     outcome: Outcome,
 ) -> ChangeInfo {
     let root = match sc.doc {
-        DocId::Policy => chain.get(sc.root_version),
+        DocId::Policy | DocId::Region { .. } => chain.get(sc.root_version),
         DocId::Status { .. } | DocId::Summary { .. } => None,
     };
     let msg = hash.map(|h| signing_message(&sc.doc, sc.root_version, &h));

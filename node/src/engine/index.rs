@@ -79,6 +79,11 @@ impl Hasher128 {
 pub(crate) fn key_of(doc: &DocId) -> Key {
     match doc {
         DocId::Policy => (0, None),
+        DocId::Region { region } => {
+            let mut h = Hasher128::new(4);
+            h.bytes(&region.0);
+            ((h.finish() as u64).max(1), None)
+        }
         DocId::Status { node, .. } | DocId::Summary { node, .. } => {
             // A summary spreads by another seed: a node's status and its
             // summary are two entries.

@@ -137,7 +137,7 @@ pub use state::{Engine, EngineStats, IndexSnapshot, RejectReason, RestoreError, 
 pub use wire::{ChangeId, Message, WireError, WireLimits};
 
 use dcloud_crdt::replica::Report;
-use dcloud_crdt::{NodeId, NodeStatus, OwnedKind, SignedChange, SignedTrustRoot};
+use dcloud_crdt::{DocId, NodeId, NodeStatus, OwnedKind, SignedChange, SignedTrustRoot};
 
 /// Milliseconds on the driver's clock (monotonic; virtual in the simulator).
 pub type Millis = u64;
@@ -285,6 +285,13 @@ pub enum Persist {
     DropNode {
         /// The revoked node.
         node: NodeId,
+    },
+    /// Every change of `doc` must be deleted (those still held follow in a
+    /// [`Persist::Changes`]): a region's scoped policy this node no longer
+    /// holds, or holds less of.
+    DropDoc {
+        /// The document.
+        doc: DocId,
     },
     /// Every status document of `node` must be deleted (not its summary):
     /// its status is scoped to a region this node is not in.

@@ -420,6 +420,7 @@ fn origin(doc: &DocId) -> Option<NodeId> {
 fn may_send(policy: &dcloud_crdt::Policy, doc: &DocId, peer: &NodeId) -> bool {
     match doc {
         DocId::Status { node, .. } => policy.may_hold_status(peer, node),
+        DocId::Region { region } => policy.may_hold_region(peer, region),
         _ => true,
     }
 }
@@ -1336,7 +1337,7 @@ impl Engine {
         // region's status is reconciled only over such links, which may be
         // few among this node's peers.
         let policy = self.replica.policy();
-        let region = policy.status_scope(&self.id);
+        let region = policy.scoped_region(&self.id);
         let ours = |id: &NodeId| {
             region.is_some()
                 && policy.is_active_member(id)
@@ -1531,7 +1532,7 @@ impl Engine {
             };
             self.stats.change_bytes_received += size;
             match &r.outcome {
-                Outcome::Pending if sc.doc != DocId::Policy => {
+                Outcome::Pending if !sc.doc.is_authority() => {
                     // Neither stored nor forwarded: it may never apply (its
                     // dependency withheld), and a node that sends thousands
                     // must not fill every disk. It is, once it applies.
@@ -1644,7 +1645,11 @@ impl Engine {
             }
         }
         for doc in touched {
-            if let Some((node, _, kind)) = doc.owned()
+            if let DocId::Region { .. } = doc {
+                let mut heads = self.replica.heads(&doc);
+                heads.sort();
+                self.index_set(doc, heads, now);
+            } else if let Some((node, _, kind)) = doc.owned()
                 && let Some(epoch) = self.replica.owned_epoch(&node, kind)
             {
                 let d = kind.doc(node, epoch);
@@ -1762,9 +1767,14 @@ impl Engine {
         self.index.set(doc, heads, now);
     }
 
-    /// A status document scoped to its owner's region.
+    /// A status document scoped to its owner's region, or a region's scoped
+    /// policy.
     fn is_scoped(&self, doc: &DocId) -> bool {
-        matches!(doc, DocId::Status { node, .. } if self.replica.policy().status_scope(node).is_some())
+        match doc {
+            DocId::Status { node, .. } => self.replica.policy().status_scope(node).is_some(),
+            DocId::Region { .. } => true,
+            _ => false,
+        }
     }
 
     /// Whether `peer` may hold `doc` (see [`may_send`]).
@@ -1783,20 +1793,46 @@ impl Engine {
         }
     }
 
-    /// `peer` is an active member of this node's own region, and that
-    /// region is scoped: it may hold everything this node holds.
+    /// `peer` is an active member of this node's own region, and some of
+    /// that region's data is scoped: it may hold everything this node holds.
     fn shares_scoped_region(&self, peer: &NodeId) -> bool {
         let policy = self.replica.policy();
-        policy.status_scope(&self.id).is_some() && policy.may_hold_status(peer, &self.id)
+        policy.scoped_region(&self.id).is_some() && policy.same_region(&self.id, peer)
     }
 
     /// After the policy changed (or at start): drop the status documents
     /// this node may no longer hold (the replica already has), and rebuild
     /// the index of what may leave the region.
-    fn enforce_scope(&mut self, _now: Millis, out: &mut Vec<Output>) {
+    fn enforce_scope(&mut self, now: Millis, out: &mut Vec<Output>) {
         let policy = self.replica.policy();
-        if policy.scoped.is_empty() && self.index_out.is_none() {
+        if !policy.has_scoped_data() && self.index_out.is_none() {
             return;
+        }
+        // A region's scoped policy this node no longer holds (it left the
+        // region), or holds less of (a rotation dropped a commitment): the
+        // store keeps exactly what the replica does.
+        let regional: Vec<(DocId, std::sync::Arc<[ChangeHash]>)> = self
+            .index
+            .entries()
+            .filter(|e| matches!(e.doc, DocId::Region { .. }))
+            .map(|e| (e.doc, e.heads.clone()))
+            .collect();
+        for (doc, indexed) in regional {
+            let mut heads = self.replica.heads(&doc);
+            heads.sort();
+            if heads.as_slice() == &*indexed {
+                continue;
+            }
+            tracing::info!(doc = %doc, "a region's scoped policy shrank or left this site: stored anew");
+            out.push(Output::Persist(Persist::DropDoc { doc }));
+            let DocId::Region { region } = doc else {
+                unreachable!("regional entries only")
+            };
+            let kept = self.replica.region_changes(&region);
+            if !kept.is_empty() {
+                out.push(Output::Persist(Persist::Changes(kept)));
+            }
+            self.index_set(doc, heads, now);
         }
         let gone: Vec<NodeId> = self
             .index
@@ -1813,14 +1849,14 @@ impl Engine {
             out.push(Output::Persist(Persist::DropStatus { node }));
         }
         let policy = self.replica.policy();
-        if policy.scoped.is_empty() {
+        if !policy.has_scoped_data() {
             self.index_out = None;
             self.scoped_owners.clear();
             return;
         }
         let mut o = self.index.clone();
         for e in self.index.entries() {
-            if matches!(e.doc, DocId::Status { node, .. } if policy.status_scope(&node).is_some()) {
+            if self.is_scoped(&e.doc) {
                 o.remove(&e.doc);
             }
         }
@@ -3066,7 +3102,7 @@ impl Engine {
     /// `msg` without what `to` may not hold (`None`: nothing to take out).
     fn scope_gate(&mut self, to: NodeId, msg: &Message) -> Option<Message> {
         let policy = self.replica.policy();
-        if policy.scoped.is_empty() {
+        if !policy.has_scoped_data() {
             return None;
         }
         let ok = |d: &DocId| may_send(policy, d, &to);
