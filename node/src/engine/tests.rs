@@ -2124,3 +2124,106 @@ fn a_scoped_status_sent_outside_its_region_is_refused_without_blame() {
         1
     );
 }
+
+// ---- a region's scoped policy (issue 14) ----
+
+impl Fleet {
+    /// The authority signs a change of `region`'s scoped policy setting
+    /// `path` to `value`, and its commitment; published together at node
+    /// `at`.
+    fn set_regional(&mut self, at: usize, region: &str, path: &str, value: serde_json::Value) {
+        let mut ed = dcloud_crdt::RegionEditor::new(region, &self.policy).unwrap();
+        ed.set(path, value).unwrap();
+        let c = ed.finish(&self.authority, 1).unwrap();
+        let mut ped = PolicyEditor::new(&self.policy).unwrap();
+        ped.push(Edit::CommitRegional(region.into(), c.hash().unwrap()))
+            .unwrap();
+        let commit = ped.finish(&self.authority, 1).unwrap();
+        self.policy.push(commit.clone());
+        self.policy.push(c.clone());
+        let id = self.id(at);
+        self.input(
+            id,
+            Input::Publish {
+                roots: vec![],
+                changes: vec![commit, c],
+            },
+        );
+        self.run();
+    }
+}
+
+#[test]
+fn a_regions_scoped_policy_reaches_its_sites_and_no_byte_of_it_leaves() {
+    let mut f = two_region_fleet(false);
+    let start = f.log.len();
+    let marker = "REGIONAL-VALUE-ONLY-FOR-EU";
+    f.set_regional(1, "eu", "db.host", serde_json::json!(marker));
+    f.settle();
+    for eu in 0..3 {
+        let e = &f.engines[&f.id(eu)];
+        assert_eq!(
+            e.replica().effective_config(&f.id(eu)).unwrap()["db"]["host"],
+            serde_json::json!(marker),
+            "site {eu} of eu applies the region's scoped policy"
+        );
+        assert_eq!(e.replica().regional_missing("eu"), 0);
+    }
+    for us in 3..6 {
+        assert_eq!(
+            f.sent_to_containing(start, us, marker.as_bytes()),
+            0,
+            "a byte of eu's scoped policy reached site {us} of us"
+        );
+        let e = &f.engines[&f.id(us)];
+        assert!(e.replica().regional("eu").is_none());
+        // The commitment is fleet-wide: us knows eu has one change.
+        assert_eq!(e.replica().regional_missing("eu"), 1);
+    }
+    for e in f.engines.values() {
+        assert_eq!(e.stats().scope_withheld, 0);
+    }
+    let fp = |i: usize| f.engines[&f.id(i)].state_fingerprint();
+    let shared = |i: usize| f.engines[&f.id(i)].shared_fingerprint();
+    assert_eq!(fp(0), fp(1));
+    assert_eq!(fp(1), fp(2));
+    assert_eq!(fp(3), fp(5));
+    assert_eq!(shared(2), shared(3), "what crosses regions agrees");
+}
+
+#[test]
+fn a_regions_scoped_policy_published_outside_it_is_refused_there_and_owed_inside() {
+    // Published at a site of us: us refuses eu's change (not its
+    // commitment), so eu's sites know they are owed one change and say so;
+    // published again at a site of eu, it reaches them.
+    let mut f = two_region_fleet(false);
+    f.set_regional(5, "eu", "a", serde_json::json!(1));
+    f.settle();
+    for i in 0..6 {
+        let e = &f.engines[&f.id(i)];
+        assert!(e.replica().regional("eu").is_none(), "site {i}");
+        assert_eq!(e.replica().regional_missing("eu"), 1, "site {i}");
+    }
+    let change = f.policy.last().unwrap().clone();
+    let at = f.id(2);
+    f.input(
+        at,
+        Input::Publish {
+            roots: vec![],
+            changes: vec![change],
+        },
+    );
+    f.run();
+    f.settle();
+    for eu in 0..3 {
+        let e = &f.engines[&f.id(eu)];
+        assert_eq!(e.replica().regional_missing("eu"), 0, "site {eu}");
+        assert_eq!(
+            e.replica().effective_config(&f.id(eu)).unwrap()["a"],
+            serde_json::json!(1)
+        );
+    }
+    for us in 3..6 {
+        assert!(f.engines[&f.id(us)].replica().regional("eu").is_none());
+    }
+}
