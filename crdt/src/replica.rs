@@ -30,8 +30,8 @@ use std::sync::Arc;
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
-use crate::change::{OwnedKind, RegionId};
 use crate::change::{DocId, Limits, SignedChange, actor_signer, parse_change, signing_message};
+use crate::change::{OwnedKind, RegionId};
 use crate::keys::NodeId;
 use crate::policy::{Policy, RegionalPolicy};
 use crate::root::{RootError, SignedTrustRoot, TrustChain};
@@ -163,7 +163,9 @@ pub enum Rejection {
     /// A change of a region's scoped policy, offered to a site that is not
     /// an active member of that region. Not the sender's fault when it has
     /// not yet applied the policy that moved this site.
-    #[error("the scoped policy of region {region} is held only by its sites, and this site is not one")]
+    #[error(
+        "the scoped policy of region {region} is held only by its sites, and this site is not one"
+    )]
     NotInRegion {
         /// The region (its name, or its id when the policy does not name it).
         region: String,
@@ -172,7 +174,9 @@ pub enum Rejection {
     /// does not commit to (`regional/<region>/<hash>`): it waits for the
     /// policy change that commits it, or never applies. Not the sender's
     /// fault: it may hold a policy this site has not received yet.
-    #[error("change {hash} of region {region}'s scoped policy is not committed by the fleet policy held here")]
+    #[error(
+        "change {hash} of region {region}'s scoped policy is not committed by the fleet policy held here"
+    )]
     Uncommitted {
         /// The region.
         region: String,
@@ -1328,7 +1332,12 @@ impl Replica {
                 region = %id.short(),
                 "changes of a region's scoped policy the fleet policy no longer commits to are dropped"
             );
-            let keep: Vec<ChangeHash> = st.order.iter().filter(|h| !drop.contains(h)).copied().collect();
+            let keep: Vec<ChangeHash> = st
+                .order
+                .iter()
+                .filter(|h| !drop.contains(h))
+                .copied()
+                .collect();
             let changes: Vec<Change> = keep
                 .iter()
                 .filter_map(|h| st.doc.get_change_by_hash(h))
@@ -1450,7 +1459,8 @@ impl Replica {
                 tracing::error!(error = %e, "automerge refused a batch of committed changes of a region's scoped policy");
                 for (idx, _, _) in ready {
                     if let Some(i) = idx {
-                        reports[i].outcome = Outcome::Rejected(Rejection::Unappliable(e.to_string()));
+                        reports[i].outcome =
+                            Outcome::Rejected(Rejection::Unappliable(e.to_string()));
                     }
                 }
                 continue;
@@ -1829,7 +1839,12 @@ impl Replica {
     /// are ignored (the peer has something we lack).
     pub fn missing_for(&self, doc: &DocId, their_heads: &[ChangeHash]) -> Vec<&SignedChange> {
         match doc {
-            DocId::Policy => authority_missing(their_heads, &self.pol.doc, &self.pol.changes, &self.pol.order),
+            DocId::Policy => authority_missing(
+                their_heads,
+                &self.pol.doc,
+                &self.pol.changes,
+                &self.pol.order,
+            ),
             DocId::Region { region } => self
                 .regions
                 .get(region)
@@ -1866,6 +1881,16 @@ impl Replica {
             .chain(self.summaries.values().flat_map(|s| s.changes.iter()))
     }
 
+    /// The policy changes, then the changes of every region's scoped policy
+    /// held, each in applicable order: what a base snapshot exports.
+    pub fn authority_changes(&self) -> Vec<SignedChange> {
+        let mut out = self.policy_changes();
+        for id in self.regions.keys() {
+            out.extend(self.region_changes(id));
+        }
+        out
+    }
+
     /// The policy changes, in applicable order.
     pub fn policy_changes(&self) -> Vec<SignedChange> {
         self.pol
@@ -1890,7 +1915,11 @@ impl Replica {
         ReplicaStats {
             status_docs: self.statuses.len(),
             changes: self.pol.changes.len()
-                + self.regions.values().map(|r| r.changes.len()).sum::<usize>()
+                + self
+                    .regions
+                    .values()
+                    .map(|r| r.changes.len())
+                    .sum::<usize>()
                 + status_changes,
             status_changes,
             change_bytes: bytes,

@@ -61,6 +61,19 @@ pub struct AppliedPolicy {
     /// Exit code of the apply command, if it ran.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Heads (hex) of the site's region's scoped policy in the config it
+    /// applied (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regional: Vec<String>,
+    /// Changes of the region's scoped policy that the policy heads applied
+    /// commit to and that the site did not hold when it applied them: 0
+    /// when the config applied is whole.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub regional_missing: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A node's status, as its owner reports it.

@@ -8,7 +8,7 @@ use common::{Fleet, fingerprint};
 use dcloud_crdt::keys::SignatureBytes;
 use dcloud_crdt::testkit::{self, seeded_key};
 use dcloud_crdt::{
-    DocId, Edit, Outcome, Rejection, RegionId, Replica, SecretKey, SignedChange, SignedTrustRoot,
+    DocId, Edit, Outcome, RegionId, Rejection, Replica, SecretKey, SignedChange, SignedTrustRoot,
     TrustRoot,
 };
 use serde_json::json;
@@ -38,7 +38,11 @@ fn rejected(r: &mut Replica, batch: Vec<SignedChange>, at: usize) -> Rejection {
     let Outcome::Rejected(why) = rep[at].outcome.clone() else {
         panic!("expected a rejection, got {:?}", rep[at].outcome);
     };
-    assert_eq!(before, fingerprint(r), "a rejected change changed the replica");
+    assert_eq!(
+        before,
+        fingerprint(r),
+        "a rejected change changed the replica"
+    );
     why
 }
 
@@ -78,7 +82,10 @@ fn a_regions_scoped_policy_applies_in_it_once_committed_and_nowhere_else() {
     let mut s1 = site(&fleet, &enrol, 1);
     assert_eq!(s1.ingest(vec![commit.clone()])[0].outcome, Outcome::Applied);
     let why = rejected(&mut s1, vec![change.clone()], 0);
-    assert!(matches!(why, Rejection::NotInRegion { ref region } if region == "r0"), "{why}");
+    assert!(
+        matches!(why, Rejection::NotInRegion { ref region } if region == "r0"),
+        "{why}"
+    );
     assert!(!why.is_misbehaviour());
     assert!(s1.regional("r0").is_none());
     assert!(!s1.docs().iter().any(|(d, _)| *d == doc));
@@ -146,7 +153,9 @@ fn an_authority_signed_change_with_a_key_that_is_not_a_path_is_refused() {
     use automerge::transaction::Transactable;
     let (fleet, enrol) = setup();
     let mut doc = automerge::Automerge::new();
-    doc.set_actor(dcloud_crdt::change::edit_actor(&fleet.authorities[0].public()));
+    doc.set_actor(dcloud_crdt::change::edit_actor(
+        &fleet.authorities[0].public(),
+    ));
     let mut tx = doc.transaction();
     tx.put(automerge::ROOT, "member/x", "{}").unwrap();
     tx.commit();
@@ -246,5 +255,11 @@ fn concurrent_regional_edits_from_one_base_both_apply() {
     let c0 = s0.effective_config(&fleet.node(0)).unwrap();
     assert_eq!(c0, json!({"a": 1, "b": 2}));
     assert_eq!(s0.regional("r0"), s2.regional("r0"));
-    assert_eq!(s0.heads(&DocId::Region { region: RegionId::of("r0") }).len(), 2);
+    assert_eq!(
+        s0.heads(&DocId::Region {
+            region: RegionId::of("r0")
+        })
+        .len(),
+        2
+    );
 }

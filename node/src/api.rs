@@ -289,6 +289,9 @@ async fn publish(State(h): State<Handle>, body: Bytes) -> Response {
         Ok(Ok(v)) if v.accepted => Json(v).into_response(),
         Ok(Ok(v)) if v.malformed => (StatusCode::BAD_REQUEST, Json(v)).into_response(),
         Ok(Ok(v)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response(),
+        Ok(Err(e @ PublishError::OutsideRegion { .. })) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         Ok(Err(e)) | Err(e) => gone(e),
     }
 }

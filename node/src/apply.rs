@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dcloud_crdt::secret::{SealedSecret, secrets_for};
-use dcloud_crdt::{NodeId, Policy, SecretKey};
+use dcloud_crdt::{NodeId, Replica, SecretKey};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
@@ -38,10 +38,12 @@ pub struct ApplyInput {
 }
 
 impl ApplyInput {
-    /// The input of `me` under `policy`; None when it is not an active member.
-    pub fn of(policy: &Policy, me: &NodeId) -> Option<ApplyInput> {
+    /// The input of `me` under the policy `replica` holds (its region's
+    /// scoped policy merged in); None when it is not an active member.
+    pub fn of(replica: &Replica, me: &NodeId) -> Option<ApplyInput> {
+        let policy = replica.policy();
         Some(ApplyInput {
-            config: policy.effective_config(me)?,
+            config: replica.effective_config(me)?,
             sealed: secrets_for(policy, me).into_iter().cloned().collect(),
         })
     }
@@ -52,6 +54,8 @@ impl ApplyInput {
 pub struct ApplyRequest {
     /// Policy heads (hex) the config was resolved at.
     pub heads: Vec<String>,
+    /// Heads (hex) of the region's scoped policy merged in (empty: none).
+    pub regional: Vec<String>,
     /// The effective config and sealed secrets.
     pub input: ApplyInput,
 }
@@ -61,6 +65,8 @@ pub struct ApplyRequest {
 pub struct ApplyResult {
     /// The heads of the request.
     pub heads: Vec<String>,
+    /// The regional heads of the request.
+    pub regional: Vec<String>,
     /// Why it failed, if it did.
     pub error: Option<String>,
     /// The command's exit code, when it ran and exited.
@@ -210,6 +216,7 @@ pub fn open_secrets(
 async fn apply_once(config: &ApplyConfig, key: &SecretKey, req: &ApplyRequest) -> ApplyResult {
     let mut result = ApplyResult {
         heads: req.heads.clone(),
+        regional: req.regional.clone(),
         error: None,
         exit_code: None,
     };
@@ -337,6 +344,7 @@ mod tests {
         };
         let req = ApplyRequest {
             heads: vec!["ab".into()],
+            regional: Vec::new(),
             input: ApplyInput {
                 config: serde_json::json!({"a": 1}),
                 sealed: Vec::new(),
@@ -396,6 +404,7 @@ mod tests {
         };
         let req = ApplyRequest {
             heads: vec!["ab".into()],
+            regional: Vec::new(),
             input: ApplyInput {
                 config: serde_json::json!({"a": 1}),
                 sealed: vec![fleet.clone(), mine.clone()],
@@ -427,6 +436,7 @@ mod tests {
         );
         let req = ApplyRequest {
             heads: vec!["cd".into()],
+            regional: Vec::new(),
             input: ApplyInput {
                 config: serde_json::json!({"a": 1}),
                 sealed: vec![bad],

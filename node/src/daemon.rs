@@ -143,6 +143,18 @@ pub enum PublishError {
     /// The daemon is shutting down or busy.
     #[error("the daemon did not answer: {0}")]
     Gone(String),
+    /// The bundle carries another region's scoped policy, which this site
+    /// may not hold: nothing of the bundle was taken.
+    #[error(
+        "this bundle carries the scoped policy of region {region}, which only that region's sites hold; \
+         this site is {here}: nothing was published, publish the bundle at a site of region {region}"
+    )]
+    OutsideRegion {
+        /// The region of the scoped policy (its name, or its id).
+        region: String,
+        /// Where this site is ("in region X", or "not an active member").
+        here: String,
+    },
 }
 
 /// Where a publish verdict goes.
@@ -205,11 +217,21 @@ struct Bootstrap {
     redial: Redial,
 }
 
+/// The policy state a config is rendered at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ApplyAt {
+    heads: Vec<String>,
+    regional: Vec<String>,
+    regional_missing: u32,
+}
+
 /// What the applier was last asked, and what it last finished.
 #[derive(Default)]
 struct ApplyState {
-    /// Heads and input (config, sealed secrets) of the latest request (None: not a member).
-    target: Option<(Vec<String>, Option<ApplyInput>)>,
+    /// What the latest request applies (policy heads, and the heads of the
+    /// region's scoped policy and how many of its committed changes are
+    /// missing), and its input (config, sealed secrets; None: not a member).
+    target: Option<(ApplyAt, Option<ApplyInput>)>,
     /// The input of the last successful run.
     done_config: Option<ApplyInput>,
     /// A request is running.
@@ -915,6 +937,47 @@ impl Daemon {
         }
     }
 
+    /// A bundle holding a region's scoped policy that this site may not
+    /// hold is refused whole, before any of it is taken: a site outside the
+    /// region would take the commitment and drop the change, leaving the
+    /// region's sites owed a change nobody of theirs holds.
+    fn outside_region(&self, bundle: &Bundle) -> Option<PublishError> {
+        let policy = self.engine.replica().policy();
+        // The bundle's own commitments name regions the site may not know yet.
+        let mut names: Vec<String> = policy.regional.keys().cloned().collect();
+        for c in bundle.changes.iter().filter(|c| c.doc == DocId::Policy) {
+            if let Ok(ch) = dcloud_crdt::change::parse_change(&c.change) {
+                for op in ch.decode().operations {
+                    if let automerge::legacy::Key::Map(k) = op.key
+                        && let Some(rest) = k.strip_prefix(dcloud_crdt::policy::REGIONAL_KEY_PREFIX)
+                        && let Some((r, _)) = rest.split_once('/')
+                    {
+                        names.push(r.to_string());
+                    }
+                }
+            }
+        }
+        for c in &bundle.changes {
+            let DocId::Region { region } = c.doc else {
+                continue;
+            };
+            if policy.may_hold_region(&self.me, &region) {
+                continue;
+            }
+            let name = names
+                .iter()
+                .find(|n| dcloud_crdt::RegionId::of(n) == region)
+                .cloned()
+                .unwrap_or_else(|| format!("with id {}", region.short()));
+            let here = match policy.members.get(&self.me) {
+                Some(m) if policy.is_active_member(&self.me) => format!("in region {}", m.region),
+                _ => "not an active member".to_string(),
+            };
+            return Some(PublishError::OutsideRegion { region: name, here });
+        }
+        None
+    }
+
     /// Whether the engine admits a peer (its rule; see `engine` docs).
     fn admitted(&self, node: &NodeId) -> Result<(), DisconnectReason> {
         if *node == self.me {
@@ -933,15 +996,27 @@ impl Daemon {
     fn policy_changed(&mut self) {
         // Re-render this node's effective config when it changed.
         let replica = self.engine.replica();
-        let heads = view::hex_heads(&replica.policy_heads());
-        let config = ApplyInput::of(replica.policy(), &self.me);
+        let region = replica
+            .policy()
+            .members
+            .get(&self.me)
+            .map(|m| m.region.clone())
+            .unwrap_or_default();
+        let at = ApplyAt {
+            heads: view::hex_heads(&replica.policy_heads()),
+            regional: view::hex_heads(&replica.heads(&DocId::Region {
+                region: dcloud_crdt::RegionId::of(&region),
+            })),
+            regional_missing: replica.regional_missing(&region) as u32,
+        };
+        let config = ApplyInput::of(replica, &self.me);
         let same_target = self
             .apply
             .target
             .as_ref()
-            .is_some_and(|(h, c)| *h == heads && *c == config);
+            .is_some_and(|(a, c)| *a == at && *c == config);
         if !same_target {
-            self.apply.target = Some((heads.clone(), config.clone()));
+            self.apply.target = Some((at.clone(), config.clone()));
             match &config {
                 None => {
                     self.apply.applied = Default::default();
@@ -953,12 +1028,15 @@ impl Daemon {
                         && self.apply.applied.error.is_none() =>
                 {
                     // Same config under new heads: nothing to run again.
-                    self.apply.applied.heads = heads;
+                    self.apply.applied.heads = at.heads;
+                    self.apply.applied.regional = at.regional;
+                    self.apply.applied.regional_missing = at.regional_missing;
                 }
                 Some(c) => {
                     self.apply.busy = true;
                     self.applier.submit(ApplyRequest {
-                        heads,
+                        heads: at.heads,
+                        regional: at.regional,
                         input: c.clone(),
                     });
                 }
@@ -969,11 +1047,11 @@ impl Daemon {
 
     fn on_applied(&mut self, res: ApplyResult) {
         let target = self.apply.target.clone();
-        let Some((heads, Some(config))) = target else {
+        let Some((at, Some(config))) = target else {
             self.apply.busy = false;
             return;
         };
-        if res.heads != heads {
+        if res.heads != at.heads || res.regional != at.regional {
             // A newer request is queued behind this one (or supersedes it).
             if let Some(e) = &res.error {
                 tracing::warn!(error = %e, "applying an older policy failed");
@@ -997,6 +1075,8 @@ impl Daemon {
             heads: res.heads,
             error: res.error,
             exit_code: res.exit_code,
+            regional: res.regional,
+            regional_missing: at.regional_missing,
         };
         self.refresh_status();
     }
@@ -1152,7 +1232,7 @@ impl Daemon {
             Command::Snapshot(tx) => {
                 let bundle = Bundle {
                     roots: replica.trust().roots().to_vec(),
-                    changes: replica.policy_changes(),
+                    changes: replica.authority_changes(),
                 };
                 let _ = tx.send(bundle.encode());
             }
@@ -1171,6 +1251,11 @@ impl Daemon {
             Command::Publish(bundle, tx) => {
                 if let Some(e) = &self.dur.store_error {
                     let _ = tx.send(Err(PublishError::Unavailable(e.clone())));
+                    return;
+                }
+                if let Some(e) = self.outside_region(&bundle) {
+                    tracing::warn!(error = %e, "refused a bundle from the local API");
+                    let _ = tx.send(Err(e));
                     return;
                 }
                 let n = bundle.changes.len();

@@ -414,7 +414,7 @@ pub fn row(replica: &Replica, ctx: &FleetCtx<'_>, n: &NodeId) -> NodeRow {
         stale,
         healthy: st.is_healthy(),
         health: st.health,
-        up_to_date: behind == 0 && st.applied.error.is_none(),
+        up_to_date: behind == 0 && st.applied.error.is_none() && st.applied.regional_missing == 0,
         applied: st.applied,
         behind,
         version: st.version,
@@ -552,6 +552,9 @@ pub fn rollout(
             (Some(e), _) => view
                 .failed
                 .push(site(Some(e.clone()), st.applied.exit_code)),
+            // Its region's scoped policy, committed by these heads, is
+            // not all there yet.
+            (None, true) if st.applied.regional_missing > 0 => view.pending.push(site(None, None)),
             (None, true) => view.applied += 1,
             (None, false) => view.pending.push(site(None, None)),
         }

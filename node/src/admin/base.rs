@@ -103,7 +103,7 @@ impl Base {
         let changes: Vec<SignedChange> = bundles
             .iter()
             .flat_map(|b| b.changes.iter())
-            .filter(|c| c.doc == DocId::Policy)
+            .filter(|c| c.doc.is_authority())
             .cloned()
             .collect();
         let mut pending = 0;
@@ -151,6 +151,24 @@ impl Base {
     /// Every policy change of the base, in applicable order.
     pub fn changes(&self) -> Vec<SignedChange> {
         self.replica.policy_changes()
+    }
+
+    /// Every policy change of the base, then every change of a region's
+    /// scoped policy it holds.
+    pub fn authority_changes(&self) -> Vec<SignedChange> {
+        self.replica.authority_changes()
+    }
+
+    /// The changes of region `region`'s scoped policy the base holds.
+    pub fn regional_changes(&self, region: &str) -> Vec<SignedChange> {
+        self.replica.regional_changes(region)
+    }
+
+    /// How many changes of `region`'s scoped policy the base's policy
+    /// commits to that the base does not hold (it was taken at a site
+    /// outside the region).
+    pub fn regional_missing(&self, region: &str) -> usize {
+        self.replica.regional_missing(region)
     }
 
     /// Whether the base holds a change.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use dcloud_crdt::policy::EditError;
 use dcloud_crdt::{
-    Bundle, DocId, Edit, Level, Member, NodeId, Policy, PolicyEditor, PublicKey, SecretKey,
+    Bundle, Edit, Level, Member, NodeId, Policy, PolicyEditor, PublicKey, RegionEditor, SecretKey,
     TrustChain,
 };
 use serde_json::Value as Json;
@@ -57,6 +57,25 @@ pub enum SignError {
     /// The edit does not fit the base.
     #[error(transparent)]
     Edit(#[from] EditError),
+    /// `--scoped` at a level other than a region.
+    #[error(
+        "--scoped takes a region:NAME level (a region's scoped policy holds config for that region's sites), not {0}"
+    )]
+    ScopedLevel(String),
+    /// The base lacks committed changes of the region's scoped policy.
+    #[error(
+        "the base holds {held} of the {committed} committed changes of region {region}'s scoped policy \
+         (it was taken at a site outside the region, which never holds them); take the base from a site \
+         of region {region} (--from URL, or its `dcloud snapshot`) so that this edit builds on them"
+    )]
+    RegionalBase {
+        /// The region.
+        region: String,
+        /// Changes the base holds.
+        held: usize,
+        /// Changes the policy commits to.
+        committed: usize,
+    },
     /// The key is not an authority key of the root in force.
     #[error(
         "key {key} is not an authority key of trust root v{version} (its keys: {keys}); check --key"
@@ -212,16 +231,70 @@ pub fn sign_edits(
     })
 }
 
+/// Make one signed change of region `region`'s scoped policy setting (or,
+/// for `None`, removing) each path of `edits`, against `base`, and the fleet
+/// policy change that commits to it; both signed by `key` under the root in
+/// force of `chain`, as one bundle carrying `chain` (commitment first).
+pub fn sign_regional(
+    base: &Base,
+    chain: &TrustChain,
+    region: &str,
+    edits: Vec<(String, Option<Json>)>,
+    key: &SecretKey,
+) -> Result<Bundle, SignError> {
+    let root = chain.current();
+    if !root.keys.contains(&key.public()) {
+        return Err(SignError::WrongKey {
+            key: key.public().short(),
+            version: root.version,
+            keys: short_keys(&root.keys),
+        });
+    }
+    let held = base.regional_changes(region);
+    let missing = base.regional_missing(region);
+    if missing > 0 {
+        return Err(SignError::RegionalBase {
+            region: region.to_string(),
+            held: held.len(),
+            committed: held.len() + missing,
+        });
+    }
+    let mut editor = RegionEditor::new(region, &held)?;
+    for (path, value) in edits {
+        match value {
+            Some(v) => editor.set(&path, v)?,
+            None => editor.unset(&path)?,
+        }
+    }
+    let change = editor.finish(key, root.version)?;
+    let hash = change
+        .hash()
+        .map_err(|e| SignError::Edit(EditError::Base(e.to_string())))?;
+    let mut policy = PolicyEditor::new(&base.changes())?;
+    policy.push(Edit::CommitRegional(region.to_string(), hash))?;
+    let commit = policy.finish(key, root.version)?;
+    tracing::info!(
+        root_version = root.version,
+        key = %key.public().short(),
+        region,
+        "signed a change of a region's scoped policy and its commitment"
+    );
+    Ok(Bundle {
+        roots: chain.roots().to_vec(),
+        changes: vec![commit, change],
+    })
+}
+
 /// Add `key`'s signature to every policy change of `bundle` it has not signed.
 /// Returns how many changes it signed.
 pub fn cosign(bundle: &mut Bundle, key: &SecretKey) -> Result<usize, CosignError> {
-    if !bundle.changes.iter().any(|c| c.doc == DocId::Policy) {
+    if !bundle.changes.iter().any(|c| c.doc.is_authority()) {
         return Err(CosignError::NoChanges);
     }
     let chain = TrustChain::from_roots(bundle.roots.clone())?;
     let public = key.public();
     // Check every change before signing any, so that a refusal changes nothing.
-    for c in bundle.changes.iter().filter(|c| c.doc == DocId::Policy) {
+    for c in bundle.changes.iter().filter(|c| c.doc.is_authority()) {
         let hash = c
             .hash()
             .map_err(|_| CosignError::Malformed(format!("{:?}", c)))?;
@@ -240,7 +313,7 @@ pub fn cosign(bundle: &mut Bundle, key: &SecretKey) -> Result<usize, CosignError
         }
     }
     let mut signed = 0;
-    for c in bundle.changes.iter_mut().filter(|c| c.doc == DocId::Policy) {
+    for c in bundle.changes.iter_mut().filter(|c| c.doc.is_authority()) {
         if c.cosign(key)
             .map_err(|_| CosignError::Malformed(format!("{:?}", c)))?
         {

@@ -172,7 +172,7 @@ pub fn inspect(
     // A scratch replica holding the base: what a node would say.
     let mut scratch = Replica::new(chain.clone(), Limits::default());
     if let Some(b) = base {
-        let reports = scratch.ingest(b.changes());
+        let reports = scratch.ingest(b.authority_changes());
         // A rotation the bundle carries drops every change of the base signed
         // under an older root that it does not grandfather.
         let dropped: Vec<String> = reports

@@ -90,6 +90,13 @@ enum Cmd {
         path: String,
         /// A JSON value: 1500, true, "info" (quoted), {"a": 1}.
         value: String,
+        /// Keep the entry in the region (LEVEL region:NAME only): it goes
+        /// into the region's scoped policy, which only the region's sites
+        /// hold; the rest of the fleet holds a commitment to it (a hash),
+        /// never its bytes. Take the base from a site of the region and
+        /// publish there.
+        #[arg(long)]
+        scoped: bool,
         #[command(flatten)]
         sign: SignArgs,
     },
@@ -115,6 +122,9 @@ enum Cmd {
         level: String,
         /// Dotted path.
         path: String,
+        /// Remove it from the region's scoped policy (see `set --scoped`).
+        #[arg(long)]
+        scoped: bool,
         #[command(flatten)]
         sign: SignArgs,
     },
@@ -374,13 +384,44 @@ fn read_own_chain(path: &Option<PathBuf>) -> Result<Option<TrustChain>> {
 }
 
 async fn sign(sign: &SignArgs, make: impl FnOnce(&Base) -> Result<Vec<Edit>>) -> Result<()> {
+    sign_with(sign, |base, chain, key| {
+        let edits = make(base)?;
+        Ok(edit::sign_edits(base, chain, edits, key)?)
+    })
+    .await
+}
+
+/// A change of region `level`'s scoped policy (`--scoped`), and its
+/// commitment.
+async fn sign_scoped(
+    sign: &SignArgs,
+    level: &str,
+    edit: (String, Option<serde_json::Value>),
+) -> Result<()> {
+    let Some(region) = level.strip_prefix("region:") else {
+        return Err(edit::SignError::ScopedLevel(level.to_string()).into());
+    };
+    dcloud_crdt::policy::check_region(region)?;
+    sign_with(sign, |base, chain, key| {
+        Ok(edit::sign_regional(base, chain, region, vec![edit], key)?)
+    })
+    .await?;
+    say!(
+        "region {region}: the entry stays in the region; publish this bundle at a site of region {region} (sites elsewhere refuse it)"
+    );
+    Ok(())
+}
+
+async fn sign_with(
+    sign: &SignArgs,
+    make: impl FnOnce(&Base, &TrustChain, &SecretKey) -> Result<Bundle>,
+) -> Result<()> {
     // Read the keys first: a bad key changes nothing, not even the network.
     let signers = read_keys(&sign.keys)?;
     let own = read_own_chain(&sign.chain)?;
     let base = load_base(&sign.base).await?;
-    let edits = make(&base)?;
     let chain = base.signing_chain(own.as_ref())?;
-    let mut bundle = edit::sign_edits(&base, &chain, edits, &signers[0])?;
+    let mut bundle = make(&base, &chain, &signers[0])?;
     for k in &signers[1..] {
         edit::cosign(&mut bundle, k)?;
     }
@@ -796,10 +837,14 @@ async fn run(cli: Cli) -> Result<()> {
             level,
             path,
             value,
+            scoped,
             sign: s,
         } => {
             // A value that is not JSON is refused before anything is read or fetched.
             let value = edit::parse_value(&value)?;
+            if scoped {
+                return sign_scoped(&s, &level, (path, Some(value))).await;
+            }
             sign(&s, |base| {
                 let level = edit::parse_level(&level, base.policy())?;
                 Ok(vec![Edit::Set(level, path, value)])
@@ -809,8 +854,12 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Unset {
             level,
             path,
+            scoped,
             sign: s,
         } => {
+            if scoped {
+                return sign_scoped(&s, &level, (path, None)).await;
+            }
             sign(&s, |base| {
                 let level = edit::parse_level(&level, base.policy())?;
                 Ok(vec![Edit::Unset(level, path)])

@@ -1644,6 +1644,7 @@ impl Engine {
                 }));
             }
         }
+        let regional = touched.iter().any(|d| matches!(d, DocId::Region { .. }));
         for doc in touched {
             if let DocId::Region { .. } = doc {
                 let mut heads = self.replica.heads(&doc);
@@ -1657,15 +1658,20 @@ impl Engine {
                 self.index_set(d, heads, now);
             }
         }
-        self.check_policy_heads(now, out);
+        if !self.check_policy_heads(now, out) && regional {
+            // This site's region's scoped policy changed: its effective
+            // config did, under the same policy heads.
+            out.push(Output::Event(Event::PolicyChanged));
+        }
     }
 
     /// If the policy's heads moved (changes applied, or a rotation dropped
     /// changes), index them and act on the new policy.
-    fn check_policy_heads(&mut self, now: Millis, out: &mut Vec<Output>) {
+    fn check_policy_heads(&mut self, now: Millis, out: &mut Vec<Output>) -> bool {
         let mut heads = self.replica.policy_heads();
         heads.sort();
-        if heads != self.policy_heads {
+        let moved = heads != self.policy_heads;
+        if moved {
             self.index_set(DocId::Policy, heads.clone(), now);
             self.policy_heads = heads;
             self.on_policy_changed(now, out);
@@ -1673,6 +1679,7 @@ impl Engine {
             // state follow what makes them durable).
             out.push(Output::Event(Event::PolicyChanged));
         }
+        moved
     }
 
     /// Some changes from `peer` wait for dependencies: it may hold them, so
