@@ -49,6 +49,7 @@ pub(crate) fn realistic_status(i: usize, hb: u64) -> NodeStatus {
             heads: vec!["4b1c7e0a9d2f3b8c6e5a1d0f9b8c7a6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a".into()],
             error: None,
             exit_code: Some(0),
+            ..Default::default()
         },
         hb,
         healthy: None,
