@@ -2,7 +2,7 @@
 //! mapping between node ids and peer ids.
 //!
 //! Transports are TCP (noise + yamux) and QUIC. The engine's messages travel on
-//! `/dcloud/engine/5`: one long-lived stream per direction and peer (see
+//! `/dcloud/engine/6`: one long-lived stream per direction and peer (see
 //! [`crate::links`]), carrying length-prefixed frames (a 4-byte big-endian
 //! length, then the bytes) bounded by [`FRAME_SIZE_MAX_BYTES`]. A frame
 //! announced over the bound ends the stream before its body is read; the
@@ -27,7 +27,7 @@ use libp2p::{
 };
 
 /// The engine protocol's name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dcloud/engine/5");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/dcloud/engine/6");
 /// The largest engine frame accepted or sent.
 pub const FRAME_SIZE_MAX_BYTES: usize = crate::config::FRAME_SIZE_MAX_BYTES;
 /// Established connections in all.

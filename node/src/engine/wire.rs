@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 /// rumours go down the PlumTree trees, and [`Message::IHave`] and
 /// [`Message::Graft`] name rumours too ([`rumour_short_id`]); version 5
 /// carries summary documents ([`dcloud_crdt::DocId::Summary`], region
-/// scoping), which a version-4 node could not decode.
-pub const WIRE_VERSION: u8 = 5;
+/// scoping), which a version-4 node could not decode; version 6 carries a
+/// region's scoped policy ([`dcloud_crdt::DocId::Region`], change format 3).
+pub const WIRE_VERSION: u8 = 6;
 
 /// The engine message envelope: no magic, the version byte, postcard.
 const WIRE_FORMAT: Format = Format {
