@@ -12,13 +12,18 @@ use serde::Serialize;
 /// Propagation of one policy change.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PolicyReport {
+    /// A change of this region's scoped policy (tracked over the region's
+    /// live honest sites only); `None`: a fleet policy change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Where it was published.
     pub origin: usize,
     /// When.
     pub published_at_ms: u64,
-    /// Live honest nodes holding it at the end.
+    /// Live honest nodes (of its region, for a regional change) holding it
+    /// at the end.
     pub reached: usize,
-    /// Live honest nodes at the end.
+    /// Live honest nodes (of its region, for a regional change) at the end.
     pub of: usize,
     /// Time until 50% held it.
     pub t50_ms: Option<u64>,
@@ -145,7 +150,8 @@ pub struct Report {
     pub suspicions_raised: u64,
     /// Refutations, fleet-wide.
     pub refutations: u64,
-    /// Region scoping, when the scenario scopes regions.
+    /// Region scoping, when the scenario scopes regions' status or has
+    /// regional policy changes.
     pub scope: Option<ScopeReport>,
 }
 
@@ -154,8 +160,13 @@ pub struct Report {
 pub struct ScopeReport {
     /// The scoped regions.
     pub scoped_regions: Vec<String>,
-    /// Scope checker findings (first 100): a scoped status sent to, or
-    /// held by, an honest node outside its region.
+    /// The regions with scoped policy changes (`regional_policy`).
+    pub regional_regions: Vec<String>,
+    /// Regional policy changes published.
+    pub regional_changes: usize,
+    /// Scope checker findings (first 100): a scoped status, or a change of
+    /// a region's scoped policy, sent to or held by an honest node outside
+    /// its region.
     pub leaks: Vec<String>,
     /// What the engines' last gate before the wire took out (0 when every
     /// send decision kept to the scope).
@@ -224,14 +235,17 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<4} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}",
+            "{:<7} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}",
             "chg", "origin", "t50", "t99", "t99.99", "t100", "lower", "ratio", "reached"
         );
         for (i, p) in self.policy.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{:<4} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}",
-                i,
+                "{:<7} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}",
+                match &p.region {
+                    Some(r) => format!("{i}@{r}"),
+                    None => i.to_string(),
+                },
                 p.origin,
                 ms(p.t50_ms),
                 ms(p.t99_ms),
@@ -370,8 +384,17 @@ impl Report {
         if let Some(sc) = &self.scope {
             let _ = writeln!(
                 s,
-                "scope: regions {}: {}; gate withheld {}; received per site {:.0} B/s (outside the scoped regions {:.0}, inside {:.0}){}",
+                "scope: regions {}{}: {}; gate withheld {}; received per site {:.0} B/s (outside the scoped regions {:.0}, inside {:.0}){}",
                 sc.scoped_regions.join(","),
+                if sc.regional_regions.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} regional policy changes in {}",
+                        sc.regional_changes,
+                        sc.regional_regions.join(",")
+                    )
+                },
                 if sc.leaks.is_empty() {
                     "no leak".to_string()
                 } else {

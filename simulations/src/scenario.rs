@@ -87,6 +87,18 @@ pub struct PolicyEvent {
     pub node: usize,
 }
 
+/// A change of one region's scoped policy (`DocId::Region`), with the
+/// fleet policy change that commits to it, published together at a live
+/// honest site of that region (drawn from the seeded RNG).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionalEvent {
+    /// When.
+    pub at_ms: u64,
+    /// The region (one of `r0..r{regions-1}`) whose scoped policy changes.
+    pub region: String,
+}
+
 /// Periodic status updates by every (enrolled) node.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -235,6 +247,12 @@ pub struct Scenario {
     pub status: StatusLoad,
     /// Policy changes.
     pub policy: Vec<PolicyEvent>,
+    /// Changes of regions' scoped policy (`[[regional_policy]]`), in time
+    /// order: each sets a value only that region's sites may hold (the
+    /// scope checker fails the run if an honest node sends or holds it
+    /// outside the region), and every live site of the region must end
+    /// holding it within the liveness bound.
+    pub regional_policy: Vec<RegionalEvent>,
     /// Partitions.
     pub partition: Vec<Partition>,
     /// Whether a partition also drops connections (peers see down/up); else
@@ -281,6 +299,7 @@ impl Default for Scenario {
             engine: EngineConfig::default(),
             status: StatusLoad::default(),
             policy: Vec::new(),
+            regional_policy: Vec::new(),
             partition: Vec::new(),
             partition_drops_connections: true,
             crash: Vec::new(),
@@ -458,6 +477,22 @@ impl Scenario {
                 ));
             }
         }
+        let enrolled = self.enrolled.unwrap_or(self.nodes).min(self.nodes);
+        for (i, r) in self.regional_policy.iter().enumerate() {
+            if !(0..enrolled).any(|k| self.region_of(k) == r.region) {
+                return bad(format!(
+                    "regional_policy {i}: region {:?} has no enrolled site (regions r0..r{})",
+                    r.region,
+                    self.regions - 1
+                ));
+            }
+            if i > 0 && r.at_ms < self.regional_policy[i - 1].at_ms {
+                return bad(format!(
+                    "regional_policy {i}: at_ms {} before the previous one's (list them in time order)",
+                    r.at_ms
+                ));
+            }
+        }
         if self.warm_start && !self.scoped_regions.is_empty() {
             return bad(
                 "warm_start cannot model scoped regions (its one shared replica holds every status)"
@@ -488,6 +523,31 @@ impl Scenario {
     pub fn in_scoped_region(&self, i: usize) -> bool {
         let r = self.region_of(i);
         self.scoped_regions.contains(&r)
+    }
+
+    /// Whether region `r` has scoped policy changes (`regional_policy`).
+    pub fn has_regional(&self, r: &str) -> bool {
+        self.regional_policy.iter().any(|e| e.region == r)
+    }
+
+    /// Whether some of region `r`'s data stays in it: its status is scoped
+    /// (not in the baseline), or it has scoped policy.
+    pub fn keeps_data(&self, r: &str) -> bool {
+        (!self.unscoped_baseline && self.scoped_regions.iter().any(|s| s == r))
+            || self.has_regional(r)
+    }
+
+    /// The regions whose sites keep some data among themselves in either
+    /// run of a `compare_unscoped` pair (scoped status or scoped policy):
+    /// the overlay keeps half their links inside them.
+    pub fn data_regions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.scoped_regions.clone();
+        for e in &self.regional_policy {
+            if !v.contains(&e.region) {
+                v.push(e.region.clone());
+            }
+        }
+        v
     }
 
     /// This scenario's unscoped baseline (see `compare_unscoped`).
@@ -527,6 +587,9 @@ impl Scenario {
         }
         for p in &self.policy {
             t = t.max(p.at_ms);
+        }
+        for r in &self.regional_policy {
+            t = t.max(r.at_ms);
         }
         if self.status.interval_ms > 0 {
             t = t.max(if self.status.until_ms == 0 {

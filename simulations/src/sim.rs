@@ -13,7 +13,8 @@ use dcloud_crdt::hostile;
 use dcloud_crdt::status::EPOCH_CHANGES_DEFAULT;
 use dcloud_crdt::{
     ChangeHash, DocId, Edit, Level, Limits, Member, NodeId, NodeStatus, Outcome, PolicyEditor,
-    Replica, SecretKey, SignedChange, SignedTrustRoot, StatusWriter, TrustChain, TrustRoot,
+    RegionEditor, RegionId, Replica, SecretKey, SignedChange, SignedTrustRoot, StatusWriter,
+    TrustChain, TrustRoot,
 };
 use dcloud_node::engine::wire::{Item, Message, Push, RangeItems};
 use dcloud_node::engine::{
@@ -31,6 +32,36 @@ use crate::scenario::Scenario;
 /// send for it, so a scoped status's bytes are found in any message.
 const SCOPE_MARKER_TEXT: &str = "DCSIM-SITE-DETAILS-";
 
+/// Written into the value each regional policy change sets, followed by
+/// the region's name, `-`, and the change's index (5 digits) and `.`: the
+/// scope checker searches every honest send for it, so a region's scoped
+/// policy is found in any message to a site outside the region.
+const REGIONAL_MARKER_TEXT: &str = "DCSIM-REGIONAL-";
+
+/// One change of a region's scoped policy (`regional_policy`), signed once
+/// at the start, with the fleet policy change that commits to it.
+struct RegionalChange {
+    region: String,
+    /// The config path it sets (`sim.regional<j>`), and the value (a
+    /// string holding the change's marker).
+    path: String,
+    value: serde_json::Value,
+    /// The fleet policy change committing to `change`.
+    commitment: SignedChange,
+    /// The change of the region's scoped policy.
+    change: SignedChange,
+    /// What the publication carries besides, as an operator's push would:
+    /// the earlier commitments and the earlier changes of this region (the
+    /// new ones are made on top of them).
+    deps: Vec<SignedChange>,
+}
+
+/// The marker of regional change `j` of `region` (see
+/// [`REGIONAL_MARKER_TEXT`]).
+fn regional_marker(region: &str, j: usize) -> String {
+    format!("{REGIONAL_MARKER_TEXT}{region}-{j:05}.")
+}
+
 /// The authority's trust chain, the bootstrap policy every node is
 /// provisioned with (enrolling the first `enrolled` nodes), and the policy
 /// changes under measurement, each on top of the previous (one authority
@@ -39,6 +70,7 @@ struct FleetPolicy {
     chain: TrustChain,
     bootstrap: SignedChange,
     policy_changes: Vec<SignedChange>,
+    regional: Vec<RegionalChange>,
 }
 
 fn fleet_policy(sc: &Scenario, keys: &[SecretKey], nonces: &mut StdRng) -> FleetPolicy {
@@ -106,10 +138,59 @@ fn fleet_policy(sc: &Scenario, keys: &[SecretKey], nonces: &mut StdRng) -> Fleet
         base.push(c.clone());
         policy_changes.push(c);
     }
+    // Regional policy changes: each region's on top of its earlier ones,
+    // each commitment on top of the earlier commitments (and concurrent
+    // with the policy changes above, by another actor), so that the
+    // publication of one never waits for a change published elsewhere.
+    let mut commitments: Vec<SignedChange> = Vec::new();
+    let mut by_region: BTreeMap<String, Vec<SignedChange>> = BTreeMap::new();
+    let mut regional = Vec::new();
+    for (j, e) in sc.regional_policy.iter().enumerate() {
+        let earlier = by_region.entry(e.region.clone()).or_default();
+        let mut red = RegionEditor::new(&e.region, earlier).expect("valid regional base");
+        let path = format!("sim.regional{j}");
+        let value = serde_json::json!(regional_marker(&e.region, j));
+        red.set(&path, value.clone()).expect("valid regional edit");
+        let change = red
+            .finish_as(
+                &authority,
+                1,
+                actor_with_nonce(&authority.public(), nonces.random()),
+            )
+            .expect("signed");
+        let mut pbase = vec![bootstrap.clone()];
+        pbase.extend(commitments.iter().cloned());
+        let mut ed = PolicyEditor::new(&pbase).expect("valid base");
+        ed.push(Edit::CommitRegional(
+            e.region.clone(),
+            change.hash().expect("parses"),
+        ))
+        .expect("valid commitment");
+        let commitment = ed
+            .finish_as(
+                &authority,
+                1,
+                actor_with_nonce(&authority.public(), nonces.random()),
+            )
+            .expect("signed");
+        let mut deps = commitments.clone();
+        deps.extend(earlier.iter().cloned());
+        commitments.push(commitment.clone());
+        earlier.push(change.clone());
+        regional.push(RegionalChange {
+            region: e.region.clone(),
+            path,
+            value,
+            commitment,
+            change,
+            deps,
+        });
+    }
     FleetPolicy {
         chain,
         bootstrap,
         policy_changes,
+        regional,
     }
 }
 
@@ -171,10 +252,12 @@ fn overlay(sc: &Scenario, rng: &mut StdRng) -> (Vec<Vec<usize>>, HashMap<(usize,
             edges.insert((a.min(b), a.max(b)));
         }
     }
-    // A scoped region's status travels only between its members: each
-    // such region gets a ring of its own, so that it is connected inside
-    // itself (as the daemon keeps half its links inside such a region).
-    for r in &sc.scoped_regions {
+    // A scoped region's status (and a region's scoped policy) travels only
+    // between its members: each such region gets a ring of its own, so
+    // that it is connected inside itself (as the daemon keeps half its
+    // links inside such a region).
+    let data_regions = sc.data_regions();
+    for r in &data_regions {
         let members: Vec<usize> = order
             .iter()
             .copied()
@@ -188,8 +271,7 @@ fn overlay(sc: &Scenario, rng: &mut StdRng) -> (Vec<Vec<usize>>, HashMap<(usize,
         }
     }
     let chords = sc.degree.saturating_sub(2) / 2;
-    let members_of: BTreeMap<String, Vec<usize>> = sc
-        .scoped_regions
+    let members_of: BTreeMap<String, Vec<usize>> = data_regions
         .iter()
         .map(|r| {
             (
@@ -256,6 +338,8 @@ enum Ev {
     PartitionStart(usize),
     PartitionEnd(usize),
     Publish(usize),
+    /// Publish regional policy change `j` (and its commitment).
+    PublishRegional(usize),
     Status(usize),
     Malice(usize),
     ResetCounters,
@@ -383,6 +467,8 @@ struct Tracked {
     origin: usize,
     published_at: Option<u64>,
     held_at: Vec<Option<u64>>,
+    /// A change of this region's scoped policy: tracked over its sites only.
+    region: Option<String>,
 }
 
 /// A simulated fleet.
@@ -414,6 +500,9 @@ pub struct Sim {
     config: EngineConfig,
     bootstrap: SignedChange,
     policy_changes: Vec<SignedChange>,
+    /// Regional policy changes (`regional_policy`); tracked after the
+    /// policy changes, two entries each: the commitment, then the change.
+    regional: Vec<RegionalChange>,
     authorised: HashSet<ChangeHash>,
     enrolled: Vec<bool>,
     tracked: Vec<Tracked>,
@@ -432,6 +521,13 @@ pub struct Sim {
     /// Short ids of scoped status changes, by owner (to recognise them in
     /// announcements and grafts).
     scoped_ids: HashMap<[u8; 8], usize>,
+    /// Short ids of regional policy changes, by region.
+    regional_ids: HashMap<[u8; 8], String>,
+    /// The scenario's regions by id.
+    region_names: HashMap<RegionId, String>,
+    /// Whether honest sends are searched for scoped data (scoped status
+    /// outside the baseline, or regional policy).
+    scope_checked: bool,
     last_heal: u64,
     events: u64,
     misbehaved_events: u64,
@@ -553,14 +649,19 @@ impl Sim {
             chain,
             bootstrap,
             policy_changes,
+            regional,
         } = fleet_policy(&sc, &keys, &mut nonces);
         let mut base = vec![bootstrap.clone()];
         base.extend(policy_changes.iter().cloned());
+        for rc in &regional {
+            base.push(rc.commitment.clone());
+            base.push(rc.change.clone());
+        }
         let mut authorised: HashSet<ChangeHash> = HashSet::new();
         for c in &base {
             authorised.insert(c.hash().expect("parses"));
         }
-        let tracked = policy_changes
+        let mut tracked: Vec<Tracked> = policy_changes
             .iter()
             .zip(&sc.policy)
             .map(|(c, p)| Tracked {
@@ -568,8 +669,31 @@ impl Sim {
                 origin: p.node.min(n - 1),
                 published_at: None,
                 held_at: vec![None; n],
+                region: None,
             })
             .collect();
+        let mut regional_ids = HashMap::new();
+        for rc in &regional {
+            let h = rc.change.hash().expect("parses");
+            regional_ids.insert(dcloud_node::engine::wire::short_id(&h), rc.region.clone());
+            for (c, region) in [
+                (&rc.commitment, None),
+                (&rc.change, Some(rc.region.clone())),
+            ] {
+                tracked.push(Tracked {
+                    hash: c.hash().expect("parses"),
+                    origin: 0,
+                    published_at: None,
+                    held_at: vec![None; n],
+                    region,
+                });
+            }
+        }
+        let region_names = (0..sc.regions)
+            .map(|k| (RegionId::of(&format!("r{k}")), format!("r{k}")))
+            .collect();
+        let scope_checked = (!sc.scoped_regions.is_empty() && !sc.unscoped_baseline)
+            || !sc.regional_policy.is_empty();
         let (adj, links) = overlay(&sc, &mut rng);
         let config = sc.engine.clone();
         let warm = sc
@@ -653,6 +777,7 @@ impl Sim {
             config,
             bootstrap,
             policy_changes,
+            regional,
             authorised,
             enrolled: (0..n).map(|i| i < enrolled_count).collect(),
             tracked,
@@ -663,6 +788,9 @@ impl Sim {
             heal_samples: Vec::new(),
             scope_leaks: Vec::new(),
             scoped_ids: HashMap::new(),
+            regional_ids,
+            region_names,
+            scope_checked,
             last_heal,
             events: 0,
             misbehaved_events: 0,
@@ -756,6 +884,10 @@ impl Sim {
         for i in 0..self.sc.policy.len() {
             let at = self.sc.policy[i].at_ms;
             self.push(at, Ev::Publish(i));
+        }
+        for j in 0..self.sc.regional_policy.len() {
+            let at = self.sc.regional_policy[j].at_ms;
+            self.push(at, Ev::PublishRegional(j));
         }
         if self.sc.status.interval_ms > 0 {
             for i in 0..n {
@@ -948,6 +1080,7 @@ impl Sim {
                     );
                 }
             }
+            Ev::PublishRegional(j) => self.publish_regional(j),
             Ev::Status(i) => {
                 let st = &self.sc.status;
                 if st.until_ms != 0 && self.now >= st.until_ms {
@@ -1008,6 +1141,49 @@ impl Sim {
             }
             Ev::Check => self.check_liveness(),
         }
+    }
+
+    /// Publish regional policy change `j` with its commitment (and what
+    /// they are made on top of) at a live honest site of its region, drawn
+    /// from the seeded RNG; if none is up, try again in 100 ms.
+    fn publish_regional(&mut self, j: usize) {
+        let region = self.regional[j].region.clone();
+        let sites: Vec<usize> = (0..self.sc.nodes)
+            .filter(|&i| {
+                self.live(i)
+                    && self.slots[i].honest
+                    && self.enrolled[i]
+                    && self.sc.region_of(i) == region
+            })
+            .collect();
+        if sites.is_empty() {
+            self.push(self.now + 100, Ev::PublishRegional(j));
+            return;
+        }
+        let o = sites[self.rng.random_range(0..sites.len())];
+        let k = self.sc.policy.len() + 2 * j;
+        for t in &mut self.tracked[k..k + 2] {
+            t.origin = o;
+            t.published_at = Some(self.now);
+        }
+        let rc = &self.regional[j];
+        // Policy first (the replica applies it first anyway).
+        let mut changes: Vec<SignedChange> = rc
+            .deps
+            .iter()
+            .filter(|c| c.doc == DocId::Policy)
+            .cloned()
+            .collect();
+        changes.push(rc.commitment.clone());
+        changes.extend(rc.deps.iter().filter(|c| c.doc != DocId::Policy).cloned());
+        changes.push(rc.change.clone());
+        self.input(
+            o,
+            Input::Publish {
+                roots: Vec::new(),
+                changes,
+            },
+        );
     }
 
     /// Partition `p` starts (or ends). Exactly the links whose state changes
@@ -1439,6 +1615,17 @@ impl Sim {
         }
     }
 
+    /// Whether node `to` may hold region `region`'s scoped policy: it is
+    /// enrolled in that region.
+    fn may_hold_region(&self, to: usize, region: &str) -> bool {
+        self.enrolled[to] && self.sc.region_of(to) == region
+    }
+
+    /// The name of region `id` (`None`: not one of the scenario's).
+    fn region_name(&self, id: &RegionId) -> Option<&str> {
+        self.region_names.get(id).map(String::as_str)
+    }
+
     /// Whether node `to` may hold the status of node `owner`.
     fn may_hold(&self, to: usize, owner: usize) -> bool {
         !self.sc.scoped(owner)
@@ -1446,12 +1633,15 @@ impl Sim {
     }
 
     /// The scope checker, at the wire: an honest node hands the network
-    /// nothing of a scoped status for a node outside its region: no change,
-    /// no (document, heads) item, no short id of one of its changes.
+    /// nothing of a scoped status for a node outside its region, nor of a
+    /// region's scoped policy for a node outside that region: no change,
+    /// no (document, heads) item, no short id of one of its changes, no
+    /// byte of its marker.
     fn check_scope_sent(&mut self, from: usize, to: usize, bytes: &[u8]) {
         // What the message names: changes, items and short ids of scoped
-        // statuses (when it decodes)...
+        // statuses and of regional policy (when it decodes)...
         let mut named: BTreeMap<usize, &'static str> = BTreeMap::new();
+        let mut regions: BTreeMap<String, &'static str> = BTreeMap::new();
         if let Ok(msg) = Message::decode(bytes, &self.config.wire) {
             let mut docs: Vec<DocId> = Vec::new();
             let mut ids: Vec<[u8; 8]> = Vec::new();
@@ -1474,6 +1664,19 @@ impl Sim {
             for o in owners {
                 named.insert(o, msg.kind());
             }
+            let held_regions = docs
+                .iter()
+                .filter_map(|d| match d {
+                    DocId::Region { region } => Some(
+                        self.region_name(region)
+                            .map_or_else(|| format!("id {}", region.short()), str::to_string),
+                    ),
+                    _ => None,
+                })
+                .chain(ids.iter().filter_map(|s| self.regional_ids.get(s).cloned()));
+            for r in held_regions {
+                regions.insert(r, msg.kind());
+            }
         }
         // ...and any byte of a scoped site's details, whatever the message:
         // the marker in a health detail of its detailed status, then its index.
@@ -1486,6 +1689,28 @@ impl Sim {
                 .filter(|o| *o < self.slots.len())
             {
                 named.entry(o).or_insert("bytes of the details");
+            }
+        }
+        // ...and any byte of a regional policy value: its marker, then the
+        // region's name up to `-`.
+        let m = REGIONAL_MARKER_TEXT.as_bytes();
+        for at in memchr::memmem::find_iter(bytes, m) {
+            let rest = &bytes[at + m.len()..bytes.len().min(at + m.len() + 24)];
+            if let Some(r) = rest
+                .iter()
+                .position(|&b| b == b'-')
+                .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+            {
+                regions.entry(r.to_string()).or_insert("bytes of the value");
+            }
+        }
+        for (r, what) in regions {
+            if !self.may_hold_region(to, &r) && self.scope_leaks.len() < 100 {
+                self.scope_leaks.push(Violation(format!(
+                    "node {from} sent node {to} ({}) {what} of region {r}'s scoped policy at {} ms",
+                    self.sc.region_of(to),
+                    self.now
+                )));
             }
         }
         for (o, what) in named {
@@ -1501,9 +1726,26 @@ impl Sim {
     }
 
     /// The scope checker, at the store: an honest node outside a scoped
-    /// region never holds its status; the owner's changes are remembered
-    /// by short id for the wire check.
+    /// region never holds its status, nor outside a region its scoped
+    /// policy; the owner's changes are remembered by short id for the wire
+    /// check.
     fn check_scope_held(&mut self, i: usize, c: &SignedChange) {
+        if let DocId::Region { region } = c.doc {
+            let name = self
+                .region_name(&region)
+                .map_or_else(|| format!("id {}", region.short()), str::to_string);
+            if self.slots[i].honest
+                && !self.may_hold_region(i, &name)
+                && self.scope_leaks.len() < 100
+            {
+                self.scope_leaks.push(Violation(format!(
+                    "node {i} ({}) holds a change of region {name}'s scoped policy at {} ms",
+                    self.sc.region_of(i),
+                    self.now
+                )));
+            }
+            return;
+        }
         let DocId::Status { node, .. } = c.doc else {
             return;
         };
@@ -1537,10 +1779,7 @@ impl Sim {
         if self.trace == Some(from) {
             eprintln!("{} ms: {from} -> {to}: {}", self.now, self.describe(&bytes));
         }
-        if self.slots[from].honest
-            && !self.sc.scoped_regions.is_empty()
-            && !self.sc.unscoped_baseline
-        {
+        if self.slots[from].honest && self.scope_checked {
             self.check_scope_sent(from, to, &bytes);
         }
         if self.slots[from].honest {
@@ -1799,11 +2038,12 @@ impl Sim {
     }
 
     /// The nodes that must hold the same documents as node `i`: its
-    /// region's members if the region is scoped, else every node outside
-    /// the scoped regions. Nodes of different classes agree on
-    /// `shared_digest`.
+    /// region's members if some of the region's data stays in it (scoped
+    /// status, or scoped policy), else every node outside such regions.
+    /// Nodes of different classes agree on `shared_digest`.
     fn class_of(&self, i: usize) -> Option<String> {
-        (self.enrolled[i] && self.sc.scoped(i)).then(|| self.sc.region_of(i))
+        let r = self.sc.region_of(i);
+        (self.enrolled[i] && self.sc.keeps_data(&r)).then_some(r)
     }
 
     /// Which nodes differ from the majority, and how (with scoped regions:
@@ -1966,14 +2206,56 @@ impl Sim {
         if self.last_heal != u64::MAX && self.now >= self.last_heal {
             self.heal_samples.push((self.now, digests.clone()));
         }
-        if self.agree(&live) {
+        let gap = self.regional_gap(&live);
+        if gap.is_none() && self.agree(&live) {
             self.converged_at = Some(self.now);
             return;
         }
         if self.liveness_diag.is_none() && self.now >= self.last_heal + self.sc.liveness_bound_ms {
-            self.liveness_diag = Some(self.divergence(&live));
+            self.liveness_diag = Some(gap.unwrap_or_else(|| self.divergence(&live)));
         }
         self.push(self.now + self.sc.check_interval_ms, Ev::Check);
+    }
+
+    /// Regional liveness: the first live honest site in `live` that does
+    /// not hold every change of its region's scoped policy its policy
+    /// commits to, or whose effective config lacks the value of a
+    /// published regional change; `None` when there is none.
+    fn regional_gap(&self, live: &[usize]) -> Option<String> {
+        let k0 = self.sc.policy.len();
+        for (j, rc) in self.regional.iter().enumerate() {
+            if self.tracked[k0 + 2 * j].published_at.is_none() {
+                continue;
+            }
+            let pointer = format!("/{}", rc.path.replace('.', "/"));
+            for &i in live {
+                if !self.may_hold_region(i, &rc.region) {
+                    continue;
+                }
+                let Some(e) = &self.slots[i].engine else {
+                    continue;
+                };
+                let r = e.replica();
+                let missing = r.regional_missing(&rc.region);
+                if missing > 0 {
+                    return Some(format!(
+                        "node {i} ({}) misses {missing} committed changes of its region's scoped policy",
+                        rc.region
+                    ));
+                }
+                let me = self.slots[i].key.public();
+                let value = r
+                    .effective_config(&me)
+                    .and_then(|c| c.pointer(&pointer).cloned());
+                if value.as_ref() != Some(&rc.value) {
+                    return Some(format!(
+                        "node {i} ({})'s effective config has {value:?} at {}, not regional change {j}'s {}",
+                        rc.region, rc.path, rc.value
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// A crashed node starts again (or the run ends): its detection times
@@ -2064,6 +2346,7 @@ impl Sim {
                             DocId::Status { node, .. } => {
                                 self.index.get(node).is_none_or(|&o| !self.sc.scoped(o))
                             }
+                            DocId::Region { .. } => false,
                             _ => true,
                         })
                         .collect::<Vec<_>>()
@@ -2077,10 +2360,17 @@ impl Sim {
             })
         };
         // Liveness.
+        let regional_gap = self
+            .converged_at
+            .and_then(|_| self.regional_gap(&honest_live));
         let liveness = if docs_differ {
             Some(Violation(format!(
                 "engine fingerprints agree but replicas differ at the end: {}",
                 self.divergence(&honest_live)
+            )))
+        } else if let Some(gap) = regional_gap {
+            Some(Violation(format!(
+                "a region's scoped policy is incomplete at the end: {gap}"
             )))
         } else if self.last_heal == u64::MAX {
             None
@@ -2111,23 +2401,30 @@ impl Sim {
             let Some(t0) = t.published_at else {
                 continue;
             };
-            let mut times: Vec<u64> = honest_live
+            // A regional change over its region's sites only.
+            let over: Vec<usize> = honest_live
+                .iter()
+                .copied()
+                .filter(|&i| t.region.as_ref().is_none_or(|r| self.may_hold_region(i, r)))
+                .collect();
+            let mut times: Vec<u64> = over
                 .iter()
                 .filter_map(|&i| t.held_at[i].map(|x| x.saturating_sub(t0)))
                 .collect();
             times.sort();
-            let of = honest_live.len();
+            let of = over.len();
             let pct = |q: f64| -> Option<u64> {
                 let need = ((q * of as f64).ceil() as usize).max(1);
                 times.get(need - 1).copied()
             };
-            let lower = self.lower_bound(t.origin, &honest_live);
+            let lower = self.lower_bound(t.origin, &over, t.region.as_deref());
             let t100 = if times.len() == of {
                 times.last().copied()
             } else {
                 None
             };
             policy.push(PolicyReport {
+                region: t.region.clone(),
                 origin: t.origin,
                 published_at_ms: t0,
                 reached: times.len(),
@@ -2209,18 +2506,35 @@ impl Sim {
             }
         }
         let class_rate = |c: (u64, usize)| c.0 as f64 / c.1.max(1) as f64 / secs;
-        let scope = (!self.sc.scoped_regions.is_empty()).then(|| ScopeReport {
-            scoped_regions: self.sc.scoped_regions.clone(),
-            leaks: self.scope_leaks.iter().map(|v| v.0.clone()).collect(),
-            gate_withheld: total.scope_withheld,
-            bytes_received_per_site_s: traffic.bytes_received_per_node_s,
-            unscoped_bytes_received_per_site_s: None,
-            saved_fraction: None,
-            outside_bytes_per_site_s: class_rate(classes[0]),
-            inside_bytes_per_site_s: class_rate(classes[1]),
-            unscoped_outside_bytes_per_site_s: None,
-            unscoped_inside_bytes_per_site_s: None,
-        });
+        let mut regional_regions: Vec<String> = self
+            .sc
+            .regional_policy
+            .iter()
+            .map(|e| e.region.clone())
+            .collect();
+        regional_regions.sort();
+        regional_regions.dedup();
+        let scope =
+            (!self.sc.scoped_regions.is_empty() || !regional_regions.is_empty()).then(|| {
+                ScopeReport {
+                    scoped_regions: self.sc.scoped_regions.clone(),
+                    regional_regions,
+                    regional_changes: self
+                        .tracked
+                        .iter()
+                        .filter(|t| t.region.is_some() && t.published_at.is_some())
+                        .count(),
+                    leaks: self.scope_leaks.iter().map(|v| v.0.clone()).collect(),
+                    gate_withheld: total.scope_withheld,
+                    bytes_received_per_site_s: traffic.bytes_received_per_node_s,
+                    unscoped_bytes_received_per_site_s: None,
+                    saved_fraction: None,
+                    outside_bytes_per_site_s: class_rate(classes[0]),
+                    inside_bytes_per_site_s: class_rate(classes[1]),
+                    unscoped_outside_bytes_per_site_s: None,
+                    unscoped_inside_bytes_per_site_s: None,
+                }
+            });
         let report = Report {
             scope,
             scenario: self.sc.name.clone(),
@@ -2283,8 +2597,10 @@ impl Sim {
     }
 
     /// The slowest shortest path (by base link latency) from `origin` to the
-    /// nodes in `to`: no protocol can beat it.
-    fn lower_bound(&self, origin: usize, to: &[usize]) -> u64 {
+    /// nodes in `to` (through sites of region `within` only, if given: a
+    /// region's scoped policy travels only between them): no protocol can
+    /// beat it.
+    fn lower_bound(&self, origin: usize, to: &[usize], within: Option<&str>) -> u64 {
         let n = self.sc.nodes;
         let mut dist = vec![u64::MAX; n];
         let mut heap = BinaryHeap::new();
@@ -2295,6 +2611,9 @@ impl Sim {
                 continue;
             }
             for &b in &self.adj[a] {
+                if within.is_some_and(|r| !self.may_hold_region(b, r)) {
+                    continue;
+                }
                 let nd = d + self.links[&(a, b)].latency_ms;
                 if nd < dist[b] {
                     dist[b] = nd;
