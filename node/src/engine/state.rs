@@ -321,8 +321,8 @@ pub struct Engine {
     peers: BTreeMap<NodeId, Peer>,
     missing: BTreeMap<ShortId, Missing>,
     /// Recently disseminated changes by short id, and their arrival order.
-    /// (id, when, whether it came by eager push or was local).
-    recent: BTreeMap<ShortId, (ChangeId, Millis, bool)>,
+    /// (id, when, how it came).
+    recent: BTreeMap<ShortId, (ChangeId, Millis, Arrival)>,
     recent_order: VecDeque<(ShortId, Millis)>,
     /// Membership rumours seen recently, by short id (`wire::rumour_short_id`):
     /// the rumour itself if this node sent it on (to answer grafts), and
@@ -408,6 +408,46 @@ impl OwnerRates {
         b.tokens -= 1;
         true
     }
+}
+
+/// How a change this node holds first came to it (see `Engine::recent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// Published here, or read from the store.
+    Local,
+    /// By eager push, from the peer whose id starts with these bytes.
+    Eager([u8; 8]),
+    /// In an answer (graft, want, reconciliation).
+    Reply,
+}
+
+impl Arrival {
+    fn of(from: Option<NodeId>, eager: bool) -> Arrival {
+        match from {
+            None => Arrival::Local,
+            Some(p) if eager => Arrival::Eager(peer_tag(&p)),
+            Some(_) => Arrival::Reply,
+        }
+    }
+
+    /// Whether another copy pushed eagerly by `from` shows a redundant link
+    /// of the tree: the first copy came down the tree (or was this node's
+    /// own), from another peer. A second copy from the same peer is the
+    /// network's duplicate, not a cycle: pruning that link would cut this
+    /// node off the tree.
+    fn tree_dup(self, from: Option<NodeId>) -> bool {
+        match self {
+            Arrival::Local => true,
+            Arrival::Eager(tag) => from.is_none_or(|f| peer_tag(&f) != tag),
+            Arrival::Reply => false,
+        }
+    }
+}
+
+fn peer_tag(p: &NodeId) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&p.0[..8]);
+    b
 }
 
 /// The owner of a status document: the root of its dissemination tree.
@@ -1049,11 +1089,19 @@ impl Engine {
                 if let Some(p) = self.peers.get_mut(&from) {
                     match push {
                         Push::Eager if self.config.plumtree => {
-                            // A redundant link of these owners' trees.
+                            // A redundant link of these owners' trees. The
+                            // peer is told each time it pushes one, even if
+                            // this side pruned it long ago: the Prune may have
+                            // been lost, or the peer moved the link back into
+                            // the tree after an answer from this node. Either
+                            // way it would otherwise push them here for good.
                             let origins: Vec<NodeId> = a
                                 .tree_dup_origins
                                 .difference(&new_origins)
-                                .filter(|o| p.pruned.len() < max && p.pruned.insert(**o))
+                                .filter(|o| {
+                                    p.pruned.contains(*o)
+                                        || (p.pruned.len() < max && p.pruned.insert(**o))
+                                })
                                 .copied()
                                 .collect();
                             if !origins.is_empty() {
@@ -1557,7 +1605,7 @@ impl Engine {
                     let hash = r.hash.expect("a held change parsed");
                     let id = ChangeId::new(sc.doc, hash);
                     self.missing.remove(&short_id(&hash));
-                    self.remember(id, now, eager);
+                    self.remember(id, now, Arrival::of(from, eager));
                     new.push((id, sc));
                 }
                 Outcome::Duplicate => {
@@ -1566,7 +1614,8 @@ impl Engine {
                         let s = short_id(&h);
                         self.missing.remove(&s);
                         if let Some(o) = origin(&sc.doc)
-                            && self.recent.get(&s).is_some_and(|r| r.2)
+                            && eager
+                            && self.recent.get(&s).is_some_and(|r| r.2.tree_dup(from))
                         {
                             tree_dup_origins.insert(o);
                         }
@@ -1601,7 +1650,7 @@ impl Engine {
                 self.last_heard.insert(node, now);
             }
             let id = ChangeId::new(sc.doc, hash);
-            self.remember(id, now, eager);
+            self.remember(id, now, Arrival::of(from, eager));
             new.push((id, sc));
         }
         self.record_new(&new, epochs_before, touched, now, out);
@@ -1743,9 +1792,9 @@ impl Engine {
 
     /// Remember a change by short id for grafts and announcements (bounded in
     /// time and count).
-    fn remember(&mut self, id: ChangeId, now: Millis, eager: bool) {
+    fn remember(&mut self, id: ChangeId, now: Millis, how: Arrival) {
         let s = short_id(&id.change_hash());
-        self.recent.insert(s, (id, now, eager));
+        self.recent.insert(s, (id, now, how));
         self.recent_order.push_back((s, now));
         let (max, keep) = (self.config.recent_max, self.config.recent_keep_ms);
         trim_recent(

@@ -2227,3 +2227,117 @@ fn a_regions_scoped_policy_published_outside_it_is_refused_there_and_owed_inside
         assert!(f.engines[&f.id(us)].replica().regional("eu").is_none());
     }
 }
+
+impl Fleet {
+    /// Deliver until quiet (bounded), each message `copies(from, to, msg)`
+    /// times: 0 drops it, 2 is the network's duplicate.
+    fn run_with(&mut self, mut copies: impl FnMut(NodeId, NodeId, &Message) -> usize) {
+        for _ in 0..1_000_000 {
+            let Some((at, input)) = self.queue.pop_front() else {
+                return;
+            };
+            self.now += 1;
+            let Input::Message { from, bytes } = input else {
+                self.input(at, input);
+                continue;
+            };
+            let msg = Message::decode(&bytes, &Default::default()).expect("decodes");
+            for _ in 0..copies(from, at, &msg) {
+                let bytes = bytes.clone();
+                self.input(at, Input::Message { from, bytes });
+            }
+        }
+        panic!("network did not go quiet");
+    }
+
+    fn set_status(&mut self, i: usize, name: &str) {
+        let at = self.id(i);
+        self.input(
+            at,
+            Input::SetStatus(NodeStatus {
+                name: name.into(),
+                ..Default::default()
+            }),
+        );
+    }
+}
+
+#[test]
+fn a_link_back_to_a_pruned_peer_is_pruned_again() {
+    // A triangle; after the first heartbeats 0's tree is the line 0-1-2
+    // (0-2 pruned both ways). 0's next change is lost on its way from 1 to
+    // 2, and 2 gets it by reconciliation from 0: an answer with something
+    // new, so 2 pushes 0's changes to 0 again. 0 had pruned 2 already.
+    let mut f = Fleet::new(3, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
+    assert_eq!(f.engines[&a].eager_peers(&a), vec![b]);
+    assert_eq!(f.engines[&c].eager_peers(&a), vec![b]);
+    f.set_status(0, "x");
+    f.run_with(|from, to, msg| match msg {
+        Message::Changes { .. } if from == b && to == c => 0,
+        _ => 1,
+    });
+    assert_ne!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
+    // Past the settle time, 2 reconciles with 0 (its rounds with 1 lost, and
+    // its push of what it got on to 1).
+    f.now += 5_000;
+    for _ in 0..20 {
+        if f.engines[&c].replica().status(&a).unwrap().0.name == "x" {
+            break;
+        }
+        f.fire(c, Timer::AntiEntropy);
+        f.run_with(|from, to, msg| match msg {
+            Message::Sync { .. } if [from, to] == [b, c] || [from, to] == [c, b] => 0,
+            Message::Changes { .. } if from == c && to == b => 0,
+            _ => 1,
+        });
+    }
+    assert_eq!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
+    assert!(f.engines[&c].eager_peers(&a).contains(&a));
+    assert!(!f.engines[&a].eager_peers(&a).contains(&c));
+    // The next change comes back to 0 from 2, a duplicate: 0 says so, though
+    // it pruned 2 long ago, so that 2 stops pushing 0's changes to it.
+    f.set_status(0, "y");
+    f.run();
+    assert!(
+        !f.engines[&c].eager_peers(&a).contains(&a),
+        "2 still pushes 0's changes back to 0: every later change comes twice"
+    );
+    let prunes = f.engines[&a].stats().prunes_sent;
+    f.set_status(0, "z");
+    f.run();
+    assert_eq!(
+        f.engines[&a].stats().prunes_sent,
+        prunes,
+        "no more duplicates"
+    );
+    for e in f.engines.values() {
+        assert_eq!(e.replica().status(&a).unwrap().0.name, "z");
+    }
+}
+
+#[test]
+fn the_networks_duplicate_does_not_prune_the_only_parent() {
+    // Two nodes: 1's only path from 0 is the link to 0. The network
+    // delivers 0's push twice. That is not a redundant link of the tree, and
+    // pruning it would leave 1 to graft every later change of 0.
+    let mut f = Fleet::new(2, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    f.set_status(0, "x");
+    let mut doubled = 0;
+    f.run_with(|from, _, msg| match msg {
+        Message::Changes {
+            push: Push::Eager, ..
+        } if from == a => {
+            doubled += 1;
+            2
+        }
+        _ => 1,
+    });
+    assert!(doubled > 0);
+    assert_eq!(f.engines[&b].stats().prunes_sent, 0);
+    assert!(f.engines[&a].eager_peers(&a).contains(&b));
+    assert_eq!(f.engines[&b].replica().status(&a).unwrap().0.name, "x");
+}
