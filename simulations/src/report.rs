@@ -90,6 +90,10 @@ pub struct Report {
     /// After the last heal: (ms after it, live nodes not yet holding the
     /// final state), every 500 ms.
     pub heal_curve: Vec<(u64, usize)>,
+    /// The last live nodes to reach the final state after the last heal
+    /// (at most 8, those behind in the last sample before it), to trace
+    /// with `--trace-node`.
+    pub heal_last_nodes: Vec<usize>,
     /// Reconciliation rounds started, fleet-wide.
     pub anti_entropy_rounds: u64,
     /// Of those, started at once because a step went unanswered (lost).
@@ -298,8 +302,9 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 s,
-                "nodes behind after the heal (ms: nodes): {}",
-                pts.join(", ")
+                "nodes behind after the heal (ms: nodes): {}; the last: {:?}",
+                pts.join(", "),
+                self.heal_last_nodes
             );
         }
         let _ = writeln!(

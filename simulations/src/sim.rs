@@ -2172,6 +2172,33 @@ impl Sim {
             .collect()
     }
 
+    /// The nodes behind in the last heal sample before the final state
+    /// (at most 8).
+    fn heal_last_nodes(&self) -> Vec<usize> {
+        let Some((_, last)) = self.heal_samples.last() else {
+            return Vec::new();
+        };
+        let mut finals: HashMap<Option<String>, u64> = HashMap::new();
+        for &(i, d) in last {
+            finals.entry(self.class_of(i)).or_insert(d);
+        }
+        let behind = |ds: &Vec<(usize, u64)>| -> Vec<usize> {
+            ds.iter()
+                .filter(|(i, d)| finals.get(&self.class_of(*i)) != Some(d))
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        let mut out = self
+            .heal_samples
+            .iter()
+            .rev()
+            .map(|(_, ds)| behind(ds))
+            .find(|b| !b.is_empty())
+            .unwrap_or_default();
+        out.truncate(8);
+        out
+    }
+
     /// All of `live` hold the same shared documents, and the nodes of
     /// each class (see `class_of`) the same documents.
     fn agree(&self, live: &[usize]) -> bool {
@@ -2547,6 +2574,7 @@ impl Sim {
             last_heal_ms: (self.last_heal != u64::MAX).then_some(self.last_heal),
             convergence_after_heal_ms: self.converged_at.map(|t| t - self.last_heal),
             heal_curve: self.heal_curve(),
+            heal_last_nodes: self.heal_last_nodes(),
             anti_entropy_rounds: total.anti_entropy_rounds,
             sync_retries: total.sync_retries,
             sync_ranges_held: total.sync_ranges_held,

@@ -2189,6 +2189,13 @@ impl Engine {
             grafts.entry(peer).or_default().push(*id);
             m.due = now + self.config.graft_retry_ms;
         }
+        if !gone.is_empty() {
+            // Announced, every announcer asked, and still not here (the
+            // grafts or their answers lost): reconciliation finds it, soon
+            // rather than a whole interval from now.
+            self.repairing = true;
+            self.hasten_anti_entropy(now);
+        }
         for id in gone {
             self.missing.remove(&id);
         }

@@ -2341,3 +2341,54 @@ fn the_networks_duplicate_does_not_prune_the_only_parent() {
     assert!(f.engines[&a].eager_peers(&a).contains(&b));
     assert_eq!(f.engines[&b].replica().status(&a).unwrap().0.name, "x");
 }
+
+#[test]
+fn a_change_no_announcer_delivered_brings_reconciliation_forward() {
+    // Node 2 hears of 0's change only by announcement, and every graft it
+    // sends is lost: the next reconciliation round comes a quarter interval
+    // later, not a whole one (or more, backed off while idle).
+    let cfg = EngineConfig::default();
+    let quarter = cfg.anti_entropy_interval_ms / 4;
+    let mut f = Fleet::new(3, 0, true, cfg);
+    f.run();
+    let (a, c) = (f.id(0), f.id(2));
+    // Quiet for a while: rounds backed off.
+    f.now += 60_000;
+    for _ in 0..4 {
+        f.fire(c, Timer::AntiEntropy);
+    }
+    f.queue.clear();
+    let before = f.engines[&c].timer(Timer::AntiEntropy).unwrap();
+    assert!(before > f.now + quarter, "{before} {}", f.now);
+    f.set_status(0, "x");
+    let keep = |from: NodeId, to: NodeId, msg: &Message| match msg {
+        Message::Changes { .. } if to == c => 0,
+        Message::Graft { .. } if from == c => 0,
+        _ => 1,
+    };
+    f.run_with(keep);
+    f.now += 200;
+    for i in 0..2 {
+        f.fire(f.id(i), Timer::LazyFlush);
+    }
+    f.run_with(keep);
+    let mut grafts = 0;
+    for _ in 0..6 {
+        f.now += 300;
+        f.fire(c, Timer::Graft);
+        f.run_with(keep);
+        let sent = f.engines[&c].stats().grafts_sent;
+        if sent == grafts && grafts > 0 {
+            break;
+        }
+        grafts = sent;
+    }
+    assert!(grafts >= 1, "2 grafted the announced change");
+    assert_ne!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
+    let at = f.engines[&c].timer(Timer::AntiEntropy).unwrap();
+    assert!(
+        at <= f.now + quarter,
+        "next round at {at} (was {before}), now {}: every announcer was asked in vain",
+        f.now
+    );
+}
