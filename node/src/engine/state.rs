@@ -230,6 +230,9 @@ struct Absorbed {
     /// (or was local): proof of a redundant eager link. Policy changes are
     /// flooded and answers race the tree, so their duplicates prove nothing.
     tree_dup_origins: BTreeSet<NodeId>,
+    /// Owners of the new changes this node had been announced and was
+    /// grafting (in `missing`).
+    grafted_origins: BTreeSet<NodeId>,
 }
 
 /// What a node's store holds, for [`Engine::restore`].
@@ -1110,9 +1113,16 @@ impl Engine {
                             }
                         }
                         Push::Eager => {}
-                        // A peer that answered with something new is on a
-                        // good path from those owners (grafted, or repaired).
-                        Push::Reply => p.pruned.retain(|o| !new_origins.contains(o)),
+                        // A peer that answered a graft with something new
+                        // is on a good path from those owners: the link
+                        // joins their trees both ways (the peer moved it
+                        // on its side when it answered). An answer to
+                        // reconciliation leaves the trees alone: moving
+                        // the link here would push to a peer that pruned
+                        // it, one duplicate for each owner.
+                        Push::Reply => p.pruned.retain(|o| {
+                            !(new_origins.contains(o) && a.grafted_origins.contains(o))
+                        }),
                     }
                 }
                 self.disseminate(Some(from), &a.new, now, out);
@@ -1546,6 +1556,7 @@ impl Engine {
                 reports: Vec::new(),
                 new: Vec::new(),
                 tree_dup_origins: BTreeSet::new(),
+                grafted_origins: BTreeSet::new(),
             };
         }
         let mut epochs_before: BTreeMap<(NodeId, OwnedKind), Option<u32>> = BTreeMap::new();
@@ -1568,6 +1579,7 @@ impl Engine {
         let promoted = self.replica.take_promoted();
         let mut new = Vec::new();
         let mut tree_dup_origins = BTreeSet::new();
+        let mut grafted_origins = BTreeSet::new();
         let mut touched: BTreeSet<DocId> = BTreeSet::new();
         let mut offences: Vec<String> = Vec::new();
         let mut not_admitted = false;
@@ -1604,7 +1616,11 @@ impl Engine {
                     }
                     let hash = r.hash.expect("a held change parsed");
                     let id = ChangeId::new(sc.doc, hash);
-                    self.missing.remove(&short_id(&hash));
+                    if self.missing.remove(&short_id(&hash)).is_some()
+                        && let Some(o) = origin(&sc.doc)
+                    {
+                        grafted_origins.insert(o);
+                    }
                     self.remember(id, now, Arrival::of(from, eager));
                     new.push((id, sc));
                 }
@@ -1662,6 +1678,7 @@ impl Engine {
             reports,
             new,
             tree_dup_origins,
+            grafted_origins,
         }
     }
 

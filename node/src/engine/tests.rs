@@ -2263,24 +2263,72 @@ impl Fleet {
 }
 
 #[test]
-fn a_link_back_to_a_pruned_peer_is_pruned_again() {
-    // A triangle; after the first heartbeats 0's tree is the line 0-1-2
-    // (0-2 pruned both ways). 0's next change is lost on its way from 1 to
-    // 2, and 2 gets it by reconciliation from 0: an answer with something
-    // new, so 2 pushes 0's changes to 0 again. 0 had pruned 2 already.
+fn a_lost_prune_is_sent_again_on_the_next_duplicate() {
+    // A triangle; after the first heartbeats 0's tree is the line 0-1-2.
     let mut f = Fleet::new(3, 0, true, EngineConfig::default());
     f.run();
     let (a, b, c) = (f.id(0), f.id(1), f.id(2));
     assert_eq!(f.engines[&a].eager_peers(&a), vec![b]);
+    assert_eq!(f.engines[&c].eager_peers(&a), vec![b]);
+    // 0's change x is lost on its way from 1 to 2; 2 grafts it from 0 (the
+    // link 0-2 joins 0's tree) and pushes it on to 1, a duplicate there: 1
+    // prunes 2, and that Prune is lost.
+    f.set_status(0, "x");
+    let mut lost = 0;
+    let mut lossy = |from: NodeId, to: NodeId, msg: &Message| match msg {
+        Message::Changes { .. } if from == b && to == c => 0,
+        Message::Prune { .. } if from == b && to == c => {
+            lost += 1;
+            0
+        }
+        _ => 1,
+    };
+    f.run_with(&mut lossy);
+    f.now += 200;
+    f.fire(a, Timer::LazyFlush);
+    f.run_with(&mut lossy);
+    f.now += 200;
+    f.fire(c, Timer::Graft);
+    f.run_with(&mut lossy);
+    assert_eq!(lost, 1);
+    assert_eq!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
+    assert!(!f.engines[&b].eager_peers(&a).contains(&c));
+    assert!(f.engines[&c].eager_peers(&a).contains(&b));
+    // y: 2's copy is a duplicate at 1 again, from a peer 1 pruned already;
+    // 1 says so again, so that 2 stops pushing 0's changes to it.
+    f.set_status(0, "y");
+    f.run();
+    assert!(
+        !f.engines[&c].eager_peers(&a).contains(&b),
+        "2 still pushes 0's changes to 1: every later change comes twice"
+    );
+    let prunes = f.engines[&b].stats().prunes_sent;
+    f.set_status(0, "z");
+    f.run();
+    assert_eq!(
+        f.engines[&b].stats().prunes_sent,
+        prunes,
+        "no more duplicates"
+    );
+    for e in f.engines.values() {
+        assert_eq!(e.replica().status(&a).unwrap().0.name, "z");
+    }
+}
+
+#[test]
+fn a_reconciliation_answer_leaves_the_trees_alone() {
+    // The line 0-1-2 of 0's tree; 2 misses 0's change and gets it by
+    // reconciliation from 0. 2 does not move the link to 0 into 0's tree:
+    // 0 pruned it, and every later change pushed there would be a duplicate.
+    let mut f = Fleet::new(3, 0, true, EngineConfig::default());
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
     assert_eq!(f.engines[&c].eager_peers(&a), vec![b]);
     f.set_status(0, "x");
     f.run_with(|from, to, msg| match msg {
         Message::Changes { .. } if from == b && to == c => 0,
         _ => 1,
     });
-    assert_ne!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
-    // Past the settle time, 2 reconciles with 0 (its rounds with 1 lost, and
-    // its push of what it got on to 1).
     f.now += 5_000;
     for _ in 0..20 {
         if f.engines[&c].replica().status(&a).unwrap().0.name == "x" {
@@ -2294,27 +2342,20 @@ fn a_link_back_to_a_pruned_peer_is_pruned_again() {
         });
     }
     assert_eq!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
-    assert!(f.engines[&c].eager_peers(&a).contains(&a));
-    assert!(!f.engines[&a].eager_peers(&a).contains(&c));
-    // The next change comes back to 0 from 2, a duplicate: 0 says so, though
-    // it pruned 2 long ago, so that 2 stops pushing 0's changes to it.
+    assert_eq!(f.engines[&c].eager_peers(&a), vec![b]);
+    let dups: u64 = f
+        .engines
+        .values()
+        .map(|e| e.stats().duplicates_received)
+        .sum();
     f.set_status(0, "y");
     f.run();
-    assert!(
-        !f.engines[&c].eager_peers(&a).contains(&a),
-        "2 still pushes 0's changes back to 0: every later change comes twice"
-    );
-    let prunes = f.engines[&a].stats().prunes_sent;
-    f.set_status(0, "z");
-    f.run();
-    assert_eq!(
-        f.engines[&a].stats().prunes_sent,
-        prunes,
-        "no more duplicates"
-    );
-    for e in f.engines.values() {
-        assert_eq!(e.replica().status(&a).unwrap().0.name, "z");
-    }
+    let after: u64 = f
+        .engines
+        .values()
+        .map(|e| e.stats().duplicates_received)
+        .sum();
+    assert_eq!(after, dups, "y came once to each node");
 }
 
 #[test]
