@@ -416,7 +416,7 @@ impl OwnerRates {
 /// How a change this node holds first came to it (see `Engine::recent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arrival {
-    /// Published here, or read from the store.
+    /// Published here (by this node, or handed to it to publish).
     Local,
     /// By eager push, from the peer whose id starts with these bytes.
     Eager([u8; 8]),
