@@ -2147,34 +2147,34 @@ impl Sim {
     /// After the last heal, how many live honest nodes did not yet hold the
     /// final state, at each check (every 500 ms of it, and the last).
     fn heal_curve(&self) -> Vec<(u64, usize)> {
-        let Some((_, last)) = self.heal_samples.last() else {
-            return Vec::new();
-        };
-        // Each node against the final state of its class (with scoped
-        // regions, the classes end in different states): that of the
-        // class's first node in the last sample.
-        let mut finals: HashMap<Option<String>, u64> = HashMap::new();
-        for &(i, d) in last {
-            finals.entry(self.class_of(i)).or_insert(d);
-        }
-        let final_of = |i: usize| finals.get(&self.class_of(i)).copied();
         let n = self.heal_samples.len();
-        self.heal_samples
-            .iter()
+        self.heal_behind()
+            .into_iter()
             .enumerate()
-            .filter(|(k, (t, _))| *k + 1 == n || (t - self.last_heal).is_multiple_of(500))
-            .map(|(_, (t, ds))| {
-                (
-                    t - self.last_heal,
-                    ds.iter().filter(|(i, d)| final_of(*i) != Some(*d)).count(),
-                )
-            })
+            .filter(|(k, (t, _))| *k + 1 == n || t.is_multiple_of(500))
+            .map(|(_, (t, behind))| (t, behind.len()))
             .collect()
     }
 
     /// The nodes behind in the last heal sample before the final state
     /// (at most 8).
     fn heal_last_nodes(&self) -> Vec<usize> {
+        let mut out = self
+            .heal_behind()
+            .into_iter()
+            .rev()
+            .map(|(_, behind)| behind)
+            .find(|b| !b.is_empty())
+            .unwrap_or_default();
+        out.truncate(8);
+        out
+    }
+
+    /// Each heal sample: (ms after the last heal, the live nodes not yet
+    /// holding the final state). Each node is judged against the final
+    /// state of its class (with scoped regions, the classes end in
+    /// different states): that of the class's first node in the last sample.
+    fn heal_behind(&self) -> Vec<(u64, Vec<usize>)> {
         let Some((_, last)) = self.heal_samples.last() else {
             return Vec::new();
         };
@@ -2182,21 +2182,17 @@ impl Sim {
         for &(i, d) in last {
             finals.entry(self.class_of(i)).or_insert(d);
         }
-        let behind = |ds: &Vec<(usize, u64)>| -> Vec<usize> {
-            ds.iter()
-                .filter(|(i, d)| finals.get(&self.class_of(*i)) != Some(d))
-                .map(|(i, _)| *i)
-                .collect()
-        };
-        let mut out = self
-            .heal_samples
+        self.heal_samples
             .iter()
-            .rev()
-            .map(|(_, ds)| behind(ds))
-            .find(|b| !b.is_empty())
-            .unwrap_or_default();
-        out.truncate(8);
-        out
+            .map(|(t, ds)| {
+                let behind = ds
+                    .iter()
+                    .filter(|(i, d)| finals.get(&self.class_of(*i)) != Some(d))
+                    .map(|(i, _)| *i)
+                    .collect();
+                (t - self.last_heal, behind)
+            })
+            .collect()
     }
 
     /// All of `live` hold the same shared documents, and the nodes of

@@ -448,9 +448,7 @@ impl Arrival {
 }
 
 fn peer_tag(p: &NodeId) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&p.0[..8]);
-    b
+    p.0[..8].try_into().expect("a node id is 32 bytes")
 }
 
 /// The owner of a status document: the root of its dissemination tree.
