@@ -48,6 +48,10 @@ pub struct EngineConfig {
     pub graft_timeout_ms: u64,
     /// How long a graft may go unanswered before the next announcer is asked.
     pub graft_retry_ms: u64,
+    /// How many times each announcer of a change still missing is asked, in
+    /// turn (a graft or its answer may be lost). After the first pass over
+    /// them, reconciliation is also brought forward.
+    pub graft_passes: u32,
     /// PlumTree (eager tree plus lazy announcements). False floods every change
     /// eagerly to every peer (for comparison; costs a copy per link).
     pub plumtree: bool,
@@ -159,6 +163,7 @@ impl Default for EngineConfig {
             lazy_flush_interval_ms: 100,
             graft_timeout_ms: 150,
             graft_retry_ms: 300,
+            graft_passes: 3,
             plumtree: true,
             policy_flood: true,
             sync_retry_ms: 400,
@@ -307,6 +312,7 @@ impl EngineConfig {
         )?;
         ranged("graft_timeout_ms", c.graft_timeout_ms, 1, 60_000)?;
         ranged("graft_retry_ms", c.graft_retry_ms, 1, 60_000)?;
+        ranged("graft_passes", u64::from(c.graft_passes), 1, 16)?;
         // Below a round trip, every step would be retried with another peer
         // at once: rounds by the hundred per second.
         ranged("sync_retry_ms", c.sync_retry_ms, 50, 600_000)?;

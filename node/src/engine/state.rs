@@ -218,7 +218,12 @@ struct Peer {
 
 #[derive(Debug)]
 struct Missing {
+    /// Announcers not yet asked in this pass.
     announcers: Vec<NodeId>,
+    /// Announcers asked in this pass.
+    asked: Vec<NodeId>,
+    /// Passes over the announcers completed.
+    passes: u32,
     due: Millis,
 }
 
@@ -2159,8 +2164,9 @@ impl Engine {
             let len = self.missing.len();
             match self.missing.get_mut(&id) {
                 Some(m)
-                    if m.announcers.len() < self.config.announcers_max
-                        && !m.announcers.contains(&from) =>
+                    if m.announcers.len() + m.asked.len() < self.config.announcers_max
+                        && !m.announcers.contains(&from)
+                        && !m.asked.contains(&from) =>
                 {
                     m.announcers.push(from);
                 }
@@ -2170,6 +2176,8 @@ impl Engine {
                         id,
                         Missing {
                             announcers: vec![from],
+                            asked: Vec::new(),
+                            passes: 0,
                             due,
                         },
                     );
@@ -2190,6 +2198,8 @@ impl Engine {
     fn on_graft_timer(&mut self, now: Millis, out: &mut Vec<Output>) {
         let mut grafts: BTreeMap<NodeId, Vec<ShortId>> = BTreeMap::new();
         let mut gone = Vec::new();
+        let mut in_vain = false;
+        let passes = self.config.graft_passes.max(1);
         for (id, m) in &mut self.missing {
             if m.due > now {
                 continue;
@@ -2197,22 +2207,32 @@ impl Engine {
             // The first announcer still connected.
             m.announcers.retain(|a| self.peers.contains_key(a));
             if m.announcers.is_empty() {
-                gone.push(*id);
-                continue;
+                // Every announcer asked in this pass, in vain. They hold the
+                // change (a graft or its answer was lost, 15-20% of messages
+                // on a bad link): ask them again, in turn, a few times.
+                m.asked.retain(|a| self.peers.contains_key(a));
+                in_vain |= m.passes == 0;
+                m.passes += 1;
+                if m.passes >= passes || m.asked.is_empty() {
+                    gone.push(*id);
+                    continue;
+                }
+                m.announcers = std::mem::take(&mut m.asked);
             }
             let peer = m.announcers.remove(0);
+            m.asked.push(peer);
             grafts.entry(peer).or_default().push(*id);
             m.due = now + self.config.graft_retry_ms;
         }
-        if !gone.is_empty() {
+        for id in gone {
+            self.missing.remove(&id);
+        }
+        if in_vain {
             // Announced, every announcer asked, and still not here (the
             // grafts or their answers lost): reconciliation finds it, soon
             // rather than a whole interval from now.
             self.repairing = true;
             self.hasten_anti_entropy(now);
-        }
-        for id in gone {
-            self.missing.remove(&id);
         }
         let max = self.config.wire.ids_per_message_max.max(1);
         for (peer, ids) in grafts {

@@ -1,7 +1,7 @@
 //! Unit tests of the engine over a tiny in-memory network (FIFO links, timers
 //! fired by hand). The simulator in `dcloud-sim` exercises it at scale with faults.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use dcloud_crdt::testkit;
 use dcloud_crdt::{
@@ -2431,5 +2431,48 @@ fn a_change_no_announcer_delivered_brings_reconciliation_forward() {
         at <= f.now + quarter,
         "next round at {at} (was {before}), now {}: every announcer was asked in vain",
         f.now
+    );
+}
+
+#[test]
+fn a_graft_lost_once_is_sent_again() {
+    // Node 2 hears of 0's change only by announcement, and the first graft it
+    // sends to each announcer is lost. The announcers still hold the change:
+    // asking them again fetches it, with no reconciliation round.
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(3, 0, true, cfg);
+    f.run();
+    let (a, c) = (f.id(0), f.id(2));
+    f.queue.clear();
+    f.set_status(0, "x");
+    let mut lost: BTreeSet<NodeId> = BTreeSet::new();
+    let mut keep = |from: NodeId, to: NodeId, msg: &Message| match msg {
+        Message::Changes {
+            push: Push::Eager, ..
+        } if to == c => 0,
+        // The first graft to each announcer.
+        Message::Graft { .. } if from == c => usize::from(!lost.insert(to)),
+        _ => 1,
+    };
+    f.run_with(&mut keep);
+    f.now += 200;
+    for i in 0..2 {
+        f.fire(f.id(i), Timer::LazyFlush);
+    }
+    f.run_with(&mut keep);
+    for _ in 0..8 {
+        if f.engines[&c].replica().status(&a).unwrap().0.name == "x" {
+            break;
+        }
+        f.now += 300;
+        f.fire(c, Timer::Graft);
+        f.run_with(&mut keep);
+    }
+    assert!(!lost.is_empty(), "2 grafted the announced change");
+    assert_eq!(
+        f.engines[&c].replica().status(&a).unwrap().0.name,
+        "x",
+        "2 asked its announcers again after its first grafts were lost ({} grafts sent)",
+        f.engines[&c].stats().grafts_sent
     );
 }
