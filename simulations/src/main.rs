@@ -36,9 +36,11 @@ enum Cmd {
         /// Write report.json, convergence.csv and convergence.svg here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Print every message this node sends and receives (debugging).
+        /// Print every message this node sends and receives (debugging);
+        /// repeat it to trace several nodes (messages between two of them
+        /// show when sent and, unless lost, when received).
         #[arg(long)]
-        trace_node: Option<usize>,
+        trace_node: Vec<usize>,
     },
 }
 
@@ -77,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     // The unscoped baseline, if the scenario asks for one (same seed).
     let baseline = sc.compare_unscoped.then(|| sc.unscoped());
     let mut sim = Sim::new(sc, seed);
-    if let Some(n) = trace_node {
+    for n in trace_node {
         sim.trace(n);
     }
     let mut result = sim.run(|t| bar.set_position(t));

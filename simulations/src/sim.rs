@@ -558,7 +558,7 @@ pub struct Sim {
     /// Most changes pending on any honest node at a memory check.
     peak_pending: usize,
     counters_reset_at: u64,
-    trace: Option<usize>,
+    trace: BTreeSet<usize>,
     /// Bytes honest nodes handed to the network for a `want_amplifier`
     /// (sender, amplifier), and for honest peers (sender, receiver).
     amplifier_bytes: BTreeMap<(usize, usize), u64>,
@@ -808,7 +808,7 @@ impl Sim {
             void_seen: 0,
             peak_pending: 0,
             counters_reset_at: 0,
-            trace: None,
+            trace: BTreeSet::new(),
             amplifier_bytes: BTreeMap::new(),
             honest_link_bytes: BTreeMap::new(),
             sc,
@@ -817,9 +817,10 @@ impl Sim {
         sim
     }
 
-    /// Print every message node `node` receives and sends (to stderr).
+    /// Print every message node `node` receives and sends (to stderr); more
+    /// than one node may be traced.
     pub fn trace(&mut self, node: usize) {
-        self.trace = Some(node);
+        self.trace.insert(node);
     }
 
     fn describe(&self, bytes: &[u8]) -> String {
@@ -834,6 +835,39 @@ impl Sim {
                         c.hash()
                             .map(|h| h.to_string()[..8].to_string())
                             .unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+            ),
+            // Every listed document with its heads (8 hex digits each), and
+            // the fingerprinted ranges by count: what a round compared.
+            Ok(Message::Sync {
+                depth,
+                splits,
+                items,
+                ..
+            }) => format!(
+                "Sync depth {depth}, {} ranges fingerprinted, listed: {:?}",
+                splits.iter().map(|s| s.parts.len()).sum::<usize>(),
+                items
+                    .iter()
+                    .map(|ri| format!(
+                        "{:016x}-{:016x}{} [{}]",
+                        ri.lo,
+                        ri.hi,
+                        if ri.reply { " (answer me)" } else { "" },
+                        ri.items
+                            .iter()
+                            .map(|it| format!(
+                                "{}@{}",
+                                it.doc,
+                                it.heads
+                                    .iter()
+                                    .map(|h| h[..4].iter().map(|b| format!("{b:02x}")).collect())
+                                    .collect::<Vec<String>>()
+                                    .join("+")
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     ))
                     .collect::<Vec<_>>()
             ),
@@ -1019,7 +1053,7 @@ impl Sim {
                     return;
                 }
                 let from_id = self.slots[from].key.public();
-                if self.trace == Some(to) {
+                if self.trace.contains(&to) {
                     eprintln!("{} ms: {to} <- {from}: {}", self.now, self.describe(&bytes));
                 }
                 self.input(
@@ -1776,7 +1810,7 @@ impl Sim {
         let Some(&to) = self.index.get(&to) else {
             return;
         };
-        if self.trace == Some(from) {
+        if self.trace.contains(&from) {
             eprintln!("{} ms: {from} -> {to}: {}", self.now, self.describe(&bytes));
         }
         if self.slots[from].honest && self.scope_checked {
