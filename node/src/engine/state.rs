@@ -355,6 +355,12 @@ pub struct Engine {
     /// Key ranges whose documents were listed to a peer that has not answered
     /// yet: (lo, hi, peer, until). Not listed to anyone else meanwhile.
     holds: VecDeque<(u64, u64, NodeId, Millis)>,
+    /// Key ranges where this node found it lacks something (it listed its
+    /// side back): (lo, hi, its fingerprint of the range then, until). The
+    /// first step of each next round lists them again, until the range
+    /// changes here or the entry expires: on a lossy link, where each step
+    /// of a round may be lost, one step each way then fetches what it lacks.
+    lacking: VecDeque<(u64, u64, (u32, u64), Millis)>,
     freshness: Option<SignedFreshness>,
     /// Each status owner's allowance of applied changes (see
     /// [`EngineConfig::status_owner_burst`]).
@@ -484,6 +490,11 @@ fn older_epoch(a: &DocId, b: &DocId) -> bool {
 /// narrow start is cheaper and nearly always completes.
 const LOSSY_SYNC_QUALITY: u32 = 995;
 
+/// Most key ranges remembered as lacking (`Inner::lacking`), and for how
+/// many anti-entropy intervals.
+const LACKING_MAX: usize = 16;
+const LACKING_INTERVALS: u64 = 3;
+
 /// The most a signed rumour takes on the wire (a suspicion: two ids, an
 /// incarnation, a signature), for answer budgets.
 const RUMOUR_SIZE_BYTES: u64 = 150;
@@ -604,6 +615,7 @@ impl Engine {
             awaiting: BTreeMap::new(),
             pruned_memory: BTreeMap::new(),
             holds: VecDeque::new(),
+            lacking: VecDeque::new(),
             freshness: None,
             owner_rates: OwnerRates::default(),
             stats: EngineStats::default(),
@@ -2355,6 +2367,7 @@ impl Engine {
         } else {
             1
         };
+        let items = self.relist_lacking(&index, peer, parts, now);
         let parts = split(0, u64::MAX, parts)
             .into_iter()
             .map(|(a, b)| index.range_fp(a, b))
@@ -2367,10 +2380,57 @@ impl Engine {
                 hi: u64::MAX,
                 parts,
             }],
-            items: Vec::new(),
+            items,
         };
         self.send(peer, &msg, out);
         self.await_answer(peer, now);
+    }
+
+    /// The ranges this node found lacking and that have not changed here
+    /// since, listed (as an answer: the peer sends what this node lacks and
+    /// lists nothing back), within the step's bounds beside `parts`
+    /// fingerprints; each is held for `peer` like any list it answers.
+    fn relist_lacking(
+        &mut self,
+        index: &DocIndex,
+        peer: NodeId,
+        parts: u64,
+        now: Millis,
+    ) -> Vec<RangeItems> {
+        self.lacking
+            .retain(|l| l.3 > now && index.range_fp(l.0, l.1) == l.2);
+        while self.holds.front().is_some_and(|h| h.3 <= now) {
+            self.holds.pop_front();
+        }
+        let wire = &self.config.wire;
+        let mut room = wire.ranges_per_message_max.saturating_sub(parts as usize);
+        let mut items_room = wire.items_per_message_max;
+        let mut listed = Vec::new();
+        for &(lo, hi, _, _) in &self.lacking {
+            if self.holds.iter().any(|h| h.0 <= hi && lo <= h.1) {
+                continue;
+            }
+            let items = index.items(lo, hi);
+            if room == 0 || items.len() > items_room {
+                break;
+            }
+            room -= 1;
+            items_room -= items.len();
+            listed.push(RangeItems {
+                lo,
+                hi,
+                items,
+                reply: false,
+            });
+        }
+        let until = now + self.config.sync_hold_ms;
+        for ri in &listed {
+            if self.holds.len() >= self.config.sync_holds_max {
+                self.holds.pop_front();
+            }
+            self.holds.push_back((ri.lo, ri.hi, peer, until));
+        }
+        listed
     }
 
     /// One step of range-based reconciliation. For each range the peer
@@ -2618,6 +2678,17 @@ impl Engine {
         }
         if !to_send.is_empty() {
             self.answer_changes(from, to_send, out);
+        }
+        // Where this node lacks something: listed again in the next rounds'
+        // first steps, until it arrives (see `lacking`).
+        let until = now + LACKING_INTERVALS * self.config.anti_entropy_interval_ms;
+        for ri in reply_items.iter().filter(|ri| !ri.reply) {
+            let fp = index.range_fp(ri.lo, ri.hi);
+            self.lacking.retain(|l| (l.0, l.1) != (ri.lo, ri.hi));
+            if self.lacking.len() >= LACKING_MAX {
+                self.lacking.pop_front();
+            }
+            self.lacking.push_back((ri.lo, ri.hi, fp, until));
         }
         // One listing of a range in flight at a time: a range listed to a
         // peer that has not answered yet is not listed to another (nor again

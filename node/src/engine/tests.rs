@@ -2476,3 +2476,50 @@ fn a_graft_lost_once_is_sent_again() {
         f.engines[&c].stats().grafts_sent
     );
 }
+
+#[test]
+fn a_range_found_lacking_is_listed_in_the_next_rounds_first_step() {
+    // Node 1 misses 0's change. Its first round finds the range and lists
+    // its side back, but the answer with the change is lost. On a lossy link
+    // every step of a round is a chance to lose it: the next round's first
+    // step lists that range again, so one step each way is enough, even when
+    // every other step of the peer's is lost.
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(2, 0, true, cfg);
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    f.queue.clear();
+    f.now += 5_000;
+    f.set_status(0, "x");
+    // The push and the announcements to 1 are lost.
+    f.run_with(|_, to, m| match m {
+        Message::Changes { .. } | Message::IHave { .. } if to == b => 0,
+        _ => 1,
+    });
+    f.now += 2_000;
+    // Round 1: only the answer carrying the change is lost.
+    f.fire(b, Timer::AntiEntropy);
+    let mut syncs_to_b = 0;
+    f.run_with(|_, to, m| match m {
+        Message::Sync { .. } if to == b => {
+            syncs_to_b += 1;
+            1
+        }
+        Message::Changes { .. } | Message::IHave { .. } if to == b => 0,
+        _ => 1,
+    });
+    assert!(syncs_to_b >= 1, "the first round got to listing");
+    assert_ne!(f.engines[&b].replica().status(&a).unwrap().0.name, "x");
+    // Round 2: every step 0 sends 1 is lost but the changes.
+    f.now += 2_000;
+    f.fire(b, Timer::AntiEntropy);
+    f.run_with(|_, to, m| match m {
+        Message::Sync { .. } if to == b => 0,
+        _ => 1,
+    });
+    assert_eq!(
+        f.engines[&b].replica().status(&a).unwrap().0.name,
+        "x",
+        "1's first step listed the range it lacks, and 0 answered it with the change"
+    );
+}
