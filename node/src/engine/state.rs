@@ -2399,15 +2399,13 @@ impl Engine {
     ) -> Vec<RangeItems> {
         self.lacking
             .retain(|l| l.3 > now && index.range_fp(l.0, l.1) == l.2);
-        while self.holds.front().is_some_and(|h| h.3 <= now) {
-            self.holds.pop_front();
-        }
+        self.expire_holds(now);
         let wire = &self.config.wire;
         let mut room = wire.ranges_per_message_max.saturating_sub(parts as usize);
         let mut items_room = wire.items_per_message_max;
         let mut listed = Vec::new();
         for &(lo, hi, _, _) in &self.lacking {
-            if self.holds.iter().any(|h| h.0 <= hi && lo <= h.1) {
+            if self.held(lo, hi) {
                 continue;
             }
             let items = index.items(lo, hi);
@@ -2423,14 +2421,31 @@ impl Engine {
                 reply: false,
             });
         }
-        let until = now + self.config.sync_hold_ms;
         for ri in &listed {
-            if self.holds.len() >= self.config.sync_holds_max {
-                self.holds.pop_front();
-            }
-            self.holds.push_back((ri.lo, ri.hi, peer, until));
+            self.hold(ri, peer, now);
         }
         listed
+    }
+
+    /// Drop the holds that expired.
+    fn expire_holds(&mut self, now: Millis) {
+        while self.holds.front().is_some_and(|h| h.3 <= now) {
+            self.holds.pop_front();
+        }
+    }
+
+    /// Whether a range overlapping `lo..=hi` is held for some peer.
+    fn held(&self, lo: u64, hi: u64) -> bool {
+        self.holds.iter().any(|h| h.0 <= hi && lo <= h.1)
+    }
+
+    /// Hold the range of `ri`, listed to `peer`, for `sync_hold_ms`.
+    fn hold(&mut self, ri: &RangeItems, peer: NodeId, now: Millis) {
+        if self.holds.len() >= self.config.sync_holds_max {
+            self.holds.pop_front();
+        }
+        self.holds
+            .push_back((ri.lo, ri.hi, peer, now + self.config.sync_hold_ms));
     }
 
     /// One step of range-based reconciliation. For each range the peer
@@ -2693,12 +2708,9 @@ impl Engine {
         // One listing of a range in flight at a time: a range listed to a
         // peer that has not answered yet is not listed to another (nor again
         // to the same one), so that what this node lacks there comes once.
-        while self.holds.front().is_some_and(|h| h.3 <= now) {
-            self.holds.pop_front();
-        }
+        self.expire_holds(now);
         let before = reply_items.len();
-        let holds = &self.holds;
-        reply_items.retain(|ri| !holds.iter().any(|h| h.0 <= ri.hi && ri.lo <= h.1));
+        reply_items.retain(|ri| !self.held(ri.lo, ri.hi));
         if reply_items.len() < before {
             // Left for now, to the peer answering for them: look again soon.
             self.stats.sync_ranges_held += (before - reply_items.len()) as u64;
@@ -2739,12 +2751,8 @@ impl Engine {
         }
         // A list sent because the peer holds what this node lacks there (not
         // a first listing, which may find nothing): the peer answers with it.
-        let hold_until = now + self.config.sync_hold_ms;
         for ri in reply_items.iter().filter(|ri| !ri.reply) {
-            if self.holds.len() >= self.config.sync_holds_max {
-                self.holds.pop_front();
-            }
-            self.holds.push_back((ri.lo, ri.hi, from, hold_until));
+            self.hold(ri, from, now);
         }
         let awaits = !reply_splits.is_empty() || reply_items.iter().any(|ri| ri.reply);
         let msg = Message::Sync {
