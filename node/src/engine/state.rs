@@ -2513,6 +2513,7 @@ impl Engine {
         now: Millis,
         allow: &mut Allowance,
         to_send: &mut Vec<SignedChange>,
+        held_back: &mut Vec<ShortId>,
         reply_items: &mut Vec<RangeItems>,
     ) -> bool {
         let cfg = &self.config;
@@ -2591,12 +2592,13 @@ impl Engine {
                     && e.updated_at > connected_at;
                 for c in self.replica.missing_for(&e.doc, &their_heads) {
                     if settling
-                        && c.hash().ok().is_some_and(|h| {
-                            self.recent.get(&short_id(&h)).is_some_and(|r| {
-                                r.1 + cfg.sync_settle_ms > now && r.1 > connected_at
-                            })
-                        })
+                        && let Some(s) = c.hash().ok().map(|h| short_id(&h))
+                        && self
+                            .recent
+                            .get(&s)
+                            .is_some_and(|r| r.1 + cfg.sync_settle_ms > now && r.1 > connected_at)
                     {
+                        held_back.push(s);
                         continue;
                     }
                     if !allow.work(1) || !allow.bytes(c.change.len() as u64) {
@@ -2680,6 +2682,7 @@ impl Engine {
             &mut reply_items,
         );
         let mut to_send: Vec<SignedChange> = Vec::new();
+        let mut held_back: Vec<ShortId> = Vec::new();
         if self.compare_items(
             &index,
             items,
@@ -2687,6 +2690,7 @@ impl Engine {
             now,
             &mut allow,
             &mut to_send,
+            &mut held_back,
             &mut reply_items,
         ) {
             self.repairing = true;
@@ -2694,6 +2698,15 @@ impl Engine {
         if !to_send.is_empty() {
             self.answer_changes(from, to_send, out);
         }
+        // What the settle rule left to the tree is announced, as to a lazy
+        // peer: if the push was lost on the way, the peer grafts it at once
+        // instead of learning it lacks it a round later.
+        let before = self.stats.bytes_sent;
+        for ids in held_back.chunks(self.config.wire.ids_per_message_max.max(1)) {
+            self.stats.announcements_sent += ids.len() as u64;
+            self.answer(from, &Message::IHave { ids: ids.to_vec() }, out);
+        }
+        allow.spend(0, self.stats.bytes_sent - before);
         // Where this node lacks something: listed again in the next rounds'
         // first steps, until it arrives (see `lacking`).
         let until = now + LACKING_INTERVALS * self.config.anti_entropy_interval_ms;

@@ -2523,3 +2523,39 @@ fn a_range_found_lacking_is_listed_in_the_next_rounds_first_step() {
         "1's first step listed the range it lacks, and 0 answered it with the change"
     );
 }
+
+#[test]
+fn a_change_held_back_by_the_settle_rule_is_announced_to_the_peer() {
+    // 0's change to 1 is lost on the way. 0's round with 1 starts within the
+    // settle time: 1 lists its side and 0 holds the change back, as most
+    // likely still in flight down the tree. So that 1 does not wait a whole
+    // round to learn it lacks it, 0 announces it: 1 grafts it at once.
+    let cfg = EngineConfig::default();
+    let settle = cfg.sync_settle_ms;
+    let graft_timeout = cfg.graft_timeout_ms;
+    let mut f = Fleet::new(2, 0, true, cfg);
+    f.run();
+    let (a, b) = (f.id(0), f.id(1));
+    f.queue.clear();
+    f.now += 5_000;
+    let published = f.now;
+    f.set_status(0, "x");
+    f.run_with(|_, to, m| match m {
+        Message::Changes { .. } | Message::IHave { .. } if to == b => 0,
+        _ => 1,
+    });
+    f.fire(a, Timer::AntiEntropy);
+    f.run();
+    assert!(
+        f.now < published + settle,
+        "the round ran within the settle time"
+    );
+    f.now += graft_timeout;
+    f.fire(b, Timer::Graft);
+    f.run();
+    assert_eq!(
+        f.engines[&b].replica().status(&a).unwrap().0.name,
+        "x",
+        "0 announced what it held back, and 1 grafted it"
+    );
+}
