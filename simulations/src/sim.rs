@@ -862,8 +862,8 @@ impl Sim {
                                 it.doc,
                                 it.heads
                                     .iter()
-                                    .map(|h| h[..4].iter().map(|b| format!("{b:02x}")).collect())
-                                    .collect::<Vec<String>>()
+                                    .map(|h| ChangeHash(*h).to_string()[..8].to_string())
+                                    .collect::<Vec<_>>()
                                     .join("+")
                             ))
                             .collect::<Vec<_>>()

@@ -490,7 +490,7 @@ fn older_epoch(a: &DocId, b: &DocId) -> bool {
 /// narrow start is cheaper and nearly always completes.
 const LOSSY_SYNC_QUALITY: u32 = 995;
 
-/// Most key ranges remembered as lacking (`Inner::lacking`), and for how
+/// Most key ranges remembered as lacking (`Engine::lacking`), and for how
 /// many anti-entropy intervals.
 const LACKING_MAX: usize = 16;
 const LACKING_INTERVALS: u64 = 3;
