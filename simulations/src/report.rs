@@ -59,6 +59,10 @@ pub struct Traffic {
     pub duplication_ratio: f64,
     /// Change bytes received / change bytes that were new (copies per change).
     pub change_copies: f64,
+    /// Bytes of membership rumours that were news to the receiver, over the
+    /// bytes of new changes: the part of `received_by_kind["rumours"]` that
+    /// no dissemination could have spared.
+    pub rumour_news: f64,
     /// Bytes of new changes received per node.
     pub new_change_bytes_per_node: f64,
     /// Bytes received by message kind, each over the bytes of new changes
@@ -282,8 +286,9 @@ impl Report {
             .collect();
         let _ = writeln!(
             s,
-            "received by kind (x new change bytes): {}",
-            kinds.join(", ")
+            "received by kind (x new change bytes): {}; of the rumours, news: {:.2}",
+            kinds.join(", "),
+            t.rumour_news
         );
         let _ = writeln!(
             s,

@@ -603,6 +603,7 @@ fn add_stats(a: &mut EngineStats, b: &EngineStats) {
     a.rumours_verified += b.rumours_verified;
     a.suspicions_raised += b.suspicions_raised;
     a.refutations += b.refutations;
+    a.new_rumour_bytes_received += b.new_rumour_bytes_received;
     a.scope_withheld += b.scope_withheld;
     a.scope_dropped += b.scope_dropped;
     for (k, v) in &b.bytes_received_by_kind {
@@ -624,6 +625,7 @@ fn sub_stats(a: &EngineStats, b: &EngineStats) -> EngineStats {
     r.reply_duplicates_received -= b.reply_duplicates_received.min(r.reply_duplicates_received);
     r.grafts_sent -= b.grafts_sent.min(r.grafts_sent);
     r.prunes_sent -= b.prunes_sent.min(r.prunes_sent);
+    r.new_rumour_bytes_received -= b.new_rumour_bytes_received.min(r.new_rumour_bytes_received);
     for (k, v) in r.bytes_received_by_kind.iter_mut() {
         *v -= b
             .bytes_received_by_kind
@@ -2528,6 +2530,8 @@ impl Sim {
             duplication_ratio: window.bytes_received as f64
                 / window.new_change_bytes_received.max(1) as f64,
             change_copies: window.change_bytes_received as f64
+                / window.new_change_bytes_received.max(1) as f64,
+            rumour_news: window.new_rumour_bytes_received as f64
                 / window.new_change_bytes_received.max(1) as f64,
             new_change_bytes_per_node: window.new_change_bytes_received as f64
                 / counted.max(1) as f64,

@@ -90,6 +90,10 @@ pub struct EngineStats {
     pub rumours_out_of_bound: u64,
     /// Rumours dropped over their reporter's (or subject's) budget.
     pub rumours_rate_limited: u64,
+    /// Encoded bytes of the rumours received that were news here (adopted,
+    /// or a suspicion of this node that it refuted): what membership had
+    /// to tell this node, each piece once.
+    pub new_rumour_bytes_received: u64,
     /// Bytes received, by message kind ([`Message::kind`]; undecodable
     /// messages under `"malformed"`).
     pub bytes_received_by_kind: BTreeMap<&'static str, u64>,
@@ -3084,6 +3088,7 @@ impl Engine {
             let raises_me = about_me
                 && r.rumour.claim == Claim::Alive
                 && r.rumour.incarnation > self.members.incarnation();
+            let size = postcard::experimental::serialized_size(&r).unwrap_or(0) as u64;
             if matches!(verdict, Adopted::News | Adopted::Refute(_)) || raises_me {
                 // News costs every node a check and a forward: each reporter
                 // (suspicions) and each subject (refutations) has a budget.
@@ -3126,11 +3131,15 @@ impl Engine {
                     }
                 }
                 Adopted::Remind => remind = true,
-                Adopted::Refute(inc) => refute = Some(refute.unwrap_or(0).max(inc)),
+                Adopted::Refute(inc) => {
+                    self.stats.new_rumour_bytes_received += size;
+                    refute = Some(refute.unwrap_or(0).max(inc));
+                }
                 Adopted::News => {
                     let subject = r.rumour.subject;
                     let before = self.members.liveness(&subject).map(|l| l.state);
                     if self.members.adopt(r, now, &cfg) {
+                        self.stats.new_rumour_bytes_received += size;
                         let after = self.members.liveness(&subject).map(|l| l.state);
                         // First news of a member that is alive is no event.
                         if after != before

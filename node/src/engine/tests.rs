@@ -1397,6 +1397,15 @@ fn a_false_suspicion_is_refuted_by_its_subject_and_never_becomes_down() {
     f.run();
     assert_eq!(f.engines[&b].stats().refutations, 1);
     assert!(f.engines[&b].membership().incarnation() > suspicion.rumour.incarnation);
+    // News, each piece counted once where it was news: the suspicion at
+    // node 0 (and at node 1, which refuted it), the refutation at nodes 0
+    // and 2; node 2 signed the suspicion, and node 1 the refutation.
+    let size = |r: &dcloud_crdt::SignedRumour| postcard::to_allocvec(r).unwrap().len() as u64;
+    let alive = *f.engines[&b].membership().own_alive().expect("refuted");
+    let news = |f: &Fleet, id: NodeId| f.engines[&id].stats().new_rumour_bytes_received;
+    assert_eq!(news(&f, a), size(&suspicion) + size(&alive));
+    assert_eq!(news(&f, b), size(&suspicion));
+    assert_eq!(news(&f, c), size(&alive));
     f.now += cfg.membership.suspicion_timeout_ms * 2;
     for id in [a, b, c] {
         f.fire(id, Timer::Membership);
@@ -1420,6 +1429,7 @@ fn a_false_suspicion_is_refuted_by_its_subject_and_never_becomes_down() {
     );
     f.run();
     assert_eq!(f.engines[&a].stats().rumours_verified, verified);
+    assert_eq!(news(&f, a), size(&suspicion) + size(&alive));
 }
 
 #[test]
