@@ -414,6 +414,14 @@ impl Membership {
         true
     }
 
+    /// The suspicion held of `node`, if it is suspect or down.
+    pub fn suspicion_of(&self, node: &NodeId) -> Option<SignedRumour> {
+        self.entries
+            .get(node)
+            .filter(|e| e.state != MemberState::Alive)
+            .map(|e| e.rumour)
+    }
+
     /// The subject's latest `Alive` held, if any.
     pub fn alive_of(&self, node: &NodeId) -> Option<&SignedRumour> {
         self.entries.get(node).and_then(|e| e.alive.as_ref())

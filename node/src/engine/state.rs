@@ -3065,6 +3065,11 @@ impl Engine {
         let mut refute = None;
         let mut remind = false;
         let mut again = Vec::new();
+        // Members whose state news changed, with their state before this
+        // message: one event each, for the state the whole message leaves
+        // (a suspicion comes after the Alive that proves its incarnation,
+        // and that Alive alone is no event).
+        let mut changed: Vec<(NodeId, Option<MemberState>)> = Vec::new();
         for r in rumours {
             if !self.peers.contains_key(&from) {
                 // Disconnected for what it sent: the rest is not looked at.
@@ -3121,13 +3126,27 @@ impl Engine {
             match verdict {
                 Adopted::Known => {
                     // A suspicion older than an Alive held here: the sender
-                    // has not heard the refutation.
+                    // has not heard the refutation. If a suspicion at that
+                    // Alive's incarnation is held too (the subject refuted,
+                    // then went silent: a crash on the far side of a
+                    // partition), that is what the sender is answered, with
+                    // the Alive as its proof: the refutation alone would
+                    // show a crashed node alive there.
                     if let Claim::Suspect { .. } = r.rumour.claim
                         && let Some(a) = self.members.alive_of(&r.rumour.subject)
                         && a.rumour.incarnation > r.rumour.incarnation
-                        && !answer.contains(a)
                     {
-                        answer.push(*a);
+                        match self.members.suspicion_of(&r.rumour.subject) {
+                            Some(s)
+                                if s.rumour.incarnation >= a.rumour.incarnation
+                                    && !answer.contains(&s) =>
+                            {
+                                self.with_proof(s, &mut answer);
+                            }
+                            Some(_) => {}
+                            None if !answer.contains(a) => answer.push(*a),
+                            None => {}
+                        }
                     }
                 }
                 Adopted::Remind => remind = true,
@@ -3140,16 +3159,8 @@ impl Engine {
                     let before = self.members.liveness(&subject).map(|l| l.state);
                     if self.members.adopt(r, now, &cfg) {
                         self.stats.new_rumour_bytes_received += size;
-                        let after = self.members.liveness(&subject).map(|l| l.state);
-                        // First news of a member that is alive is no event.
-                        if after != before
-                            && !(before.is_none() && after == Some(MemberState::Alive))
-                            && let Some(state) = after
-                        {
-                            out.push(Output::Event(Event::Member {
-                                node: subject,
-                                state,
-                            }));
+                        if !changed.iter().any(|(n, _)| *n == subject) {
+                            changed.push((subject, before));
                         }
                         if r.rumour.claim == Claim::Alive
                             && self.my_suspicions.contains(&subject)
@@ -3160,6 +3171,16 @@ impl Engine {
                         self.with_proof(r, &mut onward);
                     }
                 }
+            }
+        }
+        for (node, before) in changed {
+            let after = self.members.liveness(&node).map(|l| l.state);
+            // First news of a member that is alive is no event.
+            if after != before
+                && !(before.is_none() && after == Some(MemberState::Alive))
+                && let Some(state) = after
+            {
+                out.push(Output::Event(Event::Member { node, state }));
             }
         }
         if let Some(inc) = refute {

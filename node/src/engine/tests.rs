@@ -1736,6 +1736,86 @@ fn a_dead_node_that_once_refuted_is_still_marked_down_where_its_alive_is_newer()
 }
 
 #[test]
+fn a_refutation_from_before_a_crash_does_not_show_the_crashed_node_alive_after_a_heal() {
+    // Node 3 refutes a suspicion on its side of a partition (nodes 0 and
+    // 1), then crashes there: node 1 suspects it at the refuted
+    // incarnation. Across the cut (nodes 2 and 4) node 4 suspected it at
+    // the incarnation before, and node 2 marked it down. At the heal node 2
+    // sends node 0 its old suspicion. Node 0 holds a newer Alive, but also
+    // a suspicion at that Alive's incarnation: it must answer with what it
+    // holds, the suspicion (with the Alive as its proof), and node 2 must
+    // not show the crashed node alive on the way (overlap-2000 seed 1: 18
+    // observers did).
+    use super::MemberState::{Alive, Down};
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(5, 0, true, cfg.clone());
+    f.run();
+    let ids: Vec<NodeId> = (0..5).map(|i| f.id(i)).collect();
+    let base = f.engines[&ids[3]].membership().incarnation();
+    let alive = dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: ids[3],
+            incarnation: base + 1,
+            claim: dcloud_crdt::Claim::Alive,
+        },
+        &f.keys[3],
+    );
+    f.engines.remove(&ids[3]);
+    let side = |n: NodeId| n == ids[0] || n == ids[1];
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[1],
+            bytes: rumour_msg(vec![alive, suspicion(&f, 3, 1, base + 1)]),
+        },
+    );
+    let old = suspicion(&f, 3, 4, base);
+    f.input(
+        ids[2],
+        Input::Message {
+            from: ids[4],
+            bytes: rumour_msg(vec![old]),
+        },
+    );
+    f.run_with(|from, to, _| usize::from(side(from) == side(to)));
+    f.now += cfg.membership.suspicion_timeout_max_ms + 1;
+    for i in [0, 2] {
+        f.fire(ids[i], Timer::Membership);
+    }
+    f.run_with(|from, to, _| usize::from(side(from) == side(to)));
+    assert_eq!(state_at(&f, ids[2], ids[3]), Some(Down));
+    assert_eq!(state_at(&f, ids[0], ids[3]), Some(Down));
+    // The heal: node 2's old suspicion reaches node 0.
+    let start = f.log.len();
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[2],
+            bytes: rumour_msg(vec![old]),
+        },
+    );
+    f.run();
+    let shown: Vec<_> = f.log[start..]
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Output::Event(Event::Member { node, state }) if *node == ids[3] => Some((*n, *state)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !shown.iter().any(|(_, s)| *s == Alive),
+        "a crashed node shown alive: {shown:?}"
+    );
+    for i in [0, 1, 2, 4] {
+        assert_ne!(state_at(&f, ids[i], ids[3]), Some(Alive), "at node {i}");
+    }
+    for i in [0, 2] {
+        let l = f.engines[&ids[i]].liveness(&ids[3]).expect("held");
+        assert!(l.incarnation > base, "node {i} holds the newer suspicion");
+    }
+}
+
+#[test]
 fn a_second_instance_on_the_same_key_is_followed_quietly_not_outbid() {
     let mut f = Fleet::new(2, 0, true, EngineConfig::default());
     f.run();
