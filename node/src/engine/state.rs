@@ -3233,13 +3233,22 @@ impl Engine {
             if Some(*peer) == except {
                 continue;
             }
+            // Rumours of one subject go the same way: a suspicion's proof
+            // (its subject's Alive, signed by another, down another tree)
+            // announced without it would show a crashed node alive until
+            // the suspicion came; the suspicion without it is out of bounds.
+            let eager_subjects: BTreeSet<NodeId> = rumours
+                .iter()
+                .filter(|r| !p.pruned.contains(&r.rumour.signer()))
+                .map(|r| r.rumour.subject)
+                .collect();
             let mut push = Vec::new();
             for r in &rumours {
-                if p.pruned.contains(&r.rumour.signer()) {
+                if eager_subjects.contains(&r.rumour.subject) {
+                    push.push(*r);
+                } else {
                     p.lazy.push(rumour_short_id(r));
                     lazy_any = true;
-                } else {
-                    push.push(*r);
                 }
             }
             let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);

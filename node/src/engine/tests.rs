@@ -1816,6 +1816,66 @@ fn a_refutation_from_before_a_crash_does_not_show_the_crashed_node_alive_after_a
 }
 
 #[test]
+fn a_suspicion_and_its_proof_go_to_a_peer_together() {
+    // Node 0 adopts node 3's Alive and node 1's suspicion of node 3 at that
+    // incarnation (the Alive is its proof). Node 2 pruned node 0 from node
+    // 1's tree, not from node 3's: both rumours must still reach node 2 in
+    // one message. Down node 3's tree alone, the Alive would show a crashed
+    // node alive at node 2 until the suspicion was grafted (overlap-2000
+    // seed 1: 4 observers after the answer rule was mended).
+    let mut f = Fleet::new(4, 0, true, EngineConfig::default());
+    f.run();
+    let ids: Vec<NodeId> = (0..4).map(|i| f.id(i)).collect();
+    let base = f.engines[&ids[3]].membership().incarnation();
+    let alive = dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: ids[3],
+            incarnation: base + 1,
+            claim: dcloud_crdt::Claim::Alive,
+        },
+        &f.keys[3],
+    );
+    f.engines.remove(&ids[3]);
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[2],
+            bytes: Message::Prune {
+                origins: vec![ids[1]],
+            }
+            .encode(),
+        },
+    );
+    assert!(f.engines[&ids[0]].eager_peers(&ids[3]).contains(&ids[2]));
+    assert!(!f.engines[&ids[0]].eager_peers(&ids[1]).contains(&ids[2]));
+    let start = f.log.len();
+    let sus = suspicion(&f, 3, 1, base + 1);
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[1],
+            bytes: rumour_msg(vec![alive, sus]),
+        },
+    );
+    let to_2: Vec<Vec<dcloud_crdt::SignedRumour>> = f.log[start..]
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Output::Send { to, bytes } if *n == ids[0] && *to == ids[2] => {
+                match Message::decode(bytes, &Default::default()) {
+                    Ok(Message::Rumours { rumours }) => Some(rumours),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        to_2.iter().any(|m| m.contains(&alive) && m.contains(&sus)),
+        "sent to node 2: {to_2:?}"
+    );
+}
+
+#[test]
 fn a_second_instance_on_the_same_key_is_followed_quietly_not_outbid() {
     let mut f = Fleet::new(2, 0, true, EngineConfig::default());
     f.run();
