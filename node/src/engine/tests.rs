@@ -1672,6 +1672,18 @@ fn suspicion(f: &Fleet, subject: usize, by: usize, inc: u64) -> dcloud_crdt::Sig
     )
 }
 
+/// `subject`'s own `Alive` at `inc`.
+fn alive_rumour(f: &Fleet, subject: usize, inc: u64) -> dcloud_crdt::SignedRumour {
+    dcloud_crdt::SignedRumour::sign(
+        dcloud_crdt::Rumour {
+            subject: f.id(subject),
+            incarnation: inc,
+            claim: dcloud_crdt::Claim::Alive,
+        },
+        &f.keys[subject],
+    )
+}
+
 #[test]
 fn a_dead_node_that_once_refuted_is_still_marked_down_where_its_alive_is_newer() {
     // Node 2 refuted a suspicion once, so node 0 holds its Alive one above
@@ -1752,14 +1764,7 @@ fn a_refutation_from_before_a_crash_does_not_show_the_crashed_node_alive_after_a
     f.run();
     let ids: Vec<NodeId> = (0..5).map(|i| f.id(i)).collect();
     let base = f.engines[&ids[3]].membership().incarnation();
-    let alive = dcloud_crdt::SignedRumour::sign(
-        dcloud_crdt::Rumour {
-            subject: ids[3],
-            incarnation: base + 1,
-            claim: dcloud_crdt::Claim::Alive,
-        },
-        &f.keys[3],
-    );
+    let alive = alive_rumour(&f, 3, base + 1);
     f.engines.remove(&ids[3]);
     let side = |n: NodeId| n == ids[0] || n == ids[1];
     f.input(
@@ -1827,14 +1832,7 @@ fn a_suspicion_and_its_proof_go_to_a_peer_together() {
     f.run();
     let ids: Vec<NodeId> = (0..4).map(|i| f.id(i)).collect();
     let base = f.engines[&ids[3]].membership().incarnation();
-    let alive = dcloud_crdt::SignedRumour::sign(
-        dcloud_crdt::Rumour {
-            subject: ids[3],
-            incarnation: base + 1,
-            claim: dcloud_crdt::Claim::Alive,
-        },
-        &f.keys[3],
-    );
+    let alive = alive_rumour(&f, 3, base + 1);
     f.engines.remove(&ids[3]);
     f.input(
         ids[0],
