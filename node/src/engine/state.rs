@@ -3048,7 +3048,8 @@ impl Engine {
     /// Rumours from a peer: news is verified, adopted and flooded on; a
     /// suspicion of this node is refuted; an outdated one is answered with
     /// this node's current `Alive`, and one outdated by a newer `Alive` held
-    /// here with that `Alive`.
+    /// here with that `Alive` (or with the suspicion held at it); an `Alive`
+    /// no newer than a suspicion held here is answered with the suspicion.
     fn on_rumours(
         &mut self,
         from: NodeId,
@@ -3070,6 +3071,13 @@ impl Engine {
         // (a suspicion comes after the Alive that proves its incarnation,
         // and that Alive alone is no event).
         let mut changed: Vec<(NodeId, Option<MemberState>)> = Vec::new();
+        // The suspicions this message carries: an Alive sent as the proof
+        // of one is no stale Alive to answer.
+        let carried: Vec<(NodeId, u64)> = rumours
+            .iter()
+            .filter(|r| matches!(r.rumour.claim, Claim::Suspect { .. }))
+            .map(|r| (r.rumour.subject, r.rumour.incarnation))
+            .collect();
         for r in rumours {
             if !self.peers.contains_key(&from) {
                 // Disconnected for what it sent: the rest is not looked at.
@@ -3147,6 +3155,22 @@ impl Engine {
                             None if !answer.contains(a) => answer.push(*a),
                             None => {}
                         }
+                    }
+                    // An Alive no newer than a suspicion held here: the
+                    // sender shows the subject alive on a refutation the
+                    // suspicion answers (it was cut from it). Nothing else
+                    // would repair that: it is answered with the suspicion,
+                    // with its proof.
+                    if r.rumour.claim == Claim::Alive
+                        && !about_me
+                        && !carried
+                            .iter()
+                            .any(|(n, i)| *n == r.rumour.subject && *i >= r.rumour.incarnation)
+                        && let Some(s) = self.members.suspicion_of(&r.rumour.subject)
+                        && s.rumour.incarnation >= r.rumour.incarnation
+                        && !answer.contains(&s)
+                    {
+                        self.with_proof(s, &mut answer);
                     }
                 }
                 Adopted::Remind => remind = true,

@@ -1874,6 +1874,78 @@ fn a_suspicion_and_its_proof_go_to_a_peer_together() {
 }
 
 #[test]
+fn a_stale_alive_is_answered_with_the_suspicion_held_at_its_incarnation() {
+    // Node 3 refuted a suspicion (Alive at base + 1) and crashed. Node 0
+    // holds node 1's suspicion at that incarnation; node 2 heard only the
+    // Alive (the suspicion was behind a cut from it). When node 2 sends
+    // node 0 that Alive, node 0 must answer with the suspicion it holds,
+    // and its proof: otherwise node 2 shows the crashed node alive for the
+    // rest of the run, as nothing else repairs a stale Alive
+    // (overlap-2000 seed 1: 11 observers never marked a crashed node down).
+    use super::MemberState::Suspect;
+    let mut f = Fleet::new(4, 0, true, EngineConfig::default());
+    f.run();
+    let ids: Vec<NodeId> = (0..4).map(|i| f.id(i)).collect();
+    let base = f.engines[&ids[3]].membership().incarnation();
+    let alive = alive_rumour(&f, 3, base + 1);
+    let sus = suspicion(&f, 3, 1, base + 1);
+    f.engines.remove(&ids[3]);
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[1],
+            bytes: rumour_msg(vec![alive, sus]),
+        },
+    );
+    f.input(
+        ids[2],
+        Input::Message {
+            from: ids[1],
+            bytes: rumour_msg(vec![alive]),
+        },
+    );
+    // Nothing of this is passed on yet: node 2 is cut from the suspicion.
+    f.run_with(|_, _, _| 0);
+    assert_eq!(state_at(&f, ids[0], ids[3]), Some(Suspect));
+    assert_eq!(state_at(&f, ids[2], ids[3]), Some(super::MemberState::Alive));
+    let start = f.log.len();
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[2],
+            bytes: rumour_msg(vec![alive]),
+        },
+    );
+    let answered = f.log[start..].iter().any(|(n, o)| match o {
+        Output::Send { to, bytes } if *n == ids[0] && *to == ids[2] => matches!(
+            Message::decode(bytes, &Default::default()),
+            Ok(Message::Rumours { rumours }) if rumours.contains(&sus)
+        ),
+        _ => false,
+    });
+    assert!(answered, "node 0 answers the stale Alive with its suspicion");
+    f.run();
+    assert_eq!(state_at(&f, ids[2], ids[3]), Some(Suspect));
+    let held = f.engines[&ids[2]].liveness(&ids[3]).expect("held");
+    assert_eq!(held.incarnation, base + 1);
+    // An Alive sent as the proof of a suspicion in the same message is not
+    // answered: the sender holds the suspicion already.
+    let start = f.log.len();
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[2],
+            bytes: rumour_msg(vec![alive, sus]),
+        },
+    );
+    let answers = f.log[start..]
+        .iter()
+        .filter(|(n, o)| *n == ids[0] && matches!(o, Output::Send { to, .. } if *to == ids[2]))
+        .count();
+    assert_eq!(answers, 0, "a proof with its suspicion is not answered");
+}
+
+#[test]
 fn a_second_instance_on_the_same_key_is_followed_quietly_not_outbid() {
     let mut f = Fleet::new(2, 0, true, EngineConfig::default());
     f.run();
