@@ -226,6 +226,12 @@ pub struct MembershipReport {
     pub false_downs: u64,
     /// Membership transitions, fleet-wide.
     pub member_events: u64,
+    /// (crashed node, observer) pairs where the observer, having marked the
+    /// node down, showed it alive again on a refutation the node signed
+    /// before it crashed (held behind a cut) and had to suspect it again.
+    pub late_refutations: u64,
+    /// Longest such refutation shown, until suspected again.
+    pub late_refutation_max_ms: Option<u64>,
 }
 
 fn ms(x: Option<u64>) -> String {
@@ -370,13 +376,15 @@ impl Report {
             let secs = (self.duration_ms as f64 / 1000.0).max(1e-3) * self.nodes.max(1) as f64;
             let _ = writeln!(
                 s,
-                "membership: crash to down {} pairs: median {}, p99 {}, max {}; missed {}; false downs {}; events {}; per node per second: {:.2} probes, {:.3} rumours verified; {} suspicions, {} refutations",
+                "membership: crash to down {} pairs: median {}, p99 {}, max {}; missed {}; false downs {}; late refutations shown {} (longest {}); events {}; per node per second: {:.2} probes, {:.3} rumours verified; {} suspicions, {} refutations",
                 m.detections,
                 ms(m.detection_median_ms),
                 ms(m.detection_p99_ms),
                 ms(m.detection_max_ms),
                 m.detection_missed,
                 m.false_downs,
+                m.late_refutations,
+                ms(m.late_refutation_max_ms),
                 m.member_events,
                 self.probes_sent as f64 / secs,
                 self.rumours_verified as f64 / secs,

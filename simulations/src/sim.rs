@@ -540,6 +540,21 @@ pub struct Sim {
     detections: HashMap<(usize, usize), u64>,
     /// Detection times of crashes that ended (the node started again).
     detection_samples: Vec<u64>,
+    /// The incarnation each crashed node had reached when it crashed: no
+    /// `Alive` of its last life is above it.
+    crash_incarnation: Vec<u64>,
+    /// The incarnation at which each live observer last marked a crashed
+    /// node down: (subject, observer) -> incarnation.
+    down_incarnation: HashMap<(usize, usize), u64>,
+    /// Observers showing a crashed node alive again on a refutation of its
+    /// last life that reached them after their down mark (above the
+    /// incarnation they marked down, and signed before the crash): (subject,
+    /// observer) -> since when, until they suspect it again.
+    relapses: HashMap<(usize, usize), u64>,
+    /// How many such late refutations were shown, and how long each was
+    /// shown before the observer suspected the node again.
+    late_refutations: u64,
+    relapse_samples: Vec<u64>,
     /// Observers that had not marked a crashed node down when it started again.
     detection_missed: u64,
     /// Live honest nodes marked down while no partition was in force.
@@ -800,6 +815,11 @@ impl Sim {
             started_at: vec![0; sc.nodes],
             detections: HashMap::new(),
             detection_samples: Vec::new(),
+            crash_incarnation: vec![0; sc.nodes],
+            down_incarnation: HashMap::new(),
+            relapses: HashMap::new(),
+            late_refutations: 0,
+            relapse_samples: Vec::new(),
             detection_missed: 0,
             false_downs: 0,
             partition_changed_at: 0,
@@ -1380,6 +1400,7 @@ impl Sim {
         };
         let st = engine.stats();
         add_stats(&mut self.slots[i].stats_dead, &st);
+        self.crash_incarnation[i] = engine.membership().incarnation();
         self.slots[i].incarnation += 1;
         self.slots[i].deadline = None;
         self.crashed_at[i] = Some(self.now);
@@ -1512,18 +1533,47 @@ impl Sim {
                 if !self.slots[i].honest {
                     return;
                 }
+                let held = self.slots[i]
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.liveness(&node))
+                    .map_or(0, |l| l.incarnation);
+                if !self.live(b) && state != MemberState::Alive {
+                    // Suspected again after a late refutation: resolved.
+                    if let Some(t) = self.relapses.remove(&(b, i)) {
+                        self.relapse_samples.push(self.now - t);
+                        let bound = 2 * self.config.membership.suspicion_timeout_max_ms;
+                        if self.now > t + bound && self.membership_findings.len() < 100 {
+                            self.membership_findings.push(Violation(format!(
+                                "node {i} showed crashed node {b} alive from {t} ms (a late refutation of its last life) until {} ms",
+                                self.now
+                            )));
+                        }
+                    }
+                }
                 if state != MemberState::Down {
                     // A crashed node's refutation cannot come: only a
                     // rumour of its last life, or a forgery, shows it alive.
+                    // One of its last life above the incarnation marked
+                    // down here is a refutation this observer had not
+                    // heard (it was behind a cut): SWIM must take it (it
+                    // cannot tell it from a live node's), and the observer
+                    // must suspect the node again. Anything else is a
+                    // fault.
                     if state == MemberState::Alive
                         && !self.live(b)
                         && self.detections.contains_key(&(b, i))
-                        && self.membership_findings.len() < 100
                     {
-                        self.membership_findings.push(Violation(format!(
-                            "node {i} shows crashed node {b} alive again at {} ms",
-                            self.now
-                        )));
+                        let down = self.down_incarnation.get(&(b, i)).copied().unwrap_or(0);
+                        if held > down && held <= self.crash_incarnation[b] {
+                            self.late_refutations += 1;
+                            self.relapses.entry((b, i)).or_insert(self.now);
+                        } else if self.membership_findings.len() < 100 {
+                            self.membership_findings.push(Violation(format!(
+                                "node {i} shows crashed node {b} alive again at {} ms, at incarnation {held} (marked down at {down}; it crashed at {})",
+                                self.now, self.crash_incarnation[b]
+                            )));
+                        }
                     }
                     return;
                 }
@@ -1531,6 +1581,7 @@ impl Sim {
                 match self.crashed_at[b] {
                     Some(t) if !self.live(b) => {
                         self.detections.entry((b, i)).or_insert(self.now - t);
+                        self.down_incarnation.insert((b, i), held);
                     }
                     // A node that started again within two suspicion
                     // timeouts may be marked down by a suspicion of its
@@ -2363,6 +2414,32 @@ impl Sim {
             }
         }
         self.detections.retain(|(s, _), _| *s != b);
+        self.down_incarnation.retain(|(s, _), _| *s != b);
+        // Late refutations still shown: an observer must suspect the node
+        // again within two suspicion timeouts.
+        let bound = 2 * self.config.membership.suspicion_timeout_max_ms;
+        let mut open: Vec<((usize, usize), u64)> = self
+            .relapses
+            .iter()
+            .filter(|((s, _), _)| *s == b)
+            .map(|(k, t)| (*k, *t))
+            .collect();
+        open.sort_unstable();
+        for ((_, o), t) in open {
+            self.relapses.remove(&(b, o));
+            if !self.live(o) {
+                continue;
+            }
+            if self.now > t + bound {
+                self.relapse_samples.push(self.now - t);
+                if self.membership_findings.len() < 100 {
+                    self.membership_findings.push(Violation(format!(
+                        "node {o} showed crashed node {b} alive from {t} ms (a late refutation of its last life) and had not suspected it again by {} ms",
+                        self.now
+                    )));
+                }
+            }
+        }
     }
 
     fn finish(mut self) -> RunResult {
@@ -2389,6 +2466,8 @@ impl Sim {
                 detection_missed: self.detection_missed,
                 false_downs: self.false_downs,
                 member_events: self.member_events,
+                late_refutations: self.late_refutations,
+                late_refutation_max_ms: self.relapse_samples.iter().max().copied(),
             }
         });
         let honest_live: Vec<usize> = (0..n)
