@@ -1907,7 +1907,10 @@ fn a_stale_alive_is_answered_with_the_suspicion_held_at_its_incarnation() {
     // Nothing of this is passed on yet: node 2 is cut from the suspicion.
     f.run_with(|_, _, _| 0);
     assert_eq!(state_at(&f, ids[0], ids[3]), Some(Suspect));
-    assert_eq!(state_at(&f, ids[2], ids[3]), Some(super::MemberState::Alive));
+    assert_eq!(
+        state_at(&f, ids[2], ids[3]),
+        Some(super::MemberState::Alive)
+    );
     let start = f.log.len();
     f.input(
         ids[0],
@@ -1923,7 +1926,10 @@ fn a_stale_alive_is_answered_with_the_suspicion_held_at_its_incarnation() {
         ),
         _ => false,
     });
-    assert!(answered, "node 0 answers the stale Alive with its suspicion");
+    assert!(
+        answered,
+        "node 0 answers the stale Alive with its suspicion"
+    );
     f.run();
     assert_eq!(state_at(&f, ids[2], ids[3]), Some(Suspect));
     let held = f.engines[&ids[2]].liveness(&ids[3]).expect("held");
