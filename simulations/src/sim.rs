@@ -2809,6 +2809,93 @@ mod tests {
         );
     }
 
+    /// The membership checker: a crashed node shown alive again at the
+    /// incarnation an observer marked it down at is a violation; shown at
+    /// one above it that the node reached before it crashed, a late
+    /// refutation, counted, which fails the run if the observer does not
+    /// suspect the node again within two suspicion timeouts.
+    #[test]
+    fn membership_checker_tells_a_late_refutation_from_a_fault() {
+        let sc = Scenario::parse("name = \"t\"\nnodes = 12\nduration_ms = 120000\n", "inline")
+            .expect("valid");
+        let mut sim = Sim::new(sc, 5);
+        sim.advance(2_000, &mut |_| {});
+        let b = 3;
+        sim.crash(b);
+        let bound = 2 * sim.config.membership.suspicion_timeout_max_ms;
+        sim.advance(4_000 + bound, &mut |_| {});
+        assert!(
+            sim.membership_findings.is_empty(),
+            "{:?}",
+            sim.membership_findings
+        );
+        let o = (0..12)
+            .find(|&o| sim.detections.contains_key(&(b, o)))
+            .expect("an observer marked the crashed node down");
+        let node = sim.slots[b].key.public();
+        let held = sim.slots[o]
+            .engine
+            .as_ref()
+            .and_then(|e| e.liveness(&node))
+            .expect("held")
+            .incarnation;
+        assert_eq!(sim.down_incarnation.get(&(b, o)), Some(&held));
+        // Alive at the incarnation marked down: a fault.
+        sim.event(
+            o,
+            Event::Member {
+                node,
+                state: MemberState::Alive,
+            },
+        );
+        assert_eq!(sim.membership_findings.len(), 1);
+        assert!(
+            sim.membership_findings[0].0.contains("alive again")
+                && sim.membership_findings[0]
+                    .0
+                    .contains(&format!("at incarnation {held}")),
+            "{}",
+            sim.membership_findings[0].0
+        );
+        assert_eq!(sim.late_refutations, 0);
+        // Above the one marked down, within the node's last life: late.
+        sim.down_incarnation.insert((b, o), held - 1);
+        sim.crash_incarnation[b] = held;
+        sim.event(
+            o,
+            Event::Member {
+                node,
+                state: MemberState::Alive,
+            },
+        );
+        assert_eq!(sim.membership_findings.len(), 1, "not a violation");
+        assert_eq!(sim.late_refutations, 1);
+        // Above anything the node signed: a fault.
+        sim.crash_incarnation[b] = held - 1;
+        sim.down_incarnation.insert((b, o), held - 2);
+        sim.event(
+            o,
+            Event::Member {
+                node,
+                state: MemberState::Alive,
+            },
+        );
+        assert_eq!(sim.membership_findings.len(), 2);
+        // The late refutation is still shown two suspicion timeouts on,
+        // when the node starts again: the run fails.
+        let now = sim.now;
+        sim.advance(now + bound + 1_000, &mut |_| {});
+        sim.start(b, false);
+        assert_eq!(sim.membership_findings.len(), 3);
+        assert!(
+            sim.membership_findings[2]
+                .0
+                .contains("had not suspected it again"),
+            "{}",
+            sim.membership_findings[2].0
+        );
+    }
+
     /// The scope checker catches an honest node handing the network a
     /// scoped status, or its short id, for a site outside its region.
     #[test]
