@@ -1519,12 +1519,12 @@ impl Sim {
                 let Some(&b) = self.index.get(&node) else {
                     return;
                 };
+                let inc = self.slots[i]
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.liveness(&node))
+                    .map(|l| l.incarnation);
                 if std::env::var("SIM_DEBUG_MEMBER").is_ok_and(|v| v == b.to_string()) {
-                    let inc = self.slots[i]
-                        .engine
-                        .as_ref()
-                        .and_then(|e| e.liveness(&node))
-                        .map(|l| l.incarnation);
                     eprintln!(
                         "t={} observer={i} subject={b} {state:?} inc={inc:?}",
                         self.now
@@ -1533,22 +1533,11 @@ impl Sim {
                 if !self.slots[i].honest {
                     return;
                 }
-                let held = self.slots[i]
-                    .engine
-                    .as_ref()
-                    .and_then(|e| e.liveness(&node))
-                    .map_or(0, |l| l.incarnation);
+                let held = inc.unwrap_or(0);
                 if !self.live(b) && state != MemberState::Alive {
                     // Suspected again after a late refutation: resolved.
                     if let Some(t) = self.relapses.remove(&(b, i)) {
-                        self.relapse_samples.push(self.now - t);
-                        let bound = 2 * self.config.membership.suspicion_timeout_max_ms;
-                        if self.now > t + bound && self.membership_findings.len() < 100 {
-                            self.membership_findings.push(Violation(format!(
-                                "node {i} showed crashed node {b} alive from {t} ms (a late refutation of its last life) until {} ms",
-                                self.now
-                            )));
-                        }
+                        self.end_relapse(b, i, t, "until");
                     }
                 }
                 if state != MemberState::Down {
@@ -2417,28 +2406,33 @@ impl Sim {
         self.down_incarnation.retain(|(s, _), _| *s != b);
         // Late refutations still shown: an observer must suspect the node
         // again within two suspicion timeouts.
-        let bound = 2 * self.config.membership.suspicion_timeout_max_ms;
-        let mut open: Vec<((usize, usize), u64)> = self
+        let mut open: Vec<(usize, u64)> = self
             .relapses
             .iter()
             .filter(|((s, _), _)| *s == b)
-            .map(|(k, t)| (*k, *t))
+            .map(|((_, o), t)| (*o, *t))
             .collect();
         open.sort_unstable();
-        for ((_, o), t) in open {
+        for (o, t) in open {
             self.relapses.remove(&(b, o));
-            if !self.live(o) {
-                continue;
+            let bound = 2 * self.config.membership.suspicion_timeout_max_ms;
+            if self.live(o) && self.now > t + bound {
+                self.end_relapse(b, o, t, "and had not suspected it again by");
             }
-            if self.now > t + bound {
-                self.relapse_samples.push(self.now - t);
-                if self.membership_findings.len() < 100 {
-                    self.membership_findings.push(Violation(format!(
-                        "node {o} showed crashed node {b} alive from {t} ms (a late refutation of its last life) and had not suspected it again by {} ms",
-                        self.now
-                    )));
-                }
-            }
+        }
+    }
+
+    /// Observer `o` stopped showing crashed node `b` alive on a late
+    /// refutation shown since `t` (suspected again, or `b` came back): a
+    /// sample, and a finding if that took over two suspicion timeouts.
+    fn end_relapse(&mut self, b: usize, o: usize, t: u64, ended: &str) {
+        self.relapse_samples.push(self.now - t);
+        let bound = 2 * self.config.membership.suspicion_timeout_max_ms;
+        if self.now > t + bound && self.membership_findings.len() < 100 {
+            self.membership_findings.push(Violation(format!(
+                "node {o} showed crashed node {b} alive from {t} ms (a late refutation of its last life) {ended} {} ms",
+                self.now
+            )));
         }
     }
 
