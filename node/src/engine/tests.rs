@@ -2785,3 +2785,43 @@ fn a_change_held_back_by_the_settle_rule_is_announced_to_the_peer() {
         "0 announced what it held back, and 1 grafted it"
     );
 }
+
+#[test]
+fn a_suspicion_lost_on_every_link_to_a_node_reaches_it_by_anti_entropy() {
+    // Node 1 suspects node 3 (crashed); its flood reaches node 0 but every
+    // copy to node 2 is lost (a node on bad links: overlap-2000, where one
+    // observer never heard of two nodes that had crashed 29 s before).
+    // Eager pushes are not announced again, and reconciliation carries
+    // changes, not rumours: the anti-entropy rounds of node 2's neighbours
+    // must announce the suspicions they hold, so that it grafts them.
+    use super::MemberState::Suspect;
+    let mut f = Fleet::new(4, 0, true, EngineConfig::default());
+    f.run();
+    let ids: Vec<NodeId> = (0..4).map(|i| f.id(i)).collect();
+    let base = f.engines[&ids[3]].membership().incarnation();
+    let sus = suspicion(&f, 3, 1, base);
+    f.engines.remove(&ids[3]);
+    f.input(
+        ids[0],
+        Input::Message {
+            from: ids[1],
+            bytes: rumour_msg(vec![sus]),
+        },
+    );
+    let cut = ids[2];
+    f.run_with(|_, to, _| usize::from(to != cut));
+    assert_eq!(state_at(&f, ids[0], ids[3]), Some(Suspect));
+    assert_ne!(state_at(&f, ids[2], ids[3]), Some(Suspect));
+    for _ in 0..8 {
+        f.fire(ids[0], Timer::AntiEntropy);
+        f.run();
+        f.now += 1_000;
+        f.fire(ids[2], Timer::Graft);
+        f.run();
+    }
+    assert_eq!(
+        state_at(&f, ids[2], ids[3]),
+        Some(Suspect),
+        "node 2 heard of the suspicion from node 0's anti-entropy rounds"
+    );
+}
