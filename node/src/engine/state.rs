@@ -2127,11 +2127,16 @@ impl Engine {
                     lazy_any = true;
                 } else {
                     push.push(c.clone());
-                    if plumtree && from.is_none() {
-                        // This node's own change: no other node can announce
-                        // it yet, so a lost push would wait for
-                        // anti-entropy. Announced too; a peer that has it
-                        // ignores the id.
+                    if plumtree {
+                        // Announced too, 8 bytes beside the push; a peer
+                        // that has it ignores the id. A lost push is
+                        // otherwise repaired only by another neighbour's
+                        // announcement, and there may be none: this node's
+                        // own change, or a peer whose other neighbours are
+                        // below it in the tree (they hear of it only from
+                        // it). Without the id the change waits for
+                        // anti-entropy, whose rounds need several messages
+                        // to cross the same lossy link.
                         p.lazy.push(short_id(&id.change_hash()));
                         lazy_any = true;
                     }

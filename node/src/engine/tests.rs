@@ -2825,3 +2825,45 @@ fn a_suspicion_lost_on_every_link_to_a_node_reaches_it_by_anti_entropy() {
         "node 2 heard of the suspicion from node 0's anti-entropy rounds"
     );
 }
+
+#[test]
+fn a_relayed_push_lost_on_the_only_link_upstream_is_announced_and_grafted() {
+    // A line 0-1-2-3: node 1 relays 0's change to 2 down 0's tree, and that
+    // push is lost. Node 2's only other neighbour is below it in the tree
+    // (it can hear of the change only from 2), so no other node announces
+    // it: node 1 announces what it relayed to its tree peers too, and 2
+    // grafts it, with no reconciliation round.
+    let cfg = EngineConfig::default();
+    let mut f = Fleet::new(4, 0, false, cfg);
+    f.run();
+    let (a, b, c) = (f.id(0), f.id(1), f.id(2));
+    f.queue.clear();
+    f.set_status(0, "x");
+    let keep = |from: NodeId, to: NodeId, msg: &Message| match msg {
+        Message::Changes {
+            push: Push::Eager, ..
+        } if from == b && to == c => 0,
+        _ => 1,
+    };
+    f.run_with(keep);
+    assert_ne!(f.engines[&c].replica().status(&a).unwrap().0.name, "x");
+    for _ in 0..4 {
+        if f.engines[&c].replica().status(&a).unwrap().0.name == "x" {
+            break;
+        }
+        f.now += 200;
+        for i in 0..4 {
+            f.fire(f.id(i), Timer::LazyFlush);
+        }
+        f.run_with(keep);
+        f.now += 200;
+        f.fire(c, Timer::Graft);
+        f.run_with(keep);
+    }
+    assert_eq!(
+        f.engines[&c].replica().status(&a).unwrap().0.name,
+        "x",
+        "2 grafted the change 1 relayed to it and announced"
+    );
+    assert!(f.engines[&c].stats().grafts_sent >= 1);
+}
