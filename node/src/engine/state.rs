@@ -426,6 +426,14 @@ impl OwnerRates {
         b.tokens -= 1;
         true
     }
+
+    /// Give back what `take` took for work that turned out to be a
+    /// stranger's forgery: a forger must not spend the owner's budget.
+    fn give_back(&mut self, owner: NodeId, burst: u64) {
+        if let Some(b) = self.buckets.get_mut(&owner) {
+            b.tokens = (b.tokens + 1).min(burst);
+        }
+    }
 }
 
 /// How a change this node holds first came to it (see `Engine::recent`).
@@ -3124,6 +3132,13 @@ impl Engine {
                 }
                 self.stats.rumours_verified += 1;
                 if let Err(e) = r.verify() {
+                    // Not the reporter's (or subject's) work: their budget
+                    // is left whole, and the forger pays with a penalty
+                    // (disconnected at `penalty_max`), which bounds the
+                    // checks it can cause.
+                    if !about_me {
+                        self.rumour_rates.give_back(who, burst);
+                    }
                     let w = self.config.penalty_per_offence;
                     self.penalise(from, w, format!("sent an invalid rumour: {e}"), out);
                     continue;

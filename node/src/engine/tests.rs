@@ -2867,3 +2867,48 @@ fn a_relayed_push_lost_on_the_only_link_upstream_is_announced_and_grafted() {
     );
     assert!(f.engines[&c].stats().grafts_sent >= 1);
 }
+
+#[test]
+fn forged_suspicions_do_not_spend_an_honest_reporters_budget() {
+    // Nodes 1 and 2 each send node 0 suspicions of node 4 in node 3's name,
+    // signed with their own keys, until node 0 disconnects them: as many as
+    // node 3's rumour budget at node 0. Node 3's real suspicion of node 4
+    // then still reaches node 0, which floods it on; node 4 refutes it.
+    let mut f = Fleet::new(5, 0, true, EngineConfig::default());
+    f.run();
+    let (a, d) = (f.id(0), f.id(3));
+    let inc = f.engines[&f.id(4)].membership().incarnation();
+    for forger in [1, 2] {
+        let mut forged = suspicion(&f, 4, forger, inc);
+        forged.rumour.claim = dcloud_crdt::Claim::Suspect { reporter: d };
+        for _ in 0..4 {
+            f.input(
+                a,
+                Input::Message {
+                    from: f.id(forger),
+                    bytes: rumour_msg(vec![forged]),
+                },
+            );
+        }
+    }
+    f.run();
+    assert!(
+        f.engines[&a].peers().len() <= 2,
+        "the forgers were disconnected"
+    );
+    let honest = suspicion(&f, 4, 3, inc);
+    f.input(
+        a,
+        Input::Message {
+            from: d,
+            bytes: rumour_msg(vec![honest]),
+        },
+    );
+    f.run();
+    assert_eq!(f.engines[&a].stats().rumours_rate_limited, 0);
+    assert_eq!(
+        f.engines[&f.id(4)].stats().refutations,
+        1,
+        "node 0 took node 3's suspicion and sent it on"
+    );
+}
