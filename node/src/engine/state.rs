@@ -2129,25 +2129,22 @@ impl Engine {
                 if !may_send(policy_now, &id.doc, peer) {
                     continue;
                 }
-                let lazy = plumtree && origin(&id.doc).is_some_and(|o| p.pruned.contains(&o));
-                if lazy {
+                let pruned = plumtree && origin(&id.doc).is_some_and(|o| p.pruned.contains(&o));
+                if !pruned {
+                    push.push(c.clone());
+                }
+                if plumtree {
+                    // Every peer gets the id (8 bytes; a peer that has the
+                    // change ignores it): a pruned peer instead of the
+                    // push, a tree peer beside it. A lost push is otherwise
+                    // repaired only by another neighbour's announcement,
+                    // and there may be none: this node's own change, or a
+                    // peer whose other neighbours are below it in the tree
+                    // (they hear of it only from it). Without the id the
+                    // change waits for anti-entropy, whose rounds need
+                    // several messages to cross the same lossy link.
                     p.lazy.push(short_id(&id.change_hash()));
                     lazy_any = true;
-                } else {
-                    push.push(c.clone());
-                    if plumtree {
-                        // Announced too, 8 bytes beside the push; a peer
-                        // that has it ignores the id. A lost push is
-                        // otherwise repaired only by another neighbour's
-                        // announcement, and there may be none: this node's
-                        // own change, or a peer whose other neighbours are
-                        // below it in the tree (they hear of it only from
-                        // it). Without the id the change waits for
-                        // anti-entropy, whose rounds need several messages
-                        // to cross the same lossy link.
-                        p.lazy.push(short_id(&id.change_hash()));
-                        lazy_any = true;
-                    }
                 }
             }
             let over = p.lazy.len().saturating_sub(self.config.lazy_queue_max);
